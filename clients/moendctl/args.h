@@ -1,0 +1,39 @@
+// Minimal "--flag value" / "--switch" parser for moendctl subcommands.
+#ifndef MOEND_CLIENTS_MOENDCTL_ARGS_H_
+#define MOEND_CLIENTS_MOENDCTL_ARGS_H_
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace moend::ctl {
+
+// Flags of one subcommand. Parse() rejects unknown flags and missing values.
+class Args {
+ public:
+  // `value_flags` take a value ("--model DIR"); `switches` take none ("--json").
+  static absl::StatusOr<Args> Parse(int argc, char** argv, const std::set<std::string>& value_flags,
+                                    const std::set<std::string>& switches);
+
+  bool Has(const std::string& flag) const;
+  // The flag's value, or an InvalidArgument naming the missing flag.
+  absl::StatusOr<std::string> Required(const std::string& flag) const;
+  std::optional<std::string> Optional(const std::string& flag) const;
+  absl::StatusOr<int64_t> Int(const std::string& flag, int64_t fallback) const;
+  absl::StatusOr<double> Double(const std::string& flag, double fallback) const;
+  bool help() const { return help_; }
+
+ private:
+  std::map<std::string, std::string> values_;
+  std::set<std::string> switches_;
+  bool help_ = false;
+};
+
+}  // namespace moend::ctl
+
+#endif  // MOEND_CLIENTS_MOENDCTL_ARGS_H_

@@ -1,0 +1,46 @@
+// moendctl: the moend command line.
+#include <cstdio>
+#include <cstring>
+#include <string>
+
+#include "clients/moendctl/commands.h"
+
+namespace {
+
+struct Command {
+  const char* name;
+  const char* summary;
+  int (*run)(int argc, char** argv);
+};
+
+constexpr Command kCommands[] = {
+    {"predict", "run the model forward on a sample; print next-byte predictions and speed",
+     moend::ctl::RunPredict},
+    {"logits", "write float32 next-byte logits [n, vocab] for an input file",
+     moend::ctl::RunLogits},
+};
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out, "usage: moendctl <command> [flags]   (moendctl <command> --help)\n\ncommands:\n");
+  for (const Command& c : kCommands) std::fprintf(out, "  %-10s %s\n", c.name, c.summary);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    PrintUsage(stderr);
+    return moend::ctl::kExitUsage;
+  }
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    PrintUsage(stdout);
+    return moend::ctl::kExitOk;
+  }
+  for (const Command& c : kCommands) {
+    if (name == c.name) return c.run(argc - 2, argv + 2);
+  }
+  std::fprintf(stderr, "moendctl: unknown command '%s'\n", name.c_str());
+  PrintUsage(stderr);
+  return moend::ctl::kExitUsage;
+}

@@ -1,0 +1,45 @@
+// The per-layer sensitivity table: s[layer][tuple], the relative attention
+// output error of compressing that layer with that tuple (DESIGN.md section 2).
+// Its JSON form is what `moendctl calibrate` writes, what the registry returns
+// and what `moendctl solve` reads.
+#ifndef MOEND_CORE_SENSITIVITY_TABLE_H_
+#define MOEND_CORE_SENSITIVITY_TABLE_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/compression.h"
+
+namespace moend {
+
+struct SensitivityTable {
+  std::string model;
+  int64_t num_layers = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  int64_t seq_len = 0;            // calibration sequence length n
+  int64_t compression_point = 0;  // c = n - 256
+  int64_t samples = 0;            // sequences averaged
+  std::vector<CompressionTuple> tuples;
+  std::vector<std::vector<double>> s;  // [num_layers][tuples.size()]
+
+  KvShape kv_shape() const { return {num_kv_heads, head_dim}; }
+  // Shapes agree, every tuple is valid and distinct, every s is finite and >= 0.
+  absl::Status Validate() const;
+};
+
+// JSON: {"model", "num_layers", "num_kv_heads", "head_dim", "seq_len",
+// "compression_point", "samples", "tuples": [{"keep","kbits","vbits"}...],
+// "s": [[...per tuple] per layer]}. Parsing validates.
+absl::StatusOr<SensitivityTable> SensitivityTableFromJson(const std::string& text);
+std::string SensitivityTableToJson(const SensitivityTable& table);
+
+absl::StatusOr<SensitivityTable> ReadSensitivityTable(const std::string& path);
+absl::Status WriteSensitivityTable(const SensitivityTable& table, const std::string& path);
+
+}  // namespace moend
+
+#endif  // MOEND_CORE_SENSITIVITY_TABLE_H_
