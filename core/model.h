@@ -1,0 +1,91 @@
+// A Llama-family decoder (Llama, Mistral, Qwen2: RMSNorm, rotate-half RoPE,
+// GQA, SwiGLU, optional q/k/v bias) loaded from a Hugging Face folder, with a
+// float32 CPU forward pass.
+//
+// Besides the whole prefill (Forward), the per-layer steps are public so that
+// callers can run attention over their own cache (the compressed cache of
+// kernels/): Embed -> for each layer {AttentionInputs, attention, FinishLayer}
+// -> Logits.
+#ifndef MOEND_CORE_MODEL_H_
+#define MOEND_CORE_MODEL_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/model_config.h"
+
+namespace moend {
+
+// One layer's attention inputs for n tokens, head-major:
+// q: [num_heads, n, head_dim]; k, v: [num_kv_heads, n, head_dim].
+// q and k are after RoPE (k exactly as a KV cache holds it).
+struct LayerActivations {
+  int64_t layer = 0;
+  int64_t tokens = 0;
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+};
+using LayerCallback = std::function<void(const LayerActivations&)>;
+
+struct ModelOptions {
+  // Threads for the matrix products; 0 = library default (all cores).
+  int threads = 0;
+};
+
+class Model {
+ public:
+  // Reads config.json and the safetensors checkpoint of `dir`, checks every
+  // tensor's presence and shape against the config, widens weights to float32.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
+                                                     const ModelOptions& options = {});
+  ~Model();
+
+  const ModelConfig& config() const { return config_; }
+  // The folder's base name ("tinycode").
+  const std::string& name() const { return name_; }
+
+  // Full causal prefill. Returns logits [n, vocab]. `on_layer`, if set, sees
+  // each layer's q, k, v. Token ids must be in [0, vocab).
+  absl::StatusOr<std::vector<float>> Forward(std::span<const int32_t> tokens,
+                                             const LayerCallback& on_layer = nullptr) const;
+
+  // --- Building blocks (sizes are the caller's responsibility) ---
+  // x: [n, hidden] = embedding rows of `tokens` (ids already validated).
+  void Embed(std::span<const int32_t> tokens, float* x) const;
+  // From the residual stream x [n, hidden] of positions pos0..pos0+n-1:
+  // q [H, n, D], k [Hkv, n, D] (after RoPE) and v [Hkv, n, D].
+  void AttentionInputs(int64_t layer, const float* x, int64_t n, int64_t pos0, float* q, float* k,
+                       float* v) const;
+  // x += o_proj(attn) then x += mlp(norm(x)); attn: [n, H * D] token-major.
+  void FinishLayer(int64_t layer, const float* attn, int64_t n, float* x) const;
+  // logits [n, vocab] = lm_head(norm(x)).
+  void Logits(const float* x, int64_t n, float* logits) const;
+
+  // Exact causal softmax attention, GQA. q [H, n, D]; k, v [Hkv, n, D];
+  // out [n, H * D] token-major. Query i attends keys 0..i.
+  static void CausalAttention(const float* q, const float* k, const float* v, int64_t num_heads,
+                              int64_t num_kv_heads, int64_t n, int64_t head_dim, float* out);
+
+ private:
+  struct Layer;
+  Model() = default;
+  void RmsNorm(const float* x, const float* weight, int64_t n, float* out) const;
+
+  ModelConfig config_;
+  std::string name_;
+  std::vector<float> embed_;    // [vocab, hidden]
+  std::vector<float> lm_head_;  // [vocab, hidden]; empty when tied
+  std::vector<float> final_norm_;
+  std::vector<Layer> layers_;
+  std::vector<float> inv_freq_;  // [D / 2]
+};
+
+}  // namespace moend
+
+#endif  // MOEND_CORE_MODEL_H_
