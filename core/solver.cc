@@ -1,0 +1,573 @@
+#include "core/solver.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <queue>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/compression.h"
+#include "core/status_macros.h"
+
+namespace moend {
+
+namespace {
+
+constexpr struct {
+  SolverKind kind;
+  const char* name;
+} kSolverNames[] = {
+    {SolverKind::kGreedy, "greedy"}, {SolverKind::kExact, "exact"},
+    {SolverKind::k1d, "1d"},         {SolverKind::k2dUniform, "2d_uniform"},
+    {SolverKind::k2d, "2d"},
+};
+
+// The problem in numbers: bytes[l][t] = LayerBytes of tuple t in layer l at
+// the context, and the budget in bytes.
+struct Problem {
+  const SensitivityTable* table = nullptr;
+  int64_t context = 0;
+  int64_t full_bytes = 0;    // sum of FullLayerBytes at the context
+  int64_t budget_bytes = 0;  // the budget asked for
+  std::vector<std::vector<int64_t>> bytes;  // [layer][tuple]
+
+  int num_layers() const { return static_cast<int>(bytes.size()); }
+  int num_tuples() const { return static_cast<int>(table->tuples.size()); }
+  double s(int layer, int tuple) const { return table->s[layer][tuple]; }
+};
+
+// Tuple index chosen per layer.
+using Choice = std::vector<int>;
+
+absl::StatusOr<Problem> MakeProblem(const SensitivityTable& table, const Budget& budget) {
+  MOEND_RETURN_IF_ERROR(table.Validate());
+  MOEND_RETURN_IF_ERROR(budget.Validate());
+  Problem p;
+  p.table = &table;
+  p.context = budget.context > 0 ? budget.context : table.compression_point;
+  const KvShape shape = table.kv_shape();  // every layer has this shape
+  // Validated shapes and context <= 2^30 keep one layer below 2^56 bytes; the
+  // sum over at most 100000 layers is checked here.
+  __int128 full = 0;
+  for (int64_t l = 0; l < table.num_layers; ++l) full += FullLayerBytes(shape, p.context);
+  if (full > (__int128{1} << 62)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the full cache at context ", p.context, " exceeds 2^62 bytes; use a shorter context"));
+  }
+  p.full_bytes = static_cast<int64_t>(full);
+  if (budget.kind == Budget::Kind::kRatio) {
+    // floor(full / R), in long double so that 2^62-sized counts stay exact.
+    p.budget_bytes = static_cast<int64_t>(
+        std::floor(static_cast<long double>(p.full_bytes) / static_cast<long double>(budget.ratio)));
+  } else {
+    p.budget_bytes = budget.bytes;
+  }
+  p.bytes.assign(table.num_layers, std::vector<int64_t>(table.tuples.size()));
+  for (int64_t l = 0; l < table.num_layers; ++l) {
+    for (size_t t = 0; t < table.tuples.size(); ++t) {
+      p.bytes[l][t] = LayerBytes(shape, table.tuples[t], p.context);
+    }
+  }
+  return p;
+}
+
+double Ratio(const Problem& p, int64_t bytes) {
+  return bytes > 0 ? static_cast<double>(p.full_bytes) / static_cast<double>(bytes) : 0.0;
+}
+
+// ResourceExhausted naming the smallest feasible budget of `kind`. The ratio
+// is rounded down (3 decimals) so that asking for it is feasible.
+absl::Status Infeasible(const Problem& p, const Budget& budget, SolverKind kind,
+                        int64_t min_bytes) {
+  const std::string asked =
+      budget.kind == Budget::Kind::kRatio
+          ? absl::StrFormat("budget of ratio %g (%d bytes at context %d)", budget.ratio,
+                            p.budget_bytes, p.context)
+          : absl::StrFormat("budget %d bytes at context %d", p.budget_bytes, p.context);
+  std::string ratio = absl::StrFormat("%.3f", std::floor(Ratio(p, min_bytes) * 1000.0) / 1000.0);
+  while (ratio.back() == '0') ratio.pop_back();
+  if (ratio.back() == '.') ratio.pop_back();
+  return absl::ResourceExhaustedError(
+      absl::StrFormat("%s is below the smallest feasible %s plan, %d bytes (ratio %s)", asked,
+                      SolverName(kind), min_bytes, ratio));
+}
+
+Plan MakePlan(const Problem& p, const Choice& choice, SolverKind kind) {
+  Plan plan;
+  plan.model = p.table->model;
+  plan.solver = std::string(SolverName(kind));
+  plan.budget_bytes = p.budget_bytes;
+  plan.context = p.context;
+  for (int l = 0; l < p.num_layers(); ++l) {
+    const int t = choice[l];
+    plan.layers.push_back({p.table->tuples[t], p.bytes[l][t], p.s(l, t)});
+    plan.total_bytes += p.bytes[l][t];
+    plan.predicted_error += p.s(l, t);
+  }
+  plan.ratio = Ratio(p, plan.total_bytes);
+  return plan;
+}
+
+// ---------------------------------------------------------------------------
+// greedy
+
+struct GreedyMove {
+  int layer = -1;
+  int to = -1;        // tuple index
+  double ds = 0;      // s(to) - s(current)
+  int64_t db = 0;     // bytes(current) - bytes(to), > 0
+};
+
+// True if `a` is a better move than `b`: smaller ds/db (compared without
+// division), then more bytes saved, then lower layer, then lower tuple index.
+bool BetterMove(const GreedyMove& a, const GreedyMove& b) {
+  const double lhs = a.ds * static_cast<double>(b.db);
+  const double rhs = b.ds * static_cast<double>(a.db);
+  if (lhs != rhs) return lhs < rhs;
+  if (a.db != b.db) return a.db > b.db;
+  if (a.layer != b.layer) return a.layer < b.layer;
+  return a.to < b.to;
+}
+
+// The best move of `layer` from tuple `from`, or layer -1 if none is cheaper.
+GreedyMove BestMove(const Problem& p, int layer, int from) {
+  GreedyMove best;
+  const int64_t from_bytes = p.bytes[layer][from];
+  const double from_s = p.s(layer, from);
+  for (int t = 0; t < p.num_tuples(); ++t) {
+    if (p.bytes[layer][t] >= from_bytes) continue;
+    GreedyMove m{layer, t, p.s(layer, t) - from_s, from_bytes - p.bytes[layer][t]};
+    if (best.layer < 0 || BetterMove(m, best)) best = m;
+  }
+  return best;
+}
+
+Choice SolveGreedy(const Problem& p) {
+  const std::vector<CompressionTuple>& tuples = p.table->tuples;
+  const int num_layers = p.num_layers();
+  Choice choice(num_layers, -1);
+  const auto full_it =
+      std::find(tuples.begin(), tuples.end(), CompressionTuple{1.0, kFp16Bits, kFp16Bits});
+  for (int l = 0; l < num_layers; ++l) {
+    if (full_it != tuples.end()) {
+      choice[l] = static_cast<int>(full_it - tuples.begin());
+      continue;
+    }
+    // The table lacks (1,16,16): start at the layer's most expensive tuple
+    // (ties: least s, then lower index), the nearest thing to "uncompressed".
+    int best = 0;
+    for (int t = 1; t < p.num_tuples(); ++t) {
+      if (p.bytes[l][t] > p.bytes[l][best] ||
+          (p.bytes[l][t] == p.bytes[l][best] && p.s(l, t) < p.s(l, best))) {
+        best = t;
+      }
+    }
+    choice[l] = best;
+  }
+  int64_t total = 0;
+  for (int l = 0; l < num_layers; ++l) total += p.bytes[l][choice[l]];
+
+  // One entry per layer: its best move from its current tuple. Only the layer
+  // that moves changes, so a plain heap needs no invalidation.
+  auto worse = [](const GreedyMove& a, const GreedyMove& b) { return BetterMove(b, a); };
+  std::priority_queue<GreedyMove, std::vector<GreedyMove>, decltype(worse)> heap(worse);
+  if (total > p.budget_bytes) {
+    for (int l = 0; l < num_layers; ++l) {
+      GreedyMove m = BestMove(p, l, choice[l]);
+      if (m.layer >= 0) heap.push(m);
+    }
+  }
+  // Terminates: every layer can always move to its cheapest tuple, and the
+  // caller checked that all-cheapest fits.
+  while (total > p.budget_bytes && !heap.empty()) {
+    const GreedyMove m = heap.top();
+    heap.pop();
+    choice[m.layer] = m.to;
+    total -= m.db;
+    GreedyMove next = BestMove(p, m.layer, m.to);
+    if (next.layer >= 0) heap.push(next);
+  }
+  return choice;
+}
+
+// ---------------------------------------------------------------------------
+// exact: multiple-choice knapsack
+//
+// 1. Per layer, keep the Pareto items (bytes strictly increasing, s strictly
+//    decreasing; an item with more bytes and no less s can never be needed,
+//    and ties in s go to fewer bytes).
+// 2. Lower convex hull per layer; merge the hull segments by slope. Walking
+//    them from the all-cheapest plan solves the LP relaxation; its multiplier
+//    lambda = -slope of the first segment that does not fit. Filling the
+//    budget along the same walk, then with single-layer upgrades into the
+//    leftover bytes, gives a feasible incumbent of value U.
+// 3. Lagrangian bound: for any lambda >= 0 and any plan x within budget B,
+//      sum s(x) = sum_l (s_l + lambda b_l) - lambda sum b_l
+//              >= sum_l (s_l(x_l) + lambda b_l(x_l)) - lambda B
+//              >= sum_{l<d} (s_l(x_l) + lambda b_l(x_l)) + sum_{l>=d} h_l - lambda B,
+//    h_l = min_j (s_lj + lambda b_lj). So an item, or a partial plan over
+//    layers < d, whose bound exceeds U cannot be part of a plan better than
+//    U: such items are dropped and such states pruned.
+// 4. A dynamic program over layers in index order whose states are the Pareto
+//    frontier (bytes, s) of partial plans, exact integer bytes (no rounding to
+//    a unit), pruned by the bound in 3 and by "the cheapest completion must
+//    fit". A dominated partial plan (no fewer bytes, no less s) is dropped:
+//    any completion of it is no better than the same completion of its
+//    dominator. The optimum's prefixes are never pruned (their bound is <= the
+//    optimum <= U) so the frontier of the last layer holds the optimum.
+// Bounds compare with a relative slack of 1e-9 so that rounding can only keep
+// more states, never drop the optimum.
+
+struct Item {
+  int64_t bytes;
+  double s;
+  int tuple;
+};
+
+struct DpState {
+  int64_t bytes;
+  double s;
+  int32_t parent;  // index into the previous layer's states
+  int32_t item;    // index into the layer's items
+};
+
+// Pareto items of one layer: bytes strictly increasing, s strictly decreasing.
+std::vector<Item> ParetoItems(std::vector<Item> items) {
+  std::sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
+    if (a.bytes != b.bytes) return a.bytes < b.bytes;
+    if (a.s != b.s) return a.s < b.s;
+    return a.tuple < b.tuple;
+  });
+  std::vector<Item> out;
+  for (const Item& it : items) {
+    if (out.empty() || it.s < out.back().s) out.push_back(it);
+  }
+  return out;
+}
+
+// Indices (into `items`, Pareto-sorted) of the lower convex hull.
+std::vector<int> LowerHull(const std::vector<Item>& items) {
+  std::vector<int> hull;
+  for (int i = 0; i < static_cast<int>(items.size()); ++i) {
+    while (hull.size() >= 2) {
+      const Item& o = items[hull[hull.size() - 2]];
+      const Item& a = items[hull.back()];
+      const Item& b = items[i];
+      const double cross = static_cast<double>(a.bytes - o.bytes) * (b.s - o.s) -
+                           (a.s - o.s) * static_cast<double>(b.bytes - o.bytes);
+      if (cross > 0) break;
+      hull.pop_back();
+    }
+    hull.push_back(i);
+  }
+  return hull;
+}
+
+// The optimum over `layers` (candidate items per layer) within `budget`, as
+// item indices into the Pareto lists returned through `pareto`. The caller
+// has checked that the all-cheapest plan fits.
+absl::StatusOr<std::vector<int>> SolveKnapsack(std::vector<std::vector<Item>>& pareto,
+                                               int64_t budget) {
+  const int num_layers = static_cast<int>(pareto.size());
+  std::vector<int> pick(num_layers, 0);
+
+  int64_t min_total = 0, max_total = 0;
+  for (const auto& items : pareto) {
+    min_total += items.front().bytes;
+    max_total += items.back().bytes;
+  }
+  if (max_total <= budget) {  // every layer's least-s item fits
+    for (int l = 0; l < num_layers; ++l) pick[l] = static_cast<int>(pareto[l].size()) - 1;
+    return pick;
+  }
+
+  // 2. Hull segments, LP walk, incumbent.
+  struct Segment {
+    double slope;  // ds/db < 0
+    int layer;
+    int index;     // segment index within the layer's hull
+  };
+  std::vector<std::vector<int>> hulls(num_layers);
+  std::vector<Segment> segments;
+  for (int l = 0; l < num_layers; ++l) {
+    hulls[l] = LowerHull(pareto[l]);
+    double prev = -std::numeric_limits<double>::infinity();
+    for (int i = 0; i + 1 < static_cast<int>(hulls[l].size()); ++i) {
+      const Item& a = pareto[l][hulls[l][i]];
+      const Item& b = pareto[l][hulls[l][i + 1]];
+      // Convex in exact arithmetic; max() keeps rounding from reordering.
+      prev = std::max(prev, (b.s - a.s) / static_cast<double>(b.bytes - a.bytes));
+      segments.push_back({prev, l, i});
+    }
+  }
+  std::sort(segments.begin(), segments.end(), [](const Segment& a, const Segment& b) {
+    if (a.slope != b.slope) return a.slope < b.slope;
+    if (a.layer != b.layer) return a.layer < b.layer;
+    return a.index < b.index;
+  });
+  std::vector<int> hull_pos(num_layers, 0);
+  std::vector<char> blocked(num_layers, 0);
+  int64_t used = min_total;
+  double lambda = -1;
+  for (const Segment& seg : segments) {
+    if (blocked[seg.layer] || seg.index != hull_pos[seg.layer]) continue;
+    const std::vector<int>& hull = hulls[seg.layer];
+    const int64_t db = pareto[seg.layer][hull[seg.index + 1]].bytes -
+                       pareto[seg.layer][hull[seg.index]].bytes;
+    if (used + db <= budget) {
+      used += db;
+      ++hull_pos[seg.layer];
+    } else {
+      if (lambda < 0) lambda = -seg.slope;
+      blocked[seg.layer] = 1;
+    }
+  }
+  if (lambda < 0) lambda = 0;  // unreachable: max_total > budget
+  for (int l = 0; l < num_layers; ++l) pick[l] = hulls[l][hull_pos[l]];
+  // Single-layer upgrades into the leftover bytes, best s gain first.
+  for (;;) {
+    int best_layer = -1, best_item = -1;
+    double best_gain = 0;
+    for (int l = 0; l < num_layers; ++l) {
+      const Item& cur = pareto[l][pick[l]];
+      for (int j = pick[l] + 1; j < static_cast<int>(pareto[l].size()); ++j) {
+        if (pareto[l][j].bytes - cur.bytes > budget - used) break;
+        const double gain = cur.s - pareto[l][j].s;
+        if (gain > best_gain) best_gain = gain, best_layer = l, best_item = j;
+      }
+    }
+    if (best_layer < 0) break;
+    used += pareto[best_layer][best_item].bytes - pareto[best_layer][pick[best_layer]].bytes;
+    pick[best_layer] = best_item;
+  }
+  double upper = 0;  // U, summed in layer order like the DP
+  for (int l = 0; l < num_layers; ++l) upper += pareto[l][pick[l]].s;
+  int64_t incumbent_bytes = used;
+
+  // 3. Lagrangian terms and item reduction.
+  std::vector<double> h(num_layers);
+  for (int l = 0; l < num_layers; ++l) {
+    double m = std::numeric_limits<double>::infinity();
+    for (const Item& it : pareto[l]) m = std::min(m, it.s + lambda * static_cast<double>(it.bytes));
+    h[l] = m;
+  }
+  std::vector<double> h_suffix(num_layers + 1, 0.0);     // sum_{l>=d} h_l
+  std::vector<int64_t> min_suffix(num_layers + 1, 0);  // sum_{l>=d} cheapest bytes
+  for (int l = num_layers - 1; l >= 0; --l) {
+    h_suffix[l] = h_suffix[l + 1] + h[l];
+    min_suffix[l] = min_suffix[l + 1] + pareto[l].front().bytes;
+  }
+  const double lambda_budget = lambda * static_cast<double>(budget);
+  const double slack =
+      1e-9 * (std::abs(upper) + std::abs(h_suffix[0]) + lambda_budget) + 1e-300;
+  const double limit = upper + slack;
+  const double lower = h_suffix[0] - lambda_budget;  // the Lagrangian bound
+  std::vector<std::vector<int>> kept(num_layers);  // reduced item indices per layer
+  for (int l = 0; l < num_layers; ++l) {
+    for (int j = 0; j < static_cast<int>(pareto[l].size()); ++j) {
+      const Item& it = pareto[l][j];
+      const double gap = it.s + lambda * static_cast<double>(it.bytes) - h[l];
+      if (lower + gap > limit) continue;
+      if (it.bytes - pareto[l].front().bytes > budget - min_total) continue;
+      kept[l].push_back(j);
+    }
+  }
+
+  // 4. DP over layers on the Pareto frontier of (bytes, s).
+  std::vector<std::vector<DpState>> layers_states(num_layers + 1);
+  layers_states[0].push_back({0, 0.0, -1, -1});
+  int64_t total_states = 1;
+  std::vector<DpState> next;
+  for (int l = 0; l < num_layers; ++l) {
+    const std::vector<DpState>& cur = layers_states[l];
+    next.clear();
+    for (int j : kept[l]) {
+      const Item& it = pareto[l][j];
+      const int64_t max_bytes = budget - min_suffix[l + 1] - it.bytes;
+      for (int32_t i = 0; i < static_cast<int32_t>(cur.size()); ++i) {
+        const DpState& st = cur[i];
+        if (st.bytes > max_bytes) break;  // states are sorted by bytes
+        const int64_t nb = st.bytes + it.bytes;
+        const double ns = st.s + it.s;
+        if (ns + lambda * static_cast<double>(nb) + h_suffix[l + 1] - lambda_budget > limit) {
+          continue;
+        }
+        next.push_back({nb, ns, i, j});
+      }
+    }
+    std::sort(next.begin(), next.end(), [](const DpState& a, const DpState& b) {
+      if (a.bytes != b.bytes) return a.bytes < b.bytes;
+      return a.s < b.s;
+    });
+    std::vector<DpState>& out = layers_states[l + 1];
+    for (const DpState& st : next) {
+      if (out.empty() || st.s < out.back().s) out.push_back(st);
+    }
+    total_states += static_cast<int64_t>(out.size());
+    if (total_states > kMaxExactStates) {
+      return absl::InternalError(absl::StrCat(
+          "exact solver: the search exceeded ", kMaxExactStates,
+          " states; the sensitivity table is pathological for the bound"));
+    }
+  }
+
+  // The frontier's last state has the least s (ties were resolved to fewer
+  // bytes by the strict filter). Keep the incumbent unless strictly beaten.
+  const std::vector<DpState>& last = layers_states[num_layers];
+  if (last.empty()) return pick;
+  const DpState& best = last.back();
+  if (!(best.s < upper || (best.s == upper && best.bytes < incumbent_bytes))) return pick;
+  int32_t idx = static_cast<int32_t>(last.size()) - 1;
+  for (int l = num_layers; l >= 1; --l) {
+    const DpState& st = layers_states[l][idx];
+    pick[l - 1] = st.item;
+    idx = st.parent;
+  }
+  return pick;
+}
+
+// Exact over the tuples that `allowed` accepts in every layer; nullopt-like
+// empty Choice when some layer has no allowed tuple.
+template <typename Allowed>
+absl::StatusOr<Choice> SolveExactOver(const Problem& p, const Budget& budget, SolverKind kind,
+                                      Allowed allowed) {
+  std::vector<std::vector<Item>> pareto(p.num_layers());
+  int64_t min_total = 0;
+  for (int l = 0; l < p.num_layers(); ++l) {
+    std::vector<Item> items;
+    for (int t = 0; t < p.num_tuples(); ++t) {
+      if (allowed(p.table->tuples[t])) items.push_back({p.bytes[l][t], p.s(l, t), t});
+    }
+    if (items.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("solver ", SolverName(kind),
+                                                     " needs tuples with keep 1; the table "
+                                                     "has none"));
+    }
+    pareto[l] = ParetoItems(std::move(items));
+    min_total += pareto[l].front().bytes;
+  }
+  if (min_total > p.budget_bytes) return Infeasible(p, budget, kind, min_total);
+  // Every plan's bytes are a multiple of the quantum (the gcd of all item
+  // sizes), so the budget rounded down to it admits exactly the same plans.
+  int64_t quantum = 0;
+  for (const auto& items : pareto) {
+    for (const Item& it : items) quantum = std::gcd(quantum, it.bytes);
+  }
+  const int64_t budget_q = quantum > 0 ? p.budget_bytes / quantum * quantum : p.budget_bytes;
+  MOEND_ASSIGN_OR_RETURN(std::vector<int> pick, SolveKnapsack(pareto, budget_q));
+  Choice choice(p.num_layers());
+  for (int l = 0; l < p.num_layers(); ++l) choice[l] = pareto[l][pick[l]].tuple;
+  return choice;
+}
+
+// ---------------------------------------------------------------------------
+// uniform baselines: the same tuple in every layer, among `candidates`
+// (table indices, in tie-break order after s and bytes).
+
+absl::StatusOr<Choice> SolveUniform(const Problem& p, const Budget& budget, SolverKind kind,
+                                    const std::vector<int>& candidates) {
+  int best = -1;
+  double best_s = 0;
+  int64_t best_bytes = 0;
+  int64_t min_bytes = std::numeric_limits<int64_t>::max();
+  for (int t : candidates) {
+    int64_t bytes = 0;
+    double s = 0;
+    for (int l = 0; l < p.num_layers(); ++l) {
+      bytes += p.bytes[l][t];
+      s += p.s(l, t);
+    }
+    min_bytes = std::min(min_bytes, bytes);
+    if (bytes > p.budget_bytes) continue;
+    if (best < 0 || s < best_s || (s == best_s && bytes < best_bytes)) {
+      best = t, best_s = s, best_bytes = bytes;
+    }
+  }
+  if (best < 0) return Infeasible(p, budget, kind, min_bytes);
+  return Choice(p.num_layers(), best);
+}
+
+}  // namespace
+
+const char* SolverName(SolverKind kind) {
+  for (const auto& e : kSolverNames) {
+    if (e.kind == kind) return e.name;
+  }
+  return "unknown";
+}
+
+absl::StatusOr<SolverKind> ParseSolverKind(std::string_view name) {
+  std::string allowed;
+  for (const auto& e : kSolverNames) {
+    if (name == e.name) return e.kind;
+    absl::StrAppend(&allowed, allowed.empty() ? "" : ", ", e.name);
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown solver '", std::string(name), "'; allowed: ", allowed));
+}
+
+absl::StatusOr<Plan> Solve(const SensitivityTable& table, const Budget& budget, SolverKind kind) {
+  MOEND_ASSIGN_OR_RETURN(const Problem p, MakeProblem(table, budget));
+  Choice choice;
+  switch (kind) {
+    case SolverKind::kGreedy: {
+      int64_t min_total = 0;
+      for (int l = 0; l < p.num_layers(); ++l) {
+        min_total += *std::min_element(p.bytes[l].begin(), p.bytes[l].end());
+      }
+      if (min_total > p.budget_bytes) return Infeasible(p, budget, kind, min_total);
+      choice = SolveGreedy(p);
+      break;
+    }
+    case SolverKind::kExact: {
+      MOEND_ASSIGN_OR_RETURN(
+          choice, SolveExactOver(p, budget, kind, [](const CompressionTuple&) { return true; }));
+      break;
+    }
+    case SolverKind::k2d: {
+      MOEND_ASSIGN_OR_RETURN(choice, SolveExactOver(p, budget, kind, [](const CompressionTuple& t) {
+                               return t.keep == 1.0;
+                             }));
+      break;
+    }
+    case SolverKind::k1d: {
+      // Larger keep first so that it wins ties in s and bytes.
+      std::vector<int> candidates;
+      for (int t = 0; t < p.num_tuples(); ++t) {
+        const CompressionTuple& tu = table.tuples[t];
+        if (tu.kbits == kFp16Bits && tu.vbits == kFp16Bits) candidates.push_back(t);
+      }
+      if (candidates.empty()) {
+        return absl::InvalidArgumentError(
+            "solver 1d needs tuples with 16-bit K and V; the table has none");
+      }
+      std::stable_sort(candidates.begin(), candidates.end(), [&](int a, int b) {
+        return table.tuples[a].keep > table.tuples[b].keep;
+      });
+      MOEND_ASSIGN_OR_RETURN(choice, SolveUniform(p, budget, kind, candidates));
+      break;
+    }
+    case SolverKind::k2dUniform: {
+      std::vector<int> candidates(p.num_tuples());
+      std::iota(candidates.begin(), candidates.end(), 0);
+      MOEND_ASSIGN_OR_RETURN(choice, SolveUniform(p, budget, kind, candidates));
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError("unknown solver kind");
+  }
+  Plan plan = MakePlan(p, choice, kind);
+  // A solver bug must not reach a node as an over-budget plan.
+  if (plan.total_bytes > plan.budget_bytes) {
+    return absl::InternalError(absl::StrCat("solver ", SolverName(kind), " produced ",
+                                            plan.total_bytes, " bytes over the budget ",
+                                            plan.budget_bytes));
+  }
+  return plan;
+}
+
+}  // namespace moend
