@@ -11,6 +11,7 @@
 #include "core/gemm.h"
 #include "core/safetensors.h"
 #include "core/status_macros.h"
+#include "core/vec_math.h"
 
 namespace moend {
 
@@ -220,34 +221,30 @@ void Model::AttentionInputs(int64_t layer, const float* x, int64_t n, int64_t po
 
 void Model::CausalAttention(const float* q, const float* k, const float* v, int64_t num_heads,
                             int64_t num_kv_heads, int64_t n, int64_t head_dim, float* out) {
-  constexpr int64_t kBlock = 128;
+  // Work items are (head, block of kBlock queries); each computes its scores
+  // against the keys it can see with one matrix product, softmaxes them and
+  // multiplies by V. Inside the parallel loop the (OpenMP) BLAS runs
+  // single-threaded, so the items are the unit of parallelism.
+  constexpr int64_t kBlock = 64;
   const int64_t group = num_heads / num_kv_heads;
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  std::vector<float> scores(static_cast<size_t>(std::min(n, kBlock) * n));
-  for (int64_t head = 0; head < num_heads; ++head) {
-    const float* kh = k + (head / group) * n * head_dim;
-    const float* vh = v + (head / group) * n * head_dim;
-    for (int64_t q0 = 0; q0 < n; q0 += kBlock) {
+#pragma omp parallel
+  {
+    std::vector<float> scores(static_cast<size_t>(std::min(n, kBlock) * n));
+    // Largest blocks (latest queries) first for load balance.
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t item = 0; item < num_heads * blocks; ++item) {
+      const int64_t head = item % num_heads;
+      const int64_t q0 = (blocks - 1 - item / num_heads) * kBlock;
       const int64_t rows = std::min(kBlock, n - q0);
       const int64_t keys = q0 + rows;  // causal: this block sees keys [0, q0 + rows)
+      const float* kh = k + (head / group) * n * head_dim;
+      const float* vh = v + (head / group) * n * head_dim;
       // scores[rows, keys] = scale * Q_blk K^T
       Gemm(Transpose::kYes, rows, keys, head_dim, scale, q + (head * n + q0) * head_dim, head_dim,
            kh, head_dim, 0.0f, scores.data(), keys);
-#pragma omp parallel for schedule(static)
-      for (int64_t r = 0; r < rows; ++r) {
-        float* s = scores.data() + r * keys;
-        const int64_t len = q0 + r + 1;
-        float mx = s[0];
-        for (int64_t j = 1; j < len; ++j) mx = std::max(mx, s[j]);
-        float sum = 0;
-        for (int64_t j = 0; j < len; ++j) {
-          s[j] = std::exp(s[j] - mx);
-          sum += s[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < len; ++j) s[j] *= inv;
-        std::fill(s + len, s + keys, 0.0f);
-      }
+      for (int64_t r = 0; r < rows; ++r) SoftmaxRow(scores.data() + r * keys, q0 + r + 1, keys);
       // out[q0 + r, head * D ...] = P V
       Gemm(Transpose::kNo, rows, head_dim, keys, 1.0f, scores.data(), keys, vh, head_dim, 0.0f,
            out + q0 * num_heads * head_dim + head * head_dim, num_heads * head_dim);
@@ -269,10 +266,7 @@ void Model::FinishLayer(int64_t layer, const float* attn, int64_t n, float* x) c
 #pragma omp parallel for schedule(static) if (n > 64)
   for (int64_t t = 0; t < n; ++t) {
     float* row = gu.data() + t * 2 * inter;
-    for (int64_t i = 0; i < inter; ++i) {
-      const float g = row[i];
-      row[i] = g / (1.0f + std::exp(-g)) * row[inter + i];  // silu(gate) * up, in place
-    }
+    SiluMul(row, row + inter, inter);  // silu(gate) * up, in place
   }
   Gemm(Transpose::kYes, n, hidden, inter,
        1.0f, gu.data(), 2 * inter, L.down.data(), inter, 1.0f, x, hidden);
