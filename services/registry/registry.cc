@@ -1,0 +1,729 @@
+#include "services/registry/registry.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <set>
+#include <tuple>
+#include <utility>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "core/status_macros.h"
+#include "prometheus/counter.h"
+#include "prometheus/family.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "services/registry/merge.h"
+#include "services/registry/model_config.h"
+#include "services/registry/proto_convert.h"
+
+namespace moend::registry {
+namespace {
+
+using storage::Column;
+
+std::string JobKey(const std::string& id) { return "job/" + id; }
+std::string ShardKey(const std::string& id, int64_t i) {
+  return absl::StrFormat("shard/%s/%08d", id, i);
+}
+std::string ReportKey(const std::string& id, int64_t i) {
+  return absl::StrFormat("report/%s/%08d", id, i);
+}
+std::string VersionKey(const std::string& model, uint64_t v) {
+  return absl::StrFormat("%s/%020d", model, v);
+}
+
+// Names of models and jobs: used in keys, so no '/'.
+absl::Status ValidateName(const char* what, const std::string& name) {
+  bool ok = !name.empty() && name.size() <= 128;
+  for (char c : name) {
+    ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
+  }
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(what, " '", name,
+                                                 "' is not allowed: use 1 to 128 of the "
+                                                 "characters A-Z a-z 0-9 . _ -"));
+}
+
+template <typename Message>
+absl::StatusOr<Message> Parse(const std::string& bytes, const std::string& what) {
+  Message m;
+  if (!m.ParseFromString(bytes)) {
+    return absl::DataLossError(absl::StrCat("stored record ", what, " does not parse"));
+  }
+  return m;
+}
+
+struct LeaseRef {
+  std::string job_id;
+  int64_t shard = 0;
+  int64_t attempt = 0;
+};
+
+std::string LeaseId(const std::string& job_id, int64_t shard, int64_t attempt) {
+  return absl::StrCat(job_id, "/", shard, "/", attempt);
+}
+
+absl::StatusOr<LeaseRef> ParseLeaseId(const std::string& lease_id) {
+  size_t b = lease_id.rfind('/');
+  size_t a = b == std::string::npos || b == 0 ? std::string::npos : lease_id.rfind('/', b - 1);
+  LeaseRef ref;
+  if (a == std::string::npos || a == 0 ||
+      !absl::SimpleAtoi(lease_id.substr(a + 1, b - a - 1), &ref.shard) ||
+      !absl::SimpleAtoi(lease_id.substr(b + 1), &ref.attempt)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "lease id '", lease_id, "' is malformed; use the lease_id LeaseShard returned"));
+  }
+  ref.job_id = lease_id.substr(0, a);
+  return ref;
+}
+
+}  // namespace
+
+struct Registry::Metrics {
+  explicit Metrics(prometheus::Registry& r)
+      : reports(prometheus::BuildCounter()
+                    .Name("moend_registry_reports_total")
+                    .Help("Shard reports received, by result")
+                    .Register(r)),
+        accepted(reports.Add({{"result", "accepted"}})),
+        duplicate(reports.Add({{"result", "duplicate"}})),
+        rejected(reports.Add({{"result", "rejected"}})),
+        jobs(prometheus::BuildGauge()
+                 .Name("moend_registry_jobs")
+                 .Help("Calibration jobs, by state")
+                 .Register(r)),
+        pending(jobs.Add({{"state", "pending"}})),
+        running(jobs.Add({{"state", "running"}})),
+        done(jobs.Add({{"state", "done"}})),
+        writes(prometheus::BuildHistogram()
+                   .Name("moend_registry_write_seconds")
+                   .Help("Latency of one synced store write")
+                   .Register(r)),
+        write_seconds(writes.Add({}, prometheus::Histogram::BucketBoundaries{
+                                         0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+                                         0.025, 0.05, 0.1, 0.25, 1})),
+        leases(prometheus::BuildCounter()
+                   .Name("moend_registry_leases_total")
+                   .Help("Shard leases granted; reassigned = a lapsed lease handed out again")
+                   .Register(r)),
+        new_leases(leases.Add({{"kind", "new"}})),
+        reassigned(leases.Add({{"kind", "reassigned"}})) {}
+
+  prometheus::Family<prometheus::Counter>& reports;
+  prometheus::Counter& accepted;
+  prometheus::Counter& duplicate;
+  prometheus::Counter& rejected;
+  prometheus::Family<prometheus::Gauge>& jobs;
+  prometheus::Gauge& pending;
+  prometheus::Gauge& running;
+  prometheus::Gauge& done;
+  prometheus::Family<prometheus::Histogram>& writes;
+  prometheus::Histogram& write_seconds;
+  prometheus::Family<prometheus::Counter>& leases;
+  prometheus::Counter& new_leases;
+  prometheus::Counter& reassigned;
+};
+
+Registry::Registry(std::unique_ptr<storage::Store> store, RegistryOptions options)
+    : options_(options),
+      clock_(options.clock ? options.clock : Clock::Real()),
+      metrics_(options.metrics ? std::make_unique<Metrics>(*options.metrics) : nullptr),
+      store_(std::move(store)) {}
+
+Registry::~Registry() { Shutdown(); }
+
+absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(std::unique_ptr<storage::Store> store,
+                                                         RegistryOptions options) {
+  if (store == nullptr) return absl::InvalidArgumentError("Registry::Open needs a store");
+  if (options.lease_duration <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("lease_duration must be positive");
+  }
+  std::unique_ptr<Registry> r(new Registry(std::move(store), options));
+  MOEND_RETURN_IF_ERROR(r->Load());
+  return r;
+}
+
+absl::Status Registry::Load() {
+  absl::MutexLock lock(&mu_);
+  MOEND_ASSIGN_OR_RETURN(auto models, store_->Scan(Column::kModels, ""));
+  for (const storage::KeyValue& kv : models) {
+    MOEND_ASSIGN_OR_RETURN(v1::Model m, Parse<v1::Model>(kv.value, "models/" + kv.key));
+    models_[kv.key] = FromProto(m);
+  }
+  MOEND_ASSIGN_OR_RETURN(auto jobs, store_->Scan(Column::kJobs, "job/"));
+  std::vector<std::pair<int64_t, std::string>> order;
+  for (const storage::KeyValue& kv : jobs) {
+    MOEND_ASSIGN_OR_RETURN(v1::CalibrationJob p,
+                           Parse<v1::CalibrationJob>(kv.value, "jobs/" + kv.key));
+    Job job = FromProto(p);
+    job.shards.reserve(p.shards_total());
+    const std::string id = job.spec.job_id;
+    MOEND_ASSIGN_OR_RETURN(auto shards, store_->Scan(Column::kJobs, "shard/" + id + "/"));
+    for (const storage::KeyValue& s : shards) {
+      MOEND_ASSIGN_OR_RETURN(v1::Shard sp, Parse<v1::Shard>(s.value, "jobs/" + s.key));
+      job.shards.push_back(FromProto(sp));
+    }
+    if (job.shards_total() != p.shards_total()) {
+      return absl::DataLossError(absl::StrCat("job ", id, " has ", job.shards_total(),
+                                              " stored shards but records ", p.shards_total()));
+    }
+    order.push_back({job.sequence, id});
+    next_job_number_ = std::max(next_job_number_, job.sequence + 1);
+    jobs_[id] = std::move(job);
+  }
+  std::sort(order.begin(), order.end());
+  for (auto& [seq, id] : order) job_order_.push_back(id);
+  MOEND_ASSIGN_OR_RETURN(auto feed, store_->Scan(Column::kFeed, ""));
+  for (const storage::KeyValue& kv : feed) {
+    MOEND_ASSIGN_OR_RETURN(v1::ModelVersionEvent e,
+                           Parse<v1::ModelVersionEvent>(kv.value, "feed/" + kv.key));
+    feed_[{e.model(), e.version()}] = FromProto(e);
+  }
+  UpdateJobGauges();
+  return absl::OkStatus();
+}
+
+absl::Status Registry::Write(const storage::WriteBatch& batch) {
+  auto start = std::chrono::steady_clock::now();
+  absl::Status s = store_->Write(batch);
+  if (metrics_) {
+    metrics_->write_seconds.Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return s;
+}
+
+void Registry::UpdateJobGauges() {
+  if (!metrics_) return;
+  int64_t n[3] = {0, 0, 0};
+  for (const auto& [id, job] : jobs_) ++n[static_cast<int>(job.state)];
+  metrics_->pending.Set(static_cast<double>(n[0]));
+  metrics_->running.Set(static_cast<double>(n[1]));
+  metrics_->done.Set(static_cast<double>(n[2]));
+}
+
+absl::StatusOr<ModelInfo> Registry::RegisterModel(const std::string& name,
+                                                  const std::string& config_json) {
+  MOEND_RETURN_IF_ERROR(ValidateName("model name", name));
+  MOEND_ASSIGN_OR_RETURN(ModelShape shape, ModelShapeFromConfigJson(config_json));
+  absl::MutexLock lock(&mu_);
+  if (auto it = models_.find(name); it != models_.end()) {
+    if (it->second.shape == shape) return it->second;
+    return absl::AlreadyExistsError(absl::StrCat(
+        "model '", name, "' is already registered with another shape (",
+        it->second.shape.num_layers, " layers, ", it->second.shape.num_kv_heads, " KV heads, head dim ",
+        it->second.shape.head_dim, "); register the new one under another name"));
+  }
+  ModelInfo m;
+  m.name = name;
+  m.shape = shape;
+  m.config_json = config_json;
+  m.created = m.updated = clock_->Now();
+  storage::WriteBatch batch;
+  batch.Put(Column::kModels, name, ToProto(m).SerializeAsString());
+  MOEND_RETURN_IF_ERROR(Write(batch));
+  models_[name] = m;
+  return m;
+}
+
+absl::StatusOr<ModelInfo> Registry::GetModel(const std::string& name) const {
+  absl::MutexLock lock(&mu_);
+  auto it = models_.find(name);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("model '", name, "' is not registered"));
+  }
+  return it->second;
+}
+
+std::vector<ModelInfo> Registry::ListModels() const {
+  absl::MutexLock lock(&mu_);
+  std::vector<ModelInfo> out;
+  for (const auto& [name, m] : models_) out.push_back(m);
+  return out;
+}
+
+absl::StatusOr<Job> Registry::NormalizeJob(JobSpec spec) const {
+  auto mit = models_.find(spec.model);
+  if (mit == models_.end()) {
+    return absl::NotFoundError(
+        absl::StrCat("model '", spec.model, "' is not registered; register it first"));
+  }
+  const ModelShape& shape = mit->second.shape;
+  if (spec.tuples.empty()) spec.tuples = TupleGrid::Default().Tuples();
+  std::set<std::tuple<double, int, int>> seen;
+  for (const CompressionTuple& t : spec.tuples) {
+    MOEND_RETURN_IF_ERROR(ValidateTuple(t));
+    if (!seen.insert({t.keep, t.kbits, t.vbits}).second) {
+      return absl::InvalidArgumentError(absl::StrCat("tuple ", ToString(t), " appears twice"));
+    }
+  }
+  if (spec.seq_len <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("seq_len ", spec.seq_len, " must be a positive number of tokens"));
+  }
+  if (shape.max_position_embeddings > 0 && spec.seq_len > shape.max_position_embeddings) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("seq_len ", spec.seq_len, " exceeds the model's max_position_embeddings ",
+                     shape.max_position_embeddings));
+  }
+  if (spec.compression_point == 0) spec.compression_point = spec.seq_len - 256;
+  if (spec.compression_point <= 0 || spec.compression_point > spec.seq_len) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "compression_point ", spec.compression_point, " must be in [1, seq_len=", spec.seq_len,
+        "] (the default is seq_len - 256, which needs seq_len > 256)"));
+  }
+  if (spec.num_samples <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_samples ", spec.num_samples, " must be >= 1"));
+  }
+  if (spec.samples_per_shard == 0) spec.samples_per_shard = spec.num_samples;
+  if (spec.samples_per_shard < 1 || spec.samples_per_shard > spec.num_samples) {
+    return absl::InvalidArgumentError(absl::StrCat("samples_per_shard ", spec.samples_per_shard,
+                                                   " must be in [1, num_samples=",
+                                                   spec.num_samples, "]"));
+  }
+  if (spec.layers_per_shard == 0) spec.layers_per_shard = shape.num_layers;
+  if (spec.layers_per_shard < 1 || spec.layers_per_shard > shape.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("layers_per_shard ", spec.layers_per_shard,
+                                                   " must be in [1, num_layers=",
+                                                   shape.num_layers, "]"));
+  }
+  const int64_t sample_ranges =
+      (spec.num_samples + spec.samples_per_shard - 1) / spec.samples_per_shard;
+  const int64_t layer_ranges =
+      (shape.num_layers + spec.layers_per_shard - 1) / spec.layers_per_shard;
+  if (sample_ranges * layer_ranges > options_.max_shards_per_job) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "job would have ", sample_ranges * layer_ranges, " shards; at most ",
+        options_.max_shards_per_job, " are allowed (raise samples_per_shard or layers_per_shard)"));
+  }
+  Job job;
+  job.spec = std::move(spec);
+  for (int64_t s = 0; s < sample_ranges; ++s) {
+    for (int64_t l = 0; l < layer_ranges; ++l) {
+      Shard shard;
+      shard.index = job.shards_total();
+      shard.sample_begin = s * job.spec.samples_per_shard;
+      shard.sample_end = std::min(job.spec.num_samples, shard.sample_begin + job.spec.samples_per_shard);
+      shard.layer_begin = l * job.spec.layers_per_shard;
+      shard.layer_end = std::min(shape.num_layers, shard.layer_begin + job.spec.layers_per_shard);
+      job.shards.push_back(shard);
+    }
+  }
+  return job;
+}
+
+absl::StatusOr<Job> Registry::SubmitJob(JobSpec spec) {
+  if (!spec.job_id.empty()) MOEND_RETURN_IF_ERROR(ValidateName("job id", spec.job_id));
+  absl::MutexLock lock(&mu_);
+  MOEND_ASSIGN_OR_RETURN(Job job, NormalizeJob(std::move(spec)));
+  if (!job.spec.job_id.empty()) {
+    if (auto it = jobs_.find(job.spec.job_id); it != jobs_.end()) {
+      if (it->second.spec == job.spec) return it->second;
+      return absl::AlreadyExistsError(
+          absl::StrCat("job '", job.spec.job_id, "' exists with a different spec"));
+    }
+  } else {
+    int64_t n = next_job_number_;
+    while (jobs_.count(absl::StrFormat("job-%06d", n))) ++n;
+    job.spec.job_id = absl::StrFormat("job-%06d", n);
+  }
+  job.sequence = next_job_number_;
+  job.created = clock_->Now();
+  const std::string& id = job.spec.job_id;
+  storage::WriteBatch batch;
+  batch.Put(Column::kJobs, JobKey(id), ToProto(job, false).SerializeAsString());
+  for (const Shard& s : job.shards) {
+    batch.Put(Column::kJobs, ShardKey(id, s.index), ToProto(s).SerializeAsString());
+  }
+  MOEND_RETURN_IF_ERROR(Write(batch));
+  next_job_number_ = std::max(next_job_number_ + 1, job.sequence + 1);
+  job_order_.push_back(id);
+  jobs_[id] = job;
+  UpdateJobGauges();
+  return job;
+}
+
+absl::StatusOr<Job> Registry::GetJob(const std::string& job_id) const {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("no calibration job '", job_id, "'"));
+  }
+  return it->second;
+}
+
+std::vector<Job> Registry::ListJobs(const std::string& model) const {
+  absl::MutexLock lock(&mu_);
+  std::vector<Job> out;
+  for (const std::string& id : job_order_) {
+    const Job& j = jobs_.at(id);
+    if (model.empty() || j.spec.model == model) out.push_back(j);
+  }
+  return out;
+}
+
+absl::StatusOr<std::optional<Lease>> Registry::LeaseShard(const std::string& worker_id,
+                                                          const std::string& job_id,
+                                                          const std::string& model) {
+  if (worker_id.empty()) return absl::InvalidArgumentError("worker_id is required");
+  absl::MutexLock lock(&mu_);
+  if (!job_id.empty() && !jobs_.count(job_id)) {
+    return absl::NotFoundError(absl::StrCat("no calibration job '", job_id, "'"));
+  }
+  if (!model.empty() && !models_.count(model)) {
+    return absl::NotFoundError(absl::StrCat("model '", model, "' is not registered"));
+  }
+  const absl::Time now = clock_->Now();
+  for (const std::string& id : job_order_) {
+    Job& job = jobs_.at(id);
+    if (job.state == JobState::kDone) continue;
+    if (!job_id.empty() && id != job_id) continue;
+    if (!model.empty() && job.spec.model != model) continue;
+    for (Shard& shard : job.shards) {
+      bool available = shard.state == ShardState::kPending ||
+                       (shard.state == ShardState::kLeased && shard.lease_expiry <= now);
+      if (!available) continue;
+      Shard leased = shard;
+      leased.state = ShardState::kLeased;
+      leased.attempts = shard.attempts + 1;
+      leased.lease_id = LeaseId(id, shard.index, leased.attempts);
+      leased.worker_id = worker_id;
+      leased.lease_expiry = now + options_.lease_duration;
+      storage::WriteBatch batch;
+      batch.Put(Column::kJobs, ShardKey(id, shard.index), ToProto(leased).SerializeAsString());
+      MOEND_RETURN_IF_ERROR(Write(batch));
+      if (metrics_) (shard.attempts > 0 ? metrics_->reassigned : metrics_->new_leases).Increment();
+      shard = leased;
+      Lease lease;
+      lease.lease_id = leased.lease_id;
+      lease.worker_id = worker_id;
+      lease.job_id = id;
+      lease.shard = leased;
+      lease.spec = job.spec;
+      lease.shape = models_.at(job.spec.model).shape;
+      lease.expiry = leased.lease_expiry;
+      lease.duration = options_.lease_duration;
+      return lease;
+    }
+  }
+  return std::optional<Lease>();
+}
+
+absl::StatusOr<absl::Time> Registry::Heartbeat(const std::string& lease_id,
+                                               const std::string& worker_id) {
+  MOEND_ASSIGN_OR_RETURN(LeaseRef ref, ParseLeaseId(lease_id));
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(ref.job_id);
+  if (it == jobs_.end()) {
+    return absl::NotFoundError(absl::StrCat("lease '", lease_id, "' names no known job"));
+  }
+  Job& job = it->second;
+  if (ref.shard < 0 || ref.shard >= job.shards_total()) {
+    return absl::InvalidArgumentError(absl::StrCat("lease '", lease_id, "' names shard ",
+                                                   ref.shard, " but job has ", job.shards_total()));
+  }
+  Shard& shard = job.shards[ref.shard];
+  if (shard.state == ShardState::kDone) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("shard ", ref.shard, " of job ", ref.job_id, " is already done; stop work"));
+  }
+  if (shard.lease_id != lease_id || shard.worker_id != worker_id) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("lease '", lease_id, "' of worker '", worker_id,
+                     "' was superseded by lease '", shard.lease_id, "' of worker '",
+                     shard.worker_id, "'; stop work on this shard"));
+  }
+  Shard extended = shard;
+  extended.lease_expiry = clock_->Now() + options_.lease_duration;
+  storage::WriteBatch batch;
+  batch.Put(Column::kJobs, ShardKey(ref.job_id, ref.shard), ToProto(extended).SerializeAsString());
+  MOEND_RETURN_IF_ERROR(Write(batch));
+  shard = extended;
+  return shard.lease_expiry;
+}
+
+absl::Status Registry::ValidateReport(const Job& job, const ShardReport& r) const {
+  const std::string& id = job.spec.job_id;
+  if (r.model != job.spec.model) {
+    return absl::InvalidArgumentError(absl::StrCat("report is for model '", r.model, "' but job '",
+                                                   id, "' calibrates model '", job.spec.model,
+                                                   "'"));
+  }
+  if (r.shard_index < 0 || r.shard_index >= job.shards_total()) {
+    return absl::InvalidArgumentError(absl::StrCat("shard index ", r.shard_index,
+                                                   " is outside [0, ", job.shards_total(),
+                                                   ") of job '", id, "'"));
+  }
+  if (r.worker_id.empty()) return absl::InvalidArgumentError("worker_id is required");
+  const Shard& shard = job.shards[r.shard_index];
+  auto ref = ParseLeaseId(r.lease_id);
+  if (!ref.ok() || ref->job_id != id || ref->shard != r.shard_index || ref->attempt < 1 ||
+      ref->attempt > shard.attempts) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("lease '", r.lease_id, "' was never issued for shard ", r.shard_index,
+                     " of job '", id, "' (", shard.attempts,
+                     " leases issued); lease the shard with LeaseShard first"));
+  }
+  if (ref->attempt == shard.attempts && shard.state != ShardState::kDone &&
+      r.worker_id != shard.worker_id) {
+    return absl::FailedPreconditionError(absl::StrCat("lease '", r.lease_id, "' is held by worker '",
+                                                      shard.worker_id, "', not '", r.worker_id,
+                                                      "'"));
+  }
+  const PartialTable& t = r.table;
+  if (t.layer_begin != shard.layer_begin || t.layer_end != shard.layer_end) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "report covers layers [", t.layer_begin, ", ", t.layer_end, ") but shard ", shard.index,
+        " of job '", id, "' is layers [", shard.layer_begin, ", ", shard.layer_end, ")"));
+  }
+  if (t.samples != shard.samples()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "report averages ", t.samples, " samples but shard ", shard.index, " has samples [",
+        shard.sample_begin, ", ", shard.sample_end, ") = ", shard.samples()));
+  }
+  if (t.tuples.size() != job.spec.tuples.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("report has ", t.tuples.size(),
+                                                   " tuples but job '", id, "' measures ",
+                                                   job.spec.tuples.size()));
+  }
+  for (size_t i = 0; i < t.tuples.size(); ++i) {
+    if (!(t.tuples[i] == job.spec.tuples[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("report tuple ", i, " is ",
+                                                     ToString(t.tuples[i]), " but the job's tuple ",
+                                                     i, " is ", ToString(job.spec.tuples[i])));
+    }
+  }
+  if (static_cast<int64_t>(t.s.size()) != shard.layers()) {
+    return absl::InvalidArgumentError(absl::StrCat("report has ", t.s.size(), " rows for the ",
+                                                   shard.layers(), " layers of shard ",
+                                                   shard.index));
+  }
+  for (size_t l = 0; l < t.s.size(); ++l) {
+    if (t.s[l].size() != t.tuples.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("row of layer ", shard.layer_begin + l,
+                                                     " has ", t.s[l].size(), " values for ",
+                                                     t.tuples.size(), " tuples"));
+    }
+    for (size_t i = 0; i < t.s[l].size(); ++i) {
+      double v = t.s[l][i];
+      if (!std::isfinite(v) || v < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("s[layer ", shard.layer_begin + l,
+                                                       "][tuple ", i, "] = ", v,
+                                                       " is not a finite value >= 0"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<VersionEvent> Registry::AddVersion(const SensitivityTable& table,
+                                                  const std::string& run_id, int64_t shards,
+                                                  storage::WriteBatch* batch,
+                                                  ModelInfo* model) const {
+  const absl::Time now = clock_->Now();
+  const uint64_t version = model->version + 1;
+  VersionedTable vt{version, run_id, table};
+  batch->Put(Column::kTables, VersionKey(model->name, version), ToProto(vt).SerializeAsString());
+  model->version = version;
+  model->latest_run_id = run_id;
+  model->updated = now;
+  batch->Put(Column::kModels, model->name, ToProto(*model).SerializeAsString());
+  v1::CalibrationRun run;
+  run.set_run_id(run_id);
+  run.set_model(model->name);
+  run.set_version(version);
+  run.set_samples(table.samples);
+  run.set_shards(shards);
+  run.set_completed_unix_micros(absl::ToUnixMicros(now));
+  batch->Put(Column::kRuns, run_id, run.SerializeAsString());
+  VersionEvent event{model->name, version, run_id, now};
+  batch->Put(Column::kFeed, VersionKey(model->name, version), ToProto(event).SerializeAsString());
+  return event;
+}
+
+absl::StatusOr<ReportResult> Registry::ReportShard(const ShardReport& report) {
+  absl::MutexLock lock(&mu_);
+  auto reject = [&](absl::Status s) {
+    if (metrics_) metrics_->rejected.Increment();
+    return s;
+  };
+  auto it = jobs_.find(report.job_id);
+  if (it == jobs_.end()) {
+    return reject(absl::NotFoundError(absl::StrCat(
+        "no calibration job '", report.job_id, "'; report only shards leased with LeaseShard")));
+  }
+  Job& job = it->second;
+  if (absl::Status s = ValidateReport(job, report); !s.ok()) return reject(s);
+  const std::string& id = job.spec.job_id;
+  Shard& shard = job.shards[report.shard_index];
+  ReportResult result;
+  result.shards_total = job.shards_total();
+  if (shard.state == ShardState::kDone) {
+    if (metrics_) metrics_->duplicate.Increment();
+    result.duplicate = true;
+    result.shards_done = job.shards_done;
+    result.job_done = job.state == JobState::kDone;
+    result.model_version = models_.at(job.spec.model).version;
+    return result;
+  }
+
+  // Stage the new state, write it in one batch, then commit it to memory.
+  Shard done_shard = shard;
+  done_shard.state = ShardState::kDone;
+  done_shard.lease_id = report.lease_id;
+  done_shard.worker_id = report.worker_id;
+  Job summary;  // the job record without shards
+  summary.spec = job.spec;
+  summary.shards_done = job.shards_done + 1;
+  summary.created = job.created;
+  summary.sequence = job.sequence;
+  const bool complete = summary.shards_done == job.shards_total();
+  summary.state = complete ? JobState::kDone : JobState::kRunning;
+
+  storage::WriteBatch batch;
+  batch.Put(Column::kJobs, ReportKey(id, shard.index), ToProto(report.table).SerializeAsString());
+  batch.Put(Column::kJobs, ShardKey(id, shard.index), ToProto(done_shard).SerializeAsString());
+  ModelInfo model = models_.at(job.spec.model);
+  std::optional<VersionEvent> event;
+  if (complete) {
+    std::vector<ShardResult> parts;
+    parts.reserve(job.shards.size());
+    for (const Shard& s : job.shards) {
+      ShardResult part{s.sample_begin, s.sample_end, {}};
+      if (s.index == shard.index) {
+        part.table = report.table;
+      } else {
+        MOEND_ASSIGN_OR_RETURN(std::string bytes, store_->Get(Column::kJobs, ReportKey(id, s.index)));
+        MOEND_ASSIGN_OR_RETURN(v1::PartialTable p,
+                               Parse<v1::PartialTable>(bytes, ReportKey(id, s.index)));
+        part.table = FromProto(p);
+      }
+      parts.push_back(std::move(part));
+    }
+    MOEND_ASSIGN_OR_RETURN(SensitivityTable merged, MergePartialTables(job.spec, model.shape, parts));
+    MOEND_ASSIGN_OR_RETURN(event, AddVersion(merged, id, job.shards_total(), &batch, &model));
+    summary.table_version = model.version;
+    summary.completed = event->time;
+  }
+  // The job record carries shards_total; give the summary placeholder shards
+  // count via a proto edit rather than copying every shard.
+  v1::CalibrationJob record = ToProto(summary, false);
+  record.set_shards_total(job.shards_total());
+  batch.Put(Column::kJobs, JobKey(id), record.SerializeAsString());
+  MOEND_RETURN_IF_ERROR(Write(batch));
+
+  shard = done_shard;
+  job.shards_done = summary.shards_done;
+  job.state = summary.state;
+  job.table_version = summary.table_version;
+  job.completed = summary.completed;
+  if (event) {
+    models_[model.name] = model;
+    feed_[{event->model, event->version}] = *event;
+    feed_changed_.SignalAll();
+  }
+  if (metrics_) metrics_->accepted.Increment();
+  UpdateJobGauges();
+  result.shards_done = job.shards_done;
+  result.job_done = complete;
+  result.model_version = model.version;
+  return result;
+}
+
+absl::StatusOr<uint64_t> Registry::PublishTable(const SensitivityTable& table) {
+  MOEND_RETURN_IF_ERROR(table.Validate());
+  absl::MutexLock lock(&mu_);
+  auto it = models_.find(table.model);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("model '", table.model, "' is not registered"));
+  }
+  const ModelShape& shape = it->second.shape;
+  if (table.num_layers != shape.num_layers || table.num_kv_heads != shape.num_kv_heads ||
+      table.head_dim != shape.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "table shape (", table.num_layers, " layers, ", table.num_kv_heads, " KV heads, head dim ",
+        table.head_dim, ") does not match model '", table.model, "' (", shape.num_layers,
+        " layers, ", shape.num_kv_heads, " KV heads, head dim ", shape.head_dim, ")"));
+  }
+  ModelInfo model = it->second;
+  const std::string run_id = absl::StrCat("publish-", model.name, "-", model.version + 1);
+  storage::WriteBatch batch;
+  MOEND_ASSIGN_OR_RETURN(VersionEvent event, AddVersion(table, run_id, 0, &batch, &model));
+  MOEND_RETURN_IF_ERROR(Write(batch));
+  models_[model.name] = model;
+  feed_[{event.model, event.version}] = event;
+  feed_changed_.SignalAll();
+  return event.version;
+}
+
+absl::StatusOr<VersionedTable> Registry::GetTable(const std::string& model,
+                                                  uint64_t version) const {
+  absl::MutexLock lock(&mu_);
+  auto it = models_.find(model);
+  if (it == models_.end()) {
+    return absl::NotFoundError(absl::StrCat("model '", model, "' is not registered"));
+  }
+  if (it->second.version == 0) {
+    return absl::NotFoundError(absl::StrCat(
+        "model '", model, "' has no sensitivity table yet; run a calibration job or publish one"));
+  }
+  if (version == 0) version = it->second.version;
+  if (version > it->second.version) {
+    return absl::NotFoundError(absl::StrCat("model '", model, "' has no table version ", version,
+                                            "; the latest is ", it->second.version));
+  }
+  MOEND_ASSIGN_OR_RETURN(std::string bytes, store_->Get(Column::kTables, VersionKey(model, version)));
+  MOEND_ASSIGN_OR_RETURN(v1::GetTableResponse p,
+                         Parse<v1::GetTableResponse>(bytes, VersionKey(model, version)));
+  return FromProto(p);
+}
+
+std::vector<VersionEvent> Registry::EventsAfterLocked(
+    const std::string& model, uint64_t after_version,
+    const std::map<std::string, uint64_t>& after) const {
+  std::vector<VersionEvent> out;
+  auto begin = model.empty() ? feed_.begin() : feed_.lower_bound({model, 0});
+  for (auto it = begin; it != feed_.end(); ++it) {
+    const VersionEvent& e = it->second;
+    if (!model.empty() && e.model != model) break;
+    auto a = after.find(e.model);
+    uint64_t seen = a == after.end() ? after_version : a->second;
+    if (e.version > seen) out.push_back(e);
+  }
+  return out;
+}
+
+std::vector<VersionEvent> Registry::EventsAfter(
+    const std::string& model, uint64_t after_version,
+    const std::map<std::string, uint64_t>& after) const {
+  absl::MutexLock lock(&mu_);
+  return EventsAfterLocked(model, after_version, after);
+}
+
+absl::StatusOr<std::vector<VersionEvent>> Registry::WaitForEvents(
+    const std::string& model, uint64_t after_version,
+    const std::map<std::string, uint64_t>& after, absl::Time deadline) const {
+  absl::MutexLock lock(&mu_);
+  while (true) {
+    if (shutdown_) return absl::CancelledError("registry is shutting down");
+    std::vector<VersionEvent> events = EventsAfterLocked(model, after_version, after);
+    if (!events.empty()) return events;
+    if (feed_changed_.WaitWithDeadline(&mu_, deadline)) {
+      if (shutdown_) return absl::CancelledError("registry is shutting down");
+      return EventsAfterLocked(model, after_version, after);
+    }
+  }
+}
+
+void Registry::Shutdown() {
+  absl::MutexLock lock(&mu_);
+  shutdown_ = true;
+  feed_changed_.SignalAll();
+}
+
+}  // namespace moend::registry

@@ -1,0 +1,220 @@
+#include "services/registry/registry_client.h"
+
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/status_macros.h"
+#include "grpcpp/client_context.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/security/credentials.h"
+#include "moend/v1/registry.grpc.pb.h"
+#include "services/registry/proto_convert.h"
+#include "services/registry/registry_service.h"
+
+namespace moend::registry {
+
+struct RegistryClient::Impl {
+  RegistryClientOptions options;
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<v1::Registry::Stub> stub;
+
+  std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout) const {
+    auto ctx = std::make_unique<grpc::ClientContext>();
+    ctx->set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+    return ctx;
+  }
+  std::unique_ptr<grpc::ClientContext> Context() const { return Context(options.rpc_timeout); }
+};
+
+RegistryClient::RegistryClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+RegistryClient::~RegistryClient() = default;
+
+absl::StatusOr<std::unique_ptr<RegistryClient>> RegistryClient::Connect(
+    const RegistryClientOptions& options) {
+  if (options.target.empty()) return absl::InvalidArgumentError("registry target is empty");
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(64 << 20);
+  args.SetMaxSendMessageSize(64 << 20);
+  impl->channel =
+      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  if (options.connect_timeout > absl::ZeroDuration() &&
+      !impl->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
+    return absl::UnavailableError(absl::StrCat("cannot reach the registry at '", options.target,
+                                               "' within ",
+                                               absl::FormatDuration(options.connect_timeout)));
+  }
+  impl->stub = v1::Registry::NewStub(impl->channel);
+  return std::unique_ptr<RegistryClient>(new RegistryClient(std::move(impl)));
+}
+
+absl::StatusOr<ModelInfo> RegistryClient::RegisterModel(const std::string& name,
+                                                        const std::string& config_json) {
+  v1::RegisterModelRequest req;
+  req.set_name(name);
+  req.set_config_json(config_json);
+  v1::Model resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->RegisterModel(impl_->Context().get(), req, &resp)));
+  return FromProto(resp);
+}
+
+absl::StatusOr<ModelInfo> RegistryClient::RegisterModelFromFile(const std::string& name,
+                                                                const std::string& config_path) {
+  MOEND_ASSIGN_OR_RETURN(std::string json, ReadFile(config_path));
+  return RegisterModel(name, json);
+}
+
+absl::StatusOr<ModelInfo> RegistryClient::GetModel(const std::string& name) {
+  v1::GetModelRequest req;
+  req.set_name(name);
+  v1::Model resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->GetModel(impl_->Context().get(), req, &resp)));
+  return FromProto(resp);
+}
+
+absl::StatusOr<std::vector<ModelInfo>> RegistryClient::ListModels() {
+  v1::ListModelsResponse resp;
+  MOEND_RETURN_IF_ERROR(
+      FromGrpc(impl_->stub->ListModels(impl_->Context().get(), v1::ListModelsRequest(), &resp)));
+  std::vector<ModelInfo> out;
+  for (const v1::Model& m : resp.models()) out.push_back(FromProto(m));
+  return out;
+}
+
+absl::StatusOr<Job> RegistryClient::SubmitJob(const JobSpec& spec) {
+  v1::SubmitJobRequest req;
+  *req.mutable_spec() = ToProto(spec);
+  v1::CalibrationJob resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->SubmitJob(impl_->Context().get(), req, &resp)));
+  return FromProto(resp);
+}
+
+absl::StatusOr<Job> RegistryClient::GetJob(const std::string& job_id, bool include_shards) {
+  v1::GetJobRequest req;
+  req.set_job_id(job_id);
+  req.set_include_shards(include_shards);
+  v1::CalibrationJob resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->GetJob(impl_->Context().get(), req, &resp)));
+  return FromProto(resp);
+}
+
+absl::StatusOr<std::vector<Job>> RegistryClient::ListJobs(const std::string& model) {
+  v1::ListJobsRequest req;
+  req.set_model(model);
+  v1::ListJobsResponse resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->ListJobs(impl_->Context().get(), req, &resp)));
+  std::vector<Job> out;
+  for (const v1::CalibrationJob& j : resp.jobs()) out.push_back(FromProto(j));
+  return out;
+}
+
+absl::StatusOr<Job> RegistryClient::WaitForJob(const std::string& job_id, absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (true) {
+    v1::GetJobRequest req;
+    req.set_job_id(job_id);
+    v1::CalibrationJob resp;
+    MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->GetJob(impl_->Context().get(), req, &resp)));
+    if (resp.state() == v1::JOB_STATE_DONE) return FromProto(resp);
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat("job '", job_id, "' not done after ",
+                                                      absl::FormatDuration(timeout), ": ",
+                                                      resp.shards_done(), " of ",
+                                                      resp.shards_total(), " shards in"));
+    }
+    absl::SleepFor(std::min(impl_->options.poll_interval, deadline - absl::Now()));
+  }
+}
+
+absl::StatusOr<std::optional<Lease>> RegistryClient::LeaseShard(const std::string& worker_id,
+                                                                const std::string& job_id,
+                                                                const std::string& model) {
+  v1::LeaseShardRequest req;
+  req.set_worker_id(worker_id);
+  req.set_job_id(job_id);
+  req.set_model(model);
+  v1::LeaseShardResponse resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->LeaseShard(impl_->Context().get(), req, &resp)));
+  if (!resp.granted()) return std::optional<Lease>();
+  return std::optional<Lease>(FromProto(resp.lease()));
+}
+
+absl::StatusOr<absl::Time> RegistryClient::Heartbeat(const std::string& lease_id,
+                                                     const std::string& worker_id) {
+  v1::HeartbeatRequest req;
+  req.set_lease_id(lease_id);
+  req.set_worker_id(worker_id);
+  v1::HeartbeatResponse resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->Heartbeat(impl_->Context().get(), req, &resp)));
+  return absl::FromUnixMicros(resp.expiry_unix_micros());
+}
+
+absl::StatusOr<ReportResult> RegistryClient::ReportShard(const ShardReport& report) {
+  v1::ReportShardResponse resp;
+  MOEND_RETURN_IF_ERROR(
+      FromGrpc(impl_->stub->ReportShard(impl_->Context().get(), ToProto(report), &resp)));
+  return FromProto(resp);
+}
+
+absl::StatusOr<ReportResult> RegistryClient::ReportLease(const Lease& lease,
+                                                         std::vector<std::vector<double>> s) {
+  ShardReport r;
+  r.lease_id = lease.lease_id;
+  r.worker_id = lease.worker_id;
+  r.job_id = lease.job_id;
+  r.shard_index = lease.shard.index;
+  r.model = lease.spec.model;
+  r.table.layer_begin = lease.shard.layer_begin;
+  r.table.layer_end = lease.shard.layer_end;
+  r.table.samples = lease.shard.samples();
+  r.table.tuples = lease.spec.tuples;
+  r.table.s = std::move(s);
+  return ReportShard(r);
+}
+
+absl::StatusOr<uint64_t> RegistryClient::PublishTable(const SensitivityTable& table) {
+  v1::PublishTableRequest req;
+  *req.mutable_table() = ToProto(table);
+  v1::PublishTableResponse resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->PublishTable(impl_->Context().get(), req, &resp)));
+  return resp.version();
+}
+
+absl::StatusOr<VersionedTable> RegistryClient::GetTable(const std::string& model,
+                                                        uint64_t version) {
+  v1::GetTableRequest req;
+  req.set_model(model);
+  req.set_version(version);
+  v1::GetTableResponse resp;
+  MOEND_RETURN_IF_ERROR(FromGrpc(impl_->stub->GetTable(impl_->Context().get(), req, &resp)));
+  return FromProto(resp);
+}
+
+absl::StatusOr<VersionEvent> RegistryClient::WaitForVersion(const std::string& model,
+                                                            uint64_t after_version,
+                                                            absl::Duration timeout) {
+  v1::WatchModelVersionsRequest req;
+  req.set_model(model);
+  req.set_after_version(after_version);
+  auto ctx = impl_->Context(timeout);
+  auto reader = impl_->stub->WatchModelVersions(ctx.get(), req);
+  v1::ModelVersionEvent event;
+  if (reader->Read(&event)) {
+    ctx->TryCancel();
+    reader->Finish().ok();  // cancelled by us; the status carries nothing new
+    return FromProto(event);
+  }
+  absl::Status s = FromGrpc(reader->Finish());
+  if (absl::IsDeadlineExceeded(s)) {
+    return absl::DeadlineExceededError(absl::StrCat("model '", model, "' got no version after ",
+                                                    after_version, " within ",
+                                                    absl::FormatDuration(timeout)));
+  }
+  if (s.ok()) return absl::UnavailableError("the registry ended the watch stream");
+  return s;
+}
+
+}  // namespace moend::registry

@@ -1,0 +1,171 @@
+#include "services/registry/registry_service.h"
+
+#include <map>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+#include "services/registry/proto_convert.h"
+
+namespace moend::registry {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+absl::Status FromGrpc(const grpc::Status& s) {
+  if (s.ok()) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+RegistryService::RegistryService(Registry* registry, absl::Duration watch_poll)
+    : registry_(registry), watch_poll_(watch_poll) {}
+
+grpc::Status RegistryService::RegisterModel(grpc::ServerContext*,
+                                            const v1::RegisterModelRequest* req, v1::Model* resp) {
+  auto m = registry_->RegisterModel(req->name(), req->config_json());
+  if (!m.ok()) return ToGrpc(m.status());
+  *resp = ToProto(*m);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::GetModel(grpc::ServerContext*, const v1::GetModelRequest* req,
+                                       v1::Model* resp) {
+  auto m = registry_->GetModel(req->name());
+  if (!m.ok()) return ToGrpc(m.status());
+  *resp = ToProto(*m);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                                         v1::ListModelsResponse* resp) {
+  for (const ModelInfo& m : registry_->ListModels()) *resp->add_models() = ToProto(m);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* req,
+                                        v1::CalibrationJob* resp) {
+  auto job = registry_->SubmitJob(FromProto(req->spec()));
+  if (!job.ok()) return ToGrpc(job.status());
+  *resp = ToProto(*job, /*include_shards=*/false);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::GetJob(grpc::ServerContext*, const v1::GetJobRequest* req,
+                                     v1::CalibrationJob* resp) {
+  auto job = registry_->GetJob(req->job_id());
+  if (!job.ok()) return ToGrpc(job.status());
+  *resp = ToProto(*job, req->include_shards());
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req,
+                                       v1::ListJobsResponse* resp) {
+  for (const Job& j : registry_->ListJobs(req->model())) *resp->add_jobs() = ToProto(j, false);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::LeaseShard(grpc::ServerContext*, const v1::LeaseShardRequest* req,
+                                         v1::LeaseShardResponse* resp) {
+  auto lease = registry_->LeaseShard(req->worker_id(), req->job_id(), req->model());
+  if (!lease.ok()) return ToGrpc(lease.status());
+  resp->set_granted(lease->has_value());
+  if (lease->has_value()) *resp->mutable_lease() = ToProto(**lease);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+                                        v1::HeartbeatResponse* resp) {
+  auto expiry = registry_->Heartbeat(req->lease_id(), req->worker_id());
+  if (!expiry.ok()) return ToGrpc(expiry.status());
+  resp->set_expiry_unix_micros(absl::ToUnixMicros(*expiry));
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::ReportShard(grpc::ServerContext*, const v1::ReportShardRequest* req,
+                                          v1::ReportShardResponse* resp) {
+  auto result = registry_->ReportShard(FromProto(*req));
+  if (!result.ok()) return ToGrpc(result.status());
+  *resp = ToProto(*result);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::PublishTable(grpc::ServerContext*,
+                                           const v1::PublishTableRequest* req,
+                                           v1::PublishTableResponse* resp) {
+  auto version = registry_->PublishTable(FromProto(req->table()));
+  if (!version.ok()) return ToGrpc(version.status());
+  resp->set_version(*version);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::GetTable(grpc::ServerContext*, const v1::GetTableRequest* req,
+                                       v1::GetTableResponse* resp) {
+  auto table = registry_->GetTable(req->model(), req->version());
+  if (!table.ok()) return ToGrpc(table.status());
+  *resp = ToProto(*table);
+  return grpc::Status::OK;
+}
+
+grpc::Status RegistryService::WatchModelVersions(
+    grpc::ServerContext* context, const v1::WatchModelVersionsRequest* req,
+    grpc::ServerWriter<v1::ModelVersionEvent>* writer) {
+  if (!req->model().empty()) {
+    if (auto m = registry_->GetModel(req->model()); !m.ok()) return ToGrpc(m.status());
+  }
+  std::map<std::string, uint64_t> seen;
+  while (!context->IsCancelled()) {
+    if (stopping_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "registry is shutting down");
+    auto events = registry_->WaitForEvents(req->model(), req->after_version(), seen,
+                                           absl::Now() + watch_poll_);
+    if (!events.ok()) return ToGrpc(events.status());
+    for (const VersionEvent& e : *events) {
+      v1::ModelVersionEvent msg = ToProto(e);
+      if (req->include_tables()) {
+        auto table = registry_->GetTable(e.model, e.version);
+        if (!table.ok()) return ToGrpc(table.status());
+        *msg.mutable_table() = ToProto(table->table);
+      }
+      if (!writer->Write(msg)) return grpc::Status::OK;  // the client went away
+      seen[e.model] = e.version;
+    }
+  }
+  return grpc::Status(grpc::StatusCode::CANCELLED, "watch cancelled by the client");
+}
+
+absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
+    Registry* registry, const RegistryServerOptions& options) {
+  if (registry == nullptr) return absl::InvalidArgumentError("RegistryServer needs a registry");
+  std::unique_ptr<RegistryServer> server(new RegistryServer());
+  server->service_ = std::make_unique<RegistryService>(registry, options.watch_poll);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || port == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on '", options.listen_address,
+                     "' (address in use, or not host:port?)"));
+  }
+  server->port_ = port;
+  std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
+  server->address_ = absl::StrCat(host, ":", port);
+  return server;
+}
+
+void RegistryServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  service_->Stop();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Wait();
+}
+
+RegistryServer::~RegistryServer() { Shutdown(); }
+
+}  // namespace moend::registry

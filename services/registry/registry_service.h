@@ -1,0 +1,96 @@
+// The registry's gRPC face: a thin adapter that converts moend.v1 messages to
+// domain records, calls Registry, and converts back; plus a server wrapper.
+#ifndef MOEND_SERVICES_REGISTRY_REGISTRY_SERVICE_H_
+#define MOEND_SERVICES_REGISTRY_REGISTRY_SERVICE_H_
+
+#include <atomic>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "moend/v1/registry.grpc.pb.h"
+#include "services/registry/registry.h"
+
+namespace moend::registry {
+
+// absl::Status -> grpc::Status (the codes are the same).
+grpc::Status ToGrpc(const absl::Status& s);
+// grpc::Status -> absl::Status.
+absl::Status FromGrpc(const grpc::Status& s);
+
+class RegistryService final : public v1::Registry::Service {
+ public:
+  // `registry` is not owned and must outlive the service.
+  RegistryService(Registry* registry, absl::Duration watch_poll);
+  // Ends every WatchModelVersions stream within one watch_poll.
+  void Stop() { stopping_ = true; }
+
+  grpc::Status RegisterModel(grpc::ServerContext*, const v1::RegisterModelRequest*,
+                             v1::Model*) override;
+  grpc::Status GetModel(grpc::ServerContext*, const v1::GetModelRequest*, v1::Model*) override;
+  grpc::Status ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+                          v1::ListModelsResponse*) override;
+  grpc::Status SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest*,
+                         v1::CalibrationJob*) override;
+  grpc::Status GetJob(grpc::ServerContext*, const v1::GetJobRequest*,
+                      v1::CalibrationJob*) override;
+  grpc::Status ListJobs(grpc::ServerContext*, const v1::ListJobsRequest*,
+                        v1::ListJobsResponse*) override;
+  grpc::Status LeaseShard(grpc::ServerContext*, const v1::LeaseShardRequest*,
+                          v1::LeaseShardResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest*,
+                         v1::HeartbeatResponse*) override;
+  grpc::Status ReportShard(grpc::ServerContext*, const v1::ReportShardRequest*,
+                           v1::ReportShardResponse*) override;
+  grpc::Status PublishTable(grpc::ServerContext*, const v1::PublishTableRequest*,
+                            v1::PublishTableResponse*) override;
+  grpc::Status GetTable(grpc::ServerContext*, const v1::GetTableRequest*,
+                        v1::GetTableResponse*) override;
+  grpc::Status WatchModelVersions(grpc::ServerContext*, const v1::WatchModelVersionsRequest*,
+                                  grpc::ServerWriter<v1::ModelVersionEvent>*) override;
+
+ private:
+  Registry* const registry_;
+  const absl::Duration watch_poll_;
+  std::atomic<bool> stopping_{false};
+};
+
+struct RegistryServerOptions {
+  // host:port to listen on; port 0 picks a free port (see RegistryServer::address).
+  // Default "127.0.0.1:0".
+  std::string listen_address = "127.0.0.1:0";
+  // How often a watch stream checks for cancellation and shutdown. Default 200 ms.
+  absl::Duration watch_poll = absl::Milliseconds(200);
+  // Largest message accepted, bytes. Default 64 MiB (tables of big models).
+  int max_message_bytes = 64 << 20;
+};
+
+class RegistryServer {
+ public:
+  // Serves `registry` (not owned; must outlive the server). FailedPrecondition
+  // when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<RegistryServer>> Start(Registry* registry,
+                                                               const RegistryServerOptions& options);
+  ~RegistryServer();
+
+  // "host:port" with the port actually bound.
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  // Stops accepting calls, ends watch streams, and waits up to `grace` for
+  // calls in flight. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(2));
+
+ private:
+  RegistryServer() = default;
+  std::unique_ptr<RegistryService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace moend::registry
+
+#endif  // MOEND_SERVICES_REGISTRY_REGISTRY_SERVICE_H_
