@@ -198,29 +198,31 @@ Choice SolveGreedy(const Problem& p) {
 // exact: multiple-choice knapsack
 //
 // 1. Per layer, keep the Pareto items (bytes strictly increasing, s strictly
-//    decreasing; an item with more bytes and no less s can never be needed,
-//    and ties in s go to fewer bytes).
+//    decreasing; an item with more bytes and no less s is never needed, and
+//    ties in s go to fewer bytes).
 // 2. Lower convex hull per layer; merge the hull segments by slope. Walking
 //    them from the all-cheapest plan solves the LP relaxation; its multiplier
 //    lambda = -slope of the first segment that does not fit. Filling the
 //    budget along the same walk, then with single-layer upgrades into the
 //    leftover bytes, gives a feasible incumbent of value U.
 // 3. Lagrangian bound: for any lambda >= 0 and any plan x within budget B,
-//      sum s(x) = sum_l (s_l + lambda b_l) - lambda sum b_l
-//              >= sum_l (s_l(x_l) + lambda b_l(x_l)) - lambda B
-//              >= sum_{l<d} (s_l(x_l) + lambda b_l(x_l)) + sum_{l>=d} h_l - lambda B,
-//    h_l = min_j (s_lj + lambda b_lj). So an item, or a partial plan over
-//    layers < d, whose bound exceeds U cannot be part of a plan better than
-//    U: such items are dropped and such states pruned.
+//      sum s(x) >= sum_l (s_l(x_l) + lambda b_l(x_l)) - lambda B
+//              >= lower + (s_l(j) + lambda b_l(j) - h_l)   for x_l = j,
+//    h_l = min_j (s_lj + lambda b_lj), lower = sum_l h_l - lambda B. An item
+//    whose bound exceeds U is in no plan better than U and is dropped.
 // 4. A dynamic program over layers in index order whose states are the Pareto
-//    frontier (bytes, s) of partial plans, exact integer bytes (no rounding to
-//    a unit), pruned by the bound in 3 and by "the cheapest completion must
-//    fit". A dominated partial plan (no fewer bytes, no less s) is dropped:
-//    any completion of it is no better than the same completion of its
-//    dominator. The optimum's prefixes are never pruned (their bound is <= the
-//    optimum <= U) so the frontier of the last layer holds the optimum.
-// Bounds compare with a relative slack of 1e-9 so that rounding can only keep
-// more states, never drop the optimum.
+//    frontier (bytes, s) of partial plans, in exact integer bytes (no rounding
+//    to a unit). A dominated partial plan (no fewer bytes, no less s) is
+//    dropped: any completion of it is no better than the same completion of
+//    its dominator. A partial plan is pruned when it cannot fit the cheapest
+//    completion or when its s plus the LP bound of the remaining layers (over
+//    the items left, SuffixBound) exceeds U. The optimum's prefixes are never
+//    pruned (their bounds are <= the optimum <= U), so the last layer's
+//    frontier holds the optimum. First a beam-limited run of the same DP
+//    (16 states a layer) lowers U cheaply, which makes the exact run small.
+// Bounds compare with a relative slack of 1e-9, so rounding can only keep
+// more states, never drop the optimum. The state count is capped
+// (kMaxExactStates) so memory stays bounded on any input.
 
 struct Item {
   int64_t bytes;
@@ -265,6 +267,198 @@ std::vector<int> LowerHull(const std::vector<Item>& items) {
     hull.push_back(i);
   }
   return hull;
+}
+
+// A lower bound on sum_{l>=d} s(l, x_l) over plans of the layers >= d that
+// fit r bytes and use only the given items: the LP relaxation, i.e. the
+// lower convex hulls of the layers merged by slope. Convex, piecewise linear
+// and decreasing in r; +infinity below the cheapest completion.
+class SuffixBound {
+ public:
+  // items[l]: candidate items of layer l, bytes increasing and s decreasing.
+  explicit SuffixBound(const std::vector<std::vector<Item>>& items) {
+    const int num_layers = static_cast<int>(items.size());
+    min_bytes_.assign(num_layers + 1, 0);
+    base_s_.assign(num_layers + 1, 0.0);
+    pieces_.resize(num_layers + 1);
+    pieces_[num_layers].push_back({0, 0.0, 0.0});
+    std::vector<Segment> suffix, layer, merged;
+    for (int l = num_layers - 1; l >= 0; --l) {
+      min_bytes_[l] = min_bytes_[l + 1] + items[l].front().bytes;
+      base_s_[l] = base_s_[l + 1] + items[l].front().s;
+      layer.clear();
+      const std::vector<int> hull = LowerHull(items[l]);
+      double prev = -std::numeric_limits<double>::infinity();
+      for (size_t i = 0; i + 1 < hull.size(); ++i) {
+        const Item& a = items[l][hull[i]];
+        const Item& b = items[l][hull[i + 1]];
+        const int64_t db = b.bytes - a.bytes;
+        // Convex in exact arithmetic; max() keeps rounding from reordering.
+        prev = std::max(prev, (b.s - a.s) / static_cast<double>(db));
+        layer.push_back({prev, db});
+      }
+      merged.resize(suffix.size() + layer.size());
+      std::merge(suffix.begin(), suffix.end(), layer.begin(), layer.end(), merged.begin(),
+                 [](const Segment& a, const Segment& b) { return a.slope < b.slope; });
+      suffix.swap(merged);
+      std::vector<Piece>& pieces = pieces_[l];
+      pieces.reserve(suffix.size() + 1);
+      int64_t cum_bytes = 0;
+      double cum_s = 0;
+      for (const Segment& seg : suffix) {
+        pieces.push_back({cum_bytes, cum_s, seg.slope});
+        cum_bytes += seg.bytes;
+        cum_s += seg.slope * static_cast<double>(seg.bytes);
+      }
+      pieces.push_back({cum_bytes, cum_s, 0.0});  // flat beyond the last breakpoint
+    }
+  }
+
+  int64_t min_bytes(int d) const { return min_bytes_[d]; }
+
+  double operator()(int d, int64_t r) const {
+    if (r < min_bytes_[d]) return std::numeric_limits<double>::infinity();
+    const int64_t x = r - min_bytes_[d];
+    const std::vector<Piece>& pieces = pieces_[d];
+    // The last piece whose start is <= x.
+    auto it = std::upper_bound(pieces.begin(), pieces.end(), x,
+                               [](int64_t v, const Piece& p) { return v < p.start_bytes; });
+    const Piece& p = *(it - 1);
+    return base_s_[d] + p.start_s + p.slope * static_cast<double>(x - p.start_bytes);
+  }
+
+ private:
+  struct Segment {
+    double slope;  // ds/db < 0
+    int64_t bytes;
+  };
+  struct Piece {
+    int64_t start_bytes;  // bytes above the cheapest completion where it starts
+    double start_s;       // bound there, relative to base_s_
+    double slope;
+  };
+  std::vector<int64_t> min_bytes_;          // [d] cheapest completion
+  std::vector<double> base_s_;              // [d] its s
+  std::vector<std::vector<Piece>> pieces_;  // [d]
+};
+
+struct DpResult {
+  bool found = false;
+  double s = 0;
+  int64_t bytes = 0;
+  std::vector<int> pick;  // item index into pareto[l] per layer
+};
+
+// The least-s plan (ties: fewer bytes) among those whose every prefix bound
+// stays <= `limit`, found by a DP over layers in index order on the Pareto
+// frontier of (bytes, s). Items whose Lagrangian bound (`lower` plus the
+// item's reduced cost at `lambda`) exceeds the limit are left out, and so
+// are partial plans whose s plus the LP bound of the remaining layers (over
+// the items left) exceeds it. Every plan with s <= limit (less the rounding
+// slack the caller adds) survives.
+//
+// With beam_width > 0 it is a heuristic instead: each layer keeps only the
+// beam_width states with the least s + bound, which finds a good incumbent
+// fast.
+absl::StatusOr<DpResult> BoundedDp(const std::vector<std::vector<Item>>& pareto, int64_t budget,
+                                   double lambda, const std::vector<double>& h, double lower,
+                                   double limit, size_t beam_width = 0) {
+  const int num_layers = static_cast<int>(pareto.size());
+  int64_t min_total = 0;
+  for (const auto& items : pareto) min_total += items.front().bytes;
+  std::vector<std::vector<int>> kept(num_layers);  // item indices per layer
+  std::vector<std::vector<Item>> kept_items(num_layers);
+  for (int l = 0; l < num_layers; ++l) {
+    for (int j = 0; j < static_cast<int>(pareto[l].size()); ++j) {
+      const Item& it = pareto[l][j];
+      const double reduced_cost = it.s + lambda * static_cast<double>(it.bytes) - h[l];
+      if (lower + reduced_cost > limit) continue;
+      if (it.bytes - pareto[l].front().bytes > budget - min_total) break;
+      kept[l].push_back(j);
+      kept_items[l].push_back(it);
+    }
+    if (kept[l].empty()) return DpResult{};  // no plan within the limit
+  }
+  const SuffixBound bound(kept_items);
+
+  auto by_bytes = [](const DpState& a, const DpState& b) {
+    if (a.bytes != b.bytes) return a.bytes < b.bytes;
+    return a.s < b.s;
+  };
+  std::vector<std::vector<DpState>> states(num_layers + 1);
+  states[0].push_back({0, 0.0, -1, -1});
+  int64_t total_states = 1;
+  std::vector<DpState> next;
+  std::vector<size_t> runs;
+  for (int l = 0; l < num_layers; ++l) {
+    const std::vector<DpState>& cur = states[l];
+    next.clear();
+    runs.assign(1, 0);
+    for (int j : kept[l]) {
+      const Item& it = pareto[l][j];
+      const int64_t max_bytes = budget - bound.min_bytes(l + 1) - it.bytes;
+      for (int32_t i = 0; i < static_cast<int32_t>(cur.size()); ++i) {
+        const DpState& st = cur[i];
+        if (st.bytes > max_bytes) break;  // states are sorted by bytes
+        const int64_t nb = st.bytes + it.bytes;
+        const double ns = st.s + it.s;
+        if (ns + bound(l + 1, budget - nb) > limit) continue;
+        next.push_back({nb, ns, i, j});
+      }
+      runs.push_back(next.size());  // each item's run is sorted by bytes
+    }
+    // Merge the sorted runs pairwise.
+    while (runs.size() > 2) {
+      std::vector<size_t> merged_runs(1, 0);
+      for (size_t r = 0; r + 1 < runs.size(); r += 2) {
+        const size_t end = r + 2 < runs.size() ? runs[r + 2] : runs[r + 1];
+        std::inplace_merge(next.begin() + runs[r], next.begin() + runs[r + 1],
+                           next.begin() + end, by_bytes);
+        merged_runs.push_back(end);
+      }
+      runs.swap(merged_runs);
+    }
+    std::vector<DpState>& out = states[l + 1];
+    for (const DpState& st : next) {
+      if (out.empty() || st.s < out.back().s) out.push_back(st);
+    }
+    if (out.empty()) return DpResult{};
+    if (beam_width > 0 && out.size() > beam_width) {
+      std::vector<std::pair<double, size_t>> keyed;
+      keyed.reserve(out.size());
+      for (size_t i = 0; i < out.size(); ++i) {
+        keyed.push_back({out[i].s + bound(l + 1, budget - out[i].bytes), i});
+      }
+      std::nth_element(keyed.begin(), keyed.begin() + beam_width, keyed.end());
+      keyed.resize(beam_width);
+      std::sort(keyed.begin(), keyed.end(),
+                [](const auto& a, const auto& b) { return a.second < b.second; });
+      std::vector<DpState> kept_states;
+      for (const auto& k : keyed) kept_states.push_back(out[k.second]);
+      out.swap(kept_states);
+    }
+    total_states += static_cast<int64_t>(out.size());
+    if (total_states > kMaxExactStates) {
+      return absl::InternalError(absl::StrCat(
+          "exact solver: the search exceeded ", kMaxExactStates,
+          " states; the sensitivity table is pathological for the bound"));
+    }
+  }
+
+  // The frontier's last state has the least s; the strict filter above
+  // resolved ties in s to fewer bytes.
+  DpResult result;
+  result.found = true;
+  result.s = states[num_layers].back().s;
+  result.bytes = states[num_layers].back().bytes;
+  result.pick.resize(num_layers);
+  int32_t idx = static_cast<int32_t>(states[num_layers].size()) - 1;
+  for (int l = num_layers; l >= 1; --l) {
+    const DpState& st = states[l][idx];
+    result.pick[l - 1] = st.item;
+    idx = st.parent;
+  }
+  return result;
 }
 
 // The optimum over `layers` (candidate items per layer) within `budget`, as
@@ -348,84 +542,34 @@ absl::StatusOr<std::vector<int>> SolveKnapsack(std::vector<std::vector<Item>>& p
   for (int l = 0; l < num_layers; ++l) upper += pareto[l][pick[l]].s;
   int64_t incumbent_bytes = used;
 
-  // 3. Lagrangian terms and item reduction.
+  // 3. Lagrangian bound and item reduction.
   std::vector<double> h(num_layers);
+  double sum_h = 0;
   for (int l = 0; l < num_layers; ++l) {
     double m = std::numeric_limits<double>::infinity();
     for (const Item& it : pareto[l]) m = std::min(m, it.s + lambda * static_cast<double>(it.bytes));
     h[l] = m;
-  }
-  std::vector<double> h_suffix(num_layers + 1, 0.0);     // sum_{l>=d} h_l
-  std::vector<int64_t> min_suffix(num_layers + 1, 0);  // sum_{l>=d} cheapest bytes
-  for (int l = num_layers - 1; l >= 0; --l) {
-    h_suffix[l] = h_suffix[l + 1] + h[l];
-    min_suffix[l] = min_suffix[l + 1] + pareto[l].front().bytes;
+    sum_h += m;
   }
   const double lambda_budget = lambda * static_cast<double>(budget);
-  const double slack =
-      1e-9 * (std::abs(upper) + std::abs(h_suffix[0]) + lambda_budget) + 1e-300;
-  const double limit = upper + slack;
-  const double lower = h_suffix[0] - lambda_budget;  // the Lagrangian bound
-  std::vector<std::vector<int>> kept(num_layers);  // reduced item indices per layer
-  for (int l = 0; l < num_layers; ++l) {
-    for (int j = 0; j < static_cast<int>(pareto[l].size()); ++j) {
-      const Item& it = pareto[l][j];
-      const double gap = it.s + lambda * static_cast<double>(it.bytes) - h[l];
-      if (lower + gap > limit) continue;
-      if (it.bytes - pareto[l].front().bytes > budget - min_total) continue;
-      kept[l].push_back(j);
-    }
+  const double slack = 1e-9 * (std::abs(upper) + std::abs(sum_h) + lambda_budget) + 1e-300;
+  const double lower = sum_h - lambda_budget;  // the Lagrangian bound
+
+  // A beam search usually improves the incumbent a lot for little time.
+  MOEND_ASSIGN_OR_RETURN(const DpResult beam,
+                         BoundedDp(pareto, budget, lambda, h, lower, upper + slack, 16));
+  if (beam.found && (beam.s < upper || (beam.s == upper && beam.bytes < incumbent_bytes))) {
+    upper = beam.s;
+    incumbent_bytes = beam.bytes;
+    pick = beam.pick;
   }
 
-  // 4. DP over layers on the Pareto frontier of (bytes, s).
-  std::vector<std::vector<DpState>> layers_states(num_layers + 1);
-  layers_states[0].push_back({0, 0.0, -1, -1});
-  int64_t total_states = 1;
-  std::vector<DpState> next;
-  for (int l = 0; l < num_layers; ++l) {
-    const std::vector<DpState>& cur = layers_states[l];
-    next.clear();
-    for (int j : kept[l]) {
-      const Item& it = pareto[l][j];
-      const int64_t max_bytes = budget - min_suffix[l + 1] - it.bytes;
-      for (int32_t i = 0; i < static_cast<int32_t>(cur.size()); ++i) {
-        const DpState& st = cur[i];
-        if (st.bytes > max_bytes) break;  // states are sorted by bytes
-        const int64_t nb = st.bytes + it.bytes;
-        const double ns = st.s + it.s;
-        if (ns + lambda * static_cast<double>(nb) + h_suffix[l + 1] - lambda_budget > limit) {
-          continue;
-        }
-        next.push_back({nb, ns, i, j});
-      }
-    }
-    std::sort(next.begin(), next.end(), [](const DpState& a, const DpState& b) {
-      if (a.bytes != b.bytes) return a.bytes < b.bytes;
-      return a.s < b.s;
-    });
-    std::vector<DpState>& out = layers_states[l + 1];
-    for (const DpState& st : next) {
-      if (out.empty() || st.s < out.back().s) out.push_back(st);
-    }
-    total_states += static_cast<int64_t>(out.size());
-    if (total_states > kMaxExactStates) {
-      return absl::InternalError(absl::StrCat(
-          "exact solver: the search exceeded ", kMaxExactStates,
-          " states; the sensitivity table is pathological for the bound"));
-    }
-  }
-
-  // The frontier's last state has the least s (ties were resolved to fewer
-  // bytes by the strict filter). Keep the incumbent unless strictly beaten.
-  const std::vector<DpState>& last = layers_states[num_layers];
-  if (last.empty()) return pick;
-  const DpState& best = last.back();
-  if (!(best.s < upper || (best.s == upper && best.bytes < incumbent_bytes))) return pick;
-  int32_t idx = static_cast<int32_t>(last.size()) - 1;
-  for (int l = num_layers; l >= 1; --l) {
-    const DpState& st = layers_states[l][idx];
-    pick[l - 1] = st.item;
-    idx = st.parent;
+  // 4. The bounded DP up to U: every plan with s <= U survives its pruning,
+  // so its best plan, or the incumbent if that is no worse, is the optimum.
+  MOEND_ASSIGN_OR_RETURN(const DpResult found,
+                         BoundedDp(pareto, budget, lambda, h, lower, upper + slack));
+  if (found.found && (found.s < upper || (found.s == upper && found.bytes < incumbent_bytes))) {
+    return found.pick;
   }
   return pick;
 }
