@@ -1,0 +1,141 @@
+#include "kernels/compressed_cache.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "core/compression.h"
+#include "kernels/fp16.h"
+#include "kernels/reference/quantize_ref.h"
+
+namespace moend::kernels {
+
+absl::Status ValidateFormat(const LayerFormat& f) {
+  if (f.num_kv_heads <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_kv_heads ", f.num_kv_heads, " must be positive"));
+  }
+  if (f.head_dim != 64 && f.head_dim != 128) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("head dim ", f.head_dim, " is not supported (allowed: 64, 128)"));
+  }
+  if (!IsSupportedBits(f.kbits)) {
+    return absl::InvalidArgumentError(absl::StrCat("K bits ", f.kbits, " is not one of 2, 4, 8, 16"));
+  }
+  if (!IsSupportedBits(f.vbits)) {
+    return absl::InvalidArgumentError(absl::StrCat("V bits ", f.vbits, " is not one of 2, 4, 8, 16"));
+  }
+  return absl::OkStatus();
+}
+
+int64_t PackedRowBytes(int64_t head_dim, int bits) { return head_dim * bits / 8; }
+
+int64_t CompressedHead::KeyGroups() const {
+  return (initial_kept + kQuantGroup - 1) / kQuantGroup + (quantized - initial_kept) / kQuantGroup;
+}
+
+int64_t CompressedHead::KeyGroupBegin(int64_t g) const {
+  const int64_t initial_groups = (initial_kept + kQuantGroup - 1) / kQuantGroup;
+  return g < initial_groups ? g * kQuantGroup : initial_kept + (g - initial_groups) * kQuantGroup;
+}
+
+int64_t CompressedHead::KeyGroupSize(int64_t g) const {
+  const int64_t begin = KeyGroupBegin(g);
+  const int64_t initial_groups = (initial_kept + kQuantGroup - 1) / kQuantGroup;
+  return g < initial_groups ? std::min<int64_t>(kQuantGroup, initial_kept - begin) : kQuantGroup;
+}
+
+CompressedLayer::CompressedLayer(const LayerFormat& format, int64_t prefix_tokens)
+    : format_(format), prefix_tokens_(prefix_tokens), heads_(format.num_kv_heads) {}
+
+int64_t CompressedLayer::window_tokens() const {
+  return heads_.empty() ? 0 : static_cast<int64_t>(heads_[0].window_k.size()) / format_.head_dim;
+}
+
+int64_t CompressedLayer::residual_tokens() const {
+  return heads_.empty() ? 0 : static_cast<int64_t>(heads_[0].residual_k.size()) / format_.head_dim;
+}
+
+int64_t CompressedLayer::AttendedTokens(int64_t h) const {
+  return heads_[h].quantized + window_tokens() + residual_tokens();
+}
+
+int64_t CompressedLayer::Bytes() const {
+  int64_t bytes = 0;
+  for (const CompressedHead& h : heads_) {
+    bytes += static_cast<int64_t>(h.k_codes.size() + h.v_codes.size());
+    bytes += 2 * static_cast<int64_t>(h.k_scale.size() + h.k_min.size() + h.v_scale.size() +
+                                      h.v_min.size() + h.window_k.size() + h.window_v.size() +
+                                      h.residual_k.size() + h.residual_v.size());
+  }
+  return bytes;
+}
+
+absl::Status CompressedLayer::Append(const float* k, const float* v, int64_t tokens,
+                                     int64_t head_stride) {
+  if (heads_.empty()) return absl::FailedPreconditionError("Append on an empty CompressedLayer");
+  if (tokens < 0) return absl::InvalidArgumentError("Append: negative token count");
+  if (tokens == 0) return absl::OkStatus();
+  if (k == nullptr || v == nullptr) return absl::InvalidArgumentError("Append: null k or v");
+  if (head_stride == 0) head_stride = tokens;
+  if (head_stride < tokens) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Append: head stride ", head_stride, " < tokens ", tokens));
+  }
+  const int64_t d = format_.head_dim;
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t h = 0; h < format_.num_kv_heads; ++h) {
+      const float* kr = k + (h * head_stride + t) * d;
+      const float* vr = v + (h * head_stride + t) * d;
+      CompressedHead& hd = heads_[h];
+      for (int64_t i = 0; i < d; ++i) hd.residual_k.push_back(FloatToHalf(kr[i]));
+      for (int64_t i = 0; i < d; ++i) hd.residual_v.push_back(FloatToHalf(vr[i]));
+    }
+    ++appended_;
+    if (residual_tokens() == kQuantGroup) FlushResidual();
+  }
+  return absl::OkStatus();
+}
+
+void CompressedLayer::FlushResidual() {
+  const int64_t d = format_.head_dim;
+  const int64_t n = residual_tokens();
+  const int64_t krow = PackedRowBytes(d, format_.kbits), vrow = PackedRowBytes(d, format_.vbits);
+  const int64_t vgroups = d / kQuantGroup;
+  std::vector<float> kf(n * d), vf(n * d);
+  std::vector<const float*> rows(n);
+  for (CompressedHead& hd : heads_) {
+    for (int64_t i = 0; i < n * d; ++i) {
+      kf[i] = HalfToFloat(hd.residual_k[i]);
+      vf[i] = HalfToFloat(hd.residual_v[i]);
+    }
+    for (int64_t i = 0; i < n; ++i) rows[i] = kf.data() + i * d;
+    const int64_t q = hd.quantized;
+    hd.k_codes.resize((q + n) * krow, 0);
+    hd.v_codes.resize((q + n) * vrow, 0);
+    uint16_t* ks = nullptr;
+    uint16_t* km = nullptr;
+    if (format_.kbits < kFp16Bits) {
+      hd.k_scale.resize(hd.k_scale.size() + d);
+      hd.k_min.resize(hd.k_min.size() + d);
+      ks = hd.k_scale.data() + hd.k_scale.size() - d;
+      km = hd.k_min.data() + hd.k_min.size() - d;
+    }
+    ref::QuantizeKeyGroup(rows.data(), n, d, format_.kbits, hd.k_codes.data() + q * krow, ks, km);
+    if (format_.vbits < kFp16Bits) {
+      hd.v_scale.resize((q + n) * vgroups);
+      hd.v_min.resize((q + n) * vgroups);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      ref::QuantizeValueRow(vf.data() + i * d, d, format_.vbits,
+                            hd.v_codes.data() + (q + i) * vrow,
+                            format_.vbits < kFp16Bits ? hd.v_scale.data() + (q + i) * vgroups : nullptr,
+                            format_.vbits < kFp16Bits ? hd.v_min.data() + (q + i) * vgroups : nullptr);
+      hd.position.push_back(static_cast<int32_t>(prefix_tokens_ + appended_ - n + i));
+    }
+    hd.quantized = q + n;
+    hd.residual_k.clear();
+    hd.residual_v.clear();
+  }
+}
+
+}  // namespace moend::kernels

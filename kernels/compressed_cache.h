@@ -1,0 +1,106 @@
+// The compressed KV cache of one layer of one sequence (DESIGN.md section 2).
+//
+// Per KV head, in attention order (order does not matter to attention: K is
+// post-RoPE, so no positions are needed):
+//   quantized part  the m0 tokens kept by eviction at compression point c, then
+//                   every full group of 32 flushed from the residual. bits < 16:
+//                   codes packed densely, row-major per token, code of channel d
+//                   at bit bits*d of the token's row (little endian); K has an
+//                   fp16 scale and min per channel per group of 32 tokens, V an
+//                   fp16 scale and min per token per group of 32 channels.
+//                   bits == 16: the rows as fp16.
+//   window          the last min(c, 32) prefix tokens, fp16, never quantized.
+//   residual        tokens appended after compression, fp16, until 32 of them
+//                   form a group that is flushed into the quantized part.
+// Bytes() counts exactly the buffers above; right after compression it equals
+// core's LayerBytes(). Token positions are kept as bookkeeping and not billed.
+#ifndef MOEND_KERNELS_COMPRESSED_CACHE_H_
+#define MOEND_KERNELS_COMPRESSED_CACHE_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace moend::kernels {
+
+// Shape and bit widths shared by every head of a compressed layer.
+struct LayerFormat {
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;  // 64 or 128
+  int kbits = 16;        // 2, 4, 8 or 16 (fp16)
+  int vbits = 16;        // 2, 4, 8 or 16 (fp16)
+
+  friend bool operator==(const LayerFormat&, const LayerFormat&) = default;
+};
+
+// OK iff head_dim is 64 or 128, num_kv_heads > 0 and the bit widths are supported.
+absl::Status ValidateFormat(const LayerFormat& f);
+
+// Bytes of one packed K / V row (a token's D codes) at `bits` (16: fp16).
+int64_t PackedRowBytes(int64_t head_dim, int bits);
+
+struct CompressedHead {
+  std::vector<uint8_t> k_codes;      // [quantized, PackedRowBytes(D, kbits)]
+  std::vector<uint16_t> k_scale;     // fp16 [key_groups, D]; empty when kbits == 16
+  std::vector<uint16_t> k_min;       // fp16 [key_groups, D]
+  std::vector<uint8_t> v_codes;      // [quantized, PackedRowBytes(D, vbits)]
+  std::vector<uint16_t> v_scale;     // fp16 [quantized, D/32]; empty when vbits == 16
+  std::vector<uint16_t> v_min;       // fp16 [quantized, D/32]
+  std::vector<uint16_t> window_k;    // fp16 [window, D]
+  std::vector<uint16_t> window_v;    // fp16 [window, D]
+  std::vector<uint16_t> residual_k;  // fp16 [residual, D]
+  std::vector<uint16_t> residual_v;  // fp16 [residual, D]
+  std::vector<int32_t> position;     // [quantized] token positions (not billed)
+  int64_t initial_kept = 0;  // m0: tokens kept at compression; K groups of 32 over them
+  int64_t quantized = 0;     // m0 + flushed tokens
+
+  // K groups: ceil(m0/32) over the kept tokens, then one per flushed group.
+  int64_t KeyGroups() const;
+  // First quantized token of K group g, and its size (<= 32).
+  int64_t KeyGroupBegin(int64_t g) const;
+  int64_t KeyGroupSize(int64_t g) const;
+};
+
+class CompressedLayer {
+ public:
+  CompressedLayer() = default;
+  // An empty layer (no kept tokens, empty window) at compression point
+  // `prefix_tokens`; the compressors fill the heads.
+  CompressedLayer(const LayerFormat& format, int64_t prefix_tokens);
+
+  const LayerFormat& format() const { return format_; }
+  int64_t prefix_tokens() const { return prefix_tokens_; }
+  int64_t appended_tokens() const { return appended_; }
+  int64_t window_tokens() const;
+  int64_t residual_tokens() const;
+  // Tokens attention sees in head h: quantized + window + residual.
+  int64_t AttendedTokens(int64_t h) const;
+
+  CompressedHead& head(int64_t h) { return heads_[h]; }
+  const CompressedHead& head(int64_t h) const { return heads_[h]; }
+
+  // Bytes the cache occupies: every code, scale, min, window and residual
+  // element (positions excluded).
+  int64_t Bytes() const;
+
+  // Appends `tokens` new tokens (decode steps or a chunk) to the residual;
+  // each time the residual reaches 32 tokens they are quantized with the
+  // layer's bits (K: one new group of 32; V: per token) and moved into the
+  // quantized part. k, v: [num_kv_heads, tokens, D] float32, head stride
+  // `head_stride` rows (0 means `tokens`).
+  absl::Status Append(const float* k, const float* v, int64_t tokens, int64_t head_stride = 0);
+
+ private:
+  void FlushResidual();
+
+  LayerFormat format_;
+  int64_t prefix_tokens_ = 0;
+  int64_t appended_ = 0;
+  std::vector<CompressedHead> heads_;
+};
+
+}  // namespace moend::kernels
+
+#endif  // MOEND_KERNELS_COMPRESSED_CACHE_H_

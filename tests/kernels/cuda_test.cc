@@ -1,0 +1,217 @@
+// CUDA kernels vs the C++ reference. Skipped (with the reason) when no CUDA
+// device is usable.
+//
+// Tolerances. Quantize+pack: identical bytes (same float operations, fp16
+// round to nearest even on both sides). Selection from the same scores:
+// identical indices. Scores: max |diff| <= 1e-4 * max score (fp32 sums in a
+// different order vs the reference's double sums). Attention: max |diff| <=
+// kAttentionTol[bits] * max |reference|; both sides read the same codes, the
+// kernel accumulates in fp32 with __expf, so the bound is not bit dependent:
+// 2, 4, 8 and 16 bits all get 2e-5.
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "core/compression.h"
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "kernels/kv_compress.h"
+#include "tests/kernels/brute_force.h"
+
+namespace moend::kernels {
+namespace {
+
+using testing::Activations;
+using testing::RandomActivations;
+
+const std::map<int, double> kAttentionTol = {{2, 2e-5}, {4, 2e-5}, {8, 2e-5}, {16, 2e-5}};
+
+class CudaTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!CudaDeviceAvailable()) GTEST_SKIP() << CudaUnavailableReason();
+  }
+};
+
+LayerTensors View(const Activations& a) { return {a.q.data(), a.k.data(), a.v.data(), a.hq, a.hkv, a.n, a.d}; }
+
+void ExpectSameLayer(const CompressedLayer& a, const CompressedLayer& b, const std::string& what) {
+  ASSERT_TRUE(a.format() == b.format()) << what;
+  for (int64_t h = 0; h < a.format().num_kv_heads; ++h) {
+    const CompressedHead& x = a.head(h);
+    const CompressedHead& y = b.head(h);
+    EXPECT_EQ(x.k_codes, y.k_codes) << what << " head " << h;
+    EXPECT_EQ(x.k_scale, y.k_scale) << what << " head " << h;
+    EXPECT_EQ(x.k_min, y.k_min) << what << " head " << h;
+    EXPECT_EQ(x.v_codes, y.v_codes) << what << " head " << h;
+    EXPECT_EQ(x.v_scale, y.v_scale) << what << " head " << h;
+    EXPECT_EQ(x.v_min, y.v_min) << what << " head " << h;
+    EXPECT_EQ(x.window_k, y.window_k) << what << " head " << h;
+    EXPECT_EQ(x.window_v, y.window_v) << what << " head " << h;
+    EXPECT_EQ(x.position, y.position) << what << " head " << h;
+  }
+  EXPECT_EQ(a.Bytes(), b.Bytes()) << what;
+}
+
+TEST_F(CudaTest, QuantizePackIsByteIdentical) {
+  for (int64_t d : {64, 128}) {
+    Activations a = RandomActivations(8, 2, 301, d, 3 + d);
+    for (int64_t t = 0; t < a.n; ++t) {  // adversarial channels
+      a.k[t * d + 1] = 0.5f;
+      if (t % 13 == 0) a.k[t * d + 2] = 1e4f;
+      for (int64_t e = 0; e < 32; ++e) a.v[t * d + e] = -3.0f;
+    }
+    const int64_t c = 301;
+    auto scores = ComputeEvictionScores(View(a), c, Backend::kReference);
+    ASSERT_TRUE(scores.ok());
+    for (int64_t m : {int64_t{0}, int64_t{1}, int64_t{37}, int64_t{64}, c - 32}) {
+      auto kept = SelectKept(*scores, m, Backend::kReference);
+      ASSERT_TRUE(kept.ok());
+      for (int kb : {2, 4, 8, 16}) {
+        for (int vb : {2, 4, 8, 16}) {
+          auto ref = QuantizeKept(View(a), *kept, kb, vb, Backend::kReference);
+          auto gpu = QuantizeKept(View(a), *kept, kb, vb, Backend::kCuda);
+          ASSERT_TRUE(ref.ok() && gpu.ok()) << gpu.status();
+          ExpectSameLayer(*ref, *gpu, "D " + std::to_string(d) + " m " + std::to_string(m) + " bits " +
+                                          std::to_string(kb) + "/" + std::to_string(vb));
+        }
+      }
+    }
+  }
+}
+
+TEST_F(CudaTest, ScoresAgree) {
+  for (int64_t c : {33, 100, 1000, 2049}) {
+    const Activations a = RandomActivations(28, 4, c, 128, 50 + c, 1.5f);
+    auto ref = ComputeEvictionScores(View(a), c, Backend::kReference);
+    auto gpu = ComputeEvictionScores(View(a), c, Backend::kCuda);
+    ASSERT_TRUE(ref.ok() && gpu.ok()) << gpu.status();
+    ASSERT_EQ(ref->score.size(), gpu->score.size());
+    const double mx = *std::max_element(ref->score.begin(), ref->score.end());
+    EXPECT_LE(testing::MaxAbsDiff(gpu->score, ref->score), 1e-4 * mx) << "c=" << c;
+  }
+  const Activations a = RandomActivations(8, 2, 500, 64, 9);
+  auto ref = ComputeEvictionScores(View(a), 499, Backend::kReference);
+  auto gpu = ComputeEvictionScores(View(a), 499, Backend::kCuda);
+  ASSERT_TRUE(ref.ok() && gpu.ok());
+  const double mx = *std::max_element(ref->score.begin(), ref->score.end());
+  EXPECT_LE(testing::MaxAbsDiff(gpu->score, ref->score), 1e-4 * mx);
+}
+
+TEST_F(CudaTest, SelectionFromTheSameScoresIsIdentical) {
+  const int64_t cand = 5000;
+  EvictionScores s{4, cand + 32, cand, std::vector<float>(4 * cand)};
+  std::mt19937 rng(3);
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int64_t j = 0; j < cand; ++j) {
+    s.score[j] = u(rng);                                  // distinct
+    s.score[cand + j] = 0.25f;                            // all tied
+    s.score[2 * cand + j] = static_cast<float>(j % 7);    // heavy ties
+    s.score[3 * cand + j] = j % 100 == 0 ? 1e-3f : 0.0f;  // zeros and a few
+  }
+  for (int64_t m : {int64_t{0}, int64_t{1}, int64_t{50}, int64_t{1023}, int64_t{1024}, int64_t{2500}, cand - 1,
+                    cand}) {
+    auto ref = SelectKept(s, m, Backend::kReference);
+    auto gpu = SelectKept(s, m, Backend::kCuda);
+    ASSERT_TRUE(ref.ok() && gpu.ok()) << gpu.status();
+    EXPECT_EQ(ref->index, gpu->index) << "m=" << m;
+  }
+}
+
+TEST_F(CudaTest, EndToEndKeptSetsAreIdentical) {
+  const int64_t c = 3000;
+  const Activations a = RandomActivations(28, 4, c, 128, 77, 1.5f);
+  auto ref_scores = ComputeEvictionScores(View(a), c, Backend::kReference);
+  ASSERT_TRUE(ref_scores.ok());
+  for (double keep : {0.75, 0.5, 0.25, 0.0625}) {
+    const CompressionTuple t{keep, 4, 2};
+    auto ref = CompressLayer(View(a), c, t, Backend::kReference);
+    auto gpu = CompressLayer(View(a), c, t, Backend::kCuda);
+    ASSERT_TRUE(ref.ok() && gpu.ok()) << gpu.status();
+    const int64_t cand = c - 32;
+    for (int64_t h = 0; h < 4; ++h) {
+      const auto& rp = ref->head(h).position;
+      const auto& gp = gpu->head(h).position;
+      ASSERT_EQ(rp.size(), gp.size());
+      // A difference is only acceptable between near-tied tokens at the cut:
+      // the reference scores of both sides must be within 1e-5 relative.
+      std::vector<int32_t> only_ref, only_gpu;
+      std::set_difference(rp.begin(), rp.end(), gp.begin(), gp.end(), std::back_inserter(only_ref));
+      std::set_difference(gp.begin(), gp.end(), rp.begin(), rp.end(), std::back_inserter(only_gpu));
+      EXPECT_EQ(only_ref.size(), only_gpu.size());
+      for (size_t i = 0; i < only_ref.size(); ++i) {
+        const float x = ref_scores->score[h * cand + only_ref[i]];
+        const float y = ref_scores->score[h * cand + only_gpu[i]];
+        EXPECT_LE(std::fabs(x - y), 1e-5 * std::max(x, y)) << "keep " << keep << " head " << h;
+      }
+      EXPECT_LE(only_ref.size(), 2u) << "keep " << keep << " head " << h;
+      if (only_ref.empty()) ExpectSameLayer(*ref, *gpu, "keep " + std::to_string(keep));
+    }
+  }
+}
+
+TEST_F(CudaTest, DecodeAttentionAgreesPerBitWidth) {
+  struct Case { int64_t hq, hkv, d; };
+  for (const Case& cs : {Case{28, 4, 128}, Case{8, 2, 64}, Case{20, 2, 128}}) {
+    for (int bits : {16, 8, 4, 2}) {
+      for (const CompressionTuple& t : {CompressionTuple{0.5, bits, bits}, CompressionTuple{0.25, bits, 16},
+                                        CompressionTuple{1.0, 16, bits}}) {
+        std::vector<Activations> acts;
+        std::vector<CompressedLayer> layers;
+        const std::vector<int64_t> prefixes = {600, 17, 333};
+        const std::vector<int64_t> appends = {5, 70, 32};
+        for (size_t b = 0; b < prefixes.size(); ++b) {
+          acts.push_back(RandomActivations(cs.hq, cs.hkv, 700, cs.d, 1000 * bits + b));
+          auto l = CompressLayer(View(acts.back()), prefixes[b], t, Backend::kReference);
+          ASSERT_TRUE(l.ok());
+          const int64_t c = prefixes[b];
+          ASSERT_TRUE(l->Append(acts.back().k.data() + c * cs.d, acts.back().v.data() + c * cs.d, appends[b],
+                                acts.back().n).ok());
+          layers.push_back(std::move(*l));
+        }
+        std::vector<const CompressedLayer*> ptrs;
+        for (const auto& l : layers) ptrs.push_back(&l);
+        std::vector<float> q(prefixes.size() * cs.hq * cs.d);
+        std::mt19937 rng(bits);
+        std::normal_distribution<float> g(0.0f, 2.0f);
+        for (float& x : q) x = g(rng);
+        std::vector<float> ref(q.size()), gpu(q.size(), NAN);
+        ASSERT_TRUE(DecodeAttention(ptrs, q.data(), cs.hq, ref.data(), Backend::kReference).ok());
+        const absl::Status st = DecodeAttention(ptrs, q.data(), cs.hq, gpu.data(), Backend::kCuda);
+        ASSERT_TRUE(st.ok()) << st;
+        const double tol = kAttentionTol.at(std::min(t.kbits, t.vbits));
+        EXPECT_LE(testing::MaxAbsDiff(gpu, ref), tol * testing::MaxAbs(ref))
+            << ToString(t) << " hq " << cs.hq << " D " << cs.d;
+      }
+    }
+  }
+}
+
+TEST_F(CudaTest, ProbeAttentionAgrees) {
+  const int64_t n = 1300, c = 1044, d = 128, hq = 28, probes = 256;
+  const Activations a = RandomActivations(hq, 4, n, d, 99);
+  for (const CompressionTuple& t : {CompressionTuple{0.5, 2, 2}, CompressionTuple{1.0, 16, 16},
+                                    CompressionTuple{0.125, 8, 4}}) {
+    auto layer = CompressLayer(View(a), c, t, Backend::kReference);
+    ASSERT_TRUE(layer.ok());
+    ProbeQueries pq;
+    pq.q = a.q.data() + c * d;
+    pq.num_heads = hq;
+    pq.num_queries = probes;
+    pq.q_head_stride = n;
+    pq.k_tail = a.k.data() + c * d;
+    pq.v_tail = a.v.data() + c * d;
+    pq.tail_tokens = n - c;
+    pq.tail_head_stride = n;
+    std::vector<float> ref(hq * probes * d), gpu(ref.size(), NAN);
+    ASSERT_TRUE(ProbeAttention(*layer, pq, ref.data(), Backend::kReference).ok());
+    const absl::Status st = ProbeAttention(*layer, pq, gpu.data(), Backend::kCuda);
+    ASSERT_TRUE(st.ok()) << st;
+    EXPECT_LE(testing::MaxAbsDiff(gpu, ref), kAttentionTol.at(std::min(t.kbits, t.vbits)) * testing::MaxAbs(ref))
+        << ToString(t);
+  }
+}
+
+}  // namespace
+}  // namespace moend::kernels
