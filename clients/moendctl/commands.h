@@ -12,6 +12,8 @@ inline constexpr int kExitUsage = 2;
 // argv[0] is the first argument after the subcommand name.
 int RunLogits(int argc, char** argv);
 int RunPredict(int argc, char** argv);
+int RunCalibrate(int argc, char** argv);
+int RunSolve(int argc, char** argv);
 
 }  // namespace moend::ctl
 

@@ -16,8 +16,12 @@ struct Command {
 constexpr Command kCommands[] = {
     {"predict", "run the model forward on a sample; print next-byte predictions and speed",
      moend::ctl::RunPredict},
+    {"calibrate", "measure a model's per-layer sensitivity table on calibration data",
+     moend::ctl::RunCalibrate},
     {"logits", "write float32 next-byte logits [n, vocab] for an input file",
      moend::ctl::RunLogits},
+    {"solve", "choose a per-layer compression plan for a sensitivity table under a budget",
+     moend::ctl::RunSolve},
 };
 
 void PrintUsage(FILE* out) {

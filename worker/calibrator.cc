@@ -1,0 +1,289 @@
+#include "worker/calibrator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "core/file_util.h"
+#include "core/gemm.h"
+#include "core/status_macros.h"
+#include "core/vec_math.h"
+#include "kernels/compressed_cache.h"
+#include "kernels/fp16.h"
+#include "kernels/reference/quantize_ref.h"
+
+namespace moend::worker {
+namespace {
+
+using kernels::CompressedHead;
+using kernels::CompressedLayer;
+using kernels::LayerTensors;
+
+// The kept tokens of one KV head as dense float rows: k, v [rows, D].
+struct DenseHead {
+  int64_t rows = 0;
+  std::vector<float> k, v;
+};
+
+// Dequantizes head h of a freshly compressed layer (quantized part + window)
+// with the kernels' own dequantizers.
+DenseHead Densify(const CompressedLayer& layer, int64_t h) {
+  const kernels::LayerFormat& f = layer.format();
+  const CompressedHead& hd = layer.head(h);
+  const int64_t d = f.head_dim;
+  const int64_t window = static_cast<int64_t>(hd.window_k.size()) / d;
+  DenseHead out;
+  out.rows = hd.quantized + window;
+  out.k.resize(static_cast<size_t>(out.rows * d));
+  out.v.resize(static_cast<size_t>(out.rows * d));
+  const int64_t krow = kernels::PackedRowBytes(d, f.kbits);
+  const int64_t vrow = kernels::PackedRowBytes(d, f.vbits);
+  const int64_t vgroups = d / kQuantGroup;
+  for (int64_t g = 0; g < hd.KeyGroups(); ++g) {
+    const int64_t begin = hd.KeyGroupBegin(g), size = hd.KeyGroupSize(g);
+    for (int64_t t = begin; t < begin + size; ++t) {
+      kernels::ref::DequantizeKeyRow(hd.k_codes.data() + t * krow,
+                                     f.kbits < kFp16Bits ? hd.k_scale.data() + g * d : nullptr,
+                                     f.kbits < kFp16Bits ? hd.k_min.data() + g * d : nullptr, d,
+                                     f.kbits, out.k.data() + t * d);
+      kernels::ref::DequantizeValueRow(
+          hd.v_codes.data() + t * vrow,
+          f.vbits < kFp16Bits ? hd.v_scale.data() + t * vgroups : nullptr,
+          f.vbits < kFp16Bits ? hd.v_min.data() + t * vgroups : nullptr, d, f.vbits,
+          out.v.data() + t * d);
+    }
+  }
+  for (int64_t i = 0; i < window * d; ++i) {
+    out.k[static_cast<size_t>(hd.quantized * d + i)] = kernels::HalfToFloat(hd.window_k[i]);
+    out.v[static_cast<size_t>(hd.quantized * d + i)] = kernels::HalfToFloat(hd.window_v[i]);
+  }
+  return out;
+}
+
+// Unnormalized softmax state of P probe rows: o = sum exp(s - max) v.
+struct Partial {
+  std::vector<float> max, sum;  // [P]
+  std::vector<float> o;         // [P, D]
+};
+
+// Scores of probes q [P, D] against keys k [rows, D]: fills s [P, rows] with
+// exp(scale * q.k - rowmax) and returns the row max and sum. `causal_offset`
+// >= 0 masks key j > causal_offset + i (the tail); < 0 means no mask.
+void ExpScores(const float* q, int64_t p, const float* k, int64_t rows, int64_t d,
+               int64_t causal_offset, std::vector<float>& s, Partial& part) {
+  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
+  s.resize(static_cast<size_t>(p * rows));
+  part.max.assign(static_cast<size_t>(p), 0.0f);
+  part.sum.assign(static_cast<size_t>(p), 0.0f);
+  if (rows == 0) {
+    part.max.assign(static_cast<size_t>(p), -INFINITY);
+    return;
+  }
+  Gemm(Transpose::kYes, p, rows, d, scale, q, d, k, d, 0.0f, s.data(), rows);
+  for (int64_t i = 0; i < p; ++i) {
+    float* row = s.data() + i * rows;
+    const int64_t len = causal_offset < 0 ? rows : std::min(rows, causal_offset + i + 1);
+    float mx = row[0];
+    for (int64_t j = 1; j < len; ++j) mx = std::max(mx, row[j]);
+    float sum = 0;
+    for (int64_t j = 0; j < len; ++j) sum += (row[j] = std::exp(row[j] - mx));
+    for (int64_t j = len; j < rows; ++j) row[j] = 0.0f;
+    part.max[static_cast<size_t>(i)] = mx;
+    part.sum[static_cast<size_t>(i)] = sum;
+  }
+}
+
+// Attention output of probe rows from the prefix partial and the tail partial.
+void Combine(const Partial& prefix, const Partial& tail, int64_t p, int64_t d, float* out) {
+  for (int64_t i = 0; i < p; ++i) {
+    const float m = std::max(prefix.max[i], tail.max[i]);
+    const float a = prefix.max[i] == -INFINITY ? 0.0f : std::exp(prefix.max[i] - m);
+    const float b = std::exp(tail.max[i] - m);
+    const float inv = 1.0f / (prefix.sum[i] * a + tail.sum[i] * b);
+    for (int64_t j = 0; j < d; ++j) {
+      out[i * d + j] = (prefix.o[i * d + j] * a + tail.o[i * d + j] * b) * inv;
+    }
+  }
+}
+
+absl::Status ValidateOptions(const CalibrationOptions& o) {
+  if (o.probe_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("probe_tokens ", o.probe_tokens, " must be at least 1"));
+  }
+  if (o.tuples.empty()) return absl::InvalidArgumentError("no tuples to calibrate");
+  bool has_reference = false;
+  for (const CompressionTuple& t : o.tuples) {
+    MOEND_RETURN_IF_ERROR(ValidateTuple(t));
+    has_reference |= t == CompressionTuple{1.0, 16, 16};
+  }
+  if (!has_reference) {
+    return absl::InvalidArgumentError("the tuple grid must include (1,16,16), the reference");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
+                                                 const CalibrationOptions& options) {
+  MOEND_RETURN_IF_ERROR(ValidateOptions(options));
+  const int64_t n = x.tokens, probes = options.probe_tokens;
+  const int64_t c = n - probes;
+  if (c < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("sequence of ", n, " tokens is too short for ",
+                                                   probes, " probe queries"));
+  }
+  MOEND_RETURN_IF_ERROR(kernels::ValidateLayerTensors(x, c));
+  const int64_t d = x.head_dim, heads = x.num_heads, group = x.num_heads / x.num_kv_heads;
+  auto probe_q = [&](int64_t hq) { return x.q + (hq * n + c) * d; };
+
+  // The uncompressed tail [c, n): the same for every tuple.
+  std::vector<Partial> tail(static_cast<size_t>(heads));
+#pragma omp parallel for schedule(dynamic)
+  for (int64_t hq = 0; hq < heads; ++hq) {
+    std::vector<float> s;
+    Partial& t = tail[static_cast<size_t>(hq)];
+    const int64_t kv = hq / group;
+    ExpScores(probe_q(hq), probes, x.k + (kv * n + c) * d, probes, d, /*causal_offset=*/0, s, t);
+    t.o.resize(static_cast<size_t>(probes * d));
+    Gemm(Transpose::kNo, probes, d, probes, 1.0f, s.data(), probes, x.v + (kv * n + c) * d, d,
+         0.0f, t.o.data(), d);
+  }
+
+  MOEND_ASSIGN_OR_RETURN(kernels::EvictionScores scores,
+                         kernels::ComputeEvictionScores(x, c, options.backend));
+
+  // Tuples grouped by keep, then K bits, then V bits.
+  std::map<double, std::map<int, std::map<int, size_t>>, std::greater<>> plan;
+  for (size_t i = 0; i < options.tuples.size(); ++i) {
+    const CompressionTuple& t = options.tuples[i];
+    plan[t.keep][t.kbits][t.vbits] = i;
+  }
+  // outputs[i]: [heads, probes, D] attention output under tuple i.
+  std::vector<std::vector<float>> outputs(options.tuples.size());
+  for (const auto& [keep, by_kbits] : plan) {
+    MOEND_ASSIGN_OR_RETURN(kernels::KeptSet kept,
+                           kernels::SelectKept(scores, KeptTokens(keep, c), options.backend));
+    std::set<int> bits;
+    for (const auto& [kb, by_vbits] : by_kbits) {
+      bits.insert(kb);
+      for (const auto& [vb, index] : by_vbits) bits.insert(vb);
+    }
+    // dense[b][h]: head h's kept rows with K and V quantized at b bits.
+    std::map<int, std::vector<DenseHead>> dense;
+    for (int b : bits) {
+      MOEND_ASSIGN_OR_RETURN(CompressedLayer layer,
+                             kernels::QuantizeKept(x, kept, b, b, options.backend));
+      for (int64_t h = 0; h < x.num_kv_heads; ++h) dense[b].push_back(Densify(layer, h));
+    }
+    for (const auto& [kb, by_vbits] : by_kbits) {
+#pragma omp parallel for schedule(dynamic)
+      for (int64_t hq = 0; hq < heads; ++hq) {
+        const DenseHead& kh = dense.at(kb)[static_cast<size_t>(hq / group)];
+        std::vector<float> s;
+        Partial prefix;
+        ExpScores(probe_q(hq), probes, kh.k.data(), kh.rows, d, /*causal_offset=*/-1, s, prefix);
+        prefix.o.resize(static_cast<size_t>(probes * d));
+        for (const auto& [vb, index] : by_vbits) {
+          const DenseHead& vh = dense.at(vb)[static_cast<size_t>(hq / group)];
+          if (kh.rows > 0) {
+            Gemm(Transpose::kNo, probes, d, kh.rows, 1.0f, s.data(), kh.rows, vh.v.data(), d,
+                 0.0f, prefix.o.data(), d);
+          } else {
+            std::fill(prefix.o.begin(), prefix.o.end(), 0.0f);
+          }
+          std::vector<float>& out = outputs[index];
+#pragma omp critical
+          if (out.empty()) out.resize(static_cast<size_t>(heads * probes * d));
+          Combine(prefix, tail[static_cast<size_t>(hq)], probes, d,
+                  out.data() + hq * probes * d);
+        }
+      }
+    }
+  }
+  size_t ref = 0;
+  while (!(options.tuples[ref] == CompressionTuple{1.0, 16, 16})) ++ref;
+  const std::vector<float>& o = outputs[ref];
+  double norm = 0;
+  for (float v : o) norm += static_cast<double>(v) * v;
+  std::vector<double> result(options.tuples.size());
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    double err = 0;
+    for (size_t j = 0; j < o.size(); ++j) {
+      const double diff = static_cast<double>(outputs[i][j]) - o[j];
+      err += diff * diff;
+    }
+    result[i] = norm > 0 ? err / norm : 0.0;
+  }
+  return result;
+}
+
+absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
+    const Model& model, std::span<const std::vector<int32_t>> sequences, int64_t layer_begin,
+    int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress) {
+  MOEND_RETURN_IF_ERROR(ValidateOptions(options));
+  const ModelConfig& cfg = model.config();
+  if (layer_begin < 0 || layer_end > cfg.num_layers || layer_begin >= layer_end) {
+    return absl::InvalidArgumentError(absl::StrCat("layer range [", layer_begin, ", ", layer_end,
+                                                   ") is not inside [0, ", cfg.num_layers, ")"));
+  }
+  if (sequences.empty()) return absl::InvalidArgumentError("no calibration sequences");
+  std::vector<std::vector<double>> sum(static_cast<size_t>(layer_end - layer_begin),
+                                       std::vector<double>(options.tuples.size(), 0.0));
+  int64_t done = 0;
+  for (const std::vector<int32_t>& seq : sequences) {
+    absl::Status error;
+    auto forward = model.Forward(seq, [&](const LayerActivations& a) {
+      if (!error.ok() || a.layer < layer_begin || a.layer >= layer_end) return;
+      LayerTensors x{a.q, a.k, a.v, cfg.num_heads, cfg.num_kv_heads, a.tokens, cfg.head_dim};
+      absl::StatusOr<std::vector<double>> s = MeasureLayer(x, options);
+      if (!s.ok()) {
+        error = absl::Status(s.status().code(),
+                             absl::StrCat("layer ", a.layer, ": ", s.status().message()));
+        return;
+      }
+      std::vector<double>& row = sum[static_cast<size_t>(a.layer - layer_begin)];
+      for (size_t t = 0; t < row.size(); ++t) row[t] += (*s)[t];
+    });
+    MOEND_RETURN_IF_ERROR(forward.status());
+    MOEND_RETURN_IF_ERROR(error);
+    if (progress) progress(++done, static_cast<int64_t>(sequences.size()));
+  }
+  for (auto& row : sum) {
+    for (double& v : row) v /= static_cast<double>(sequences.size());
+  }
+  return sum;
+}
+
+absl::StatusOr<std::vector<std::vector<int32_t>>> LoadCalibrationSequences(
+    const std::string& path, int64_t seq_len, int64_t sample_begin, int64_t sample_end) {
+  if (seq_len < 1) return absl::InvalidArgumentError("sequence length must be positive");
+  MOEND_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
+  const int64_t available = static_cast<int64_t>(bytes.size()) / seq_len;
+  if (sample_end < 0) sample_end = available;
+  if (sample_begin < 0 || sample_end <= sample_begin) {
+    return absl::InvalidArgumentError(absl::StrCat("sample range [", sample_begin, ", ",
+                                                   sample_end, ") is empty (", path, " holds ",
+                                                   available, " sequences of ", seq_len,
+                                                   " bytes)"));
+  }
+  if (sample_end > available) {
+    return absl::OutOfRangeError(absl::StrCat(path, " holds ", available, " sequences of ",
+                                              seq_len, " bytes; samples up to ", sample_end,
+                                              " were asked for"));
+  }
+  std::vector<std::vector<int32_t>> out;
+  for (int64_t i = sample_begin; i < sample_end; ++i) {
+    std::vector<int32_t> seq(static_cast<size_t>(seq_len));
+    for (int64_t j = 0; j < seq_len; ++j) {
+      seq[static_cast<size_t>(j)] = static_cast<unsigned char>(bytes[i * seq_len + j]);
+    }
+    out.push_back(std::move(seq));
+  }
+  return out;
+}
+
+}  // namespace moend::worker

@@ -1,0 +1,63 @@
+// Sensitivity calibration (DESIGN.md section 2, "Sensitivity"): for each layer
+// and tuple, the relative squared error of the probe queries' attention output
+// when that layer's prefix is compressed with the tuple.
+//
+// Compression goes through kernels/ (the code inference uses). The probe
+// attention runs on the CPU as dense matrix products over the dequantized
+// kept tokens, factored so that work shared by tuples is done once: scores once
+// per layer, selection once per keep, Q K^T and softmax once per (keep, K bits),
+// the uncompressed tail once per layer.
+#ifndef MOEND_WORKER_CALIBRATOR_H_
+#define MOEND_WORKER_CALIBRATOR_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/compression.h"
+#include "core/model.h"
+#include "kernels/backend.h"
+#include "kernels/kv_compress.h"
+
+namespace moend::worker {
+
+struct CalibrationOptions {
+  // Tuples to measure; must include (1,16,16), the reference. Default: the
+  // 112-tuple grid of DESIGN.md.
+  std::vector<CompressionTuple> tuples = TupleGrid::Default().Tuples();
+  // Probe queries at the end of each sequence; compression point c = n - probes.
+  int64_t probe_tokens = 256;
+  // Backend of the compression kernels (scores, selection, quantization).
+  kernels::Backend backend = kernels::Backend::kAuto;
+};
+
+// s(tuple) for one layer of one sequence: x holds the layer's q/k/v for all n
+// tokens; the prefix [0, n - probe_tokens) is compressed. Result in
+// options.tuples order.
+absl::StatusOr<std::vector<double>> MeasureLayer(const kernels::LayerTensors& x,
+                                                 const CalibrationOptions& options);
+
+// Progress: sequences finished out of total.
+using ProgressFn = std::function<void(int64_t done, int64_t total)>;
+
+// Mean of s over `sequences` for layers [layer_begin, layer_end): one full
+// forward per sequence, each layer measured in isolation on the reference
+// activations. Result: [layer_end - layer_begin][tuples].
+absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
+    const Model& model, std::span<const std::vector<int32_t>> sequences, int64_t layer_begin,
+    int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress = nullptr);
+
+// Sequences [sample_begin, sample_end) of `seq_len` bytes each from a file of
+// concatenated calibration sequences (one token per byte). OutOfRange when the
+// file is too short, naming how many sequences it holds. sample_end < 0 means
+// every whole sequence in the file.
+absl::StatusOr<std::vector<std::vector<int32_t>>> LoadCalibrationSequences(
+    const std::string& path, int64_t seq_len, int64_t sample_begin, int64_t sample_end);
+
+}  // namespace moend::worker
+
+#endif  // MOEND_WORKER_CALIBRATOR_H_
