@@ -198,7 +198,8 @@ absl::StatusOr<Plan> PlanFromJson(const std::string& text) {
 }
 
 std::string PlanToJson(const Plan& p) {
-  json j;
+  // Ordered so that the file reads in the documented field order.
+  nlohmann::ordered_json j;
   j["model"] = p.model;
   j["solver"] = p.solver;
   j["budget_bytes"] = p.budget_bytes;
@@ -206,9 +207,9 @@ std::string PlanToJson(const Plan& p) {
   j["total_bytes"] = p.total_bytes;
   j["ratio"] = p.ratio;
   j["predicted_error"] = p.predicted_error;
-  j["layers"] = json::array();
+  j["layers"] = nlohmann::ordered_json::array();
   for (const PlanLayer& l : p.layers) {
-    j["layers"].push_back({{"keep", l.tuple.keep},
+    j["layers"].push_back(nlohmann::ordered_json{{"keep", l.tuple.keep},
                            {"kbits", l.tuple.kbits},
                            {"vbits", l.tuple.vbits},
                            {"bytes", l.bytes},
