@@ -36,7 +36,7 @@ inline float ExpPoly(float x) {
 }  // namespace
 
 MOEND_VECTOR_CLONES
-void SoftmaxRow(float* s, int64_t len, int64_t total) {
+ExpRowResult ExpRow(float* s, int64_t len, int64_t total) {
   // Reductions in kLanes independent partials so the compiler can vectorize
   // them without reassociating a single accumulator.
   constexpr int kLanes = 16;
@@ -64,9 +64,14 @@ void SoftmaxRow(float* s, int64_t len, int64_t total) {
     sum += s[j];
   }
   for (int k = 0; k < kLanes; ++k) sum += part[k];
-  const float inv = 1.0f / sum;
+  for (j = len; j < total; ++j) s[j] = 0.0f;
+  return {mx, sum};
+}
+
+MOEND_VECTOR_CLONES
+void SoftmaxRow(float* s, int64_t len, int64_t total) {
+  const float inv = 1.0f / ExpRow(s, len, total).sum;
   for (int64_t j = 0; j < len; ++j) s[j] *= inv;
-  for (int64_t j = len; j < total; ++j) s[j] = 0.0f;
 }
 
 MOEND_VECTOR_CLONES

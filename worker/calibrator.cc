@@ -83,15 +83,10 @@ void ExpScores(const float* q, int64_t p, const float* k, int64_t rows, int64_t 
   }
   Gemm(Transpose::kYes, p, rows, d, scale, q, d, k, d, 0.0f, s.data(), rows);
   for (int64_t i = 0; i < p; ++i) {
-    float* row = s.data() + i * rows;
     const int64_t len = causal_offset < 0 ? rows : std::min(rows, causal_offset + i + 1);
-    float mx = row[0];
-    for (int64_t j = 1; j < len; ++j) mx = std::max(mx, row[j]);
-    float sum = 0;
-    for (int64_t j = 0; j < len; ++j) sum += (row[j] = std::exp(row[j] - mx));
-    for (int64_t j = len; j < rows; ++j) row[j] = 0.0f;
-    part.max[static_cast<size_t>(i)] = mx;
-    part.sum[static_cast<size_t>(i)] = sum;
+    const ExpRowResult r = ExpRow(s.data() + i * rows, len, rows);
+    part.max[static_cast<size_t>(i)] = r.max;
+    part.sum[static_cast<size_t>(i)] = r.sum;
   }
 }
 
