@@ -3,7 +3,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "clients/moendctl/args.h"
+#include "core/flags.h"
 #include "clients/moendctl/commands.h"
 #include "clients/moendctl/progress.h"
 #include "core/model.h"

@@ -9,7 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
-#include "clients/moendctl/args.h"
+#include "core/flags.h"
 #include "clients/moendctl/commands.h"
 #include "core/file_util.h"
 #include "core/model.h"

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_format.h"
-#include "clients/moendctl/args.h"
+#include "core/flags.h"
 #include "clients/moendctl/commands.h"
 #include "core/plan.h"
 #include "core/sensitivity_table.h"

@@ -1,6 +1,6 @@
-// Minimal "--flag value" / "--switch" parser for moendctl subcommands.
-#ifndef MOEND_CLIENTS_MOENDCTL_ARGS_H_
-#define MOEND_CLIENTS_MOENDCTL_ARGS_H_
+// Minimal "--flag value" / "--switch" parser for the command-line programs.
+#ifndef MOEND_CORE_FLAGS_H_
+#define MOEND_CORE_FLAGS_H_
 
 #include <cstdint>
 #include <map>
@@ -11,7 +11,7 @@
 
 #include "absl/status/statusor.h"
 
-namespace moend::ctl {
+namespace moend {
 
 // Flags of one subcommand. Parse() rejects unknown flags and missing values.
 class Args {
@@ -34,6 +34,6 @@ class Args {
   bool help_ = false;
 };
 
-}  // namespace moend::ctl
+}  // namespace moend
 
-#endif  // MOEND_CLIENTS_MOENDCTL_ARGS_H_
+#endif  // MOEND_CORE_FLAGS_H_

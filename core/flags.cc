@@ -1,10 +1,10 @@
-#include "clients/moendctl/args.h"
+#include "core/flags.h"
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 
-namespace moend::ctl {
+namespace moend {
 
 absl::StatusOr<Args> Args::Parse(int argc, char** argv, const std::set<std::string>& value_flags,
                                  const std::set<std::string>& switches) {
@@ -86,4 +86,4 @@ absl::StatusOr<double> Args::Double(const std::string& flag, double fallback) co
   return v;
 }
 
-}  // namespace moend::ctl
+}  // namespace moend
