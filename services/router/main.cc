@@ -1,0 +1,158 @@
+// moend-router --registry ADDR --listen ADDR [--metrics ADDR] [options]
+//
+// Serves the Router gRPC service (SolvePlan, WatchPlans) on ADDR over the
+// tables of the registry at --registry, and prints
+// "moend-router listening on HOST:PORT" once it accepts calls (port 0 picks a
+// free port). With --metrics, serves Prometheus metrics at
+// http://ADDR/metrics. SIGTERM or SIGINT ends watch streams with UNAVAILABLE
+// (clients reconnect elsewhere) and shuts down gracefully.
+#include <pthread.h>
+#include <signal.h>
+
+#include <cstdlib>
+#include <exception>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/time/time.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "services/registry/registry_client.h"
+#include "services/router/router.h"
+#include "services/router/router_service.h"
+#include "services/router/table_source.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: moend-router --registry HOST:PORT --listen HOST:PORT [--metrics HOST:PORT]\n"
+    "                    [--plan-cache-entries N] [--watch-poll-ms N]\n"
+    "  --registry HOST:PORT      the registry to read tables from (required)\n"
+    "  --listen HOST:PORT        gRPC address; port 0 picks a free port (default 127.0.0.1:7002)\n"
+    "  --metrics HOST:PORT       serve Prometheus /metrics there (default: off)\n"
+    "  --plan-cache-entries N    plans kept in the LRU cache (default 4096)\n"
+    "  --watch-poll-ms N         long-poll timeout on the registry's change feed (default 2000)\n";
+
+struct Flags {
+  std::string registry;
+  std::string listen = "127.0.0.1:7002";
+  std::string metrics;
+  int64_t plan_cache_entries = 4096;
+  int64_t watch_poll_ms = 2000;
+};
+
+bool ParsePositive(const std::string& flag, const std::string& value, int64_t* out) {
+  if (!absl::SimpleAtoi(value, out) || *out <= 0) {
+    std::cerr << "moend-router: " << flag << " must be a positive integer, got '" << value
+              << "'\n";
+    return false;
+  }
+  return true;
+}
+
+bool ParseFlags(int argc, char** argv, Flags* flags) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    std::string value;
+    if (size_t eq = arg.find('='); eq != std::string::npos) {
+      value = arg.substr(eq + 1);
+      arg = arg.substr(0, eq);
+    } else if (arg == "--help" || arg == "-h") {
+      std::cout << kUsage;
+      std::exit(0);
+    } else if (i + 1 < argc) {
+      value = argv[++i];
+    } else {
+      std::cerr << "moend-router: " << arg << " needs a value\n" << kUsage;
+      return false;
+    }
+    if (arg == "--registry") {
+      flags->registry = value;
+    } else if (arg == "--listen") {
+      flags->listen = value;
+    } else if (arg == "--metrics") {
+      flags->metrics = value;
+    } else if (arg == "--plan-cache-entries") {
+      if (!ParsePositive(arg, value, &flags->plan_cache_entries)) return false;
+    } else if (arg == "--watch-poll-ms") {
+      if (!ParsePositive(arg, value, &flags->watch_poll_ms)) return false;
+    } else {
+      std::cerr << "moend-router: unknown flag " << arg << "\n" << kUsage;
+      return false;
+    }
+  }
+  if (flags->registry.empty()) {
+    std::cerr << "moend-router: --registry is required\n" << kUsage;
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  if (!ParseFlags(argc, argv, &flags)) return 2;
+
+  // Block SIGTERM/SIGINT in every thread (gRPC's included); main waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto metrics = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  std::string metrics_address;
+  if (!flags.metrics.empty()) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(flags.metrics);
+    } catch (const std::exception& e) {
+      std::cerr << "moend-router: cannot serve metrics on '" << flags.metrics << "': " << e.what()
+                << "\n";
+      return 1;
+    }
+    exposer->RegisterCollectable(metrics);
+    auto ports = exposer->GetListeningPorts();
+    metrics_address = flags.metrics.substr(0, flags.metrics.rfind(':')) + ":" +
+                      (ports.empty() ? std::string("?") : std::to_string(ports[0]));
+  }
+
+  // The registry may start after the router: do not wait for it here; the
+  // first request for a model (and the watchers, with backoff) connect.
+  auto client = moend::registry::RegistryClient::Connect(
+      {.target = flags.registry, .rpc_timeout = absl::Seconds(10),
+       .connect_timeout = absl::ZeroDuration()});
+  if (!client.ok()) {
+    std::cerr << "moend-router: " << client.status() << "\n";
+    return 1;
+  }
+  moend::router::RegistryTableSource source(client->get());
+  auto router = moend::router::Router::Create(
+      {.tables = &source, .metrics = metrics.get(),
+       .plan_cache_entries = static_cast<size_t>(flags.plan_cache_entries),
+       .watch_poll = absl::Milliseconds(flags.watch_poll_ms)});
+  if (!router.ok()) {
+    std::cerr << "moend-router: " << router.status() << "\n";
+    return 1;
+  }
+  auto server =
+      moend::router::RouterServer::Start(router->get(), {.listen_address = flags.listen});
+  if (!server.ok()) {
+    std::cerr << "moend-router: " << server.status() << "\n";
+    return 1;
+  }
+  std::cout << "moend-router listening on " << (*server)->address() << std::endl;
+  if (exposer) {
+    std::cout << "moend-router metrics on http://" << metrics_address << "/metrics" << std::endl;
+  }
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::cout << "moend-router: signal " << sig << ", shutting down" << std::endl;
+  (*server)->Shutdown(absl::Seconds(5));
+  (*router)->Shutdown();
+  return 0;
+}

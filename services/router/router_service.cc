@@ -1,0 +1,194 @@
+#include "services/router/router_service.h"
+
+#include <optional>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/server_builder.h"
+#include "services/router/grpc_status.h"
+#include "services/router/plan_convert.h"
+
+namespace moend::router {
+
+// One WatchPlans stream. At most one write is in flight; a plan that arrives
+// meanwhile waits in `pending_`, replacing any older one there. Deletes
+// itself in OnDone, after unsubscribing.
+class RouterService::WatchReactor final : public grpc::ServerWriteReactor<v1::Plan> {
+ public:
+  explicit WatchReactor(RouterService* service) : service_(service) {}
+
+  // Subscribes; the first plan is written from inside this call.
+  void Start(const v1::WatchPlansRequest& request) {
+    absl::StatusOr<Budget> budget = BudgetFromProto(request.budget());
+    if (!budget.ok()) {
+      FinishOnce(ToGrpcStatus(budget.status()));
+      return;
+    }
+    absl::StatusOr<std::unique_ptr<PlanSubscription>> subscription =
+        service_->router_->WatchPlans({request.model(), *budget, request.solver()},
+                                      [this](PlanPtr plan) { Offer(std::move(plan)); });
+    if (!subscription.ok()) {
+      FinishOnce(ToGrpcStatus(subscription.status()));
+      return;
+    }
+    absl::MutexLock lock(&mu_);
+    subscription_ = *std::move(subscription);
+  }
+
+  void Offer(PlanPtr plan) {
+    absl::MutexLock lock(&mu_);
+    if (finishing_) return;
+    if (writing_) {
+      pending_ = std::move(plan);
+      return;
+    }
+    WriteLocked(*plan);
+  }
+
+  void FinishOnce(grpc::Status status) {
+    absl::MutexLock lock(&mu_);
+    if (finishing_) return;
+    finishing_ = true;
+    pending_.reset();
+    if (writing_) {
+      finish_status_ = std::move(status);  // sent once the write completes
+    } else {
+      Finish(std::move(status));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    absl::MutexLock lock(&mu_);
+    writing_ = false;
+    if (finishing_) {
+      if (finish_status_) Finish(*std::move(finish_status_));
+      finish_status_.reset();
+      return;
+    }
+    if (!ok) {  // the client went away; OnCancel may follow
+      finishing_ = true;
+      Finish(grpc::Status(grpc::StatusCode::CANCELLED, "the stream broke"));
+      return;
+    }
+    if (pending_) {
+      PlanPtr next = std::move(pending_);
+      pending_.reset();
+      WriteLocked(*next);
+    }
+  }
+
+  void OnCancel() override { FinishOnce(grpc::Status::CANCELLED); }
+
+  void OnDone() override {
+    std::unique_ptr<PlanSubscription> subscription;
+    {
+      absl::MutexLock lock(&mu_);
+      subscription = std::move(subscription_);
+    }
+    subscription.reset();  // no Offer runs after this
+    service_->Remove(this);
+    delete this;
+  }
+
+ private:
+  void WriteLocked(const VersionedPlan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_ = true;
+    message_ = ToProto(plan);
+    StartWrite(&message_);
+  }
+
+  RouterService* const service_;
+  absl::Mutex mu_;
+  std::unique_ptr<PlanSubscription> subscription_ ABSL_GUARDED_BY(mu_);
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  std::optional<grpc::Status> finish_status_ ABSL_GUARDED_BY(mu_);
+  PlanPtr pending_ ABSL_GUARDED_BY(mu_);
+  v1::Plan message_ ABSL_GUARDED_BY(mu_);  // the write in flight
+};
+
+grpc::ServerUnaryReactor* RouterService::SolvePlan(grpc::CallbackServerContext* context,
+                                                   const v1::SolvePlanRequest* request,
+                                                   v1::Plan* response) {
+  grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  absl::StatusOr<Budget> budget = BudgetFromProto(request->budget());
+  if (!budget.ok()) {
+    reactor->Finish(ToGrpcStatus(budget.status()));
+    return reactor;
+  }
+  absl::StatusOr<PlanPtr> plan = router_->SolvePlan(
+      {request->model(), *budget, request->solver(), request->table_version()});
+  if (!plan.ok()) {
+    reactor->Finish(ToGrpcStatus(plan.status()));
+    return reactor;
+  }
+  *response = ToProto(**plan);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::Plan>* RouterService::WatchPlans(
+    grpc::CallbackServerContext* context, const v1::WatchPlansRequest* request) {
+  auto* reactor = new WatchReactor(this);
+  {
+    absl::MutexLock lock(&mu_);
+    watches_.insert(reactor);
+    if (stopping_) {
+      reactor->FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                       "the router is shutting down; connect to another router"));
+      return reactor;
+    }
+  }
+  reactor->Start(*request);
+  return reactor;
+}
+
+void RouterService::Remove(WatchReactor* reactor) {
+  absl::MutexLock lock(&mu_);
+  watches_.erase(reactor);
+}
+
+void RouterService::Stop() {
+  // OnDone (which takes mu_ to Remove) never runs inline from Finish, so
+  // finishing under mu_ is safe and keeps every reactor alive meanwhile.
+  absl::MutexLock lock(&mu_);
+  stopping_ = true;
+  for (WatchReactor* reactor : watches_) {
+    reactor->FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                                     "the router is shutting down; connect to another router"));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(
+    Router* router, const RouterServerOptions& options) {
+  std::unique_ptr<RouterServer> server(new RouterServer);
+  server->service_ = std::make_unique<RouterService>(router);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(server->service_.get());
+  server->server_ = builder.BuildAndStart();
+  if (server->server_ == nullptr || port == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot listen on '", options.listen_address,
+                     "'; give host:port with a free port, or port 0 for any"));
+  }
+  server->port_ = port;
+  const size_t colon = options.listen_address.rfind(':');
+  server->address_ = absl::StrCat(options.listen_address.substr(0, colon), ":", port);
+  return server;
+}
+
+RouterServer::~RouterServer() { Shutdown(); }
+
+void RouterServer::Shutdown(absl::Duration grace) {
+  if (shut_down_) return;
+  shut_down_ = true;
+  service_->Stop();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  server_->Wait();
+}
+
+}  // namespace moend::router

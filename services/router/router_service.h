@@ -1,0 +1,82 @@
+// The router's gRPC face: a thin adapter over Router on gRPC's callback API
+// (no thread is held per open WatchPlans stream), and a server wrapper.
+#ifndef MOEND_SERVICES_ROUTER_ROUTER_SERVICE_H_
+#define MOEND_SERVICES_ROUTER_ROUTER_SERVICE_H_
+
+#include <memory>
+#include <string>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "moend/v1/router.grpc.pb.h"
+#include "services/router/router.h"
+
+namespace moend::router {
+
+class RouterService final : public v1::Router::CallbackService {
+ public:
+  // `router` is not owned and must outlive the service.
+  explicit RouterService(Router* router) : router_(router) {}
+
+  grpc::ServerUnaryReactor* SolvePlan(grpc::CallbackServerContext* context,
+                                      const v1::SolvePlanRequest* request,
+                                      v1::Plan* response) override;
+  // Sends the current plan, then each newer one. A stream that cannot keep up
+  // gets only the newest plan once its previous write completes (older
+  // pending plans are dropped, never queued).
+  grpc::ServerWriteReactor<v1::Plan>* WatchPlans(grpc::CallbackServerContext* context,
+                                                 const v1::WatchPlansRequest* request) override;
+
+  // Ends every open WatchPlans stream with UNAVAILABLE (clients reconnect,
+  // e.g. to another router) and refuses new ones. Idempotent.
+  void Stop();
+
+ private:
+  class WatchReactor;
+  void Remove(WatchReactor* reactor);
+
+  Router* const router_;
+  absl::Mutex mu_;
+  bool stopping_ = false;
+  absl::flat_hash_set<WatchReactor*> watches_;
+};
+
+struct RouterServerOptions {
+  // host:port to listen on; port 0 picks a free port (see address()).
+  // Default "127.0.0.1:0".
+  std::string listen_address = "127.0.0.1:0";
+  // Largest message accepted, bytes. Default 4 MiB (gRPC's default).
+  int max_message_bytes = 4 << 20;
+};
+
+class RouterServer {
+ public:
+  // Serves `router` (not owned; must outlive the server). FailedPrecondition
+  // when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<RouterServer>> Start(Router* router,
+                                                             const RouterServerOptions& options);
+  ~RouterServer();  // Shutdown()
+
+  // "host:port" with the port actually bound.
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+
+  // Ends watch streams with UNAVAILABLE, stops accepting calls and waits up to
+  // `grace` for unary calls in flight. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(2));
+
+ private:
+  RouterServer() = default;
+  std::unique_ptr<RouterService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  int port_ = 0;
+  bool shut_down_ = false;
+};
+
+}  // namespace moend::router
+
+#endif  // MOEND_SERVICES_ROUTER_ROUTER_SERVICE_H_

@@ -1,0 +1,156 @@
+// The registry over gRPC on loopback (port 0), driven through RegistryClient.
+#include <atomic>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "services/registry/registry.h"
+#include "services/registry/registry_client.h"
+#include "services/registry/registry_service.h"
+#include "tests/registry/registry_test_util.h"
+#include "tests/storage/temp_dir.h"
+
+namespace moend::registry {
+namespace {
+
+using ::moend::testing::TempDir;
+using testing::ExpectedTable;
+using testing::ShardRows;
+using testing::SmallTuples;
+using testing::TinyConfigPath;
+
+class RegistryGrpcTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto store = storage::Store::Open({.path = dir_.Sub("db")});
+    ASSERT_TRUE(store.ok()) << store.status();
+    auto registry = Registry::Open(std::move(store).value(), {.lease_duration = absl::Seconds(30)});
+    ASSERT_TRUE(registry.ok()) << registry.status();
+    registry_ = std::move(registry).value();
+    auto server = RegistryServer::Start(registry_.get(), {.listen_address = "127.0.0.1:0",
+                                                          .watch_poll = absl::Milliseconds(50)});
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(server).value();
+    ASSERT_GT(server_->port(), 0);
+    auto client = RegistryClient::Connect({.target = server_->address()});
+    ASSERT_TRUE(client.ok()) << client.status();
+    client_ = std::move(client).value();
+  }
+  void TearDown() override {
+    client_.reset();
+    if (server_) server_->Shutdown();
+  }
+
+  TempDir dir_;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<RegistryServer> server_;
+  std::unique_ptr<RegistryClient> client_;
+};
+
+TEST_F(RegistryGrpcTest, WorkersCalibrateAJobEndToEnd) {
+  auto model = client_->RegisterModelFromFile("tinycode", TinyConfigPath());
+  ASSERT_TRUE(model.ok()) << model.status();
+  EXPECT_EQ(model->shape.num_layers, 12);
+
+  JobSpec spec;
+  spec.model = "tinycode";
+  spec.tuples = SmallTuples();
+  spec.seq_len = 4096;
+  spec.num_samples = 16;
+  spec.samples_per_shard = 4;
+  spec.layers_per_shard = 3;
+  auto job = client_->SubmitJob(spec);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->spec.compression_point, 3840);
+
+  // A watcher started before the job completes gets version 1.
+  absl::StatusOr<VersionEvent> event = absl::UnknownError("not run");
+  std::thread watcher([&] { event = client_->WaitForVersion("tinycode", 0, absl::Seconds(30)); });
+
+  // Four workers, each with its own client, lease until nothing is left.
+  std::atomic<int> reports{0};
+  std::vector<std::thread> workers;
+  for (int w = 0; w < 4; ++w) {
+    workers.emplace_back([&, w] {
+      auto client = RegistryClient::Connect({.target = server_->address()});
+      ASSERT_TRUE(client.ok());
+      const std::string me = "worker-" + std::to_string(w);
+      while (true) {
+        auto lease = (*client)->LeaseShard(me);
+        ASSERT_TRUE(lease.ok()) << lease.status();
+        if (!lease->has_value()) break;
+        ASSERT_TRUE((*client)->Heartbeat((*lease)->lease_id, me).ok());
+        auto r = (*client)->ReportLease(**lease, ShardRows((*lease)->shard, 3));
+        ASSERT_TRUE(r.ok()) << r.status();
+        ++reports;
+      }
+    });
+  }
+  for (auto& t : workers) t.join();
+  EXPECT_EQ(reports.load(), 16);
+
+  auto done = client_->WaitForJob(job->spec.job_id, absl::Seconds(10));
+  ASSERT_TRUE(done.ok()) << done.status();
+  EXPECT_EQ(done->state, JobState::kDone);
+  EXPECT_EQ(done->table_version, 1u);
+  watcher.join();
+  ASSERT_TRUE(event.ok()) << event.status();
+  EXPECT_EQ(event->model, "tinycode");
+  EXPECT_EQ(event->version, 1u);
+
+  auto table = client_->GetTable("tinycode");
+  ASSERT_TRUE(table.ok()) << table.status();
+  EXPECT_EQ(table->version, 1u);
+  EXPECT_EQ(table->run_id, job->spec.job_id);
+  auto expected = ExpectedTable(12, 16, 3);
+  for (int l = 0; l < 12; ++l) {
+    for (int t = 0; t < 3; ++t) EXPECT_NEAR(table->table.s[l][t], expected[l][t], 1e-12);
+  }
+  auto with_shards = client_->GetJob(job->spec.job_id, /*include_shards=*/true);
+  ASSERT_TRUE(with_shards.ok());
+  EXPECT_EQ(with_shards->shards.size(), 16u);
+  EXPECT_EQ(with_shards->shards[15].state, ShardState::kDone);
+}
+
+TEST_F(RegistryGrpcTest, ErrorsKeepTheirCodeAndMessage) {
+  ShardReport r;
+  r.job_id = "job-424242";
+  r.model = "tinycode";
+  auto result = client_->ReportShard(r);
+  EXPECT_TRUE(absl::IsNotFound(result.status())) << result.status();
+  EXPECT_NE(result.status().message().find("job-424242"), std::string::npos);
+  auto model = client_->GetModel("nope");
+  EXPECT_TRUE(absl::IsNotFound(model.status()));
+  auto bad = client_->RegisterModel("m", "{}");
+  EXPECT_TRUE(absl::IsInvalidArgument(bad.status()));
+  EXPECT_NE(bad.status().message().find("num_hidden_layers"), std::string::npos);
+}
+
+TEST_F(RegistryGrpcTest, WatchTimesOutWithoutANewVersion) {
+  ASSERT_TRUE(client_->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
+  auto event = client_->WaitForVersion("tinycode", 0, absl::Milliseconds(300));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(event.status())) << event.status();
+  auto unknown = client_->WaitForVersion("nope", 0, absl::Seconds(5));
+  EXPECT_TRUE(absl::IsNotFound(unknown.status())) << unknown.status();
+}
+
+TEST_F(RegistryGrpcTest, ShutdownEndsOpenWatchStreams) {
+  ASSERT_TRUE(client_->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
+  absl::Status status;
+  std::thread watcher(
+      [&] { status = client_->WaitForVersion("tinycode", 0, absl::Seconds(30)).status(); });
+  absl::SleepFor(absl::Milliseconds(200));
+  const absl::Time start = absl::Now();
+  server_->Shutdown(absl::Seconds(5));
+  watcher.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  EXPECT_FALSE(status.ok());
+}
+
+TEST(RegistryClientTest, ConnectFailsClearlyWhenNothingListens) {
+  auto client = RegistryClient::Connect(
+      {.target = "127.0.0.1:1", .connect_timeout = absl::Milliseconds(200)});
+  EXPECT_TRUE(absl::IsUnavailable(client.status())) << client.status();
+}
+
+}  // namespace
+}  // namespace moend::registry
