@@ -34,8 +34,31 @@ __device__ __forceinline__ float CodeToFloat(uint32_t w, int i) {
 }
 
 __device__ __forceinline__ uint4 LoadStream(const void* p) {
-  return __ldg(reinterpret_cast<const uint4*>(p));
+  return *reinterpret_cast<const uint4*>(p);  // generic: staged rows live in shared memory
 }
+
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Per-warp staging of one quantized unit (<= 32 tokens) in dynamic shared
+// memory: K rows and V rows (padded by 16 bytes against bank conflicts), the
+// K group's scale and min, the V rows' scales and mins.
+template <int D, int KB, int VB>
+struct Staging {
+  static constexpr int kRowK = KB < 16 ? D * KB / 8 : 2 * D;
+  static constexpr int kRowV = VB < 16 ? D * VB / 8 : 2 * D;
+  static constexpr int kStrideK = kRowK + 16;
+  static constexpr int kStrideV = kRowV + 16;
+  static constexpr int kKParBytes = KB < 16 ? 4 * D : 0;
+  static constexpr int kVParBytes = VB < 16 ? 32 * (D / 32) * 4 : 0;
+  static constexpr int kWarpBytes = 32 * kStrideK + 32 * kStrideV + kKParBytes + kVParBytes;
+  static constexpr int kBlockBytes = 4 * kWarpBytes;
+};
 
 // s[h] += qs[h, :] . code row (packed, KB < 16). qs: shared [8][D].
 template <int D, int KB>
@@ -105,29 +128,30 @@ __device__ __forceinline__ void DotFloat(const float* row, const float* qs, int 
 }
 
 // The lane's D/32 channels of V row t.
+// row: the token's packed codes; scale/min: the token's D/32 fp16 params.
 template <int D, int VB>
-__device__ __forceinline__ void LoadVPacked(const uint8_t* codes, const uint16_t* scale, const uint16_t* min,
-                                            int64_t tok, int lane, float (&v)[D / 32]) {
-  constexpr int kDpl = D / 32, kRowBytes = D * VB / 8;
+__device__ __forceinline__ void LoadVPacked(const uint8_t* row, const uint16_t* scale, const uint16_t* min,
+                                            int lane, float (&v)[D / 32]) {
+  constexpr int kDpl = D / 32;
   const int bit = lane * kDpl * VB;
-  const uint32_t word = __ldg(reinterpret_cast<const uint32_t*>(codes + tok * kRowBytes) + bit / 32) >> (bit % 32);
+  const uint32_t word = reinterpret_cast<const uint32_t*>(row)[bit / 32] >> (bit % 32);
   const int g = lane * kDpl / 32;
-  const float s = HalfBitsToFloat(__ldg(scale + tok * (D / 32) + g));
-  const float m = HalfBitsToFloat(__ldg(min + tok * (D / 32) + g));
+  const float s = HalfBitsToFloat(scale[g]);
+  const float m = HalfBitsToFloat(min[g]);
 #pragma unroll
   for (int j = 0; j < kDpl; ++j) v[j] = fmaf(CodeToFloat<VB>(word, j), s, m);
 }
 
 template <int D>
-__device__ __forceinline__ void LoadVHalf(const uint16_t* rows, int64_t tok, int lane, float (&v)[D / 32]) {
-  const uint16_t* p = rows + tok * D + lane * (D / 32);
+__device__ __forceinline__ void LoadVHalf(const uint16_t* row, int lane, float (&v)[D / 32]) {
+  const uint16_t* p = row + lane * (D / 32);
   if constexpr (D == 128) {
-    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+    const uint2 u = *reinterpret_cast<const uint2*>(p);
     const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
     const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
     v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
   } else {
-    const uint32_t u = __ldg(reinterpret_cast<const uint32_t*>(p));
+    const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
     const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u));
     v[0] = a.x; v[1] = a.y;
   }
@@ -228,24 +252,70 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(const AttentionPa
   }
   float* qs_w = warp_buf[warp];
   float(*pw)[kMaxGroup] = p_s[warp];
+  extern __shared__ __align__(16) uint8_t dyn_smem[];
+  uint8_t* warp_smem = dyn_smem + warp * Staging<D, KB, VB>::kWarpBytes;
 
   for (int u = u_begin + warp; u < u_end; u += kWarps) {
     float s[kMaxGroup];
 #pragma unroll
     for (int h = 0; h < kMaxGroup; ++h) s[h] = 0.0f;
     if (u < n_qu) {
+      using St = Staging<D, KB, VB>;
       const int tok0 = u < nb0 ? u * 32 : hv.initial_kept + (u - nb0) * 32;
       const int n = u < nb0 ? min(32, hv.initial_kept - tok0) : 32;
+      uint8_t* k_rows = warp_smem;
+      uint8_t* v_rows = k_rows + 32 * St::kStrideK;
+      uint16_t* k_par = reinterpret_cast<uint16_t*>(v_rows + 32 * St::kStrideV);
+      uint16_t* v_par = k_par + St::kKParBytes / 2;
+      // Stage the unit: every copy of the warp in flight at once.
+      {
+        constexpr int kChK = St::kRowK / 16, kChV = St::kRowV / 16;
+        const uint8_t* kg = hv.k_codes + static_cast<int64_t>(tok0) * St::kRowK;
+        const uint8_t* vg = hv.v_codes + static_cast<int64_t>(tok0) * St::kRowV;
+        for (int c = lane; c < n * kChK; c += 32) {
+          CpAsync16(k_rows + (c / kChK) * St::kStrideK + (c % kChK) * 16, kg + c * 16);
+        }
+        for (int c = lane; c < n * kChV; c += 32) {
+          CpAsync16(v_rows + (c / kChV) * St::kStrideV + (c % kChV) * 16, vg + c * 16);
+        }
+        if constexpr (KB < 16) {
+          for (int c = lane; c < D / 8; c += 32) {
+            CpAsync16(k_par + c * 8, hv.k_scale + static_cast<int64_t>(u) * D + c * 8);
+            CpAsync16(k_par + D + c * 8, hv.k_min + static_cast<int64_t>(u) * D + c * 8);
+          }
+        }
+      }
+      if constexpr (VB < 16) {
+        // V params are not 16-byte aligned for flushed groups: plain loads, lane = token.
+        constexpr int kG = D / 32;
+        uint16_t vs[kG], vm[kG];
+        if (lane < n) {
+#pragma unroll
+          for (int g = 0; g < kG; ++g) {
+            vs[g] = hv.v_scale[static_cast<int64_t>(tok0 + lane) * kG + g];
+            vm[g] = hv.v_min[static_cast<int64_t>(tok0 + lane) * kG + g];
+          }
+        }
+        CpAsyncWaitAll();
+        if (lane < n) {
+#pragma unroll
+          for (int g = 0; g < kG; ++g) {
+            v_par[lane * kG + g] = vs[g];
+            v_par[32 * kG + lane * kG + g] = vm[g];
+          }
+        }
+      } else {
+        CpAsyncWaitAll();
+      }
+      __syncwarp();
       if constexpr (KB < 16) {
         float qm[kMaxGroup];
 #pragma unroll
         for (int h = 0; h < kMaxGroup; ++h) qm[h] = 0.0f;
-        const uint16_t* ksc = hv.k_scale + static_cast<int64_t>(u) * D;
-        const uint16_t* kmn = hv.k_min + static_cast<int64_t>(u) * D;
 #pragma unroll
         for (int i = 0; i < kDpl; ++i) {
           const int d = lane + 32 * i;
-          const float sc = HalfBitsToFloat(__ldg(ksc + d)), mn = HalfBitsToFloat(__ldg(kmn + d));
+          const float sc = HalfBitsToFloat(k_par[d]), mn = HalfBitsToFloat(k_par[D + d]);
 #pragma unroll
           for (int h = 0; h < kMaxGroup; ++h) {
             if (h < nh) {
@@ -261,24 +331,22 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(const AttentionPa
         }
         __syncwarp();
         if (lane < n) {
-          DotPacked<D, KB>(hv.k_codes + static_cast<int64_t>(tok0 + lane) * (D * KB / 8), qs_w, nh, s);
+          DotPacked<D, KB>(k_rows + lane * St::kStrideK, qs_w, nh, s);
 #pragma unroll
           for (int h = 0; h < kMaxGroup; ++h) s[h] += qm[h];
         }
       } else {
-        if (lane < n) {
-          DotHalf<D>(reinterpret_cast<const uint16_t*>(hv.k_codes) + static_cast<int64_t>(tok0 + lane) * D, q_s,
-                     nh, s);
-        }
+        if (lane < n) DotHalf<D>(reinterpret_cast<const uint16_t*>(k_rows + lane * St::kStrideK), q_s, nh, s);
       }
       SoftmaxUpdate<D>(st, s, n, nh, lane, pw);
 #pragma unroll 4
       for (int t = 0; t < n; ++t) {
         float v[kDpl];
         if constexpr (VB < 16) {
-          LoadVPacked<D, VB>(hv.v_codes, hv.v_scale, hv.v_min, tok0 + t, lane, v);
+          LoadVPacked<D, VB>(v_rows + t * St::kStrideV, v_par + t * (D / 32), v_par + 32 * (D / 32) + t * (D / 32),
+                             lane, v);
         } else {
-          LoadVHalf<D>(reinterpret_cast<const uint16_t*>(hv.v_codes), tok0 + t, lane, v);
+          LoadVHalf<D>(reinterpret_cast<const uint16_t*>(v_rows + t * St::kStrideV), lane, v);
         }
         Accumulate<D>(st, v, pw[t], nh);
       }
@@ -293,7 +361,7 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(const AttentionPa
 #pragma unroll 4
       for (int t = 0; t < n; ++t) {
         float v[kDpl];
-        LoadVHalf<D>(vr, tok0 + t, lane, v);
+        LoadVHalf<D>(vr + static_cast<int64_t>(tok0 + t) * D, lane, v);
         Accumulate<D>(st, v, pw[t], nh);
       }
     } else {
@@ -372,8 +440,14 @@ cudaError_t LaunchAttentionKernel<16>(const AttentionParams& p, dim3 grid, cudaS
   cudaError_t LaunchAttentionKernel<KB>(const AttentionParams& p, dim3 grid, cudaStream_t s) {   \
     return DispatchHeadDim(p.head_dim, [&](auto d) {                                             \
       return DispatchBits(p.vbits, [&](auto vb) {                                                \
-        attention_detail::AttentionKernel<decltype(d)::value, KB, decltype(vb)::value>           \
-            <<<grid, attention_detail::kWarps * 32, 0, s>>>(p);                                  \
+        constexpr int kD = decltype(d)::value, kVB = decltype(vb)::value;                        \
+        constexpr int kSmem = attention_detail::Staging<kD, KB, kVB>::kBlockBytes;               \
+        auto* kernel = attention_detail::AttentionKernel<kD, KB, kVB>;                           \
+        /* static + dynamic shared memory may exceed the default 48 KB */                        \
+        const cudaError_t e =                                                                    \
+            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);    \
+        if (e != cudaSuccess) return e;                                                          \
+        kernel<<<grid, attention_detail::kWarps * 32, kSmem, s>>>(p);                            \
         return cudaGetLastError();                                                               \
       });                                                                                        \
     });                                                                                          \
