@@ -174,8 +174,10 @@ absl::StatusOr<std::unique_ptr<PlanClient>> PlanClient::Connect(
   const int initial_ms = static_cast<int>(absl::ToInt64Milliseconds(options.backoff_initial));
   const int max_ms = static_cast<int>(absl::ToInt64Milliseconds(options.backoff_max));
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::max(initial_ms, 1));
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::max(initial_ms, 1));
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, std::max(max_ms, 1));
+  // After the router goes away the channel re-resolves its target; the
+  // resolver's default cooldown (30 s) would otherwise delay reconnects.
+  args.SetInt(GRPC_ARG_DNS_MIN_TIME_BETWEEN_RESOLUTIONS_MS, std::max(initial_ms, 1));
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
               static_cast<int>(absl::ToInt64Milliseconds(options.keepalive)));
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);

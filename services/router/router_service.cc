@@ -187,7 +187,7 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(
 RouterServer::~RouterServer() { Shutdown(); }
 
 void RouterServer::Shutdown(absl::Duration grace) {
-  if (shut_down_) return;
+  if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
   service_->Stop();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
