@@ -10,6 +10,13 @@
 #include "core/sensitivity_table.h"
 #include "worker/calibrator.h"
 
+#ifdef MOEND_WITH_REGISTRY
+#include <filesystem>
+#include <thread>
+
+#include "services/registry/registry_client.h"
+#endif
+
 namespace moend::ctl {
 namespace {
 
@@ -21,15 +28,99 @@ int Fail(const absl::Status& s) {
 constexpr char kUsage[] =
     "usage: moendctl calibrate --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256] [--threads N]\n"
+    "       moendctl calibrate --registry HOST:PORT --model DIR --data FILE --out table.json\n"
+    "                          [--seq-len 4096] [--samples N] [--probes 256]\n"
+    "                          [--samples-per-shard 1] [--layers-per-shard L] [--timeout 3600]\n"
     "Measures s[layer][tuple] over the first N sequences of FILE (concatenated\n"
-    "sequences of --seq-len bytes; default: all of them) for the 112-tuple grid,\n"
-    "on this machine, and writes the sensitivity table JSON to --out.\n";
+    "sequences of --seq-len bytes; default: all of them) for the 112-tuple grid\n"
+    "and writes the sensitivity table JSON to --out. Without --registry it runs\n"
+    "here; with it, it registers the model (named after its folder), submits a\n"
+    "job that the registry's workers (moend-worker) shard among themselves, and\n"
+    "waits for the merged table. FILE must be readable by the workers (an\n"
+    "absolute path is sent).\n";
+
+#ifdef MOEND_WITH_REGISTRY
+// Submits the calibration to a registry and waits for the merged table,
+// riding out registry restarts.
+int CalibrateOnFleet(const Args& args, const std::string& target, const std::string& model_dir,
+                     const std::string& data, const std::string& out, int64_t seq_len,
+                     int64_t samples, int64_t probes) {
+  auto per_shard = args.Int("samples-per-shard", 1);
+  auto layers_per_shard = args.Int("layers-per-shard", 0);
+  auto timeout_s = args.Int("timeout", 3600);
+  for (const absl::Status& s : {per_shard.status(), layers_per_shard.status(), timeout_s.status()}) {
+    if (!s.ok()) return Fail(s);
+  }
+  registry::RegistryClientOptions options;
+  options.target = target;
+  auto client = registry::RegistryClient::Connect(options);
+  if (!client.ok()) return Fail(client.status());
+  const std::string name =
+      std::filesystem::path(model_dir).lexically_normal().filename().string();
+  auto model = (*client)->RegisterModelFromFile(
+      name, (std::filesystem::path(model_dir) / "config.json").string());
+  if (!model.ok()) return Fail(model.status());
+  if (samples <= 0) {
+    auto all = worker::LoadCalibrationSequences(data, seq_len, 0, -1);
+    if (!all.ok()) return Fail(all.status());
+    samples = static_cast<int64_t>(all->size());
+  }
+  registry::JobSpec spec;
+  spec.model = name;
+  spec.seq_len = seq_len;
+  spec.compression_point = seq_len - probes;
+  spec.num_samples = samples;
+  spec.samples_per_shard = *per_shard;
+  spec.layers_per_shard = *layers_per_shard;
+  spec.dataset = std::filesystem::absolute(data).string();
+  auto job = (*client)->SubmitJob(spec);
+  if (!job.ok()) return Fail(job.status());
+  const std::string job_id = job->spec.job_id;
+  std::fprintf(stderr, "submitted %s: %s, %lld samples, waiting for workers\n", job_id.c_str(),
+               name.c_str(), static_cast<long long>(samples));
+  ProgressBar bar(absl::StrCat("calibrating ", name, " on the fleet (", job_id, ")"));
+  const absl::Time deadline = absl::Now() + absl::Seconds(*timeout_s);
+  int64_t last_done = -1;
+  uint64_t version = 0;
+  while (true) {
+    auto j = (*client)->GetJob(job_id, /*include_shards=*/true);
+    if (j.ok()) {
+      if (j->shards_done != last_done) bar.Update(j->shards_done, j->shards_total());
+      last_done = j->shards_done;
+      if (j->state == registry::JobState::kDone) {
+        version = j->table_version;
+        break;
+      }
+    } else if (!absl::IsUnavailable(j.status()) && !absl::IsDeadlineExceeded(j.status())) {
+      bar.Finish();
+      return Fail(j.status());
+    }
+    if (absl::Now() > deadline) {
+      bar.Finish();
+      return Fail(absl::DeadlineExceededError(
+          absl::StrCat(job_id, " not done after ", *timeout_s, " s (", last_done,
+                       " shards done); is a moend-worker running?")));
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  bar.Finish();
+  auto table = (*client)->GetTable(name, version);
+  if (!table.ok()) return Fail(table.status());
+  absl::Status written = WriteSensitivityTable(table->table, out);
+  if (!written.ok()) return Fail(written);
+  std::fprintf(stderr, "wrote %s: table version %llu of %s\n", out.c_str(),
+               static_cast<unsigned long long>(version), name.c_str());
+  return kExitOk;
+}
+#endif
 
 }  // namespace
 
 int RunCalibrate(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
-                          {"model", "data", "out", "seq-len", "samples", "probes", "threads"}, {});
+                          {"model", "data", "out", "seq-len", "samples", "probes", "threads",
+                           "registry", "samples-per-shard", "layers-per-shard", "timeout"},
+                          {});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {
     std::printf("%s", kUsage);
@@ -50,6 +141,13 @@ int RunCalibrate(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         "--seq-len ", *seq_len, " must exceed --probes ", *probes, " (the compression point is "
         "seq-len - probes)")));
+  }
+  if (auto target = args->Optional("registry")) {
+#ifdef MOEND_WITH_REGISTRY
+    return CalibrateOnFleet(*args, *target, *model_dir, *data, *out, *seq_len, *samples, *probes);
+#else
+    return Fail(absl::UnimplementedError("this moendctl was built without the registry client"));
+#endif
   }
   auto model = Model::Load(*model_dir, ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());

@@ -1,0 +1,141 @@
+// The calibration fleet end to end on loopback: a registry and three workers
+// (real binaries), a calibration submitted with moendctl; one worker and the
+// registry are killed with SIGKILL mid-job. The merged table must equal a
+// local calibration of the same samples.
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "core/model.h"
+#include "core/sensitivity_table.h"
+#include "services/registry/registry_client.h"
+#include "tests/util/child_process.h"
+#include "worker/calibrator.h"
+
+namespace moend {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ChildProcess;
+
+constexpr int64_t kSeqLen = 384, kProbes = 128, kSamples = 3;
+
+class FleetTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("moend_fleet_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::unique_ptr<ChildProcess> StartRegistry(const std::string& listen, int n) {
+    auto p = std::make_unique<ChildProcess>(
+        MOEND_REGISTRY_BIN,
+        std::vector<std::string>{"--db", (dir_ / "db").string(), "--listen", listen,
+                                 "--lease-seconds", "2"},
+        (dir_ / ("registry" + std::to_string(n) + ".log")).string());
+    return p;
+  }
+
+  int64_t ShardsDone(registry::RegistryClient& client) {
+    auto jobs = client.ListJobs("tinycode");
+    if (!jobs.ok() || jobs->empty()) return -1;
+    return jobs->front().shards_done;
+  }
+
+  bool WaitShards(registry::RegistryClient& client, int64_t n, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (ShardsDone(client) >= n) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(FleetTest, SurvivesWorkerAndRegistryKillsAndMatchesLocalCalibration) {
+  const std::string src = MOEND_SOURCE_DIR;
+  auto registry = StartRegistry("127.0.0.1:0", 1);
+  const std::string addr = registry->WaitForLine("listening on ", absl::Seconds(20));
+  ASSERT_FALSE(addr.empty()) << registry->Log();
+
+  std::vector<std::unique_ptr<ChildProcess>> workers;
+  for (int i = 0; i < 3; ++i) {
+    workers.push_back(std::make_unique<ChildProcess>(
+        MOEND_WORKER_BIN,
+        std::vector<std::string>{"--registry", addr, "--id", "w" + std::to_string(i), "--models",
+                                 src + "/models", "--threads", "1"},
+        (dir_ / ("worker" + std::to_string(i) + ".log")).string(),
+        std::vector<std::string>{"OMP_NUM_THREADS=1"}));
+  }
+  const std::string table_path = (dir_ / "fleet.json").string();
+  ChildProcess ctl(MOENDCTL_BIN,
+                   {"calibrate", "--registry", addr, "--model", src + "/models/tinycode", "--data",
+                    src + "/data/calibration.bin", "--seq-len", std::to_string(kSeqLen),
+                    "--probes", std::to_string(kProbes), "--samples", std::to_string(kSamples),
+                    "--samples-per-shard", "1", "--layers-per-shard", "3", "--out", table_path,
+                    "--timeout", "600"},
+                   (dir_ / "moendctl.log").string());
+
+  registry::RegistryClientOptions options;
+  options.target = addr;
+  options.rpc_timeout = absl::Seconds(2);
+  auto client = registry::RegistryClient::Connect(options);
+  ASSERT_TRUE(client.ok()) << client.status();
+
+  // Kill a worker once work is flowing, then the registry.
+  ASSERT_TRUE(WaitShards(**client, 2, absl::Seconds(120))) << ctl.Log();
+  EXPECT_NE(workers[0]->Signal(SIGKILL, absl::Seconds(10)), -1);
+  ASSERT_TRUE(WaitShards(**client, 4, absl::Seconds(120))) << ctl.Log();
+  const int64_t before_kill = ShardsDone(**client);
+  EXPECT_NE(registry->Signal(SIGKILL, absl::Seconds(10)), -1);
+  registry = StartRegistry(addr, 2);
+  ASSERT_FALSE(registry->WaitForLine("listening on ", absl::Seconds(20)).empty())
+      << registry->Log();
+  // Every acknowledged report survived the kill.
+  absl::SleepFor(absl::Milliseconds(200));
+  int64_t after_restart = -1;
+  for (int i = 0; i < 100 && after_restart < 0; ++i) {
+    after_restart = ShardsDone(**client);
+    if (after_restart < 0) absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_GE(after_restart, before_kill);
+
+  const int status = ctl.WaitExit(absl::Seconds(600));
+  ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << ctl.Log();
+  auto fleet = ReadSensitivityTable(table_path);
+  ASSERT_TRUE(fleet.ok()) << fleet.status();
+  auto job = (*client)->ListJobs("tinycode");
+  ASSERT_TRUE(job.ok() && job->size() == 1);
+  EXPECT_EQ(job->front().shards_done, kSamples * 4);
+
+  // The same samples calibrated here, single-threaded like the workers.
+  auto model = Model::Load(src + "/models/tinycode", ModelOptions{1});
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto seqs = worker::LoadCalibrationSequences(src + "/data/calibration.bin", kSeqLen, 0, kSamples);
+  ASSERT_TRUE(seqs.ok());
+  worker::CalibrationOptions copts;
+  copts.probe_tokens = kProbes;
+  auto local = worker::CalibrateLayers(**model, *seqs, 0, 12, copts);
+  ASSERT_TRUE(local.ok()) << local.status();
+  ASSERT_EQ(fleet->num_layers, 12);
+  ASSERT_EQ(fleet->samples, kSamples);
+  ASSERT_EQ(fleet->tuples, copts.tuples);
+  for (size_t l = 0; l < 12; ++l) {
+    for (size_t t = 0; t < copts.tuples.size(); ++t) {
+      EXPECT_NEAR(fleet->s[l][t], (*local)[l][t], 1e-9 * (*local)[l][t] + 1e-15)
+          << "layer " << l << " tuple " << ToString(copts.tuples[t]);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moend

@@ -1,0 +1,100 @@
+// moend-worker --registry ADDR [--id NAME] [--models DIR] [--data-dir DIR]
+//              [--threads N] [--metrics ADDR] [--exit-when-idle]
+//
+// One calibration worker process (one per GPU, or a few on a CPU machine):
+// leases shards from the registry, calibrates them and reports back.
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "core/flags.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+#include "services/registry/registry_client.h"
+#include "worker/fleet_worker.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: moend-worker --registry HOST:PORT [--id NAME] [--models DIR] [--data-dir DIR]\n"
+    "                    [--threads N] [--metrics HOST:PORT] [--exit-when-idle]\n"
+    "  --registry     gRPC address of moend-registry (required)\n"
+    "  --id           worker id (default: hostname-pid)\n"
+    "  --models       folder holding model folders by registered name (default: models)\n"
+    "  --data-dir     relative dataset paths of jobs resolve here (default: .)\n"
+    "  --threads      CPU threads for forward and calibration (default: all cores)\n"
+    "  --metrics      serve Prometheus /metrics at this address (default: off)\n"
+    "  --exit-when-idle  exit once no shard is free instead of waiting for work\n";
+
+moend::worker::FleetWorker* g_worker = nullptr;
+
+void OnSignal(int) {
+  if (g_worker) g_worker->Stop();
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "moend-worker: %s\n", std::string(s.message()).c_str());
+  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto args = moend::Args::Parse(argc - 1, argv + 1,
+                                 {"registry", "id", "models", "data-dir", "threads", "metrics"},
+                                 {"exit-when-idle"});
+  if (!args.ok()) {
+    std::fprintf(stderr, "moend-worker: %s\n%s", std::string(args.status().message()).c_str(),
+                 kUsage);
+    return 2;
+  }
+  if (args->help()) {
+    std::printf("%s", kUsage);
+    return 0;
+  }
+  auto target = args->Required("registry");
+  auto threads = args->Int("threads", 0);
+  if (!target.ok()) return Fail(target.status());
+  if (!threads.ok()) return Fail(threads.status());
+  char host[256] = "worker";
+  ::gethostname(host, sizeof(host) - 1);
+  moend::worker::FleetWorkerOptions options;
+  options.worker_id = args->Optional("id").value_or(absl::StrCat(host, "-", ::getpid()));
+  options.models_dir = args->Optional("models").value_or("models");
+  options.data_dir = args->Optional("data-dir").value_or(".");
+  options.threads = static_cast<int>(*threads);
+  options.exit_when_idle = args->Has("exit-when-idle");
+
+  auto metrics = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (auto addr = args->Optional("metrics")) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(*addr);
+    } catch (const std::exception& e) {
+      return Fail(absl::UnavailableError(absl::StrCat("cannot serve metrics on ", *addr, ": ",
+                                                      e.what())));
+    }
+    exposer->RegisterCollectable(metrics);
+  }
+  moend::registry::RegistryClientOptions client_options;
+  client_options.target = *target;
+  client_options.connect_timeout = absl::ZeroDuration();  // the loop retries
+  auto client = moend::registry::RegistryClient::Connect(client_options);
+  if (!client.ok()) return Fail(client.status());
+
+  moend::worker::FleetWorker worker(options, client->get(), metrics.get());
+  g_worker = &worker;
+  struct sigaction sa = {};
+  sa.sa_handler = OnSignal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  std::fprintf(stderr, "moend-worker %s: serving registry %s\n", options.worker_id.c_str(),
+               target->c_str());
+  absl::Status s = worker.Run();
+  if (!s.ok()) return Fail(s);
+  return 0;
+}
