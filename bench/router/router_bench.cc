@@ -1,0 +1,490 @@
+// router_bench: the router's load generator.
+//
+// --mode=throughput (default): in one process, serves the real Router (over an
+// in-memory table with the shipped model's shape and the default 112-tuple
+// grid; the plan cache is warmed first) and a no-op Router service of the same
+// proto shape that returns a fixed Plan of the same size, each on its own
+// loopback port, and drives them in alternating rounds with the same load:
+// --threads client threads, each with its own channel (TCP connection) and
+// completion queue, keeping --depth async SolvePlan calls in flight for
+// --seconds. Prints QPS, p50 and p99 per round and the ratio router/no-op.
+//
+// --mode=watch: starts moend-registry and moend-router as child processes,
+// publishes a table, opens --streams WatchPlans streams (callback API, over
+// --channels connections), publishes --publishes newer tables and waits until
+// every stream has each new plan, then closes and reopens all streams; prints
+// the router's RSS and thread count at each step.
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/synchronization/mutex.h"
+#include "core/compression.h"
+#include "grpcpp/create_channel.h"
+#include "grpcpp/server_builder.h"
+#include "grpcpp/support/channel_arguments.h"
+#include "moend/v1/router.grpc.pb.h"
+#include "services/registry/registry_client.h"
+#include "services/router/plan_convert.h"
+#include "services/router/router.h"
+#include "services/router/router_service.h"
+#include "services/router/table_source.h"
+#include "tests/router/child_process.h"
+
+namespace moend::router {
+namespace {
+
+struct Flags {
+  std::string mode = "throughput";
+  int threads = 4;
+  int depth = 8;
+  double seconds = 5;
+  int rounds = 2;
+  int streams = 1000;
+  int channels = 10;
+  int publishes = 5;
+  std::string solver = "exact";
+  double ratio = 8;
+};
+
+bool ParseFlags(int argc, char** argv, Flags* f) {
+  for (int i = 1; i < argc; ++i) {
+    std::string arg = argv[i];
+    size_t eq = arg.find('=');
+    if (arg.rfind("--", 0) != 0 || eq == std::string::npos) {
+      std::fprintf(stderr, "router_bench: flags are --name=value, got '%s'\n", arg.c_str());
+      return false;
+    }
+    const std::string name = arg.substr(2, eq - 2), value = arg.substr(eq + 1);
+    bool ok = true;
+    if (name == "mode") f->mode = value;
+    else if (name == "threads") ok = absl::SimpleAtoi(value, &f->threads) && f->threads > 0;
+    else if (name == "depth") ok = absl::SimpleAtoi(value, &f->depth) && f->depth > 0;
+    else if (name == "seconds") ok = absl::SimpleAtod(value, &f->seconds) && f->seconds > 0;
+    else if (name == "rounds") ok = absl::SimpleAtoi(value, &f->rounds) && f->rounds > 0;
+    else if (name == "streams") ok = absl::SimpleAtoi(value, &f->streams) && f->streams > 0;
+    else if (name == "channels") ok = absl::SimpleAtoi(value, &f->channels) && f->channels > 0;
+    else if (name == "publishes") ok = absl::SimpleAtoi(value, &f->publishes) && f->publishes >= 0;
+    else if (name == "solver") f->solver = value;
+    else if (name == "ratio") ok = absl::SimpleAtod(value, &f->ratio) && f->ratio >= 1;
+    else {
+      std::fprintf(stderr, "router_bench: unknown flag --%s\n", name.c_str());
+      return false;
+    }
+    if (!ok) {
+      std::fprintf(stderr, "router_bench: bad value for --%s: '%s'\n", name.c_str(), value.c_str());
+      return false;
+    }
+  }
+  return f->mode == "throughput" || f->mode == "watch";
+}
+
+// The shipped model's shape with the default grid; `seed` varies the values.
+SensitivityTable BenchTable(const std::string& model, int seed) {
+  SensitivityTable t;
+  t.model = model;
+  t.num_layers = 12;
+  t.num_kv_heads = 2;
+  t.head_dim = 64;
+  t.seq_len = 4096;
+  t.compression_point = 3840;
+  t.samples = 16;
+  t.tuples = TupleGrid::Default().Tuples();
+  for (int64_t l = 0; l < t.num_layers; ++l) {
+    std::vector<double> row;
+    for (const CompressionTuple& tu : t.tuples) {
+      const double loss = (1 - tu.keep) * (1 + 0.5 * std::sin(l + seed)) +
+                          (16.0 / tu.kbits - 1) * 0.02 * (1 + (l % 3)) +
+                          (16.0 / tu.vbits - 1) * 0.01 * (1 + ((l + seed) % 4));
+      row.push_back(loss * (tu.keep == 1 && tu.kbits == 16 && tu.vbits == 16 ? 0 : 1));
+    }
+    t.s.push_back(row);
+  }
+  return t;
+}
+
+// One table, no new versions.
+class StaticTableSource final : public TableSource {
+ public:
+  explicit StaticTableSource(SensitivityTable table) : table_(std::move(table)) {}
+  absl::StatusOr<registry::VersionedTable> GetTable(const std::string& model,
+                                                    uint64_t version) override {
+    if (model != table_.model || version > 1) return absl::NotFoundError("no such table");
+    return registry::VersionedTable{1, "bench", table_};
+  }
+  absl::StatusOr<uint64_t> WaitForVersion(const std::string&, uint64_t,
+                                          absl::Duration timeout) override {
+    absl::SleepFor(timeout);
+    return absl::DeadlineExceededError("no new version");
+  }
+
+ private:
+  SensitivityTable table_;
+};
+
+// Same proto shape as the router; SolvePlan returns a fixed plan.
+class NoopRouterService final : public v1::Router::CallbackService {
+ public:
+  explicit NoopRouterService(v1::Plan plan) : plan_(std::move(plan)) {}
+  grpc::ServerUnaryReactor* SolvePlan(grpc::CallbackServerContext* context,
+                                      const v1::SolvePlanRequest*, v1::Plan* response) override {
+    *response = plan_;
+    auto* reactor = context->DefaultReactor();
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+
+ private:
+  const v1::Plan plan_;
+};
+
+struct RoundResult {
+  int64_t calls = 0;
+  int64_t errors = 0;
+  double seconds = 0;
+  double p50_us = 0, p99_us = 0;
+  double qps() const { return calls / seconds; }
+};
+
+// Drives `address` with the flags' load; latencies of calls that complete
+// inside the measured window (after a 1 s warm-up).
+RoundResult RunLoad(const std::string& address, const v1::SolvePlanRequest& request,
+                    const Flags& flags, int round_id) {
+  using Clock = std::chrono::steady_clock;
+  struct Call {
+    grpc::ClientContext context;
+    v1::Plan reply;
+    grpc::Status status;
+    std::unique_ptr<grpc::ClientAsyncResponseReader<v1::Plan>> rpc;
+    Clock::time_point start;
+  };
+  const auto warm_end = Clock::now() + std::chrono::seconds(1);
+  const auto end = warm_end + std::chrono::microseconds(static_cast<int64_t>(flags.seconds * 1e6));
+  std::vector<std::vector<float>> latencies(flags.threads);
+  std::vector<int64_t> errors(flags.threads, 0);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < flags.threads; ++t) {
+    threads.emplace_back([&, t] {
+      grpc::ChannelArguments args;
+      args.SetInt("moend.bench.channel", round_id * 1000 + t);  // own connection
+      auto stub = v1::Router::NewStub(
+          grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      grpc::CompletionQueue cq;
+      auto issue = [&] {
+        auto* call = new Call;
+        call->start = Clock::now();
+        call->rpc = stub->AsyncSolvePlan(&call->context, request, &cq);
+        call->rpc->Finish(&call->reply, &call->status, call);
+      };
+      for (int i = 0; i < flags.depth; ++i) issue();
+      int in_flight = flags.depth;
+      void* tag;
+      bool ok;
+      while (in_flight > 0 && cq.Next(&tag, &ok)) {
+        auto* call = static_cast<Call*>(tag);
+        const auto now = Clock::now();
+        --in_flight;
+        if (now >= warm_end && now < end) {
+          if (call->status.ok()) {
+            latencies[t].push_back(
+                std::chrono::duration<float, std::micro>(now - call->start).count());
+          } else {
+            ++errors[t];
+          }
+        }
+        delete call;
+        if (now < end) {
+          issue();
+          ++in_flight;
+        }
+      }
+      cq.Shutdown();
+      while (cq.Next(&tag, &ok)) {
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  std::vector<float> all;
+  RoundResult r;
+  for (int t = 0; t < flags.threads; ++t) {
+    all.insert(all.end(), latencies[t].begin(), latencies[t].end());
+    r.errors += errors[t];
+  }
+  std::sort(all.begin(), all.end());
+  r.calls = static_cast<int64_t>(all.size());
+  r.seconds = flags.seconds;
+  if (!all.empty()) {
+    r.p50_us = all[all.size() / 2];
+    r.p99_us = all[std::min(all.size() - 1, all.size() * 99 / 100)];
+  }
+  return r;
+}
+
+int RunThroughput(const Flags& flags) {
+  StaticTableSource source(BenchTable("tinycode", 1));
+  auto router = Router::Create({.tables = &source, .watch_poll = absl::Milliseconds(200)});
+  if (!router.ok()) return std::fprintf(stderr, "%s\n", router.status().ToString().c_str()), 1;
+  auto server = RouterServer::Start(router->get(), {});
+  if (!server.ok()) return std::fprintf(stderr, "%s\n", server.status().ToString().c_str()), 1;
+
+  v1::SolvePlanRequest request;
+  request.set_model("tinycode");
+  request.mutable_budget()->set_ratio(flags.ratio);
+  request.set_solver(flags.solver);
+  // Warm the cache, and take the plan the no-op service will return.
+  auto plan = (*router)->SolvePlan({.model = "tinycode", .budget = Budget::Ratio(flags.ratio),
+                                    .solver = flags.solver});
+  if (!plan.ok()) return std::fprintf(stderr, "%s\n", plan.status().ToString().c_str()), 1;
+  const v1::Plan fixed = ToProto(**plan);
+
+  NoopRouterService noop(fixed);
+  grpc::ServerBuilder builder;
+  int noop_port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &noop_port);
+  builder.RegisterService(&noop);
+  std::unique_ptr<grpc::Server> noop_server = builder.BuildAndStart();
+  if (!noop_server || noop_port == 0) return std::fprintf(stderr, "no-op server failed\n"), 1;
+  const std::string noop_address = absl::StrCat("127.0.0.1:", noop_port);
+
+  std::printf("router_bench throughput: %d client threads x %d in flight, %.1f s per round "
+              "(after 1 s warm-up), %d rounds each, loopback\n",
+              flags.threads, flags.depth, flags.seconds, flags.rounds);
+  std::printf("request: model tinycode (12 layers, 112 tuples), ratio %g, solver %s; "
+              "response %zu bytes\n",
+              flags.ratio, flags.solver.c_str(), fixed.ByteSizeLong());
+  std::printf("%-8s %5s %10s %10s %10s %8s\n", "service", "round", "QPS", "p50 us", "p99 us",
+              "errors");
+  double router_calls = 0, noop_calls = 0;
+  int round_id = 0;
+  for (int round = 0; round < flags.rounds; ++round) {
+    for (const bool is_router : {false, true}) {
+      RoundResult r = RunLoad(is_router ? (*server)->address() : noop_address, request, flags,
+                              ++round_id);
+      (is_router ? router_calls : noop_calls) += r.calls;
+      std::printf("%-8s %5d %10.0f %10.1f %10.1f %8lld\n", is_router ? "router" : "no-op",
+                  round + 1, r.qps(), r.p50_us, r.p99_us, static_cast<long long>(r.errors));
+      std::fflush(stdout);
+    }
+  }
+  std::printf("ratio router/no-op throughput: %.3f\n", router_calls / noop_calls);
+  noop_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  (*server)->Shutdown();
+  return 0;
+}
+
+// --- watch mode ---
+
+struct ProcStatus {
+  int64_t rss_kb = 0;
+  int64_t threads = 0;
+};
+
+ProcStatus ReadProcStatus(pid_t pid) {
+  ProcStatus s;
+  std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) absl::SimpleAtoi(line.substr(6, line.size() - 9), &s.rss_kb);
+    if (line.rfind("Threads:", 0) == 0) absl::SimpleAtoi(line.substr(8), &s.threads);
+  }
+  return s;
+}
+
+// Counts, per version, streams whose newest plan has that version.
+class Tally {
+ public:
+  void Move(uint64_t from, uint64_t to) {
+    absl::MutexLock lock(&mu_);
+    if (to >= count_.size()) count_.resize(to + 1, 0);
+    if (from > 0) --count_[from];
+    ++count_[to];
+  }
+  void Remove(uint64_t from) {
+    absl::MutexLock lock(&mu_);
+    if (from > 0) --count_[from];
+  }
+  // Waits until `n` streams hold version `v`; false after `timeout`.
+  bool WaitFor(uint64_t v, int64_t n, absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto done = [&] { return v < count_.size() && count_[v] >= n; };
+    return mu_.AwaitWithTimeout(absl::Condition(&done), timeout);
+  }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<int64_t> count_;
+};
+
+class StreamReader final : public grpc::ClientReadReactor<v1::Plan> {
+ public:
+  StreamReader(v1::Router::Stub* stub, const v1::WatchPlansRequest& request, Tally* tally)
+      : tally_(tally) {
+    stub->async()->WatchPlans(&context_, &request, this);
+    StartRead(&plan_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    tally_->Move(version_, plan_.version());
+    version_ = plan_.version();
+    StartRead(&plan_);
+  }
+  void OnDone(const grpc::Status&) override {
+    tally_->Remove(version_);
+    absl::MutexLock lock(&mu_);
+    done_ = true;
+  }
+  void Cancel() { context_.TryCancel(); }
+  void WaitDone() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+  }
+
+ private:
+  grpc::ClientContext context_;
+  v1::Plan plan_;
+  Tally* tally_;
+  uint64_t version_ = 0;
+  absl::Mutex mu_;
+  bool done_ = false;
+};
+
+int RunWatch(const Flags& flags) {
+  char dir_template[] = "/tmp/router-bench-XXXXXX";
+  const std::string dir = ::mkdtemp(dir_template);
+  testing::ChildProcess registry(MOEND_REGISTRY_BIN,
+                                 {"--db", dir + "/db", "--listen", "127.0.0.1:0"});
+  const std::string registry_address = registry.WaitForLine("listening on ", absl::Seconds(30));
+  if (registry_address.empty()) return std::fprintf(stderr, "%s", registry.output().c_str()), 1;
+  auto client = registry::RegistryClient::Connect({.target = registry_address});
+  if (!client.ok()) return std::fprintf(stderr, "%s\n", client.status().ToString().c_str()), 1;
+  auto model = (*client)->RegisterModelFromFile(
+      "tinycode", std::string(MOEND_SOURCE_DIR) + "/models/tinycode/config.json");
+  if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().ToString().c_str()), 1;
+  uint64_t version = *(*client)->PublishTable(BenchTable("tinycode", 1));
+
+  testing::ChildProcess router(MOEND_ROUTER_BIN, {"--registry", registry_address, "--listen",
+                                                  "127.0.0.1:0", "--metrics", "127.0.0.1:0"});
+  const std::string router_address = router.WaitForLine("listening on ", absl::Seconds(30));
+  if (router_address.empty()) return std::fprintf(stderr, "%s", router.output().c_str()), 1;
+  std::string metrics = router.WaitForLine("metrics on http://", absl::Seconds(30));
+  metrics = metrics.substr(0, metrics.find('/'));
+  // The router's moend_router_watch_streams gauge, or -1.
+  auto watch_streams = [&]() -> int64_t {
+    const std::string scrape = testing::HttpGet(metrics, "/metrics");
+    const std::string key = "\nmoend_router_watch_streams ";
+    const size_t at = scrape.find(key);
+    if (at == std::string::npos) return -1;
+    double v = -1;
+    const size_t end = scrape.find('\n', at + key.size());
+    if (!absl::SimpleAtod(scrape.substr(at + key.size(), end - at - key.size()), &v)) return -1;
+    return static_cast<int64_t>(v);
+  };
+
+  std::vector<std::unique_ptr<v1::Router::Stub>> stubs;
+  for (int c = 0; c < flags.channels; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt("moend.bench.channel", c);
+    stubs.push_back(v1::Router::NewStub(
+        grpc::CreateCustomChannel(router_address, grpc::InsecureChannelCredentials(), args)));
+  }
+  v1::WatchPlansRequest request;
+  request.set_model("tinycode");
+  request.mutable_budget()->set_ratio(flags.ratio);
+  request.set_solver(flags.solver);
+
+  // Warm: one SolvePlan, so the idle figure includes the model's watcher.
+  {
+    v1::SolvePlanRequest solve;
+    solve.set_model("tinycode");
+    *solve.mutable_budget() = request.budget();
+    solve.set_solver(flags.solver);
+    grpc::ClientContext ctx;
+    v1::Plan plan;
+    grpc::Status s = stubs[0]->SolvePlan(&ctx, solve, &plan);
+    if (!s.ok()) return std::fprintf(stderr, "SolvePlan: %s\n", s.error_message().c_str()), 1;
+  }
+  const pid_t pid = router.pid();
+  auto report = [&](const std::string& what) {
+    ProcStatus s = ReadProcStatus(pid);
+    std::printf("%-58s RSS %6.1f MiB  threads %3lld  watch_streams %5lld\n", what.c_str(),
+                s.rss_kb / 1024.0, static_cast<long long>(s.threads),
+                static_cast<long long>(watch_streams()));
+    std::fflush(stdout);
+  };
+  std::printf("router_bench watch: %d WatchPlans streams over %d connections to moend-router "
+              "(pid %d), ratio %g, solver %s\n",
+              flags.streams, flags.channels, pid, flags.ratio, flags.solver.c_str());
+  report("idle (1 model watched, plan cached)");
+
+  const absl::Duration patience = absl::Seconds(120);
+  for (int cycle = 1; cycle <= 2; ++cycle) {
+    Tally tally;
+    std::vector<std::unique_ptr<StreamReader>> readers;
+    const absl::Time open_start = absl::Now();
+    for (int i = 0; i < flags.streams; ++i) {
+      readers.push_back(
+          std::make_unique<StreamReader>(stubs[i % flags.channels].get(), request, &tally));
+    }
+    if (!tally.WaitFor(version, flags.streams, patience)) {
+      return std::fprintf(stderr, "not every stream got its first plan\n"), 1;
+    }
+    report(absl::StrFormat("cycle %d: %d streams open, first plan in (%.0f ms)", cycle,
+                           flags.streams, absl::ToDoubleMilliseconds(absl::Now() - open_start)));
+    for (int p = 0; p < flags.publishes; ++p) {
+      const absl::Time start = absl::Now();
+      auto published = (*client)->PublishTable(BenchTable("tinycode", static_cast<int>(version) + 1));
+      if (!published.ok()) return std::fprintf(stderr, "publish failed\n"), 1;
+      version = *published;
+      if (!tally.WaitFor(version, flags.streams, patience)) {
+        return std::fprintf(stderr, "not every stream got version %llu\n",
+                            static_cast<unsigned long long>(version)), 1;
+      }
+      report(absl::StrFormat("cycle %d: version %llu on all streams (%.0f ms after publish)",
+                             cycle, static_cast<unsigned long long>(version),
+                             absl::ToDoubleMilliseconds(absl::Now() - start)));
+    }
+    for (auto& r : readers) r->Cancel();
+    for (auto& r : readers) r->WaitDone();
+    readers.clear();
+    const absl::Time closing = absl::Now();
+    while (watch_streams() != 0 && absl::Now() - closing < patience) {
+      absl::SleepFor(absl::Milliseconds(20));  // the router runs OnDone for each
+    }
+    report(absl::StrFormat("cycle %d: all streams closed", cycle));
+  }
+  router.Signal(SIGTERM, absl::Seconds(30));
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  return 0;
+}
+
+}  // namespace
+}  // namespace moend::router
+
+int main(int argc, char** argv) {
+  moend::router::Flags flags;
+  if (!moend::router::ParseFlags(argc, argv, &flags)) {
+    std::fprintf(stderr,
+                 "usage: router_bench [--mode=throughput|watch] [--threads=4] [--depth=8] "
+                 "[--seconds=5] [--rounds=2] [--streams=1000] [--channels=10] "
+                 "[--publishes=5] [--solver=exact] [--ratio=8]\n");
+    return 2;
+  }
+  return flags.mode == "watch" ? moend::router::RunWatch(flags)
+                               : moend::router::RunThroughput(flags);
+}
