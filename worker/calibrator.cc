@@ -11,13 +11,11 @@
 #include "core/status_macros.h"
 #include "core/vec_math.h"
 #include "kernels/compressed_cache.h"
-#include "kernels/fp16.h"
-#include "kernels/reference/quantize_ref.h"
+#include "kernels/dequantize.h"
 
 namespace moend::worker {
 namespace {
 
-using kernels::CompressedHead;
 using kernels::CompressedLayer;
 using kernels::LayerTensors;
 
@@ -27,38 +25,10 @@ struct DenseHead {
   std::vector<float> k, v;
 };
 
-// Dequantizes head h of a freshly compressed layer (quantized part + window)
-// with the kernels' own dequantizers.
 DenseHead Densify(const CompressedLayer& layer, int64_t h) {
-  const kernels::LayerFormat& f = layer.format();
-  const CompressedHead& hd = layer.head(h);
-  const int64_t d = f.head_dim;
-  const int64_t window = static_cast<int64_t>(hd.window_k.size()) / d;
   DenseHead out;
-  out.rows = hd.quantized + window;
-  out.k.resize(static_cast<size_t>(out.rows * d));
-  out.v.resize(static_cast<size_t>(out.rows * d));
-  const int64_t krow = kernels::PackedRowBytes(d, f.kbits);
-  const int64_t vrow = kernels::PackedRowBytes(d, f.vbits);
-  const int64_t vgroups = d / kQuantGroup;
-  for (int64_t g = 0; g < hd.KeyGroups(); ++g) {
-    const int64_t begin = hd.KeyGroupBegin(g), size = hd.KeyGroupSize(g);
-    for (int64_t t = begin; t < begin + size; ++t) {
-      kernels::ref::DequantizeKeyRow(hd.k_codes.data() + t * krow,
-                                     f.kbits < kFp16Bits ? hd.k_scale.data() + g * d : nullptr,
-                                     f.kbits < kFp16Bits ? hd.k_min.data() + g * d : nullptr, d,
-                                     f.kbits, out.k.data() + t * d);
-      kernels::ref::DequantizeValueRow(
-          hd.v_codes.data() + t * vrow,
-          f.vbits < kFp16Bits ? hd.v_scale.data() + t * vgroups : nullptr,
-          f.vbits < kFp16Bits ? hd.v_min.data() + t * vgroups : nullptr, d, f.vbits,
-          out.v.data() + t * d);
-    }
-  }
-  for (int64_t i = 0; i < window * d; ++i) {
-    out.k[static_cast<size_t>(hd.quantized * d + i)] = kernels::HalfToFloat(hd.window_k[i]);
-    out.v[static_cast<size_t>(hd.quantized * d + i)] = kernels::HalfToFloat(hd.window_v[i]);
-  }
+  out.rows = layer.AttendedTokens(h);
+  kernels::DequantizeHead(layer, h, &out.k, &out.v);
   return out;
 }
 
