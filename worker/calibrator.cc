@@ -7,9 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
-#include "core/gemm.h"
 #include "core/status_macros.h"
-#include "core/vec_math.h"
+#include "core/gemm.h"
+#include "core/partial_attention.h"
 #include "kernels/compressed_cache.h"
 #include "kernels/dequantize.h"
 
@@ -30,47 +30,6 @@ DenseHead Densify(const CompressedLayer& layer, int64_t h) {
   out.rows = layer.AttendedTokens(h);
   kernels::DequantizeHead(layer, h, &out.k, &out.v);
   return out;
-}
-
-// Unnormalized softmax state of P probe rows: o = sum exp(s - max) v.
-struct Partial {
-  std::vector<float> max, sum;  // [P]
-  std::vector<float> o;         // [P, D]
-};
-
-// Scores of probes q [P, D] against keys k [rows, D]: fills s [P, rows] with
-// exp(scale * q.k - rowmax) and returns the row max and sum. `causal_offset`
-// >= 0 masks key j > causal_offset + i (the tail); < 0 means no mask.
-void ExpScores(const float* q, int64_t p, const float* k, int64_t rows, int64_t d,
-               int64_t causal_offset, std::vector<float>& s, Partial& part) {
-  const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  s.resize(static_cast<size_t>(p * rows));
-  part.max.assign(static_cast<size_t>(p), 0.0f);
-  part.sum.assign(static_cast<size_t>(p), 0.0f);
-  if (rows == 0) {
-    part.max.assign(static_cast<size_t>(p), -INFINITY);
-    return;
-  }
-  Gemm(Transpose::kYes, p, rows, d, scale, q, d, k, d, 0.0f, s.data(), rows);
-  for (int64_t i = 0; i < p; ++i) {
-    const int64_t len = causal_offset < 0 ? rows : std::min(rows, causal_offset + i + 1);
-    const ExpRowResult r = ExpRow(s.data() + i * rows, len, rows);
-    part.max[static_cast<size_t>(i)] = r.max;
-    part.sum[static_cast<size_t>(i)] = r.sum;
-  }
-}
-
-// Attention output of probe rows from the prefix partial and the tail partial.
-void Combine(const Partial& prefix, const Partial& tail, int64_t p, int64_t d, float* out) {
-  for (int64_t i = 0; i < p; ++i) {
-    const float m = std::max(prefix.max[i], tail.max[i]);
-    const float a = prefix.max[i] == -INFINITY ? 0.0f : std::exp(prefix.max[i] - m);
-    const float b = std::exp(tail.max[i] - m);
-    const float inv = 1.0f / (prefix.sum[i] * a + tail.sum[i] * b);
-    for (int64_t j = 0; j < d; ++j) {
-      out[i * d + j] = (prefix.o[i * d + j] * a + tail.o[i * d + j] * b) * inv;
-    }
-  }
 }
 
 absl::Status ValidateOptions(const CalibrationOptions& o) {
@@ -106,16 +65,14 @@ absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
   auto probe_q = [&](int64_t hq) { return x.q + (hq * n + c) * d; };
 
   // The uncompressed tail [c, n): the same for every tuple.
-  std::vector<Partial> tail(static_cast<size_t>(heads));
+  std::vector<SoftmaxPartial> tail(static_cast<size_t>(heads));
 #pragma omp parallel for schedule(dynamic)
   for (int64_t hq = 0; hq < heads; ++hq) {
     std::vector<float> s;
-    Partial& t = tail[static_cast<size_t>(hq)];
+    SoftmaxPartial& t = tail[static_cast<size_t>(hq)];
     const int64_t kv = hq / group;
-    ExpScores(probe_q(hq), probes, x.k + (kv * n + c) * d, probes, d, /*causal_offset=*/0, s, t);
-    t.o.resize(static_cast<size_t>(probes * d));
-    Gemm(Transpose::kNo, probes, d, probes, 1.0f, s.data(), probes, x.v + (kv * n + c) * d, d,
-         0.0f, t.o.data(), d);
+    AttendPartial(probe_q(hq), probes, x.k + (kv * n + c) * d, x.v + (kv * n + c) * d, probes, d,
+                  /*causal_offset=*/0, s, t);
   }
 
   MOEND_ASSIGN_OR_RETURN(kernels::EvictionScores scores,
@@ -149,7 +106,7 @@ absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
       for (int64_t hq = 0; hq < heads; ++hq) {
         const DenseHead& kh = dense.at(kb)[static_cast<size_t>(hq / group)];
         std::vector<float> s;
-        Partial prefix;
+        SoftmaxPartial prefix;
         ExpScores(probe_q(hq), probes, kh.k.data(), kh.rows, d, /*causal_offset=*/-1, s, prefix);
         prefix.o.resize(static_cast<size_t>(probes * d));
         for (const auto& [vb, index] : by_vbits) {
@@ -163,8 +120,8 @@ absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
           std::vector<float>& out = outputs[index];
 #pragma omp critical
           if (out.empty()) out.resize(static_cast<size_t>(heads * probes * d));
-          Combine(prefix, tail[static_cast<size_t>(hq)], probes, d,
-                  out.data() + hq * probes * d);
+          MergePartials(prefix, tail[static_cast<size_t>(hq)], probes, d,
+                        out.data() + hq * probes * d, d);
         }
       }
     }
