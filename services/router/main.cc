@@ -6,9 +6,10 @@
 // free port). With --metrics, serves Prometheus metrics at
 // http://ADDR/metrics. SIGTERM or SIGINT ends watch streams with UNAVAILABLE
 // (clients reconnect elsewhere) and shuts down gracefully.
-#include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <exception>
 #include <iostream>
@@ -90,18 +91,34 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
   return true;
 }
 
+// Self-pipe: the handler (on whichever thread the signal lands) writes the
+// signal number; main reads it.
+int g_signal_pipe[2] = {-1, -1};
+
+void OnSignal(int sig) {
+  unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &b, 1);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   Flags flags;
   if (!ParseFlags(argc, argv, &flags)) return 2;
 
-  // Block SIGTERM/SIGINT in every thread (gRPC's included); main waits for them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGTERM/SIGINT may land on any thread (libraries start threads before
+  // main, so a blocked mask would not cover them); the handler only writes
+  // to a pipe that main waits on.
+  if (::pipe(g_signal_pipe) != 0) {
+    std::perror("moend-router: pipe");
+    return 1;
+  }
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
 
   auto metrics = std::make_shared<prometheus::Registry>();
   std::unique_ptr<prometheus::Exposer> exposer;
@@ -149,9 +166,11 @@ int main(int argc, char** argv) {
     std::cout << "moend-router metrics on http://" << metrics_address << "/metrics" << std::endl;
   }
 
-  int sig = 0;
-  sigwait(&signals, &sig);
-  std::cout << "moend-router: signal " << sig << ", shutting down" << std::endl;
+  unsigned char sig = 0;
+  while (::read(g_signal_pipe[0], &sig, 1) != 1) {
+  }
+  std::cout << "moend-router: signal " << static_cast<int>(sig) << ", shutting down"
+            << std::endl;
   (*server)->Shutdown(absl::Seconds(5));
   (*router)->Shutdown();
   return 0;
