@@ -18,6 +18,8 @@ constexpr Command kCommands[] = {
      moend::ctl::RunPredict},
     {"calibrate", "measure a model's per-layer sensitivity table on calibration data",
      moend::ctl::RunCalibrate},
+    {"eval", "retrieval accuracy and bits per byte of plans with the real compressed cache",
+     moend::ctl::RunEval},
     {"logits", "write float32 next-byte logits [n, vocab] for an input file",
      moend::ctl::RunLogits},
     {"solve", "choose a per-layer compression plan for a sensitivity table under a budget",
