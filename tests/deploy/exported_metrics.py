@@ -3,7 +3,9 @@ expression uses.
 
 Exported names come from the sources, not from a list kept by hand: every
 `prometheus::Build<Type>().Name("moend_...")` in the C++ files of the tree
-(build folders excluded). prometheus-cpp exposes a counter or gauge under its
+(build folders excluded), and every `helper("moend_...", ...)` call in a file
+whose helper builds with `Build<Type>().Name(variable)` (a local lambda such as
+`gauge(name, help)`), typed by that builder. prometheus-cpp exposes a counter or gauge under its
 name as given (it appends no `_total`), a histogram as `<name>_bucket`,
 `<name>_sum` and `<name>_count`, a summary as `<name>`, `<name>_sum`,
 `<name>_count`.
@@ -24,6 +26,8 @@ PENDING_NODE_METRICS = {
     "moend_node_plan_version": "gauge",
     "moend_node_plan_predicted_error": "gauge",
     "moend_node_tokens_generated_total": "counter",
+    # Added by the node's author: the active plan's own ratio (Plan.ratio).
+    "moend_node_plan_ratio": "gauge",
 }
 
 # Series Prometheus itself attaches to every scrape target.
@@ -33,6 +37,9 @@ PROMETHEUS_BUILTIN = {"up", "scrape_duration_seconds", "scrape_samples_scraped",
 _DECL = re.compile(r'Build(Counter|Gauge|Histogram|Summary|Info)\s*\(\s*\)\s*'
                    r'\.\s*Name\s*\(\s*"(moend_[A-Za-z0-9_]+)"')
 _ANY_NAME = re.compile(r'\.\s*Name\s*\(\s*"(moend_[A-Za-z0-9_]+)"')
+_DECL_BY_VARIABLE = re.compile(r'Build(Counter|Gauge|Histogram|Summary|Info)\s*\(\s*\)\s*'
+                               r'\.\s*Name\s*\(\s*[A-Za-z_][A-Za-z0-9_]*\s*\)')
+_HELPER_CALL = re.compile(r'\b[A-Za-z_][A-Za-z0-9_]*\s*\(\s*"(moend_[A-Za-z0-9_]+)"\s*,')
 
 
 def declared_metrics(root):
@@ -49,6 +56,11 @@ def declared_metrics(root):
                 with open(os.path.join(dirpath, f), encoding="utf-8", errors="replace") as fh:
                     text = fh.read()
                 typed = {m.group(2): m.group(1).lower() for m in _DECL.finditer(text)}
+                helper_types = {m.group(1).lower() for m in _DECL_BY_VARIABLE.finditer(text)}
+                if helper_types:
+                    kind = helper_types.pop() if len(helper_types) == 1 else "untyped"
+                    for n in _HELPER_CALL.findall(text):
+                        typed.setdefault(n, kind)
                 out.update(typed)
                 untyped.update(n for n in _ANY_NAME.findall(text) if n not in typed)
     # A .Name("moend_x") whose builder we could not see: accept it as a plain
