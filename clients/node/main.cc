@@ -1,0 +1,131 @@
+// moend-node --model DIR --listen ADDR [--router ADDR (--ratio R | --budget-bytes B --context N)]
+//            [--solver NAME] [--metrics ADDR] [--threads N]
+//
+// The reference inference node: serves Generate (proto/moend/v1/node.proto)
+// on the model with a compressed KV cache, following the router's plan for
+// (model, budget, solver). Prints "moend-node listening on HOST:PORT".
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <memory>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "clients/node/inference_node.h"
+#include "clients/node/node_service.h"
+#include "core/flags.h"
+#include "grpcpp/grpcpp.h"
+#include "prometheus/exposer.h"
+#include "prometheus/registry.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: moend-node --model DIR --listen HOST:PORT [--router HOST:PORT]\n"
+    "                  [--ratio R | --budget-bytes B --context N] [--solver greedy]\n"
+    "                  [--metrics HOST:PORT] [--threads N]\n"
+    "  --model     Hugging Face model folder (its name is the folder name)\n"
+    "  --listen    gRPC address; port 0 picks a free port\n"
+    "  --router    follow the router's plan for the budget (without it: full cache\n"
+    "              unless a request carries a plan)\n"
+    "  --ratio     budget as a compression ratio (default 8)\n"
+    "  --budget-bytes, --context  budget as bytes at a context length\n"
+    "  --solver    greedy, exact, 1d, 2d_uniform or 2d (default greedy)\n"
+    "  --metrics   serve Prometheus /metrics there\n";
+
+int g_signal_pipe[2] = {-1, -1};
+void OnSignal(int sig) {
+  unsigned char b = static_cast<unsigned char>(sig);
+  [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &b, 1);
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "moend-node: %s\n", std::string(s.message()).c_str());
+  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto args = moend::Args::Parse(
+      argc - 1, argv + 1,
+      {"model", "listen", "router", "ratio", "budget-bytes", "context", "solver", "metrics",
+       "threads"},
+      {});
+  if (!args.ok()) {
+    std::fprintf(stderr, "moend-node: %s\n%s", std::string(args.status().message()).c_str(),
+                 kUsage);
+    return 2;
+  }
+  if (args->help()) {
+    std::printf("%s", kUsage);
+    return 0;
+  }
+  auto model_dir = args->Required("model");
+  auto listen = args->Required("listen");
+  auto ratio = args->Double("ratio", 8.0);
+  auto bytes = args->Int("budget-bytes", 0);
+  auto context = args->Int("context", 0);
+  auto threads = args->Int("threads", 0);
+  for (const absl::Status& s : {model_dir.status(), listen.status(), ratio.status(),
+                                bytes.status(), context.status(), threads.status()}) {
+    if (!s.ok()) return Fail(s);
+  }
+  auto model = moend::Model::Load(*model_dir, moend::ModelOptions{static_cast<int>(*threads)});
+  if (!model.ok()) return Fail(model.status());
+
+  if (::pipe(g_signal_pipe) != 0) return Fail(absl::InternalError("pipe failed"));
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  action.sa_flags = SA_RESTART;
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+
+  auto metrics = std::make_shared<prometheus::Registry>();
+  std::unique_ptr<prometheus::Exposer> exposer;
+  if (auto addr = args->Optional("metrics")) {
+    try {
+      exposer = std::make_unique<prometheus::Exposer>(*addr);
+    } catch (const std::exception& e) {
+      return Fail(absl::UnavailableError(absl::StrCat("cannot serve metrics on ", *addr, ": ",
+                                                      e.what())));
+    }
+    exposer->RegisterCollectable(metrics);
+  }
+
+  std::unique_ptr<moend::plan_client::PlanClient> plans;
+  std::unique_ptr<moend::plan_client::PlanWatch> watch;
+  if (auto router = args->Optional("router")) {
+    auto client = moend::plan_client::PlanClient::Connect({.target = *router});
+    if (!client.ok()) return Fail(client.status());
+    plans = *std::move(client);
+    const moend::Budget budget = *bytes > 0 ? moend::Budget::Bytes(*bytes, *context)
+                                            : moend::Budget::Ratio(*ratio, *context);
+    auto w = plans->Watch((*model)->name(), budget, args->Optional("solver").value_or("greedy"));
+    if (!w.ok()) return Fail(w.status());
+    watch = *std::move(w);
+  }
+  moend::node::InferenceNode node(*std::move(model), std::move(watch), metrics.get());
+  moend::node::NodeService service(&node);
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
+  builder.AddListeningPort(*listen, grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&service);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || port == 0) {
+    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", *listen)));
+  }
+  std::cout << "moend-node listening on " << listen->substr(0, listen->rfind(':')) << ":" << port
+            << std::endl;
+  unsigned char sig = 0;
+  while (::read(g_signal_pipe[0], &sig, 1) != 1) {
+  }
+  std::cout << "moend-node: signal " << static_cast<int>(sig) << ", shutting down" << std::endl;
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return 0;
+}

@@ -1,0 +1,178 @@
+// The inference path end to end on loopback with the real binaries: a
+// registry holding the committed table of the shipped model, a router, and a
+// moend-node following the router's plan for ratio 8. Generate must run over a
+// really compressed cache, and a newer calibration must reach the node.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <regex>
+
+#include "core/sensitivity_table.h"
+#include "grpcpp/grpcpp.h"
+#include "moend/v1/node.grpc.pb.h"
+#include "services/registry/registry_client.h"
+#include "tests/util/child_process.h"
+
+namespace moend {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::ChildProcess;
+
+const std::string kSrc = MOEND_SOURCE_DIR;
+
+// GET http://HOST:PORT/metrics through bash's /dev/tcp (curl is not
+// guaranteed to be installed).
+std::string Scrape(const std::string& hostport) {
+  const std::string host = hostport.substr(0, hostport.rfind(':'));
+  const std::string port = hostport.substr(hostport.rfind(':') + 1);
+  const std::string cmd = "bash -c 'exec 3<>/dev/tcp/" + host + "/" + port +
+                          "; printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3'";
+  std::string out;
+  FILE* p = ::popen(cmd.c_str(), "r");
+  if (p == nullptr) return out;
+  char buf[4096];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+  ::pclose(p);
+  return out;
+}
+
+double Metric(const std::string& text, const std::string& name) {
+  std::smatch m;
+  if (std::regex_search(text, m, std::regex("\n" + name + " ([0-9.e+-]+)"))) {
+    return std::stod(m[1]);
+  }
+  return -1;
+}
+
+int FreePort() {
+  // A port from the kernel, released for the child to take.
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+  socklen_t len = sizeof(a);
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+TEST(NodeTest, GeneratesOverTheRoutersPlanAndFollowsNewCalibrations) {
+  const fs::path dir = fs::temp_directory_path() / ("moend_node_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  ChildProcess registry(MOEND_REGISTRY_BIN,
+                        {"--db", (dir / "db").string(), "--listen", "127.0.0.1:0"},
+                        (dir / "registry.log").string());
+  const std::string reg = registry.WaitForLine("listening on ", absl::Seconds(20));
+  ASSERT_FALSE(reg.empty()) << registry.Log();
+
+  auto client = registry::RegistryClient::Connect({.target = reg});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->RegisterModelFromFile("tinycode", kSrc + "/models/tinycode/config.json").ok());
+  auto table = ReadSensitivityTable(kSrc + "/data/tables/tinycode_calibration_4096x16.json");
+  ASSERT_TRUE(table.ok()) << table.status();
+  ASSERT_TRUE((*client)->PublishTable(*table).ok());
+
+  ChildProcess router(MOEND_ROUTER_BIN, {"--registry", reg, "--listen", "127.0.0.1:0"},
+                      (dir / "router.log").string());
+  const std::string rtr = router.WaitForLine("listening on ", absl::Seconds(20));
+  ASSERT_FALSE(rtr.empty()) << router.Log();
+
+  const std::string metrics = "127.0.0.1:" + std::to_string(FreePort());
+  ChildProcess node(MOEND_NODE_BIN,
+                    {"--model", kSrc + "/models/tinycode", "--listen", "127.0.0.1:0", "--router",
+                     rtr, "--ratio", "8", "--solver", "exact", "--metrics", metrics},
+                    (dir / "node.log").string());
+  const std::string addr = node.WaitForLine("listening on ", absl::Seconds(30));
+  ASSERT_FALSE(addr.empty()) << node.Log();
+
+  auto stub = v1::InferenceNode::NewStub(
+      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  std::string prompt;
+  {
+    std::ifstream f(kSrc + "/data/heldout_code.bin", std::ios::binary);
+    prompt.resize(2000);
+    f.read(prompt.data(), 2000);
+  }
+  // The node picks up its plan asynchronously: retry until version 1 is applied.
+  v1::GenerateResponse resp;
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    req.set_prompt(prompt);
+    req.set_max_new_tokens(40);
+    resp.Clear();
+    grpc::Status s = stub->Generate(&ctx, req, &resp);
+    ASSERT_TRUE(s.ok()) << s.error_message() << node.Log();
+    if (resp.plan_version() == 1) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_EQ(resp.plan_version(), 1u) << node.Log();
+  EXPECT_EQ(resp.generated_tokens(), 40);
+  EXPECT_EQ(resp.text().size(), 40u);
+  EXPECT_EQ(resp.prompt_tokens(), 2000);
+  // The cache holds the prompt and every generated token but the last (never
+  // fed): 2039 tokens x 12 layers x 2 heads x 64 x 4 bytes in fp16.
+  EXPECT_EQ(resp.full_cache_bytes(), 2039LL * 12 * 2 * 64 * 4);
+  const double ratio = static_cast<double>(resp.full_cache_bytes()) / resp.kv_cache_bytes();
+  EXPECT_GT(ratio, 5.0);  // plan is 8x at c = 3840; the fp16 window and residual weigh more at 2000
+
+  // The full-cache baseline on request.
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    req.set_prompt(prompt);
+    req.set_max_new_tokens(8);
+    req.set_full_cache(true);
+    v1::GenerateResponse full;
+    ASSERT_TRUE(stub->Generate(&ctx, req, &full).ok());
+    EXPECT_EQ(full.plan_version(), 0u);
+    EXPECT_EQ(full.kv_cache_bytes(), full.full_cache_bytes());
+  }
+  // Bad input is a clear error.
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    v1::GenerateResponse r;
+    grpc::Status s = stub->Generate(&ctx, req, &r);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("prompt is empty"), std::string::npos);
+  }
+
+  const std::string scraped = Scrape(metrics);
+  EXPECT_EQ(Metric(scraped, "moend_node_plan_version"), 1.0) << scraped;
+  EXPECT_NEAR(Metric(scraped, "moend_node_plan_ratio"), 8.0, 0.05) << scraped;
+  // The last finished request was the full-cache one.
+  EXPECT_EQ(Metric(scraped, "moend_node_compression_ratio"), 1.0) << scraped;
+  EXPECT_GE(Metric(scraped, "moend_node_tokens_generated_total"), 48.0) << scraped;
+  EXPECT_GT(Metric(scraped, "moend_node_plan_predicted_error"), 0.0) << scraped;
+
+  // A newer calibration lands: the node applies version 2.
+  ASSERT_TRUE((*client)->PublishTable(*table).ok());
+  for (int i = 0; i < 100; ++i) {
+    grpc::ClientContext ctx;
+    v1::GenerateRequest req;
+    req.set_prompt(prompt.substr(0, 300));
+    req.set_max_new_tokens(2);
+    resp.Clear();
+    ASSERT_TRUE(stub->Generate(&ctx, req, &resp).ok());
+    if (resp.plan_version() == 2) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(resp.plan_version(), 2u) << node.Log();
+  EXPECT_EQ(node.Signal(SIGTERM, absl::Seconds(20)) >> 8, 0) << node.Log();
+  fs::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace moend
