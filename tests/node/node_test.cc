@@ -28,23 +28,6 @@ using testing::ChildProcess;
 
 const std::string kSrc = MOEND_SOURCE_DIR;
 
-// GET http://HOST:PORT/metrics through bash's /dev/tcp (curl is not
-// guaranteed to be installed).
-std::string Scrape(const std::string& hostport) {
-  const std::string host = hostport.substr(0, hostport.rfind(':'));
-  const std::string port = hostport.substr(hostport.rfind(':') + 1);
-  const std::string cmd = "bash -c 'exec 3<>/dev/tcp/" + host + "/" + port +
-                          "; printf \"GET /metrics HTTP/1.0\\r\\n\\r\\n\" >&3; cat <&3'";
-  std::string out;
-  FILE* p = ::popen(cmd.c_str(), "r");
-  if (p == nullptr) return out;
-  char buf[4096];
-  size_t n;
-  while ((n = std::fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-  ::pclose(p);
-  return out;
-}
-
 double Metric(const std::string& text, const std::string& name) {
   std::smatch m;
   if (std::regex_search(text, m, std::regex("\n" + name + " ([0-9.e+-]+)"))) {
@@ -149,7 +132,7 @@ TEST(NodeTest, GeneratesOverTheRoutersPlanAndFollowsNewCalibrations) {
     EXPECT_NE(s.error_message().find("prompt is empty"), std::string::npos);
   }
 
-  const std::string scraped = Scrape(metrics);
+  const std::string scraped = testing::HttpGet(metrics, "/metrics");
   EXPECT_EQ(Metric(scraped, "moend_node_plan_version"), 1.0) << scraped;
   EXPECT_NEAR(Metric(scraped, "moend_node_plan_ratio"), 8.0, 0.05) << scraped;
   // The last finished request was the full-cache one.

@@ -14,6 +14,7 @@
 #include "gtest/gtest.h"
 #include "services/registry/registry_client.h"
 #include "tests/registry/registry_test_util.h"
+#include "tests/util/child_process.h"
 #include "tests/storage/temp_dir.h"
 
 namespace moend::registry {
@@ -25,87 +26,11 @@ using testing::ShardRows;
 using testing::SmallTuples;
 using testing::TinyConfigPath;
 
-// A moend-registry child process with its stdout+stderr on a pipe.
-class RegistryProcess {
+// A moend-registry child process.
+class RegistryProcess : public ::moend::testing::ChildProcess {
  public:
-  explicit RegistryProcess(std::vector<std::string> args) {
-    int fds[2];
-    if (::pipe(fds) != 0) return;
-    pid_ = ::fork();
-    if (pid_ == 0) {
-      ::dup2(fds[1], 1);
-      ::dup2(fds[1], 2);
-      ::close(fds[0]);
-      ::close(fds[1]);
-      std::vector<char*> argv;
-      static std::string bin = MOEND_REGISTRY_BIN;
-      argv.push_back(bin.data());
-      for (std::string& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(bin.c_str(), argv.data());
-      ::_exit(127);
-    }
-    ::close(fds[1]);
-    out_ = fds[0];
-  }
-  ~RegistryProcess() {
-    if (pid_ > 0 && !reaped_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    if (out_ >= 0) ::close(out_);
-  }
-
-  // Reads output until a line contains `marker`; returns that line's text
-  // after the marker, or "" on EOF / timeout.
-  std::string WaitForLine(const std::string& marker, absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      size_t nl;
-      while ((nl = buffer_.find('\n')) != std::string::npos) {
-        std::string line = buffer_.substr(0, nl);
-        buffer_.erase(0, nl + 1);
-        output_ += line + "\n";
-        if (size_t at = line.find(marker); at != std::string::npos) {
-          return line.substr(at + marker.size());
-        }
-      }
-      pollfd p{out_, POLLIN, 0};
-      int ms = static_cast<int>(absl::ToInt64Milliseconds(deadline - absl::Now()));
-      if (::poll(&p, 1, std::max(ms, 1)) <= 0) continue;
-      char buf[4096];
-      ssize_t n = ::read(out_, buf, sizeof(buf));
-      if (n <= 0) break;
-      buffer_.append(buf, n);
-    }
-    return "";
-  }
-
-  // Sends `sig`; returns the exit status (as waitpid reports it), or -1 if the
-  // process has not ended within `timeout`.
-  int Signal(int sig, absl::Duration timeout) {
-    ::kill(pid_, sig);
-    const absl::Time deadline = absl::Now() + timeout;
-    while (absl::Now() < deadline) {
-      int status = 0;
-      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
-        reaped_ = true;
-        return status;
-      }
-      absl::SleepFor(absl::Milliseconds(10));
-    }
-    return -1;
-  }
-
-  int WaitExit(absl::Duration timeout) { return Signal(0, timeout); }
-  const std::string& output() const { return output_; }
-
- private:
-  pid_t pid_ = -1;
-  int out_ = -1;
-  bool reaped_ = false;
-  std::string buffer_;
-  std::string output_;
+  explicit RegistryProcess(std::vector<std::string> args)
+      : ChildProcess(MOEND_REGISTRY_BIN, std::move(args)) {}
 };
 
 std::unique_ptr<RegistryClient> ConnectTo(const std::string& address) {

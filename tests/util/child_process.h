@@ -3,15 +3,22 @@
 #ifndef MOEND_TESTS_UTIL_CHILD_PROCESS_H_
 #define MOEND_TESTS_UTIL_CHILD_PROCESS_H_
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 
 #include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 
@@ -41,6 +48,11 @@ class ChildProcess {
       ::_exit(127);
     }
   }
+  // Output goes to a fresh temporary file, removed at destruction.
+  ChildProcess(const std::string& binary, std::vector<std::string> args)
+      : ChildProcess(binary, std::move(args), TempLogPath()) {
+    remove_log_ = true;
+  }
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
   ~ChildProcess() {
@@ -48,10 +60,13 @@ class ChildProcess {
       ::kill(pid_, SIGKILL);
       ::waitpid(pid_, nullptr, 0);
     }
+    if (remove_log_) std::remove(log_path_.c_str());
   }
 
   bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
 
+  std::string output() const { return Log(); }
   std::string Log() const {
     std::ifstream f(log_path_);
     std::stringstream ss;
@@ -101,11 +116,46 @@ class ChildProcess {
     return reaped_;
   }
 
+  static std::string TempLogPath() {
+    char path[] = "/tmp/moend_child_XXXXXX";
+    const int fd = ::mkstemp(path);
+    if (fd >= 0) ::close(fd);
+    return path;
+  }
+
   std::string log_path_;
+  bool remove_log_ = false;
   pid_t pid_ = -1;
   bool reaped_ = false;
   int status_ = 0;
 };
+
+// GET http://address/path over a plain socket; the whole response, or "".
+inline std::string HttpGet(const std::string& address, const std::string& path) {
+  const size_t colon = address.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port)) return "";
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  ::inet_pton(AF_INET, address.substr(0, colon).c_str(), &addr.sin_addr);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+    ::close(fd);
+    return "";
+  }
+  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: x\r\n\r\n";
+  if (::write(fd, request.data(), request.size()) < 0) {
+    ::close(fd);
+    return "";
+  }
+  std::string response;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::read(fd, buf, sizeof(buf))) > 0) response.append(buf, n);
+  ::close(fd);
+  return response;
+}
 
 }  // namespace moend::testing
 
