@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs every Debian package moend needs to build and test. Idempotent.
-# Usage: scripts/install_deps.sh [--bench]   (--bench adds PyTorch CPU for benchmarks)
+# Usage: scripts/install_deps.sh [--bench] [--report]
+#   --bench   adds PyTorch CPU (the peer in the benchmarks)
+#   --report  adds matplotlib (figures of scripts/quality_table.sh)
 set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build pkg-config git
@@ -9,9 +11,13 @@ pkgs=(
   libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
   prometheus yamllint python3-yaml python3-grpcio python3-protobuf python3-grpc-tools
 )
-if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(python3-torch python3-numpy)
-fi
+for arg in "$@"; do
+  case "$arg" in
+    --bench) pkgs+=(python3-torch python3-numpy) ;;
+    --report) pkgs+=(python3-matplotlib python3-numpy) ;;
+    *) echo "install_deps.sh: unknown option $arg (known: --bench --report)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
