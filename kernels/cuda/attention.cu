@@ -10,7 +10,7 @@ namespace {
 using attention_detail::kMaxGroup;
 using attention_detail::kWarps;
 
-// out = sum_s o_s e^{m_s - M} / sum_s l_s e^{m_s - M}. grid (items*num_heads), block D.
+// out = sum_s o_s 2^{m_s - M} / sum_s l_s 2^{m_s - M} (the kernel works in base 2). grid (items*num_heads), block D.
 __global__ void CombineKernel(const AttentionParams p) {
   const int r = blockIdx.x, item = r / p.num_heads, h = r % p.num_heads, d = threadIdx.x, D = p.head_dim;
   const float* part_o = p.workspace;
@@ -21,7 +21,7 @@ __global__ void CombineKernel(const AttentionParams p) {
   float o = 0.0f, l = 0.0f;
   if (mx != -INFINITY) {
     for (int s = 0; s < p.splits; ++s) {
-      const float f = __expf(part_ml[2 * (base + s)] - mx);
+      const float f = exp2f(part_ml[2 * (base + s)] - mx);  // m is base 2
       o += f * part_o[(base + s) * D + d];
       l += f * part_ml[2 * (base + s) + 1];
     }

@@ -3,19 +3,32 @@
 // probe/chunk mode (many items sharing one cache, each with its own causal
 // count of uncompressed fp32 tail keys). Split-K over units of <= 32 tokens.
 //
+// Tensor-core version (mma.sync m16n8k16, fp16 operands, fp32 accumulation).
 // Block = 4 warps for one (item, KV head, chunk of <= 8 query heads of the
-// group) and one split of the unit range. A warp takes one unit at a time:
-//   K phase   lane = token: s[h] = q_h . k_token for the group's heads. For a
-//             quantized K group, k = code*scale + min per channel, so
-//             q . k = (q o scale) . code + q . min: q o scale is formed once
-//             per group in shared memory and codes are read packed.
-//   softmax   online per head (max over the warp, running m and l).
-//   V phase   lane = D/32 contiguous channels; for each token of the unit,
-//             dequantize the lane's channels (scale/min per token and group
-//             of 32 channels) and accumulate p * v.
+// group) and one split of the unit range; every packed code is read and
+// unpacked once for all the group's query heads (the 8 columns of the mma).
+// A warp takes one unit (<= 32 tokens) at a time:
+//   S = K q^T    A = K rows (M = 32 tokens, 2 m-tiles; K = D channels), B =
+//                q^T (N = 8 heads), q pre-scaled by log2(e)/sqrt(D). Codes
+//                are unpacked to fp16 in registers (magic-number trick,
+//                0x6400|code = 1024 + code) and dequantized with one fp16
+//                FMA per pair, k = code*scale + min with the group's
+//                per-channel fp16 scale/min. The channel order inside the mma
+//                k dimension is permuted to match the packed layout (the sum
+//                over channels does not care; q uses the same permutation).
+//   softmax      online, base 2, per head (columns), in fp32.
+//   O^T += V^T P^T   A = V^T (M = D channels, K = 16 tokens), B = P^T
+//                (fp16, moved from the S accumulator layout by 8 shuffles per
+//                unit), v = code*scale + min with the token's fp16 scale/min.
+// Loads are straight from global memory into registers (8 to 64 bytes per
+// thread and row, the warp's accesses cover whole rows); several warps per SM
+// keep enough bytes in flight.
 // Warps are merged in shared memory; splits are merged by CombineKernel.
 #ifndef MOEND_KERNELS_CUDA_ATTENTION_KERNEL_CUH_
 #define MOEND_KERNELS_CUDA_ATTENTION_KERNEL_CUH_
+
+#include <type_traits>
+#include <utility>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/dispatch.cuh"
@@ -25,215 +38,354 @@ namespace moend::kernels::cuda {
 namespace attention_detail {
 
 constexpr int kWarps = 4;
-constexpr int kMaxGroup = 8;  // query heads per block
+constexpr int kMaxGroup = 8;  // query heads per block (the mma's N)
+// Resident blocks per SM the register allocation must allow (12 warps):
+// enough bytes in flight for 2-bit caches without spilling (<= 168 registers).
+#ifndef MOEND_ATTENTION_MIN_BLOCKS
+#define MOEND_ATTENTION_MIN_BLOCKS 3
+#endif
+constexpr int kMinBlocksPerSm = MOEND_ATTENTION_MIN_BLOCKS;
+constexpr float kLog2e = 1.4426950408889634f;
 
-template <int B>
-__device__ __forceinline__ float CodeToFloat(uint32_t w, int i) {
-  // 2^23 + code as a float, minus 2^23: exact, cheaper than an int->float cvt.
-  return __uint_as_float(0x4B000000u | ((w >> (B * i)) & ((1u << B) - 1u))) - 8388608.0f;
+__device__ __forceinline__ float Exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
-__device__ __forceinline__ uint4 LoadStream(const void* p) {
-  return *reinterpret_cast<const uint4*>(p);  // generic: staged rows live in shared memory
+__device__ __forceinline__ void Mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
+                                         uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+// f(std::integral_constant<int, I>{}) for I in [0, N), unrolled at compile time.
+template <typename F, int... I>
+__device__ __forceinline__ void StaticForImpl(F& f, std::integer_sequence<int, I...>) {
+  (f(std::integral_constant<int, I>{}), ...);
 }
-__device__ __forceinline__ void CpAsyncWaitAll() {
-  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+template <int N, typename F>
+__device__ __forceinline__ void StaticFor(F&& f) {
+  StaticForImpl(f, std::make_integer_sequence<int, N>{});
 }
 
-// Per-warp staging of one quantized unit (<= 32 tokens) in dynamic shared
-// memory: K rows and V rows (padded by 16 bytes against bank conflicts), the
-// K group's scale and min, the V rows' scales and mins.
-template <int D, int KB, int VB>
-struct Staging {
-  static constexpr int kRowK = KB < 16 ? D * KB / 8 : 2 * D;
-  static constexpr int kRowV = VB < 16 ? D * VB / 8 : 2 * D;
-  static constexpr int kStrideK = kRowK + 16;
-  static constexpr int kStrideV = kRowV + 16;
-  static constexpr int kKParBytes = KB < 16 ? 4 * D : 0;
-  static constexpr int kVParBytes = VB < 16 ? 32 * (D / 32) * 4 : 0;
-  static constexpr int kWarpBytes = 32 * kStrideK + 32 * kStrideV + kKParBytes + kVParBytes;
-  static constexpr int kBlockBytes = 4 * kWarpBytes;
+__device__ __forceinline__ uint32_t Perm(uint32_t x, uint32_t y, uint32_t sel) { return __byte_perm(x, y, sel); }
+__device__ __forceinline__ uint32_t H2Bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 BitsH2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+__device__ __forceinline__ uint32_t PackF2(float lo, float hi) { return H2Bits(__floats2half2_rn(lo, hi)); }
+
+// Code pair (1024 + a, 1024 + b) in fp16 -> dequantized fp16 pair.
+__device__ __forceinline__ uint32_t Dequant(uint32_t magic, uint32_t scale2, uint32_t min2) {
+  const __half2 code = __hsub2(BitsH2(magic), BitsH2(0x64006400u));
+  return H2Bits(__hfma2(code, BitsH2(scale2), BitsH2(min2)));
+}
+
+// ---- K side: thread t of the quad owns channels [Cpt*t, Cpt*t + Cpt), Cpt = D/4.
+// Pair j (0 <= j < D/8) of those channels feeds k-tile j/2, half j%2 of the
+// mma (logical k 2t..2t+1 or 2t+8..2t+9). The pairing follows the packed
+// layout of KB bits so that one shift+mask yields a pair.
+template <int KB>
+struct PairCh {
+  static constexpr int Lo(int j) {
+    return KB == 2 ? 16 * (j / 8) + j % 8 : KB == 4 ? 8 * (j / 4) + j % 4 : KB == 8 ? 4 * (j / 2) + j % 2 : 2 * j;
+  }
+  static constexpr int Hi(int j) { return KB == 2 ? Lo(j) + 8 : KB == 4 ? Lo(j) + 4 : KB == 8 ? Lo(j) + 2 : Lo(j) + 1; }
 };
 
-// s[h] += qs[h, :] . code row (packed, KB < 16). qs: shared [8][D].
-template <int D, int KB>
-__device__ __forceinline__ void DotPacked(const uint8_t* row, const float* qs, int nh, float (&s)[kMaxGroup]) {
-  constexpr int kChunks = D * KB / 8 / 16;
-  constexpr int kDimsPerWord = 32 / KB;
-#pragma unroll
-  for (int c = 0; c < kChunks; ++c) {
-    const uint4 u = LoadStream(row + 16 * c);
-    const uint32_t words[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int wi = 0; wi < 4; ++wi) {
-#pragma unroll
-      for (int j = 0; j < kDimsPerWord; j += 4) {
-        const int d = (c * 4 + wi) * kDimsPerWord + j;
-        const float c0 = CodeToFloat<KB>(words[wi], j), c1 = CodeToFloat<KB>(words[wi], j + 1);
-        const float c2 = CodeToFloat<KB>(words[wi], j + 2), c3 = CodeToFloat<KB>(words[wi], j + 3);
-#pragma unroll
-        for (int h = 0; h < kMaxGroup; ++h) {
-          if (h < nh) {
-            const float4 qv = *reinterpret_cast<const float4*>(qs + h * D + d);
-            s[h] = fmaf(qv.x, c0, fmaf(qv.y, c1, fmaf(qv.z, c2, fmaf(qv.w, c3, s[h]))));
-          }
-        }
-      }
-    }
-  }
-}
-
-// s[h] += qs[h, :] . fp16 row.
-template <int D>
-__device__ __forceinline__ void DotHalf(const uint16_t* row, const float* qs, int nh, float (&s)[kMaxGroup]) {
-#pragma unroll
-  for (int c = 0; c < D / 8; ++c) {
-    const uint4 u = LoadStream(row + 8 * c);
-    const uint32_t words[4] = {u.x, u.y, u.z, u.w};
-#pragma unroll
-    for (int wi = 0; wi < 4; wi += 2) {
-      const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&words[wi]));
-      const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&words[wi + 1]));
-      const int d = c * 8 + wi * 2;
-#pragma unroll
-      for (int h = 0; h < kMaxGroup; ++h) {
-        if (h < nh) {
-          const float4 qv = *reinterpret_cast<const float4*>(qs + h * D + d);
-          s[h] = fmaf(qv.x, a.x, fmaf(qv.y, a.y, fmaf(qv.z, b.x, fmaf(qv.w, b.y, s[h]))));
-        }
-      }
-    }
-  }
-}
-
-// s[h] += qs[h, :] . fp32 row.
-template <int D>
-__device__ __forceinline__ void DotFloat(const float* row, const float* qs, int nh, float (&s)[kMaxGroup]) {
-#pragma unroll 8
-  for (int d = 0; d < D; d += 4) {
-    const float4 k = __ldg(reinterpret_cast<const float4*>(row + d));
-#pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) {
-      if (h < nh) {
-        const float4 qv = *reinterpret_cast<const float4*>(qs + h * D + d);
-        s[h] = fmaf(qv.x, k.x, fmaf(qv.y, k.y, fmaf(qv.z, k.z, fmaf(qv.w, k.w, s[h]))));
-      }
-    }
-  }
-}
-
-// The lane's D/32 channels of V row t.
-// row: the token's packed codes; scale/min: the token's D/32 fp16 params.
-template <int D, int VB>
-__device__ __forceinline__ void LoadVPacked(const uint8_t* row, const uint16_t* scale, const uint16_t* min,
-                                            int lane, float (&v)[D / 32]) {
-  constexpr int kDpl = D / 32;
-  const int bit = lane * kDpl * VB;
-  const uint32_t word = reinterpret_cast<const uint32_t*>(row)[bit / 32] >> (bit % 32);
-  const int g = lane * kDpl / 32;
-  const float s = HalfBitsToFloat(scale[g]);
-  const float m = HalfBitsToFloat(min[g]);
-#pragma unroll
-  for (int j = 0; j < kDpl; ++j) v[j] = fmaf(CodeToFloat<VB>(word, j), s, m);
-}
-
-template <int D>
-__device__ __forceinline__ void LoadVHalf(const uint16_t* row, int lane, float (&v)[D / 32]) {
-  const uint16_t* p = row + lane * (D / 32);
-  if constexpr (D == 128) {
-    const uint2 u = *reinterpret_cast<const uint2*>(p);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u.x));
-    const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
-    v[0] = a.x; v[1] = a.y; v[2] = b.x; v[3] = b.y;
+// 0x64-biased fp16 pair of codes for pair j from the thread's packed words.
+template <int KB, int J>
+__device__ __forceinline__ uint32_t KMagic(const uint32_t* w) {
+  if constexpr (KB == 2) {
+    return ((w[J / 8] >> (2 * (J % 8))) & 0x00030003u) | 0x64006400u;
+  } else if constexpr (KB == 4) {
+    return ((w[J / 4] >> (4 * (J % 4))) & 0x000f000fu) | 0x64006400u;
   } else {
-    const uint32_t u = *reinterpret_cast<const uint32_t*>(p);
-    const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&u));
-    v[0] = a.x; v[1] = a.y;
+    static_assert(KB == 8);
+    return Perm(w[J / 2], 0x64646464u, (J % 2) ? 0x4341u : 0x4240u);
   }
 }
 
-template <int D>
-__device__ __forceinline__ void LoadVFloat(const float* rows, int64_t tok, int lane, float (&v)[D / 32]) {
-  const float* p = rows + tok * D + lane * (D / 32);
-  if constexpr (D == 128) {
-    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+// fp16 pair (channel lo, channel hi) from fp16 words (word i = channels 2i, 2i+1).
+template <int LO, int HI>
+__device__ __forceinline__ uint32_t HalfPair(const uint32_t* w) {
+  return Perm(w[LO / 2], w[HI / 2], ((LO & 1) ? 0x32u : 0x10u) | (((HI & 1) ? 0x76u : 0x54u) << 8));
+}
+
+// ---- V side: thread g of the warp owns channels [Dpt*g, Dpt*g + Dpt), Dpt = D/8;
+// channel c of those is mma row g (c even) or g+8 (c odd) of m-tile c/2.
+// V pair for channel C of tokens (a, b): fp16 (v_a[C], v_b[C]) before dequant.
+template <int VB, int C>
+__device__ __forceinline__ uint32_t VMagic(const uint32_t* wa, const uint32_t* wb) {
+  if constexpr (VB == 2) {
+    const uint32_t x = Perm(wa[C / 16], wb[C / 16], (C % 16) < 8 ? 0x5410u : 0x7632u);
+    return ((x >> (2 * (C % 8))) & 0x00030003u) | 0x64006400u;
+  } else if constexpr (VB == 4) {
+    const uint32_t x = Perm(wa[C / 8], wb[C / 8], (C % 8) < 4 ? 0x5410u : 0x7632u);
+    return ((x >> (4 * (C % 4))) & 0x000f000fu) | 0x64006400u;
+  } else if constexpr (VB == 8) {
+    return (Perm(wa[C / 4], wb[C / 4], (C % 4) | ((4 + C % 4) << 8)) & 0x00ff00ffu) | 0x64006400u;
   } else {
-    const float2 a = __ldg(reinterpret_cast<const float2*>(p));
-    v[0] = a.x; v[1] = a.y;
+    return Perm(wa[C / 2], wb[C / 2], (C % 2) ? 0x7632u : 0x5410u);
   }
 }
 
-// Running softmax state of one warp for up to 8 heads.
+// Loads BYTES (2..64) from p into words (read-only path).
+template <int BYTES>
+__device__ __forceinline__ void LoadWords(const uint8_t* p, uint32_t* w) {
+  if constexpr (BYTES == 2) {
+    w[0] = *reinterpret_cast<const uint16_t*>(p);
+  } else if constexpr (BYTES == 4) {
+    w[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
+  } else if constexpr (BYTES == 8) {
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+    w[0] = u.x;
+    w[1] = u.y;
+  } else {
+#pragma unroll
+    for (int i = 0; i < BYTES / 16; ++i) {
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      w[4 * i] = u.x;
+      w[4 * i + 1] = u.y;
+      w[4 * i + 2] = u.z;
+      w[4 * i + 3] = u.w;
+    }
+  }
+}
+template <int WORDS>
+__device__ __forceinline__ void ZeroWords(uint32_t* w) {
+#pragma unroll
+  for (int i = 0; i < WORDS; ++i) w[i] = 0;
+}
+// FLOATS fp32 values -> FLOATS/2 fp16 words (pairs (2i, 2i+1)).
+template <int FLOATS>
+__device__ __forceinline__ void LoadFloatsAsHalf(const float* p, uint32_t* w) {
+#pragma unroll
+  for (int i = 0; i < FLOATS / 4; ++i) {
+    const float4 f = __ldg(reinterpret_cast<const float4*>(p) + i);
+    w[2 * i] = PackF2(f.x, f.y);
+    w[2 * i + 1] = PackF2(f.z, f.w);
+  }
+}
+
+// Where a unit's rows live. kind: 0 quantized (KB/VB packed or fp16 rows),
+// 1 fp16 rows (window/residual), 2 fp32 rows (probe tail).
+struct UnitSrc {
+  const uint8_t* k = nullptr;      // row 0 of the unit
+  const uint8_t* v = nullptr;
+  const uint16_t* k_scale = nullptr;  // group row [D] (quantized K)
+  const uint16_t* k_min = nullptr;
+  const uint16_t* v_scale = nullptr;  // token 0 of the unit, [D/32] per token (quantized V)
+  const uint16_t* v_min = nullptr;
+  int n = 0;                          // tokens in the unit, 1..32
+};
+
+// Running state of one warp: heads 2t, 2t+1 (columns of the mma).
 template <int D>
 struct WarpState {
-  float m[kMaxGroup];
-  float l[kMaxGroup];  // per lane partial sums (same rescaling on every lane)
-  float acc[kMaxGroup][D / 32];
+  float m[2];
+  float l[2];  // this thread's partial sum (tokens g, g+8, g+16, g+24)
+  float o[D / 16][4];
 };
 
-// Online-softmax update with the unit's scores; p goes to p_s[lane][h].
-template <int D>
-__device__ __forceinline__ void SoftmaxUpdate(WarpState<D>& st, float (&s)[kMaxGroup], int n, int nh, int lane,
-                                              float (*p_s)[kMaxGroup]) {
+// One unit: KK/VK: bits of the K/V rows (2, 4, 8 packed; 16 fp16; 32 fp32).
+// KB: the instantiation's K bits, which fixes the channel pairing of bq.
+template <int D, int KB, int KK, int VK>
+__device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (&bq)[D / 16][2], WarpState<D>& st,
+                                            int lane) {
+  constexpr int kCpt = D / 4, kDpt = D / 8, kKT = D / 16, kMT = D / 16;
+  const int g = lane >> 2, t = lane & 3;
+  const int n = src.n;
+
+  // ---------------- K: rows g + 8 ri, channels [Cpt t, Cpt t + Cpt).
+  constexpr int kKW = KK == 32 ? kCpt / 2 : kCpt * KK / 32;  // words per row (fp32 -> fp16 words)
+  uint32_t kw[4][kKW];
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
-    if (h < nh) {
-      const float sh = lane < n ? s[h] : -INFINITY;
-      const float mnew = fmaxf(st.m[h], WarpMax(sh));
-      const float corr = __expf(st.m[h] - mnew);
-      const float pv = lane < n ? __expf(sh - mnew) : 0.0f;
-      st.l[h] = st.l[h] * corr + pv;
-#pragma unroll
-      for (int j = 0; j < D / 32; ++j) st.acc[h][j] *= corr;
-      st.m[h] = mnew;
-      p_s[lane][h] = pv;
+  for (int ri = 0; ri < 4; ++ri) {
+    const int r = g + 8 * ri;
+    if (r < n) {
+      if constexpr (KK == 32) {
+        LoadFloatsAsHalf<kCpt>(reinterpret_cast<const float*>(src.k) + static_cast<int64_t>(r) * D + kCpt * t,
+                               kw[ri]);
+      } else {
+        LoadWords<kCpt * KK / 8>(src.k + static_cast<int64_t>(r) * (D * KK / 8) + kCpt * t * KK / 8, kw[ri]);
+      }
+    } else {
+      ZeroWords<kKW>(kw[ri]);
     }
   }
-  __syncwarp();
-}
-
-template <int D>
-__device__ __forceinline__ void Accumulate(WarpState<D>& st, const float (&v)[D / 32], const float* p, int nh) {
-  const float4 pa = *reinterpret_cast<const float4*>(p);
-  const float4 pb = *reinterpret_cast<const float4*>(p + 4);
-  const float pr[kMaxGroup] = {pa.x, pa.y, pa.z, pa.w, pb.x, pb.y, pb.z, pb.w};
+  uint32_t ksc[kCpt / 2], kmn[kCpt / 2];  // fp16 words of the thread's channels' scale and min
+  if constexpr (KK < 16) {
+    LoadWords<kCpt * 2>(reinterpret_cast<const uint8_t*>(src.k_scale + kCpt * t), ksc);
+    LoadWords<kCpt * 2>(reinterpret_cast<const uint8_t*>(src.k_min + kCpt * t), kmn);
+  }
+  // ---------------- V loads: tokens 16kk + {2t, 2t+1, 2t+8, 2t+9}. For packed
+  // units they are issued together with the K loads (one memory latency per
+  // unit instead of two); fp16/fp32 units issue them after q.k to bound the
+  // registers (64 words of K rows and 64 of V rows otherwise).
+  constexpr int kVW = VK == 32 ? kDpt / 2 : (kDpt * VK / 8 + 3) / 4;
+  uint32_t vw[8][kVW];
+  __half vsc[8], vmn[8];
+  const int vgrp = kDpt * g / 32;
+  auto load_v = [&] {
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
-    if (h < nh) {
-#pragma unroll
-      for (int j = 0; j < D / 32; ++j) st.acc[h][j] = fmaf(pr[h], v[j], st.acc[h][j]);
+    for (int vi = 0; vi < 8; ++vi) {
+      const int tok = 16 * (vi / 4) + 2 * t + (vi & 1) + ((vi & 2) ? 8 : 0);
+      if (tok < n) {
+        if constexpr (VK == 32) {
+          LoadFloatsAsHalf<kDpt>(reinterpret_cast<const float*>(src.v) + static_cast<int64_t>(tok) * D + kDpt * g,
+                                 vw[vi]);
+        } else {
+          LoadWords<kDpt * VK / 8>(src.v + static_cast<int64_t>(tok) * (D * VK / 8) + kDpt * g * VK / 8, vw[vi]);
+        }
+        if constexpr (VK < 16) {
+          vsc[vi] = __ushort_as_half(src.v_scale[static_cast<int64_t>(tok) * (D / 32) + vgrp]);
+          vmn[vi] = __ushort_as_half(src.v_min[static_cast<int64_t>(tok) * (D / 32) + vgrp]);
+        }
+      } else {
+        ZeroWords<kVW>(vw[vi]);
+        if constexpr (VK < 16) {
+          vsc[vi] = __ushort_as_half(0);
+          vmn[vi] = __ushort_as_half(0);
+        }
+      }
     }
+  };
+  constexpr bool kEarlyV = KK < 16 || VK < 16;
+  if constexpr (kEarlyV) load_v();
+
+  float s[2][4];
+#pragma unroll
+  for (int mt = 0; mt < 2; ++mt) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) s[mt][i] = 0.0f;
+  }
+  StaticFor<kKT>([&](auto kt_c) {
+    constexpr int KT = decltype(kt_c)::value;
+    constexpr int j0 = 2 * KT, j1 = 2 * KT + 1;
+    constexpr int lo0 = PairCh<KB>::Lo(j0), hi0 = PairCh<KB>::Hi(j0);
+    constexpr int lo1 = PairCh<KB>::Lo(j1), hi1 = PairCh<KB>::Hi(j1);
+    [[maybe_unused]] uint32_t sc0 = 0, mn0 = 0, sc1 = 0, mn1 = 0;
+    if constexpr (KK < 16) {
+      sc0 = HalfPair<lo0, hi0>(ksc);
+      mn0 = HalfPair<lo0, hi0>(kmn);
+      sc1 = HalfPair<lo1, hi1>(ksc);
+      mn1 = HalfPair<lo1, hi1>(kmn);
+    }
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      // a0 row g pair j0, a1 row g+8 pair j0, a2 row g pair j1, a3 row g+8 pair j1.
+      uint32_t a[4];
+#pragma unroll
+      for (int f = 0; f < 4; ++f) {
+        const int ri = 2 * mt + (f & 1);
+        if constexpr (KK < 16) {
+          a[f] = (f < 2) ? Dequant(KMagic<KK, j0>(kw[ri]), sc0, mn0) : Dequant(KMagic<KK, j1>(kw[ri]), sc1, mn1);
+        } else {
+          a[f] = (f < 2) ? HalfPair<lo0, hi0>(kw[ri]) : HalfPair<lo1, hi1>(kw[ri]);
+        }
+      }
+      Mma16816(s[mt], a[0], a[1], a[2], a[3], bq[KT][0], bq[KT][1]);
+    }
+  });
+
+  if constexpr (!kEarlyV) load_v();
+
+  // ---------------- online softmax (base 2) for heads 2t, 2t+1.
+  uint32_t pk[2][2];  // [kk][e]: fp16 (p[tok 16kk+g], p[tok 16kk+g+8]) of head 2t+e
+#pragma unroll
+  for (int e = 0; e < 2; ++e) {
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      if (16 * mt + g >= n) s[mt][e] = -INFINITY;
+      if (16 * mt + g + 8 >= n) s[mt][2 + e] = -INFINITY;
+    }
+    float mx = fmaxf(fmaxf(s[0][e], s[0][2 + e]), fmaxf(s[1][e], s[1][2 + e]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 4));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 8));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+    const float mnew = fmaxf(st.m[e], mx);
+    const float corr = Exp2(st.m[e] - mnew);
+    st.m[e] = mnew;
+    float sum = 0.0f;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt) {
+      const float p0 = Exp2(s[mt][e] - mnew), p1 = Exp2(s[mt][2 + e] - mnew);
+      sum += p0 + p1;
+      pk[mt][e] = PackF2(p0, p1);
+    }
+    st.l[e] = st.l[e] * corr + sum;
+#pragma unroll
+    for (int m = 0; m < kMT; ++m) {
+      st.o[m][e] *= corr;
+      st.o[m][2 + e] *= corr;
+    }
+  }
+
+  // ---------------- O^T += V^T P^T over the two k-tiles of 16 tokens.
+  const int src0 = 8 * t + (g >> 1), src1 = src0 + 4;  // lanes holding tokens 2t and 2t+1 for head g
+  const bool odd = g & 1;
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    const uint32_t y00 = __shfl_sync(0xffffffffu, pk[kk][0], src0), y01 = __shfl_sync(0xffffffffu, pk[kk][1], src0);
+    const uint32_t y10 = __shfl_sync(0xffffffffu, pk[kk][0], src1), y11 = __shfl_sync(0xffffffffu, pk[kk][1], src1);
+    const uint32_t x0 = odd ? y01 : y00, x1 = odd ? y11 : y10;  // (p[2t], p[2t+8]), (p[2t+1], p[2t+9]) of head g
+    const uint32_t b0 = Perm(x0, x1, 0x5410u), b1 = Perm(x0, x1, 0x7632u);
+    const int v0 = 4 * kk;  // vi of tokens 2t, 2t+1, 2t+8, 2t+9
+    uint32_t s01 = 0, m01 = 0, s89 = 0, m89 = 0;
+    if constexpr (VK < 16) {
+      s01 = H2Bits(__halves2half2(vsc[v0], vsc[v0 + 1]));
+      m01 = H2Bits(__halves2half2(vmn[v0], vmn[v0 + 1]));
+      s89 = H2Bits(__halves2half2(vsc[v0 + 2], vsc[v0 + 3]));
+      m89 = H2Bits(__halves2half2(vmn[v0 + 2], vmn[v0 + 3]));
+    }
+    StaticFor<kMT>([&](auto m_c) {
+      constexpr int M = decltype(m_c)::value;
+      constexpr int c0 = 2 * M, c1 = 2 * M + 1;
+      constexpr int vk = VK == 32 ? 16 : VK;
+      uint32_t a0 = VMagic<vk, c0>(vw[v0], vw[v0 + 1]);
+      uint32_t a1 = VMagic<vk, c1>(vw[v0], vw[v0 + 1]);
+      uint32_t a2 = VMagic<vk, c0>(vw[v0 + 2], vw[v0 + 3]);
+      uint32_t a3 = VMagic<vk, c1>(vw[v0 + 2], vw[v0 + 3]);
+      if constexpr (VK < 16) {
+        a0 = Dequant(a0, s01, m01);
+        a1 = Dequant(a1, s01, m01);
+        a2 = Dequant(a2, s89, m89);
+        a3 = Dequant(a3, s89, m89);
+      }
+      Mma16816(st.o[M], a0, a1, a2, a3, b0, b1);
+    });
   }
 }
 
 // grid (splits, num_kv_heads * head_chunks, items), block 128.
 template <int D, int KB, int VB>
-__global__ void __launch_bounds__(kWarps * 32) AttentionKernel(const AttentionParams p) {
-  constexpr int kDpl = D / 32;
-  __shared__ __align__(16) float q_s[kMaxGroup * D];            // q * 1/sqrt(D)
-  __shared__ __align__(16) float warp_buf[kWarps][kMaxGroup * D];  // q o scale per K group; then merge
-  __shared__ __align__(16) float p_s[kWarps][32][kMaxGroup];
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocksPerSm) AttentionKernel(const AttentionParams p) {
+  constexpr int kCpt = D / 4, kDpt = D / 8, kKT = D / 16, kMT = D / 16;
+  __shared__ __align__(16) float o_s[kWarps][kMaxGroup][D];
   __shared__ float ml_s[kWarps][kMaxGroup][2];
 
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int group = p.num_heads / p.num_kv_heads, head_chunks = (group + kMaxGroup - 1) / kMaxGroup;
   const int split = blockIdx.x, item = blockIdx.z;
   const int hk = blockIdx.y / head_chunks, hc = blockIdx.y % head_chunks;
   const int h0 = hk * group + hc * kMaxGroup, nh = min(kMaxGroup, group - hc * kMaxGroup);
   const HeadCacheView hv = p.heads[static_cast<int64_t>(item) * p.num_kv_heads + hk];
   const int tail = p.tail_len ? p.tail_len[item] : 0;
-  const float scale = rsqrtf(static_cast<float>(D));
 
-  for (int e = threadIdx.x; e < nh * D; e += blockDim.x) {
-    q_s[e] = p.q[item * p.q_item_stride + (h0 + e / D) * p.q_head_stride + e % D] * scale;
+  // q^T fragments: column g = head h0 + g, channels of quad thread t in PairCh<KB> order.
+  uint32_t bq[kKT][2];
+  {
+    const float qscale = rsqrtf(static_cast<float>(D)) * kLog2e;
+    const float* qh = p.q + item * p.q_item_stride + (h0 + g) * p.q_head_stride + kCpt * t;
+    StaticFor<D / 8>([&](auto j_c) {
+      constexpr int J = decltype(j_c)::value;
+      constexpr int lo = PairCh<KB>::Lo(J), hi = PairCh<KB>::Hi(J);
+      bq[J / 2][J % 2] = g < nh ? PackF2(qh[lo] * qscale, qh[hi] * qscale) : 0u;
+    });
   }
-  __syncthreads();
 
   const int nb0 = (hv.initial_kept + 31) / 32;
   const int n_qu = nb0 + (hv.n_quant - hv.initial_kept) / 32;
@@ -244,154 +396,60 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(const AttentionPa
 
   WarpState<D> st;
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
-    st.m[h] = -INFINITY;
-    st.l[h] = 0.0f;
-#pragma unroll
-    for (int j = 0; j < kDpl; ++j) st.acc[h][j] = 0.0f;
+  for (int e = 0; e < 2; ++e) {
+    st.m[e] = -INFINITY;
+    st.l[e] = 0.0f;
   }
-  float* qs_w = warp_buf[warp];
-  float(*pw)[kMaxGroup] = p_s[warp];
-  extern __shared__ __align__(16) uint8_t dyn_smem[];
-  uint8_t* warp_smem = dyn_smem + warp * Staging<D, KB, VB>::kWarpBytes;
+#pragma unroll
+  for (int m = 0; m < kMT; ++m) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) st.o[m][i] = 0.0f;
+  }
 
   for (int u = u_begin + warp; u < u_end; u += kWarps) {
-    float s[kMaxGroup];
-#pragma unroll
-    for (int h = 0; h < kMaxGroup; ++h) s[h] = 0.0f;
+    UnitSrc src;
     if (u < n_qu) {
-      using St = Staging<D, KB, VB>;
       const int tok0 = u < nb0 ? u * 32 : hv.initial_kept + (u - nb0) * 32;
-      const int n = u < nb0 ? min(32, hv.initial_kept - tok0) : 32;
-      uint8_t* k_rows = warp_smem;
-      uint8_t* v_rows = k_rows + 32 * St::kStrideK;
-      uint16_t* k_par = reinterpret_cast<uint16_t*>(v_rows + 32 * St::kStrideV);
-      uint16_t* v_par = k_par + St::kKParBytes / 2;
-      // Stage the unit: every copy of the warp in flight at once.
-      {
-        constexpr int kChK = St::kRowK / 16, kChV = St::kRowV / 16;
-        const uint8_t* kg = hv.k_codes + static_cast<int64_t>(tok0) * St::kRowK;
-        const uint8_t* vg = hv.v_codes + static_cast<int64_t>(tok0) * St::kRowV;
-        for (int c = lane; c < n * kChK; c += 32) {
-          CpAsync16(k_rows + (c / kChK) * St::kStrideK + (c % kChK) * 16, kg + c * 16);
-        }
-        for (int c = lane; c < n * kChV; c += 32) {
-          CpAsync16(v_rows + (c / kChV) * St::kStrideV + (c % kChV) * 16, vg + c * 16);
-        }
-        if constexpr (KB < 16) {
-          for (int c = lane; c < D / 8; c += 32) {
-            CpAsync16(k_par + c * 8, hv.k_scale + static_cast<int64_t>(u) * D + c * 8);
-            CpAsync16(k_par + D + c * 8, hv.k_min + static_cast<int64_t>(u) * D + c * 8);
-          }
-        }
-      }
-      if constexpr (VB < 16) {
-        // V params are not 16-byte aligned for flushed groups: plain loads, lane = token.
-        constexpr int kG = D / 32;
-        uint16_t vs[kG], vm[kG];
-        if (lane < n) {
-#pragma unroll
-          for (int g = 0; g < kG; ++g) {
-            vs[g] = hv.v_scale[static_cast<int64_t>(tok0 + lane) * kG + g];
-            vm[g] = hv.v_min[static_cast<int64_t>(tok0 + lane) * kG + g];
-          }
-        }
-        CpAsyncWaitAll();
-        if (lane < n) {
-#pragma unroll
-          for (int g = 0; g < kG; ++g) {
-            v_par[lane * kG + g] = vs[g];
-            v_par[32 * kG + lane * kG + g] = vm[g];
-          }
-        }
-      } else {
-        CpAsyncWaitAll();
-      }
-      __syncwarp();
-      if constexpr (KB < 16) {
-        float qm[kMaxGroup];
-#pragma unroll
-        for (int h = 0; h < kMaxGroup; ++h) qm[h] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kDpl; ++i) {
-          const int d = lane + 32 * i;
-          const float sc = HalfBitsToFloat(k_par[d]), mn = HalfBitsToFloat(k_par[D + d]);
-#pragma unroll
-          for (int h = 0; h < kMaxGroup; ++h) {
-            if (h < nh) {
-              const float qv = q_s[h * D + d];
-              qs_w[h * D + d] = qv * sc;
-              qm[h] = fmaf(qv, mn, qm[h]);
-            }
-          }
-        }
-#pragma unroll
-        for (int h = 0; h < kMaxGroup; ++h) {
-          if (h < nh) qm[h] = WarpSum(qm[h]);
-        }
-        __syncwarp();
-        if (lane < n) {
-          DotPacked<D, KB>(k_rows + lane * St::kStrideK, qs_w, nh, s);
-#pragma unroll
-          for (int h = 0; h < kMaxGroup; ++h) s[h] += qm[h];
-        }
-      } else {
-        if (lane < n) DotHalf<D>(reinterpret_cast<const uint16_t*>(k_rows + lane * St::kStrideK), q_s, nh, s);
-      }
-      SoftmaxUpdate<D>(st, s, n, nh, lane, pw);
-#pragma unroll 4
-      for (int t = 0; t < n; ++t) {
-        float v[kDpl];
-        if constexpr (VB < 16) {
-          LoadVPacked<D, VB>(v_rows + t * St::kStrideV, v_par + t * (D / 32), v_par + 32 * (D / 32) + t * (D / 32),
-                             lane, v);
-        } else {
-          LoadVHalf<D>(reinterpret_cast<const uint16_t*>(v_rows + t * St::kStrideV), lane, v);
-        }
-        Accumulate<D>(st, v, pw[t], nh);
-      }
+      src.n = u < nb0 ? min(32, hv.initial_kept - tok0) : 32;
+      src.k = hv.k_codes + static_cast<int64_t>(tok0) * (D * KB / 8);
+      src.v = hv.v_codes + static_cast<int64_t>(tok0) * (D * VB / 8);
+      src.k_scale = hv.k_scale + static_cast<int64_t>(u) * D;
+      src.k_min = hv.k_min + static_cast<int64_t>(u) * D;
+      src.v_scale = hv.v_scale + static_cast<int64_t>(tok0) * (D / 32);
+      src.v_min = hv.v_min + static_cast<int64_t>(tok0) * (D / 32);
+      ProcessUnit<D, KB, KB, VB>(src, bq, st, lane);
     } else if (u < n_qu + n_wu + n_ru) {
       const bool window = u < n_qu + n_wu;
       const int tok0 = (window ? u - n_qu : u - n_qu - n_wu) * 32;
-      const int n = min(32, (window ? hv.n_window : hv.n_residual) - tok0);
-      const uint16_t* kr = window ? hv.window_k : hv.residual_k;
-      const uint16_t* vr = window ? hv.window_v : hv.residual_v;
-      if (lane < n) DotHalf<D>(kr + static_cast<int64_t>(tok0 + lane) * D, q_s, nh, s);
-      SoftmaxUpdate<D>(st, s, n, nh, lane, pw);
-#pragma unroll 4
-      for (int t = 0; t < n; ++t) {
-        float v[kDpl];
-        LoadVHalf<D>(vr + static_cast<int64_t>(tok0 + t) * D, lane, v);
-        Accumulate<D>(st, v, pw[t], nh);
-      }
+      src.n = min(32, (window ? hv.n_window : hv.n_residual) - tok0);
+      src.k = reinterpret_cast<const uint8_t*>((window ? hv.window_k : hv.residual_k) + static_cast<int64_t>(tok0) * D);
+      src.v = reinterpret_cast<const uint8_t*>((window ? hv.window_v : hv.residual_v) + static_cast<int64_t>(tok0) * D);
+      ProcessUnit<D, KB, 16, 16>(src, bq, st, lane);
     } else {
       const int tok0 = (u - n_qu - n_wu - n_ru) * 32;
-      const int n = min(32, tail - tok0);
-      const float* kr = p.tail_k + hk * p.tail_head_stride;
-      const float* vr = p.tail_v + hk * p.tail_head_stride;
-      if (lane < n) DotFloat<D>(kr + static_cast<int64_t>(tok0 + lane) * D, q_s, nh, s);
-      SoftmaxUpdate<D>(st, s, n, nh, lane, pw);
-#pragma unroll 4
-      for (int t = 0; t < n; ++t) {
-        float v[kDpl];
-        LoadVFloat<D>(vr, tok0 + t, lane, v);
-        Accumulate<D>(st, v, pw[t], nh);
-      }
+      src.n = min(32, tail - tok0);
+      src.k = reinterpret_cast<const uint8_t*>(p.tail_k + hk * p.tail_head_stride + static_cast<int64_t>(tok0) * D);
+      src.v = reinterpret_cast<const uint8_t*>(p.tail_v + hk * p.tail_head_stride + static_cast<int64_t>(tok0) * D);
+      ProcessUnit<D, KB, 32, 32>(src, bq, st, lane);
     }
-    __syncwarp();
   }
 
-  // Merge the warps of the block.
+  // Merge the warps of the block: heads 2t+e, l summed over the 8 row groups.
 #pragma unroll
-  for (int h = 0; h < kMaxGroup; ++h) {
-    if (h < nh) {
-      const float l = WarpSum(st.l[h]);
-      if (lane == 0) {
-        ml_s[warp][h][0] = st.m[h];
-        ml_s[warp][h][1] = l;
-      }
+  for (int e = 0; e < 2; ++e) {
+    float l = st.l[e];
+    l += __shfl_xor_sync(0xffffffffu, l, 4);
+    l += __shfl_xor_sync(0xffffffffu, l, 8);
+    l += __shfl_xor_sync(0xffffffffu, l, 16);
+    const int h = 2 * t + e;
+    if (g == 0) {
+      ml_s[warp][h][0] = st.m[e];
+      ml_s[warp][h][1] = l;
+    }
 #pragma unroll
-      for (int j = 0; j < kDpl; ++j) qs_w[h * D + lane * kDpl + j] = st.acc[h][j];
+    for (int m = 0; m < kMT; ++m) {
+      o_s[warp][h][kDpt * g + 2 * m] = st.o[m][e];
+      o_s[warp][h][kDpt * g + 2 * m + 1] = st.o[m][2 + e];
     }
   }
   __syncthreads();
@@ -406,8 +464,8 @@ __global__ void __launch_bounds__(kWarps * 32) AttentionKernel(const AttentionPa
     if (mx != -INFINITY) {
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) {
-        const float f = __expf(ml_s[w][h][0] - mx);
-        o += f * warp_buf[w][h * D + d];
+        const float f = Exp2(ml_s[w][h][0] - mx);
+        o += f * o_s[w][h][d];
         l += f * ml_s[w][h][1];
       }
     }
@@ -435,22 +493,16 @@ cudaError_t LaunchAttentionKernel<8>(const AttentionParams& p, dim3 grid, cudaSt
 template <>
 cudaError_t LaunchAttentionKernel<16>(const AttentionParams& p, dim3 grid, cudaStream_t s);
 
-#define MOEND_DEFINE_ATTENTION_LAUNCH(KB)                                                        \
-  template <>                                                                                    \
-  cudaError_t LaunchAttentionKernel<KB>(const AttentionParams& p, dim3 grid, cudaStream_t s) {   \
-    return DispatchHeadDim(p.head_dim, [&](auto d) {                                             \
-      return DispatchBits(p.vbits, [&](auto vb) {                                                \
-        constexpr int kD = decltype(d)::value, kVB = decltype(vb)::value;                        \
-        constexpr int kSmem = attention_detail::Staging<kD, KB, kVB>::kBlockBytes;               \
-        auto* kernel = attention_detail::AttentionKernel<kD, KB, kVB>;                           \
-        /* static + dynamic shared memory may exceed the default 48 KB */                        \
-        const cudaError_t e =                                                                    \
-            cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);    \
-        if (e != cudaSuccess) return e;                                                          \
-        kernel<<<grid, attention_detail::kWarps * 32, kSmem, s>>>(p);                            \
-        return cudaGetLastError();                                                               \
-      });                                                                                        \
-    });                                                                                          \
+#define MOEND_DEFINE_ATTENTION_LAUNCH(KB)                                                      \
+  template <>                                                                                  \
+  cudaError_t LaunchAttentionKernel<KB>(const AttentionParams& p, dim3 grid, cudaStream_t s) { \
+    return DispatchHeadDim(p.head_dim, [&](auto d) {                                           \
+      return DispatchBits(p.vbits, [&](auto vb) {                                              \
+        constexpr int kD = decltype(d)::value, kVB = decltype(vb)::value;                      \
+        attention_detail::AttentionKernel<kD, KB, kVB><<<grid, attention_detail::kWarps * 32, 0, s>>>(p); \
+        return cudaGetLastError();                                                             \
+      });                                                                                      \
+    });                                                                                        \
   }
 
 }  // namespace moend::kernels::cuda

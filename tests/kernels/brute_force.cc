@@ -160,7 +160,11 @@ double RelSqError(const std::vector<float>& a, const std::vector<float>& b) {
 
 double MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   double m = 0;
-  for (size_t i = 0; i < a.size(); ++i) m = std::max(m, std::fabs(double(a[i]) - b[i]));
+  for (size_t i = 0; i < a.size(); ++i) {
+    const double d = std::fabs(double(a[i]) - b[i]);
+    if (std::isnan(d)) return INFINITY;  // an unwritten (NaN-poisoned) or NaN element fails any bound
+    m = std::max(m, d);
+  }
   return m;
 }
 

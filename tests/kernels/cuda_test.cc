@@ -5,11 +5,18 @@
 // round to nearest even on both sides). Selection from the same scores:
 // identical indices. Scores: max |diff| <= 1e-4 * max score (fp32 sums in a
 // different order vs the reference's double sums). Attention: max |diff| <=
-// kAttentionTol[bits] * max |reference|; both sides read the same codes, the
-// kernel accumulates in fp32 with __expf, so the bound is not bit dependent:
-// 2, 4, 8 and 16 bits all get 2e-5.
+// kAttentionTol * max |reference|. The kernel runs q.k and p.v on tensor
+// cores with fp16 operands and fp32 accumulation: q (pre-scaled), every
+// dequantized k and v (code*scale+min by one fp16 FMA) and every probability
+// p is rounded once to fp16 (relative 2^-11 = 4.9e-4 each); a logit of size
+// |q||k| thus moves by ~|q||k| * 5e-4, i.e. probabilities by ~1e-3 relative
+// at the logit sizes of these tests. Bound: 2e-3 of the largest output (the
+// worst measured on an H100 was 7.7e-4; each case prints its error).
+// The bound is the same for every bit width: the codes themselves are exact
+// in fp16.
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <map>
 #include <set>
 
@@ -25,7 +32,7 @@ namespace {
 using testing::Activations;
 using testing::RandomActivations;
 
-const std::map<int, double> kAttentionTol = {{2, 2e-5}, {4, 2e-5}, {8, 2e-5}, {16, 2e-5}};
+const std::map<int, double> kAttentionTol = {{2, 2e-3}, {4, 2e-3}, {8, 2e-3}, {16, 2e-3}};
 
 class CudaTest : public ::testing::Test {
  protected:
@@ -181,8 +188,10 @@ TEST_F(CudaTest, DecodeAttentionAgreesPerBitWidth) {
         const absl::Status st = DecodeAttention(ptrs, q.data(), cs.hq, gpu.data(), Backend::kCuda);
         ASSERT_TRUE(st.ok()) << st;
         const double tol = kAttentionTol.at(std::min(t.kbits, t.vbits));
-        EXPECT_LE(testing::MaxAbsDiff(gpu, ref), tol * testing::MaxAbs(ref))
-            << ToString(t) << " hq " << cs.hq << " D " << cs.d;
+        const double rel = testing::MaxAbsDiff(gpu, ref) / testing::MaxAbs(ref);
+        std::printf("decode %s hq %lld D %lld: max|diff|/max|ref| = %.2e\n", ToString(t).c_str(),
+                    static_cast<long long>(cs.hq), static_cast<long long>(cs.d), rel);
+        EXPECT_LE(rel, tol) << ToString(t) << " hq " << cs.hq << " D " << cs.d;
       }
     }
   }
@@ -208,8 +217,9 @@ TEST_F(CudaTest, ProbeAttentionAgrees) {
     ASSERT_TRUE(ProbeAttention(*layer, pq, ref.data(), Backend::kReference).ok());
     const absl::Status st = ProbeAttention(*layer, pq, gpu.data(), Backend::kCuda);
     ASSERT_TRUE(st.ok()) << st;
-    EXPECT_LE(testing::MaxAbsDiff(gpu, ref), kAttentionTol.at(std::min(t.kbits, t.vbits)) * testing::MaxAbs(ref))
-        << ToString(t);
+    const double rel = testing::MaxAbsDiff(gpu, ref) / testing::MaxAbs(ref);
+    std::printf("probe %s: max|diff|/max|ref| = %.2e\n", ToString(t).c_str(), rel);
+    EXPECT_LE(rel, kAttentionTol.at(std::min(t.kbits, t.vbits))) << ToString(t);
   }
 }
 
