@@ -31,13 +31,15 @@ constexpr char kUsage[] =
     "       moendctl calibrate --registry HOST:PORT --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256]\n"
     "                          [--samples-per-shard 1] [--layers-per-shard L] [--timeout 3600]\n"
+    "                          [--reuse]\n"
     "Measures s[layer][tuple] over the first N sequences of FILE (concatenated\n"
     "sequences of --seq-len bytes; default: all of them) for the 112-tuple grid\n"
     "and writes the sensitivity table JSON to --out. Without --registry it runs\n"
     "here; with it, it registers the model (named after its folder), submits a\n"
     "job that the registry's workers (moend-worker) shard among themselves, and\n"
     "waits for the merged table. FILE must be readable by the workers (an\n"
-    "absolute path is sent).\n";
+    "absolute path is sent). --reuse returns the model's stored table instead\n"
+    "when the registry already has one.\n";
 
 #ifdef MOEND_WITH_REGISTRY
 // Submits the calibration to a registry and waits for the merged table,
@@ -60,6 +62,16 @@ int CalibrateOnFleet(const Args& args, const std::string& target, const std::str
   auto model = (*client)->RegisterModelFromFile(
       name, (std::filesystem::path(model_dir) / "config.json").string());
   if (!model.ok()) return Fail(model.status());
+  if (args.Has("reuse") && model->version > 0) {
+    // A calibration of this model is already stored: fetch it, do not redo it.
+    auto table = (*client)->GetTable(name, model->version);
+    if (!table.ok()) return Fail(table.status());
+    if (absl::Status w = WriteSensitivityTable(table->table, out); !w.ok()) return Fail(w);
+    std::fprintf(stderr, "reused stored table version %llu of %s (%lld samples); wrote %s\n",
+                 static_cast<unsigned long long>(model->version), name.c_str(),
+                 static_cast<long long>(table->table.samples), out.c_str());
+    return kExitOk;
+  }
   if (samples <= 0) {
     auto all = worker::LoadCalibrationSequences(data, seq_len, 0, -1);
     if (!all.ok()) return Fail(all.status());
@@ -120,7 +132,7 @@ int RunCalibrate(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           {"model", "data", "out", "seq-len", "samples", "probes", "threads",
                            "registry", "samples-per-shard", "layers-per-shard", "timeout"},
-                          {});
+                          {"reuse"});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {
     std::printf("%s", kUsage);

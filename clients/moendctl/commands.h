@@ -14,6 +14,8 @@ int RunLogits(int argc, char** argv);
 int RunPredict(int argc, char** argv);
 int RunCalibrate(int argc, char** argv);
 int RunEval(int argc, char** argv);
+int RunPlan(int argc, char** argv);
+int RunGenerate(int argc, char** argv);
 int RunSolve(int argc, char** argv);
 
 }  // namespace moend::ctl

@@ -1,0 +1,158 @@
+// moendctl plan / generate: ask a running router for a plan, a running node
+// for text.
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/str_cat.h"
+#include "clients/moendctl/commands.h"
+#include "clients/moendctl/output.h"
+#include "core/file_util.h"
+#include "core/flags.h"
+#include "nlohmann/json.hpp"
+
+#ifdef MOEND_WITH_REGISTRY
+#include "grpcpp/grpcpp.h"
+#include "moend/v1/node.grpc.pb.h"
+#include "moend/v1/router.grpc.pb.h"
+#include "services/router/plan_convert.h"
+#endif
+
+namespace moend::ctl {
+namespace {
+
+constexpr char kPlanUsage[] =
+    "usage: moendctl plan --router HOST:PORT --model NAME (--ratio R | --budget-bytes B\n"
+    "                     --context N) [--solver greedy] [--out plan.json] [--json]\n"
+    "Asks the router for the plan of (model, budget, solver) solved over the\n"
+    "model's latest calibration; prints it as a table (or JSON with --json).\n";
+
+constexpr char kGenerateUsage[] =
+    "usage: moendctl generate --node HOST:PORT (--prompt TEXT | --input FILE)\n"
+    "                         [--max-new-tokens 32] [--full-cache] [--json]\n"
+    "Generates greedily on a moend-node with its current compressed-cache plan\n"
+    "(or the full cache) and prints the text and the cache it used.\n";
+
+absl::Status GrpcError(const std::string& what, int code, const std::string& message) {
+  return absl::Status(static_cast<absl::StatusCode>(code), absl::StrCat(what, ": ", message));
+}
+
+}  // namespace
+
+int RunPlan(int argc, char** argv) {
+  auto args = Args::Parse(argc, argv,
+                          {"router", "model", "ratio", "budget-bytes", "context", "solver", "out"},
+                          {"json"});
+  if (!args.ok()) return FailWith("plan", args.status());
+  if (args->help()) {
+    std::printf("%s", kPlanUsage);
+    return kExitOk;
+  }
+#ifndef MOEND_WITH_REGISTRY
+  return FailWith("plan", absl::UnimplementedError("this moendctl was built without gRPC"));
+#else
+  auto router = args->Required("router");
+  auto model = args->Required("model");
+  auto ratio = args->Double("ratio", 0);
+  auto bytes = args->Int("budget-bytes", 0);
+  auto context = args->Int("context", 0);
+  for (const absl::Status& s :
+       {router.status(), model.status(), ratio.status(), bytes.status(), context.status()}) {
+    if (!s.ok()) return FailWith("plan", s);
+  }
+  if ((*ratio > 0) == (*bytes > 0)) {
+    return FailWith("plan", absl::InvalidArgumentError("give exactly one of --ratio or --budget-bytes"));
+  }
+  const Budget budget = *bytes > 0 ? Budget::Bytes(*bytes, *context) : Budget::Ratio(*ratio, *context);
+  if (absl::Status s = budget.Validate(); !s.ok()) return FailWith("plan", s);
+  auto stub = v1::Router::NewStub(grpc::CreateChannel(*router, grpc::InsecureChannelCredentials()));
+  v1::SolvePlanRequest req;
+  req.set_model(*model);
+  *req.mutable_budget() = router::ToProto(budget);
+  req.set_solver(args->Optional("solver").value_or("greedy"));
+  v1::Plan resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));
+  grpc::Status s = stub->SolvePlan(&ctx, req, &resp);
+  if (!s.ok()) return FailWith("plan", GrpcError(*router, s.error_code(), s.error_message()));
+  auto plan = router::PlanFromProto(resp);
+  if (!plan.ok()) return FailWith("plan", plan.status());
+  if (auto out = args->Optional("out")) {
+    if (absl::Status w = WritePlan(plan->plan, *out); !w.ok()) return FailWith("plan", w);
+  }
+  if (args->Has("json")) {
+    std::printf("%s", PlanToJson(plan->plan).c_str());
+  } else {
+    std::printf("plan version %llu (calibration table version %llu)\n",
+                static_cast<unsigned long long>(plan->version),
+                static_cast<unsigned long long>(plan->table_version));
+    PrintPlan(plan->plan);
+  }
+  return kExitOk;
+#endif
+}
+
+int RunGenerate(int argc, char** argv) {
+  auto args = Args::Parse(argc, argv, {"node", "prompt", "input", "max-new-tokens"},
+                          {"full-cache", "json"});
+  if (!args.ok()) return FailWith("generate", args.status());
+  if (args->help()) {
+    std::printf("%s", kGenerateUsage);
+    return kExitOk;
+  }
+#ifndef MOEND_WITH_REGISTRY
+  return FailWith("generate", absl::UnimplementedError("this moendctl was built without gRPC"));
+#else
+  auto node = args->Required("node");
+  auto max_new = args->Int("max-new-tokens", 32);
+  if (!node.ok()) return FailWith("generate", node.status());
+  if (!max_new.ok()) return FailWith("generate", max_new.status());
+  std::string prompt;
+  if (auto text = args->Optional("prompt")) {
+    prompt = *text;
+  } else if (auto file = args->Optional("input")) {
+    auto bytes = ReadFile(*file);
+    if (!bytes.ok()) return FailWith("generate", bytes.status());
+    prompt = *std::move(bytes);
+  } else {
+    return FailWith("generate", absl::InvalidArgumentError("give --prompt or --input"));
+  }
+  auto stub = v1::InferenceNode::NewStub(
+      grpc::CreateChannel(*node, grpc::InsecureChannelCredentials()));
+  v1::GenerateRequest req;
+  req.set_prompt(prompt);
+  req.set_max_new_tokens(static_cast<int32_t>(*max_new));
+  req.set_full_cache(args->Has("full-cache"));
+  v1::GenerateResponse resp;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+  grpc::Status s = stub->Generate(&ctx, req, &resp);
+  if (!s.ok()) return FailWith("generate", GrpcError(*node, s.error_code(), s.error_message()));
+  const double ratio = resp.kv_cache_bytes() > 0 ? static_cast<double>(resp.full_cache_bytes()) /
+                                                       static_cast<double>(resp.kv_cache_bytes())
+                                                 : 0.0;
+  if (args->Has("json")) {
+    nlohmann::json j = {{"text", resp.text()},
+                        {"prompt_tokens", resp.prompt_tokens()},
+                        {"generated_tokens", resp.generated_tokens()},
+                        {"plan_version", resp.plan_version()},
+                        {"kv_cache_bytes", resp.kv_cache_bytes()},
+                        {"full_cache_bytes", resp.full_cache_bytes()},
+                        {"prefill_seconds", resp.prefill_seconds()},
+                        {"decode_seconds", resp.decode_seconds()}};
+    std::printf("%s\n", j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("%s\n", resp.text().c_str());
+    std::printf("--\n%lld prompt + %lld generated tokens, plan version %llu, KV cache %lld bytes "
+                "(fp16 would be %lld: %.2fx smaller), prefill %.2f s, decode %.2f s\n",
+                static_cast<long long>(resp.prompt_tokens()),
+                static_cast<long long>(resp.generated_tokens()),
+                static_cast<unsigned long long>(resp.plan_version()),
+                static_cast<long long>(resp.kv_cache_bytes()),
+                static_cast<long long>(resp.full_cache_bytes()), ratio, resp.prefill_seconds(),
+                resp.decode_seconds());
+  }
+  return kExitOk;
+#endif
+}
+
+}  // namespace moend::ctl
