@@ -7,11 +7,11 @@
 #include "core/safetensors.h"
 #include "core/status_macros.h"
 #include "kernels/dequantize.h"
-#include "kernels/kv_compress.h"
 
 namespace moend::inference {
 
-absl::StatusOr<PrefillCapture> Prefill(const Model& model, std::span<const int32_t> context) {
+absl::StatusOr<PrefillCapture> Prefill(const Model& model, std::span<const int32_t> context,
+                                       kernels::Backend backend) {
   const ModelConfig& c = model.config();
   PrefillCapture cap;
   cap.tokens = static_cast<int64_t>(context.size());
@@ -27,6 +27,14 @@ absl::StatusOr<PrefillCapture> Prefill(const Model& model, std::span<const int32
                            cap.v[l].assign(a.v, a.v + c.num_kv_heads * n * d);
                          }));
   cap.last_logits.assign(logits.end() - c.vocab_size, logits.end());
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const size_t li = static_cast<size_t>(l);
+    kernels::LayerTensors x{cap.q[li].data(), cap.k[li].data(), cap.v[li].data(), c.num_heads,
+                            c.num_kv_heads, cap.tokens, c.head_dim};
+    MOEND_ASSIGN_OR_RETURN(kernels::EvictionScores scores,
+                           kernels::ComputeEvictionScores(x, cap.tokens, backend));
+    cap.scores.push_back(std::move(scores));
+  }
   return cap;
 }
 
@@ -38,7 +46,8 @@ absl::StatusOr<std::unique_ptr<CompressedSequence>> CompressedSequence::Create(
     return absl::InvalidArgumentError(absl::StrCat("plan has ", tuples.size(),
                                                    " layers but the model has ", c.num_layers));
   }
-  if (static_cast<int64_t>(prefill.k.size()) != c.num_layers || prefill.tokens < 1) {
+  if (static_cast<int64_t>(prefill.k.size()) != c.num_layers ||
+      static_cast<int64_t>(prefill.scores.size()) != c.num_layers || prefill.tokens < 1) {
     return absl::InvalidArgumentError("prefill capture does not match the model");
   }
   auto seq = std::unique_ptr<CompressedSequence>(new CompressedSequence(model));
@@ -47,8 +56,15 @@ absl::StatusOr<std::unique_ptr<CompressedSequence>> CompressedSequence::Create(
     const size_t li = static_cast<size_t>(l);
     kernels::LayerTensors x{prefill.q[li].data(), prefill.k[li].data(), prefill.v[li].data(),
                             c.num_heads, c.num_kv_heads, prefill.tokens, c.head_dim};
-    absl::StatusOr<kernels::CompressedLayer> layer =
-        kernels::CompressLayer(x, prefill.tokens, tuples[li], backend);
+    // CompressLayer's steps, with the plan-independent scores reused.
+    absl::StatusOr<kernels::CompressedLayer> layer = [&]() -> absl::StatusOr<kernels::CompressedLayer> {
+      MOEND_RETURN_IF_ERROR(ValidateTuple(tuples[li]));
+      MOEND_ASSIGN_OR_RETURN(
+          kernels::KeptSet kept,
+          kernels::SelectKept(prefill.scores[li], KeptTokens(tuples[li].keep, prefill.tokens),
+                              backend));
+      return kernels::QuantizeKept(x, kept, tuples[li].kbits, tuples[li].vbits, backend);
+    }();
     if (!layer.ok()) {
       return absl::Status(layer.status().code(),
                           absl::StrCat("layer ", l, ": ", layer.status().message()));

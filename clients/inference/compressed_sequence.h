@@ -19,18 +19,21 @@
 #include "core/model.h"
 #include "kernels/backend.h"
 #include "kernels/compressed_cache.h"
+#include "kernels/kv_compress.h"
 
 namespace moend::inference {
 
-// Every layer's q, k, v of a full-attention prefill, and the logits of its
-// last position.
+// Every layer's q, k, v of a full-attention prefill, the eviction scores at
+// c = n (they do not depend on the plan), and the logits of its last position.
 struct PrefillCapture {
   int64_t tokens = 0;
   std::vector<std::vector<float>> q, k, v;  // per layer: [H, n, D], [Hkv, n, D], [Hkv, n, D]
+  std::vector<kernels::EvictionScores> scores;  // per layer
   std::vector<float> last_logits;           // [vocab]
 };
 
-absl::StatusOr<PrefillCapture> Prefill(const Model& model, std::span<const int32_t> context);
+absl::StatusOr<PrefillCapture> Prefill(const Model& model, std::span<const int32_t> context,
+                                       kernels::Backend backend = kernels::Backend::kAuto);
 
 class CompressedSequence {
  public:
