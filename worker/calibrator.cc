@@ -12,6 +12,9 @@
 #include "core/partial_attention.h"
 #include "kernels/compressed_cache.h"
 #include "kernels/dequantize.h"
+#ifdef MOEND_WITH_CUDA
+#include "worker/gpu_calibrator.h"
+#endif
 
 namespace moend::worker {
 namespace {
@@ -61,6 +64,12 @@ absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
                                                    probes, " probe queries"));
   }
   MOEND_RETURN_IF_ERROR(kernels::ValidateLayerTensors(x, c));
+  MOEND_ASSIGN_OR_RETURN(const kernels::Backend backend, kernels::ResolveBackend(options.backend));
+#ifdef MOEND_WITH_CUDA
+  // The whole grid on the device (worker/gpu_calibrator.h).
+  if (backend == kernels::Backend::kCuda) return MeasureLayerOnGpu(x, options);
+#endif
+  (void)backend;
   const int64_t d = x.head_dim, heads = x.num_heads, group = x.num_heads / x.num_kv_heads;
   auto probe_q = [&](int64_t hq) { return x.q + (hq * n + c) * d; };
 

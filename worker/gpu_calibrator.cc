@@ -1,0 +1,540 @@
+// Host side of the GPU calibrator: buffers, the per-layer schedule and the
+// cuBLAS calls. Every cudaError_t / cublasStatus_t becomes an absl::Status.
+#include "worker/gpu_calibrator.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "core/compression.h"
+#include "core/status_macros.h"
+#include "kernels/backend.h"
+#include "kernels/cuda/launch.h"
+#include "worker/gpu_calibrator_kernels.h"
+
+namespace moend::worker {
+namespace {
+
+using kernels::LayerTensors;
+
+absl::Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(e), " (",
+                                          cudaGetErrorString(e), ")"));
+}
+absl::Status CublasStatus(cublasStatus_t s, const char* what) {
+  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat("cuBLAS error in ", what, ": status ", static_cast<int>(s)));
+}
+#define MOEND_GCAL_CUDA(expr) \
+  MOEND_RETURN_IF_ERROR(CudaStatus(static_cast<cudaError_t>(expr), #expr))
+#define MOEND_GCAL_CUBLAS(expr) MOEND_RETURN_IF_ERROR(CublasStatus((expr), #expr))
+
+int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Grow-only device allocation.
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+  }
+  absl::Status Reserve(size_t bytes) {
+    bytes = std::max<size_t>(bytes, 256);
+    if (bytes <= capacity_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    capacity_ = 0;
+    MOEND_GCAL_CUDA(cudaMalloc(&ptr_, bytes));
+    capacity_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const { return static_cast<T*>(ptr_); }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+// The tuples of one keep ratio: K bits (descending, so that (1,16) comes
+// first) and V bits; tuple[i][j] is the options.tuples index of
+// (keep, kbits[i], vbits[j]) or -1 when that pair is not in the grid.
+struct KeepPlan {
+  double keep = 1.0;
+  int64_t kept = 0;
+  std::vector<int> kbits, vbits;
+  std::vector<int> group;  // global (keep, K bits) index of kbits[i]
+  std::vector<std::vector<int64_t>> tuple;
+};
+
+constexpr int kMaxVSlots = 4;
+
+}  // namespace
+
+struct GpuCalibrator::Impl {
+  GpuCalibratorOptions options;
+  cudaStream_t stream = nullptr;
+  cublasHandle_t blas = nullptr;
+  cudaEvent_t start = nullptr, stop = nullptr;
+  int sms = 132;
+  GpuCalibratorStats stats;
+
+  // Inputs (host entry copies into these; device entry copies q only).
+  DeviceArray k_in, v_in;
+  DeviceArray q_window, q_probe32, q_probe16;
+  // Scores and selection.
+  DeviceArray score_ws, scores, index;
+  // Tail partial.
+  DeviceArray tail_s, tail_max, tail_sum, tail_o;
+  // Packed output of the quantizer for one bit width.
+  DeviceArray k_codes, k_scale, k_min, v_codes, v_scale, v_min, window_k, window_v;
+  // Dense fp16 operands and the per-(keep, K bits) work arrays.
+  DeviceArray k_dense, v_all, p, o, part_max, part_sum, offset_ref, offset_tmp, ref;
+  DeviceArray err, flags;
+
+  ~Impl() {
+    if (blas != nullptr) cublasDestroy(blas);
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  // Shapes of the layer being measured.
+  int64_t n = 0, probes = 0, c = 0, w = 0, cand = 0;
+  int64_t hq = 0, hkv = 0, d = 0, group = 0, rows_per_kv = 0, rows_total = 0, rpad_max = 0;
+  const float* k = nullptr;  // device [hkv, kv_stride floats]
+  const float* v = nullptr;
+  int64_t kv_stride = 0;
+
+  absl::Status Reserve(int64_t num_groups) {
+    const int64_t groups32 = CeilDiv(cand, 32);
+    MOEND_RETURN_IF_ERROR(q_window.Reserve(hq * w * d * 4));
+    MOEND_RETURN_IF_ERROR(q_probe32.Reserve(rows_total * d * 4));
+    MOEND_RETURN_IF_ERROR(q_probe16.Reserve(rows_total * d * 2));
+    MOEND_RETURN_IF_ERROR(score_ws.Reserve(
+        kernels::cuda::ScoreWorkspaceFloats(static_cast<int>(hq), static_cast<int>(hkv), static_cast<int>(w),
+                                            static_cast<int>(c)) * 4));
+    MOEND_RETURN_IF_ERROR(scores.Reserve(hkv * cand * 4));
+    MOEND_RETURN_IF_ERROR(index.Reserve(hkv * cand * 4));
+    MOEND_RETURN_IF_ERROR(tail_s.Reserve(rows_total * probes * 4));
+    MOEND_RETURN_IF_ERROR(tail_max.Reserve(rows_total * 4));
+    MOEND_RETURN_IF_ERROR(tail_sum.Reserve(rows_total * 4));
+    MOEND_RETURN_IF_ERROR(tail_o.Reserve(rows_total * d * 4));
+    MOEND_RETURN_IF_ERROR(k_codes.Reserve(hkv * cand * d * 2));
+    MOEND_RETURN_IF_ERROR(k_scale.Reserve(hkv * groups32 * d * 2));
+    MOEND_RETURN_IF_ERROR(k_min.Reserve(hkv * groups32 * d * 2));
+    MOEND_RETURN_IF_ERROR(v_codes.Reserve(hkv * cand * d * 2));
+    MOEND_RETURN_IF_ERROR(v_scale.Reserve(hkv * cand * (d / 32) * 2));
+    MOEND_RETURN_IF_ERROR(v_min.Reserve(hkv * cand * (d / 32) * 2));
+    MOEND_RETURN_IF_ERROR(window_k.Reserve(hkv * w * d * 2));
+    MOEND_RETURN_IF_ERROR(window_v.Reserve(hkv * w * d * 2));
+    MOEND_RETURN_IF_ERROR(k_dense.Reserve(kMaxVSlots * hkv * rpad_max * d * 2));
+    MOEND_RETURN_IF_ERROR(v_all.Reserve(hkv * rpad_max * kMaxVSlots * d * 2));
+    MOEND_RETURN_IF_ERROR(p.Reserve(hkv * rows_per_kv * rpad_max * 2));
+    MOEND_RETURN_IF_ERROR(o.Reserve(rows_total * kMaxVSlots * d * 4));
+    MOEND_RETURN_IF_ERROR(part_max.Reserve(rpad_max / 64 * rows_total * 4));
+    MOEND_RETURN_IF_ERROR(part_sum.Reserve(rpad_max / 64 * rows_total * 4));
+    MOEND_RETURN_IF_ERROR(offset_ref.Reserve(rows_total * 4));
+    MOEND_RETURN_IF_ERROR(offset_tmp.Reserve(rows_total * 4));
+    MOEND_RETURN_IF_ERROR(ref.Reserve(rows_total * d * 4));
+    MOEND_RETURN_IF_ERROR(err.Reserve((num_groups * kMaxVSlots + 1) * 8));
+    MOEND_RETURN_IF_ERROR(flags.Reserve(num_groups * 4));
+    return absl::OkStatus();
+  }
+
+  // The uncompressed tail's partial (fp32, cuBLAS SGEMM): once per layer.
+  absl::Status Tail() {
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d)), one = 1.0f, zero = 0.0f;
+    const int P = static_cast<int>(probes), D = static_cast<int>(d), R = static_cast<int>(rows_per_kv);
+    // s[r, j] = scale * q[r] . k_tail[j], per KV head over its group's rows.
+    MOEND_GCAL_CUBLAS(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, P, R, D, &scale, k + c * d, D,
+                                                kv_stride, q_probe32.as<float>(), D, rows_per_kv * d, &zero,
+                                                tail_s.as<float>(), P, rows_per_kv * probes,
+                                                static_cast<int>(hkv)));
+    MOEND_GCAL_CUDA(gpucal::LaunchTailSoftmax(tail_s.as<float>(), static_cast<int>(rows_total), P,
+                                              tail_max.as<float>(), tail_sum.as<float>(), stream));
+    // o[r, :] = sum_j p[r, j] v_tail[j, :].
+    MOEND_GCAL_CUBLAS(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, D, R, P, &one, v + c * d, D,
+                                                kv_stride, tail_s.as<float>(), P, rows_per_kv * probes, &zero,
+                                                tail_o.as<float>(), D, rows_per_kv * d, static_cast<int>(hkv)));
+    return absl::OkStatus();
+  }
+
+  absl::Status Scores() {
+    if (cand == 0) return absl::OkStatus();
+    kernels::cuda::ScoreParams sp;
+    sp.q = q_window.as<float>();
+    sp.k = k;
+    sp.k_head_stride = kv_stride;
+    sp.num_heads = static_cast<int>(hq);
+    sp.num_kv_heads = static_cast<int>(hkv);
+    sp.head_dim = static_cast<int>(d);
+    sp.prefix = static_cast<int>(c);
+    sp.window = static_cast<int>(w);
+    sp.workspace = score_ws.as<float>();
+    sp.scores = scores.as<float>();
+    MOEND_GCAL_CUDA(kernels::cuda::LaunchScores(sp, stream));
+    return absl::OkStatus();
+  }
+
+  // One keep: selection, quantization + dequantization of every bit width it
+  // needs, then for each K bits i with run[i]: scores/P, P V, merge.
+  absl::Status Keep(const KeepPlan& kp, const std::vector<bool>& run, const std::vector<bool>& exact) {
+    const int64_t m = kp.kept, rows = m + w, rpad = RoundUp(rows, 64);
+    const int D = static_cast<int>(d), H = static_cast<int>(hkv);
+    if (m > 0) {
+      kernels::cuda::SelectParams sel;
+      sel.scores = scores.as<float>();
+      sel.num_kv_heads = H;
+      sel.candidates = static_cast<int>(cand);
+      sel.kept = static_cast<int>(m);
+      sel.index = index.as<int32_t>();
+      MOEND_GCAL_CUDA(kernels::cuda::LaunchSelect(sel, stream));
+    }
+    const int nv = static_cast<int>(kp.vbits.size());
+    std::map<int, std::pair<int, int>, std::greater<>> bits;  // bits -> (K slot or -1, V slot or -1)
+    for (size_t i = 0; i < kp.kbits.size(); ++i) {
+      if (run[i]) bits[kp.kbits[i]] = {static_cast<int>(i), -1};
+    }
+    for (int j = 0; j < nv; ++j) {
+      auto it = bits.find(kp.vbits[j]);
+      if (it == bits.end()) {
+        bits[kp.vbits[j]] = {-1, j};
+      } else {
+        it->second.second = j;
+      }
+    }
+    for (const auto& [b, slots] : bits) {
+      kernels::cuda::QuantizeParams qp;
+      qp.k = k;
+      qp.v = v;
+      qp.head_stride = kv_stride;
+      qp.index = index.as<int32_t>();
+      qp.num_kv_heads = H;
+      qp.head_dim = D;
+      qp.kept = static_cast<int>(m);
+      qp.prefix = static_cast<int>(c);
+      qp.window = static_cast<int>(w);
+      qp.kbits = qp.vbits = b;
+      qp.k_codes = k_codes.as<uint8_t>();
+      qp.k_scale = k_scale.as<uint16_t>();
+      qp.k_min = k_min.as<uint16_t>();
+      qp.v_codes = v_codes.as<uint8_t>();
+      qp.v_scale = v_scale.as<uint16_t>();
+      qp.v_min = v_min.as<uint16_t>();
+      qp.window_k = window_k.as<uint16_t>();
+      qp.window_v = window_v.as<uint16_t>();
+      MOEND_GCAL_CUDA(kernels::cuda::LaunchQuantize(qp, stream));
+      gpucal::DequantParams dp;
+      dp.k_codes = qp.k_codes;
+      dp.k_scale = qp.k_scale;
+      dp.k_min = qp.k_min;
+      dp.v_codes = qp.v_codes;
+      dp.v_scale = qp.v_scale;
+      dp.v_min = qp.v_min;
+      dp.window_k = qp.window_k;
+      dp.window_v = qp.window_v;
+      dp.num_kv_heads = H;
+      dp.head_dim = D;
+      dp.kept = static_cast<int>(m);
+      dp.window = static_cast<int>(w);
+      dp.rpad = static_cast<int>(rpad);
+      dp.bits = b;
+      dp.k_out = slots.first >= 0 ? k_dense.as<uint16_t>() + slots.first * hkv * rpad * d : nullptr;
+      dp.v_out = slots.second >= 0 ? v_all.as<uint16_t>() : nullptr;
+      dp.v_cols = nv * D;
+      dp.v_col0 = std::max(slots.second, 0) * D;
+      MOEND_GCAL_CUDA(gpucal::LaunchDequant(dp, stream));
+    }
+    // Key splits: about 4 blocks per multiprocessor.
+    const int64_t row_tiles = CeilDiv(rows_per_kv, 64) * hkv;
+    const int64_t want = std::max<int64_t>(1, CeilDiv(4 * sms, row_tiles));
+    const int64_t per_split = RoundUp(CeilDiv(rows, want), 64);
+    const int64_t splits = CeilDiv(rows, per_split);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(d)), one = 1.0f, zero = 0.0f;
+    for (size_t i = 0; i < kp.kbits.size(); ++i) {
+      if (!run[i]) continue;
+      const bool is_ref = kp.keep == 1.0 && kp.kbits[i] == kFp16Bits;
+      gpucal::ProbeScoreParams sp;
+      sp.q = q_probe16.as<uint16_t>();
+      sp.k = k_dense.as<uint16_t>() + static_cast<int64_t>(i) * hkv * rpad * d;
+      sp.num_kv_heads = H;
+      sp.head_dim = D;
+      sp.rows_per_kv = static_cast<int>(rows_per_kv);
+      sp.keys = static_cast<int>(rows);
+      sp.rpad = static_cast<int>(rpad);
+      sp.splits = static_cast<int>(splits);
+      sp.keys_per_split = static_cast<int>(per_split);
+      sp.scale = scale;
+      sp.part_max = part_max.as<float>();
+      sp.part_sum = part_sum.as<float>();
+      sp.p = p.as<uint16_t>();
+      float* offset = offset_ref.as<float>();
+      if (is_ref || exact[i]) {
+        if (!is_ref) offset = offset_tmp.as<float>();
+        sp.write_p = false;
+        MOEND_GCAL_CUDA(gpucal::LaunchProbeScores(sp, stream));
+        MOEND_GCAL_CUDA(gpucal::LaunchReduceMax(part_max.as<float>(), static_cast<int>(splits),
+                                                static_cast<int>(rows_total), offset, stream));
+      }
+      sp.write_p = true;
+      sp.offset = offset;
+      MOEND_GCAL_CUDA(gpucal::LaunchProbeScores(sp, stream));
+      // o[r, :] = p[r, :] v_all for all V bits at once, per KV head.
+      const int64_t cols = nv * d;
+      MOEND_GCAL_CUBLAS(cublasGemmStridedBatchedEx(
+          blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows_per_kv),
+          static_cast<int>(rpad), &one, v_all.as<uint16_t>(), CUDA_R_16F, static_cast<int>(cols), rpad * cols,
+          p.as<uint16_t>(), CUDA_R_16F, static_cast<int>(rpad), rows_per_kv * rpad, &zero, o.as<float>(),
+          CUDA_R_32F, static_cast<int>(cols), rows_per_kv * cols, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      gpucal::MergeParams mp;
+      mp.o = o.as<float>();
+      mp.o_cols = static_cast<int>(cols);
+      mp.nv = nv;
+      mp.offset = offset;
+      mp.part_max = part_max.as<float>();
+      mp.part_sum = part_sum.as<float>();
+      mp.splits = static_cast<int>(splits);
+      mp.tail_max = tail_max.as<float>();
+      mp.tail_sum = tail_sum.as<float>();
+      mp.tail_o = tail_o.as<float>();
+      mp.ref = ref.as<float>();
+      mp.rows_total = static_cast<int>(rows_total);
+      mp.head_dim = D;
+      mp.err = err.as<double>();
+      mp.err_base = kp.group[i] * kMaxVSlots;
+      mp.norm = err.as<double>() + (err_slots_);
+      mp.flag = flags.as<unsigned>() + kp.group[i];
+      if (is_ref) {
+        const auto j16 = std::find(kp.vbits.begin(), kp.vbits.end(), kFp16Bits) - kp.vbits.begin();
+        mp.ref_slot = static_cast<int>(j16);
+        MOEND_GCAL_CUDA(gpucal::LaunchMerge(mp, stream));
+        mp.ref_slot = -1;
+      }
+      MOEND_GCAL_CUDA(gpucal::LaunchMerge(mp, stream));
+    }
+    return absl::OkStatus();
+  }
+
+  int64_t err_slots_ = 0;
+
+  // q_window / q_probe32 are filled and k/v set by the caller.
+  absl::StatusOr<std::vector<double>> Run(const CalibrationOptions& options) {
+    // Plan: keeps descending, K bits descending (the reference (1,16) first).
+    std::map<double, std::map<int, std::map<int, size_t>, std::greater<>>, std::greater<>> grid;
+    for (size_t i = 0; i < options.tuples.size(); ++i) {
+      const CompressionTuple& t = options.tuples[i];
+      grid[t.keep][t.kbits][t.vbits] = i;
+    }
+    std::vector<KeepPlan> plans;
+    int groups = 0;
+    for (const auto& [keep, by_kbits] : grid) {
+      KeepPlan kp;
+      kp.keep = keep;
+      kp.kept = KeptTokens(keep, c);
+      std::map<int, int, std::greater<>> vset;
+      for (const auto& [kb, by_vbits] : by_kbits) {
+        for (const auto& [vb, index] : by_vbits) vset[vb] = 0;
+      }
+      for (auto& [vb, j] : vset) {
+        j = static_cast<int>(kp.vbits.size());
+        kp.vbits.push_back(vb);
+      }
+      for (const auto& [kb, by_vbits] : by_kbits) {
+        kp.kbits.push_back(kb);
+        kp.group.push_back(groups++);
+        std::vector<int64_t> row(kp.vbits.size(), -1);
+        for (const auto& [vb, index] : by_vbits) row[static_cast<size_t>(vset[vb])] = static_cast<int64_t>(index);
+        kp.tuple.push_back(std::move(row));
+      }
+      plans.push_back(std::move(kp));
+    }
+    err_slots_ = groups * kMaxVSlots;
+    MOEND_RETURN_IF_ERROR(Reserve(groups));
+    MOEND_GCAL_CUDA(cudaMemsetAsync(err.as<double>(), 0, (err_slots_ + 1) * 8, stream));
+    MOEND_GCAL_CUDA(cudaMemsetAsync(flags.as<unsigned>(), 0, groups * 4, stream));
+    MOEND_GCAL_CUDA(gpucal::LaunchProbeQueriesToHalf(q_probe32.as<float>(), probes * d, static_cast<int>(hq),
+                                                     static_cast<int>(probes), static_cast<int>(d),
+                                                     q_probe16.as<uint16_t>(), stream));
+    MOEND_RETURN_IF_ERROR(Tail());
+    MOEND_RETURN_IF_ERROR(Scores());
+    for (const KeepPlan& kp : plans) {
+      MOEND_RETURN_IF_ERROR(Keep(kp, std::vector<bool>(kp.kbits.size(), true),
+                                 std::vector<bool>(kp.kbits.size(), options_exact())));
+    }
+    std::vector<double> sums(static_cast<size_t>(err_slots_ + 1));
+    std::vector<unsigned> flag(static_cast<size_t>(groups));
+    auto download = [&]() -> absl::Status {
+      MOEND_GCAL_CUDA(cudaMemcpyAsync(sums.data(), err.as<double>(), sums.size() * 8, cudaMemcpyDeviceToHost,
+                                      stream));
+      MOEND_GCAL_CUDA(cudaMemcpyAsync(flag.data(), flags.as<unsigned>(), flag.size() * 4, cudaMemcpyDeviceToHost,
+                                      stream));
+      MOEND_GCAL_CUDA(cudaStreamSynchronize(stream));
+      return absl::OkStatus();
+    };
+    MOEND_RETURN_IF_ERROR(download());
+    // Recompute the (keep, K bits) groups whose one-pass offset was off.
+    stats.fallback_groups = 0;
+    bool redo = false;
+    for (const KeepPlan& kp : plans) {
+      std::vector<bool> run(kp.kbits.size(), false);
+      bool any = false;
+      for (size_t i = 0; i < kp.kbits.size(); ++i) {
+        if (flag[static_cast<size_t>(kp.group[i])] != 0) {
+          run[i] = any = true;
+          ++stats.fallback_groups;
+          MOEND_GCAL_CUDA(cudaMemsetAsync(err.as<double>() + kp.group[i] * kMaxVSlots, 0, kMaxVSlots * 8, stream));
+        }
+      }
+      if (any) {
+        redo = true;
+        MOEND_RETURN_IF_ERROR(Keep(kp, run, run));
+      }
+    }
+    MOEND_GCAL_CUDA(cudaEventRecord(stop, stream));
+    if (redo) MOEND_RETURN_IF_ERROR(download());
+    MOEND_GCAL_CUDA(cudaEventSynchronize(stop));
+    float ms = 0;
+    MOEND_GCAL_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    stats.total_ms = ms;
+
+    const double norm = sums[static_cast<size_t>(err_slots_)];
+    std::vector<double> result(options.tuples.size(), 0.0);
+    for (const KeepPlan& kp : plans) {
+      for (size_t i = 0; i < kp.kbits.size(); ++i) {
+        for (size_t j = 0; j < kp.vbits.size(); ++j) {
+          const int64_t t = kp.tuple[i][j];
+          if (t < 0) continue;
+          const double e = sums[static_cast<size_t>(kp.group[i] * kMaxVSlots + static_cast<int64_t>(j))];
+          result[static_cast<size_t>(t)] = norm > 0 ? e / norm : 0.0;
+        }
+      }
+    }
+    return result;
+  }
+
+  bool options_exact() const { return options.exact_row_max; }
+
+  // Shapes + validation shared by both entries; x's pointers are not read.
+  absl::Status SetShape(const LayerTensors& x, const CalibrationOptions& o) {
+    if (o.probe_tokens < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("probe_tokens ", o.probe_tokens, " must be at least 1"));
+    }
+    if (o.tuples.empty()) return absl::InvalidArgumentError("no tuples to calibrate");
+    bool has_reference = false;
+    for (const CompressionTuple& t : o.tuples) {
+      MOEND_RETURN_IF_ERROR(ValidateTuple(t));
+      has_reference |= t == CompressionTuple{1.0, 16, 16};
+    }
+    if (!has_reference) {
+      return absl::InvalidArgumentError("the tuple grid must include (1,16,16), the reference");
+    }
+    n = x.tokens;
+    probes = o.probe_tokens;
+    c = n - probes;
+    if (c < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("sequence of ", n, " tokens is too short for ", probes, " probe queries"));
+    }
+    MOEND_RETURN_IF_ERROR(kernels::ValidateLayerTensors(x, c));
+    if (x.q == nullptr) return absl::InvalidArgumentError("q is null");
+    w = WindowTokens(c);
+    cand = CandidateTokens(c);
+    hq = x.num_heads;
+    hkv = x.num_kv_heads;
+    d = x.head_dim;
+    group = hq / hkv;
+    rows_per_kv = group * probes;
+    rows_total = hq * probes;
+    rpad_max = RoundUp(c, 64);
+    kv_stride = n * d;
+    return absl::OkStatus();
+  }
+};
+
+GpuCalibrator::GpuCalibrator(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+GpuCalibrator::~GpuCalibrator() = default;
+
+absl::StatusOr<std::unique_ptr<GpuCalibrator>> GpuCalibrator::Create(GpuCalibratorOptions options) {
+  if (!kernels::CudaDeviceAvailable()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("GPU calibrator: ", kernels::CudaUnavailableReason()));
+  }
+  auto impl = std::make_unique<Impl>();
+  impl->options = options;
+  int dev = 0;
+  MOEND_GCAL_CUDA(cudaGetDevice(&dev));
+  MOEND_GCAL_CUDA(cudaDeviceGetAttribute(&impl->sms, cudaDevAttrMultiProcessorCount, dev));
+  MOEND_GCAL_CUDA(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+  MOEND_GCAL_CUDA(cudaEventCreate(&impl->start));
+  MOEND_GCAL_CUDA(cudaEventCreate(&impl->stop));
+  MOEND_GCAL_CUBLAS(cublasCreate(&impl->blas));
+  MOEND_GCAL_CUBLAS(cublasSetStream(impl->blas, impl->stream));
+  // Full fp32 SGEMM for the tail (no TF32); fp16 GemmEx still uses tensor cores.
+  MOEND_GCAL_CUBLAS(cublasSetMathMode(impl->blas, CUBLAS_DEFAULT_MATH));
+  return std::unique_ptr<GpuCalibrator>(new GpuCalibrator(std::move(impl)));
+}
+
+absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureLayer(const LayerTensors& x,
+                                                                const CalibrationOptions& options) {
+  Impl& m = *impl_;
+  MOEND_RETURN_IF_ERROR(m.SetShape(x, options));
+  const int64_t d = m.d;
+  MOEND_RETURN_IF_ERROR(m.k_in.Reserve(m.hkv * m.n * d * 4));
+  MOEND_RETURN_IF_ERROR(m.v_in.Reserve(m.hkv * m.n * d * 4));
+  MOEND_RETURN_IF_ERROR(m.q_window.Reserve(m.hq * m.w * d * 4));
+  MOEND_RETURN_IF_ERROR(m.q_probe32.Reserve(m.rows_total * d * 4));
+  MOEND_GCAL_CUDA(cudaEventRecord(m.start, m.stream));
+  MOEND_GCAL_CUDA(cudaMemcpyAsync(m.k_in.as<float>(), x.k, m.hkv * m.n * d * 4, cudaMemcpyHostToDevice, m.stream));
+  MOEND_GCAL_CUDA(cudaMemcpyAsync(m.v_in.as<float>(), x.v, m.hkv * m.n * d * 4, cudaMemcpyHostToDevice, m.stream));
+  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_window.as<float>(), m.w * d * 4, x.q + (m.c - m.w) * d, m.n * d * 4,
+                                    m.w * d * 4, m.hq, cudaMemcpyHostToDevice, m.stream));
+  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_probe32.as<float>(), m.probes * d * 4, x.q + m.c * d, m.n * d * 4,
+                                    m.probes * d * 4, m.hq, cudaMemcpyHostToDevice, m.stream));
+  m.k = m.k_in.as<float>();
+  m.v = m.v_in.as<float>();
+  return m.Run(options);
+}
+
+absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureDeviceLayer(const LayerTensors& x,
+                                                                      const CalibrationOptions& options) {
+  Impl& m = *impl_;
+  MOEND_RETURN_IF_ERROR(m.SetShape(x, options));
+  const int64_t d = m.d;
+  MOEND_RETURN_IF_ERROR(m.q_window.Reserve(m.hq * m.w * d * 4));
+  MOEND_RETURN_IF_ERROR(m.q_probe32.Reserve(m.rows_total * d * 4));
+  MOEND_GCAL_CUDA(cudaEventRecord(m.start, m.stream));
+  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_window.as<float>(), m.w * d * 4, x.q + (m.c - m.w) * d, m.n * d * 4,
+                                    m.w * d * 4, m.hq, cudaMemcpyDeviceToDevice, m.stream));
+  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_probe32.as<float>(), m.probes * d * 4, x.q + m.c * d, m.n * d * 4,
+                                    m.probes * d * 4, m.hq, cudaMemcpyDeviceToDevice, m.stream));
+  m.k = x.k;
+  m.v = x.v;
+  return m.Run(options);
+}
+
+const GpuCalibratorStats& GpuCalibrator::last_stats() const { return impl_->stats; }
+
+absl::StatusOr<std::vector<double>> MeasureLayerOnGpu(const LayerTensors& x, const CalibrationOptions& options) {
+  static std::mutex mu;
+  static std::unique_ptr<GpuCalibrator> shared;
+  std::lock_guard<std::mutex> lock(mu);
+  if (shared == nullptr) {
+    MOEND_ASSIGN_OR_RETURN(shared, GpuCalibrator::Create());
+  }
+  return shared->MeasureLayer(x, options);
+}
+
+}  // namespace moend::worker
