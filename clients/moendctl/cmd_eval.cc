@@ -78,6 +78,14 @@ int RunEval(int argc, char** argv) {
   if (*limit < 0 || *windows < 0) {
     return Fail(absl::InvalidArgumentError("--limit and --bpb-windows must be >= 0"));
   }
+  if (auto dir = args->Optional("out-dir")) {
+    std::error_code ec;
+    std::filesystem::create_directories(*dir, ec);
+    if (ec) {
+      return Fail(absl::PermissionDeniedError(
+          absl::StrCat("cannot create --out-dir ", *dir, ": ", ec.message())));
+    }
+  }
   auto model = Model::Load(*model_dir, ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
   const int64_t layers = (*model)->config().num_layers;
