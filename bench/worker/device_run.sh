@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: build the GPU calibrator, run its tests
+# (and the CPU calibrator's), then time the 112-tuple grid per layer side by
+# side with the PyTorch peer (calibration_peer.py) on the same GPU and print
+# the ratio. Logs under $OUT (or /tmp/moend-out).
+#   bench/worker/device_run.sh [--no-tests]
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${OUT:-/tmp/moend-out}
+mkdir -p "$out"
+build=/tmp/moend-gcal-build
+prefix=()
+[ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr") && \
+  export LD_LIBRARY_PATH="$PWD/.devdeps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv | tee "$out/device.txt"
+date -u +%F | tee -a "$out/device.txt"
+cmake -S . -B "$build" -G Ninja -DMOEND_CORE_ONLY=ON -DMOEND_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
+  -DMOEND_BUILD_BENCHMARKS=ON "${prefix[@]}" > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+ninja -C "$build" -j16 gpu_calibrator_test worker_test calibration_gpu_bench >> "$out/build.log" 2>&1 || {
+  grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
+echo "build ok"
+if [ "${1:-}" != "--no-tests" ]; then
+  "$build/tests/gpu_calibrator_test" 2>&1 | tee "$out/gpu_calibrator_test.log" |
+    grep -E "^\[  |worst|Failure|Expected|Which|actual|  " | head -80
+  "$build/tests/worker_test" 2>&1 | tail -3
+fi
+"$build/bin/calibration_gpu_bench" 2>&1 | tee "$out/gpu_bench.log"
+"$build/bin/calibration_gpu_bench" --exact --reps 5 2>&1 | grep RESULT | tee -a "$out/gpu_bench.log"
+for shape in "--tokens 16384 --heads 28 --kv-heads 4 --dim 128" "--tokens 4096 --heads 4 --kv-heads 2 --dim 64"; do
+  PYTHONUNBUFFERED=1 python3 bench/worker/calibration_peer.py $shape 2>&1 | tee -a "$out/calib_peer.log" | tail -2
+done
+python3 - "$out/gpu_bench.log" "$out/calib_peer.log" <<'PY'
+import re, sys
+gpu = {}
+for line in open(sys.argv[1]):
+    m = re.search(r"RESULT gpu entry=device shape=\S+ tokens=(\d+) .* ms=([\d.]+) .*exact=0", line)
+    if m: gpu[int(m.group(1))] = float(m.group(2))
+for line in open(sys.argv[2]):
+    m = re.search(r"RESULT peer tokens=(\d+) .* ms=([\d.]+)", line)
+    if m and int(m.group(1)) in gpu:
+        t = int(m.group(1)); p = float(m.group(2))
+        print(f"RATIO tokens={t} peer_ms={p:.1f} gpu_ms={gpu[t]:.2f} speedup={p / gpu[t]:.1f}x")
+PY
