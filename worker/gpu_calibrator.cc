@@ -77,6 +77,8 @@ struct KeepPlan {
   std::vector<int> kbits, vbits;
   std::vector<int> group;  // global (keep, K bits) index of kbits[i]
   std::vector<std::vector<int64_t>> tuple;
+  int64_t rows = 0, rpad = 0;          // kept + window, rounded up to 64
+  int64_t k_offset = 0, v_offset = 0;  // this keep's dense K / V in k_dense / v_all (elements)
 };
 
 constexpr int kMaxVSlots = 4;
@@ -85,7 +87,10 @@ constexpr int kMaxVSlots = 4;
 
 struct GpuCalibrator::Impl {
   GpuCalibratorOptions options;
-  cudaStream_t stream = nullptr;
+  cudaStream_t stream = nullptr;  // probe attention and merges
+  cudaStream_t prep = nullptr;    // scores, selection, quantization, dequantization
+  cudaEvent_t inputs_ready = nullptr;
+  std::vector<cudaEvent_t> keep_ready;
   cublasHandle_t blas = nullptr;
   cudaEvent_t start = nullptr, stop = nullptr;
   int sms = 132;
@@ -108,7 +113,10 @@ struct GpuCalibrator::Impl {
     if (blas != nullptr) cublasDestroy(blas);
     if (start != nullptr) cudaEventDestroy(start);
     if (stop != nullptr) cudaEventDestroy(stop);
+    if (inputs_ready != nullptr) cudaEventDestroy(inputs_ready);
+    for (cudaEvent_t e : keep_ready) cudaEventDestroy(e);
     if (stream != nullptr) cudaStreamDestroy(stream);
+    if (prep != nullptr) cudaStreamDestroy(prep);
   }
 
   // Shapes of the layer being measured.
@@ -118,7 +126,7 @@ struct GpuCalibrator::Impl {
   const float* v = nullptr;
   int64_t kv_stride = 0;
 
-  absl::Status Reserve(int64_t num_groups) {
+  absl::Status Reserve(int64_t num_groups, int64_t k_dense_elems, int64_t v_all_elems) {
     const int64_t groups32 = CeilDiv(cand, 32);
     MOEND_RETURN_IF_ERROR(q_window.Reserve(hq * w * d * 4));
     MOEND_RETURN_IF_ERROR(q_probe32.Reserve(rows_total * d * 4));
@@ -140,8 +148,8 @@ struct GpuCalibrator::Impl {
     MOEND_RETURN_IF_ERROR(v_min.Reserve(hkv * cand * (d / 32) * 2));
     MOEND_RETURN_IF_ERROR(window_k.Reserve(hkv * w * d * 2));
     MOEND_RETURN_IF_ERROR(window_v.Reserve(hkv * w * d * 2));
-    MOEND_RETURN_IF_ERROR(k_dense.Reserve(kMaxVSlots * hkv * rpad_max * d * 2));
-    MOEND_RETURN_IF_ERROR(v_all.Reserve(hkv * rpad_max * kMaxVSlots * d * 2));
+    MOEND_RETURN_IF_ERROR(k_dense.Reserve(k_dense_elems * 2));
+    MOEND_RETURN_IF_ERROR(v_all.Reserve(v_all_elems * 2));
     MOEND_RETURN_IF_ERROR(p.Reserve(hkv * rows_per_kv * rpad_max * 2));
     MOEND_RETURN_IF_ERROR(o.Reserve(rows_total * kMaxVSlots * d * 4));
     MOEND_RETURN_IF_ERROR(part_max.Reserve(rpad_max / 64 * rows_total * 4));
@@ -185,14 +193,15 @@ struct GpuCalibrator::Impl {
     sp.window = static_cast<int>(w);
     sp.workspace = score_ws.as<float>();
     sp.scores = scores.as<float>();
-    MOEND_GCAL_CUDA(kernels::cuda::LaunchScores(sp, stream));
+    MOEND_GCAL_CUDA(kernels::cuda::LaunchScores(sp, prep));
     return absl::OkStatus();
   }
 
-  // One keep: selection, quantization + dequantization of every bit width it
-  // needs, then for each K bits i with run[i]: scores/P, P V, merge.
-  absl::Status Keep(const KeepPlan& kp, const std::vector<bool>& run, const std::vector<bool>& exact) {
-    const int64_t m = kp.kept, rows = m + w, rpad = RoundUp(rows, 64);
+  // One keep's operands on the prep stream: selection, then per bit width the
+  // quantizer and the dequantizer into this keep's dense K (one array per K
+  // bits) and V (the V bits side by side).
+  absl::Status Prep(const KeepPlan& kp) {
+    const int64_t m = kp.kept, rpad = kp.rpad;
     const int D = static_cast<int>(d), H = static_cast<int>(hkv);
     if (m > 0) {
       kernels::cuda::SelectParams sel;
@@ -201,13 +210,11 @@ struct GpuCalibrator::Impl {
       sel.candidates = static_cast<int>(cand);
       sel.kept = static_cast<int>(m);
       sel.index = index.as<int32_t>();
-      MOEND_GCAL_CUDA(kernels::cuda::LaunchSelect(sel, stream));
+      MOEND_GCAL_CUDA(kernels::cuda::LaunchSelect(sel, prep));
     }
     const int nv = static_cast<int>(kp.vbits.size());
     std::map<int, std::pair<int, int>, std::greater<>> bits;  // bits -> (K slot or -1, V slot or -1)
-    for (size_t i = 0; i < kp.kbits.size(); ++i) {
-      if (run[i]) bits[kp.kbits[i]] = {static_cast<int>(i), -1};
-    }
+    for (size_t i = 0; i < kp.kbits.size(); ++i) bits[kp.kbits[i]] = {static_cast<int>(i), -1};
     for (int j = 0; j < nv; ++j) {
       auto it = bits.find(kp.vbits[j]);
       if (it == bits.end()) {
@@ -236,7 +243,7 @@ struct GpuCalibrator::Impl {
       qp.v_min = v_min.as<uint16_t>();
       qp.window_k = window_k.as<uint16_t>();
       qp.window_v = window_v.as<uint16_t>();
-      MOEND_GCAL_CUDA(kernels::cuda::LaunchQuantize(qp, stream));
+      MOEND_GCAL_CUDA(kernels::cuda::LaunchQuantize(qp, prep));
       gpucal::DequantParams dp;
       dp.k_codes = qp.k_codes;
       dp.k_scale = qp.k_scale;
@@ -252,14 +259,23 @@ struct GpuCalibrator::Impl {
       dp.window = static_cast<int>(w);
       dp.rpad = static_cast<int>(rpad);
       dp.bits = b;
-      dp.k_out = slots.first >= 0 ? k_dense.as<uint16_t>() + slots.first * hkv * rpad * d : nullptr;
-      dp.v_out = slots.second >= 0 ? v_all.as<uint16_t>() : nullptr;
+      dp.k_out = slots.first >= 0 ? k_dense.as<uint16_t>() + kp.k_offset + slots.first * hkv * rpad * d : nullptr;
+      dp.v_out = slots.second >= 0 ? v_all.as<uint16_t>() + kp.v_offset : nullptr;
       dp.v_cols = nv * D;
       dp.v_col0 = std::max(slots.second, 0) * D;
-      MOEND_GCAL_CUDA(gpucal::LaunchDequant(dp, stream));
+      MOEND_GCAL_CUDA(gpucal::LaunchDequant(dp, prep));
     }
+    return absl::OkStatus();
+  }
+
+  // For each K bits i of one keep with run[i]: probe scores and P, P V for all
+  // V bits, merge + error (stream `stream`; the keep's Prep must be done).
+  absl::Status Groups(const KeepPlan& kp, const std::vector<bool>& run, const std::vector<bool>& exact) {
+    const int64_t rows = kp.rows, rpad = kp.rpad;
+    const int D = static_cast<int>(d), H = static_cast<int>(hkv);
+    const int nv = static_cast<int>(kp.vbits.size());
     // Key splits: about 4 blocks per multiprocessor.
-    const int64_t row_tiles = CeilDiv(rows_per_kv, 64) * hkv;
+    const int64_t row_tiles = CeilDiv(rows_per_kv, gpucal::ProbeRowTile(options.m_tiles)) * hkv;
     const int64_t want = std::max<int64_t>(1, CeilDiv(4 * sms, row_tiles));
     const int64_t per_split = RoundUp(CeilDiv(rows, want), 64);
     const int64_t splits = CeilDiv(rows, per_split);
@@ -269,7 +285,8 @@ struct GpuCalibrator::Impl {
       const bool is_ref = kp.keep == 1.0 && kp.kbits[i] == kFp16Bits;
       gpucal::ProbeScoreParams sp;
       sp.q = q_probe16.as<uint16_t>();
-      sp.k = k_dense.as<uint16_t>() + static_cast<int64_t>(i) * hkv * rpad * d;
+      sp.k = k_dense.as<uint16_t>() + kp.k_offset + static_cast<int64_t>(i) * hkv * rpad * d;
+      sp.m_tiles = options.m_tiles;
       sp.num_kv_heads = H;
       sp.head_dim = D;
       sp.rows_per_kv = static_cast<int>(rows_per_kv);
@@ -296,7 +313,7 @@ struct GpuCalibrator::Impl {
       const int64_t cols = nv * d;
       MOEND_GCAL_CUBLAS(cublasGemmStridedBatchedEx(
           blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows_per_kv),
-          static_cast<int>(rpad), &one, v_all.as<uint16_t>(), CUDA_R_16F, static_cast<int>(cols), rpad * cols,
+          static_cast<int>(rpad), &one, v_all.as<uint16_t>() + kp.v_offset, CUDA_R_16F, static_cast<int>(cols), rpad * cols,
           p.as<uint16_t>(), CUDA_R_16F, static_cast<int>(rpad), rows_per_kv * rpad, &zero, o.as<float>(),
           CUDA_R_32F, static_cast<int>(cols), rows_per_kv * cols, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       gpucal::MergeParams mp;
@@ -362,17 +379,41 @@ struct GpuCalibrator::Impl {
       plans.push_back(std::move(kp));
     }
     err_slots_ = groups * kMaxVSlots;
-    MOEND_RETURN_IF_ERROR(Reserve(groups));
+    int64_t k_elems = 0, v_elems = 0;
+    for (KeepPlan& kp : plans) {
+      kp.rows = kp.kept + w;
+      kp.rpad = RoundUp(kp.rows, 64);
+      kp.k_offset = k_elems;
+      kp.v_offset = v_elems;
+      k_elems += static_cast<int64_t>(kp.kbits.size()) * hkv * kp.rpad * d;
+      v_elems += hkv * kp.rpad * static_cast<int64_t>(kp.vbits.size()) * d;
+    }
+    MOEND_RETURN_IF_ERROR(Reserve(groups, k_elems, v_elems));
+    while (keep_ready.size() < plans.size()) {
+      cudaEvent_t e = nullptr;
+      MOEND_GCAL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      keep_ready.push_back(e);
+    }
     MOEND_GCAL_CUDA(cudaMemsetAsync(err.as<double>(), 0, (err_slots_ + 1) * 8, stream));
     MOEND_GCAL_CUDA(cudaMemsetAsync(flags.as<unsigned>(), 0, groups * 4, stream));
     MOEND_GCAL_CUDA(gpucal::LaunchProbeQueriesToHalf(q_probe32.as<float>(), probes * d, static_cast<int>(hq),
                                                      static_cast<int>(probes), static_cast<int>(d),
                                                      q_probe16.as<uint16_t>(), stream));
-    MOEND_RETURN_IF_ERROR(Tail());
+    // The prep stream (scores, then each keep's operands) runs ahead of the
+    // probe attention, which waits for each keep's operands.
+    MOEND_GCAL_CUDA(cudaEventRecord(inputs_ready, stream));
+    MOEND_GCAL_CUDA(cudaStreamWaitEvent(prep, inputs_ready, 0));
     MOEND_RETURN_IF_ERROR(Scores());
-    for (const KeepPlan& kp : plans) {
-      MOEND_RETURN_IF_ERROR(Keep(kp, std::vector<bool>(kp.kbits.size(), true),
-                                 std::vector<bool>(kp.kbits.size(), options_exact())));
+    for (size_t i = 0; i < plans.size(); ++i) {
+      MOEND_RETURN_IF_ERROR(Prep(plans[i]));
+      MOEND_GCAL_CUDA(cudaEventRecord(keep_ready[i], prep));
+    }
+    MOEND_RETURN_IF_ERROR(Tail());
+    for (size_t i = 0; i < plans.size(); ++i) {
+      const KeepPlan& kp = plans[i];
+      MOEND_GCAL_CUDA(cudaStreamWaitEvent(stream, keep_ready[i], 0));
+      MOEND_RETURN_IF_ERROR(Groups(kp, std::vector<bool>(kp.kbits.size(), true),
+                                   std::vector<bool>(kp.kbits.size(), this->options.exact_row_max)));
     }
     std::vector<double> sums(static_cast<size_t>(err_slots_ + 1));
     std::vector<unsigned> flag(static_cast<size_t>(groups));
@@ -400,7 +441,7 @@ struct GpuCalibrator::Impl {
       }
       if (any) {
         redo = true;
-        MOEND_RETURN_IF_ERROR(Keep(kp, run, run));
+        MOEND_RETURN_IF_ERROR(Groups(kp, run, run));
       }
     }
     MOEND_GCAL_CUDA(cudaEventRecord(stop, stream));
@@ -424,8 +465,6 @@ struct GpuCalibrator::Impl {
     }
     return result;
   }
-
-  bool options_exact() const { return options.exact_row_max; }
 
   // Shapes + validation shared by both entries; x's pointers are not read.
   absl::Status SetShape(const LayerTensors& x, const CalibrationOptions& o) {
@@ -477,7 +516,12 @@ absl::StatusOr<std::unique_ptr<GpuCalibrator>> GpuCalibrator::Create(GpuCalibrat
   int dev = 0;
   MOEND_GCAL_CUDA(cudaGetDevice(&dev));
   MOEND_GCAL_CUDA(cudaDeviceGetAttribute(&impl->sms, cudaDevAttrMultiProcessorCount, dev));
+  if (options.m_tiles != 1 && options.m_tiles != 2) {
+    return absl::InvalidArgumentError(absl::StrCat("m_tiles ", options.m_tiles, " is not 1 or 2"));
+  }
   MOEND_GCAL_CUDA(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+  MOEND_GCAL_CUDA(cudaStreamCreateWithFlags(&impl->prep, cudaStreamNonBlocking));
+  MOEND_GCAL_CUDA(cudaEventCreateWithFlags(&impl->inputs_ready, cudaEventDisableTiming));
   MOEND_GCAL_CUDA(cudaEventCreate(&impl->start));
   MOEND_GCAL_CUDA(cudaEventCreate(&impl->stop));
   MOEND_GCAL_CUBLAS(cublasCreate(&impl->blas));

@@ -36,6 +36,9 @@ struct GpuCalibratorOptions {
   // passes over the scores); false (default): one pass with the reference
   // offset, falling back to two passes only where detected.
   bool exact_row_max = false;
+  // 16-row m-tiles per warp of the probe-score kernel (1 or 2): 2 feeds each
+  // staged key fragment to two mma.
+  int m_tiles = 2;
 };
 
 // Timing breakdown of the last MeasureLayer call (device milliseconds).

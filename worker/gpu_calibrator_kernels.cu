@@ -2,7 +2,9 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/cuda/common.cuh"
 #include "worker/gpu_calibrator_kernels.h"
@@ -82,102 +84,148 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
 
 __device__ __forceinline__ uint32_t Load32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
 
-constexpr int kKeyTile = 64;
-constexpr int kRowsPerWarp = 16;
-constexpr int kWarps = 4;
-constexpr int kRowTile = kRowsPerWarp * kWarps;
+__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
-// grid (splits, ceil(rows_per_kv / 64), H), block 128. Warp w owns rows
-// [tile*64 + 16w, +16) of KV head h; the block walks its split's keys in tiles
-// of 64 staged in shared memory.
+constexpr int kKeyTile = 64;
+constexpr int kWarps = 4;
+
+// grid (splits, ceil(rows_per_kv / (64 * MT)), H), block 128. Warp w owns MT
+// m-tiles of 16 rows of KV head h (rows [tile*64*MT + 16*MT*w, +16*MT)); the
+// block walks its split's keys in tiles of 64, double-buffered in shared
+// memory with cp.async; each ldmatrix'd key fragment feeds MT mma.
 // q: [rows_total, D]; k: [H, rpad, D]; p: [H, rows_per_kv, rpad].
-template <int D, bool kWriteP>
+template <int D, int MT, bool kWriteP>
 __global__ void __launch_bounds__(128) ProbeScoresKernel(const ProbeScoreParams p) {
   constexpr int kStride = D + 8;  // halves per staged key row (conflict-free ldmatrix)
-  __shared__ __align__(16) uint16_t ks[kKeyTile * kStride];
+  constexpr int kRowsWarp = 16 * MT, kRowTile = kRowsWarp * kWarps;
+  __shared__ __align__(16) uint16_t ks[2][kKeyTile * kStride];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
   const int split = blockIdx.x, h = blockIdx.z;
   const int rows = p.rows_per_kv, rows_total = rows * p.num_kv_heads;
-  const int r_lo = blockIdx.y * kRowTile + warp * kRowsPerWarp + g, r_hi = r_lo + 8;
-  const bool ok_lo = r_lo < rows, ok_hi = r_hi < rows;
   const uint16_t* qh = p.q + static_cast<int64_t>(h) * rows * D;
-  uint32_t qa[D / 16][4];
+  int r_lo[MT], r_hi[MT];
+  bool ok_lo[MT], ok_hi[MT];
+  uint32_t qa[MT][D / 16][4];
+  float off_lo[MT], off_hi[MT], mx_lo[MT], mx_hi[MT], sum_lo[MT], sum_hi[MT];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; ++kk) {
-    const int col = kk * 16 + 2 * t;
-    qa[kk][0] = ok_lo ? Load32(qh + static_cast<int64_t>(r_lo) * D + col) : 0u;
-    qa[kk][1] = ok_hi ? Load32(qh + static_cast<int64_t>(r_hi) * D + col) : 0u;
-    qa[kk][2] = ok_lo ? Load32(qh + static_cast<int64_t>(r_lo) * D + col + 8) : 0u;
-    qa[kk][3] = ok_hi ? Load32(qh + static_cast<int64_t>(r_hi) * D + col + 8) : 0u;
+  for (int mt = 0; mt < MT; ++mt) {
+    r_lo[mt] = blockIdx.y * kRowTile + warp * kRowsWarp + mt * 16 + g;
+    r_hi[mt] = r_lo[mt] + 8;
+    ok_lo[mt] = r_lo[mt] < rows;
+    ok_hi[mt] = r_hi[mt] < rows;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+      const int col = kk * 16 + 2 * t;
+      qa[mt][kk][0] = ok_lo[mt] ? Load32(qh + static_cast<int64_t>(r_lo[mt]) * D + col) : 0u;
+      qa[mt][kk][1] = ok_hi[mt] ? Load32(qh + static_cast<int64_t>(r_hi[mt]) * D + col) : 0u;
+      qa[mt][kk][2] = ok_lo[mt] ? Load32(qh + static_cast<int64_t>(r_lo[mt]) * D + col + 8) : 0u;
+      qa[mt][kk][3] = ok_hi[mt] ? Load32(qh + static_cast<int64_t>(r_hi[mt]) * D + col + 8) : 0u;
+    }
+    off_lo[mt] = off_hi[mt] = 0.0f;
+    if constexpr (kWriteP) {
+      if (ok_lo[mt]) off_lo[mt] = p.offset[static_cast<int64_t>(h) * rows + r_lo[mt]];
+      if (ok_hi[mt]) off_hi[mt] = p.offset[static_cast<int64_t>(h) * rows + r_hi[mt]];
+    }
+    mx_lo[mt] = mx_hi[mt] = -INFINITY;
+    sum_lo[mt] = sum_hi[mt] = 0.0f;
   }
-  float off_lo = 0.0f, off_hi = 0.0f;
-  if constexpr (kWriteP) {
-    if (ok_lo) off_lo = p.offset[static_cast<int64_t>(h) * rows + r_lo];
-    if (ok_hi) off_hi = p.offset[static_cast<int64_t>(h) * rows + r_hi];
-  }
-  float mx_lo = -INFINITY, mx_hi = -INFINITY, sum_lo = 0.0f, sum_hi = 0.0f;
   const uint16_t* kh = p.k + static_cast<int64_t>(h) * p.rpad * D;
   uint16_t* ph = kWriteP ? p.p + static_cast<int64_t>(h) * rows * p.rpad : nullptr;
   const int key_begin = split * p.keys_per_split;
   const int key_end = min(p.rpad, key_begin + p.keys_per_split);
-  // ldmatrix x4 source row of this lane: matrix lane/8, row lane%8.
-  const int lm_row = lane % 8, lm_col = (lane / 8) * 8;
-  for (int k0 = key_begin; k0 < key_end; k0 += kKeyTile) {
-    __syncthreads();
+  auto load_tile = [&](int buf, int k0) {
     constexpr int kChunks = kKeyTile * D / 8;  // 16-byte chunks
 #pragma unroll
     for (int c = threadIdx.x; c < kChunks; c += 128) {
       const int r = c / (D / 8), col = (c % (D / 8)) * 8;
-      *reinterpret_cast<uint4*>(&ks[r * kStride + col]) =
-          *reinterpret_cast<const uint4*>(kh + static_cast<int64_t>(k0 + r) * D + col);
+      CpAsync16(&ks[buf][r * kStride + col], kh + static_cast<int64_t>(k0 + r) * D + col);
+    }
+    CpAsyncCommit();
+  };
+  // ldmatrix x4 source row of this lane: matrix lane/8, row lane%8.
+  const int lm_row = lane % 8, lm_col = (lane / 8) * 8;
+  if (key_begin < key_end) load_tile(0, key_begin);
+  for (int k0 = key_begin, it = 0; k0 < key_end; k0 += kKeyTile, ++it) {
+    const int buf = it & 1;
+    if (k0 + kKeyTile < key_end) {
+      load_tile(buf ^ 1, k0 + kKeyTile);
+      CpAsyncWait<1>();
+    } else {
+      CpAsyncWait<0>();
     }
     __syncthreads();
-    float acc[8][4];
+    float acc[MT][8][4];
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk += 2) {
 #pragma unroll
       for (int nt = 0; nt < 8; ++nt) {
         uint32_t b[4];
-        LdMatrixX4(b, &ks[(nt * 8 + lm_row) * kStride + kk * 16 + lm_col]);
-        Mma16816(acc[nt], qa[kk], b[0], b[1]);
-        Mma16816(acc[nt], qa[kk + 1], b[2], b[3]);
+        LdMatrixX4(b, &ks[buf][(nt * 8 + lm_row) * kStride + kk * 16 + lm_col]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          Mma16816(acc[mt][nt], qa[mt][kk], b[0], b[1]);
+          Mma16816(acc[mt][nt], qa[mt][kk + 1], b[2], b[3]);
+        }
       }
     }
+    __syncthreads();  // ks[buf] is refilled two tiles later
 #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
-      const int key = k0 + nt * 8 + 2 * t;
-      const bool v0 = key < p.keys, v1 = key + 1 < p.keys;
-      const float s0 = acc[nt][0] * p.scale, s1 = acc[nt][1] * p.scale;
-      const float s2 = acc[nt][2] * p.scale, s3 = acc[nt][3] * p.scale;
-      if (v0) { mx_lo = fmaxf(mx_lo, s0); mx_hi = fmaxf(mx_hi, s2); }
-      if (v1) { mx_lo = fmaxf(mx_lo, s1); mx_hi = fmaxf(mx_hi, s3); }
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 8; ++nt) {
+        const int key = k0 + nt * 8 + 2 * t;
+        const bool v0 = key < p.keys, v1 = key + 1 < p.keys;
+        const float s0 = acc[mt][nt][0] * p.scale, s1 = acc[mt][nt][1] * p.scale;
+        const float s2 = acc[mt][nt][2] * p.scale, s3 = acc[mt][nt][3] * p.scale;
+        if (v0) {
+          mx_lo[mt] = fmaxf(mx_lo[mt], s0);
+          mx_hi[mt] = fmaxf(mx_hi[mt], s2);
+        }
+        if (v1) {
+          mx_lo[mt] = fmaxf(mx_lo[mt], s1);
+          mx_hi[mt] = fmaxf(mx_hi[mt], s3);
+        }
+        if constexpr (kWriteP) {
+          const __half2 lo = __floats2half2_rn(v0 ? __expf(s0 - off_lo[mt]) : 0.0f,
+                                               v1 ? __expf(s1 - off_lo[mt]) : 0.0f);
+          const __half2 hi = __floats2half2_rn(v0 ? __expf(s2 - off_hi[mt]) : 0.0f,
+                                               v1 ? __expf(s3 - off_hi[mt]) : 0.0f);
+          const float2 lf = __half22float2(lo), hf = __half22float2(hi);
+          sum_lo[mt] += lf.x + lf.y;
+          sum_hi[mt] += hf.x + hf.y;
+          if (ok_lo[mt]) *reinterpret_cast<__half2*>(ph + static_cast<int64_t>(r_lo[mt]) * p.rpad + key) = lo;
+          if (ok_hi[mt]) *reinterpret_cast<__half2*>(ph + static_cast<int64_t>(r_hi[mt]) * p.rpad + key) = hi;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+      mx_lo[mt] = fmaxf(mx_lo[mt], __shfl_xor_sync(0xffffffffu, mx_lo[mt], o));
+      mx_hi[mt] = fmaxf(mx_hi[mt], __shfl_xor_sync(0xffffffffu, mx_hi[mt], o));
+      sum_lo[mt] += __shfl_xor_sync(0xffffffffu, sum_lo[mt], o);
+      sum_hi[mt] += __shfl_xor_sync(0xffffffffu, sum_hi[mt], o);
+    }
+    if (t == 0) {
+      const int64_t base = static_cast<int64_t>(split) * rows_total + static_cast<int64_t>(h) * rows;
+      if (ok_lo[mt]) p.part_max[base + r_lo[mt]] = mx_lo[mt];
+      if (ok_hi[mt]) p.part_max[base + r_hi[mt]] = mx_hi[mt];
       if constexpr (kWriteP) {
-        const __half2 lo = __floats2half2_rn(v0 ? __expf(s0 - off_lo) : 0.0f, v1 ? __expf(s1 - off_lo) : 0.0f);
-        const __half2 hi = __floats2half2_rn(v0 ? __expf(s2 - off_hi) : 0.0f, v1 ? __expf(s3 - off_hi) : 0.0f);
-        const float2 lf = __half22float2(lo), hf = __half22float2(hi);
-        sum_lo += lf.x + lf.y;
-        sum_hi += hf.x + hf.y;
-        if (ok_lo) *reinterpret_cast<__half2*>(ph + static_cast<int64_t>(r_lo) * p.rpad + key) = lo;
-        if (ok_hi) *reinterpret_cast<__half2*>(ph + static_cast<int64_t>(r_hi) * p.rpad + key) = hi;
+        if (ok_lo[mt]) p.part_sum[base + r_lo[mt]] = sum_lo[mt];
+        if (ok_hi[mt]) p.part_sum[base + r_hi[mt]] = sum_hi[mt];
       }
-    }
-  }
-#pragma unroll
-  for (int o = 1; o < 4; o <<= 1) {
-    mx_lo = fmaxf(mx_lo, __shfl_xor_sync(0xffffffffu, mx_lo, o));
-    mx_hi = fmaxf(mx_hi, __shfl_xor_sync(0xffffffffu, mx_hi, o));
-    sum_lo += __shfl_xor_sync(0xffffffffu, sum_lo, o);
-    sum_hi += __shfl_xor_sync(0xffffffffu, sum_hi, o);
-  }
-  if (t == 0) {
-    const int64_t base = static_cast<int64_t>(split) * rows_total + static_cast<int64_t>(h) * rows;
-    if (ok_lo) p.part_max[base + r_lo] = mx_lo;
-    if (ok_hi) p.part_max[base + r_hi] = mx_hi;
-    if constexpr (kWriteP) {
-      if (ok_lo) p.part_sum[base + r_lo] = sum_lo;
-      if (ok_hi) p.part_sum[base + r_hi] = sum_hi;
     }
   }
 }
@@ -311,16 +359,24 @@ int LaunchDequant(const DequantParams& p, void* stream) {
   return cudaGetLastError();
 }
 
+int ProbeRowTile(int rows_per_m_tiles) { return 16 * kWarps * rows_per_m_tiles; }
+
 int LaunchProbeScores(const ProbeScoreParams& p, void* stream) {
   if (p.rpad % kKeyTile != 0 || p.keys_per_split % kKeyTile != 0 || p.keys < 1) return cudaErrorInvalidValue;
-  const dim3 grid(p.splits, CeilDiv(p.rows_per_kv, kRowTile), p.num_kv_heads);
+  if (p.m_tiles != 1 && p.m_tiles != 2) return cudaErrorInvalidValue;
+  const dim3 grid(p.splits, CeilDiv(p.rows_per_kv, ProbeRowTile(p.m_tiles)), p.num_kv_heads);
   cudaStream_t s = static_cast<cudaStream_t>(stream);
   auto go = [&](auto kernel) {
     kernel<<<grid, 128, 0, s>>>(p);
     return static_cast<int>(cudaGetLastError());
   };
-  if (p.head_dim == 64) return p.write_p ? go(ProbeScoresKernel<64, true>) : go(ProbeScoresKernel<64, false>);
-  if (p.head_dim == 128) return p.write_p ? go(ProbeScoresKernel<128, true>) : go(ProbeScoresKernel<128, false>);
+  auto by_mt = [&](auto d) {
+    constexpr int kD = decltype(d)::value;
+    if (p.m_tiles == 1) return p.write_p ? go(ProbeScoresKernel<kD, 1, true>) : go(ProbeScoresKernel<kD, 1, false>);
+    return p.write_p ? go(ProbeScoresKernel<kD, 2, true>) : go(ProbeScoresKernel<kD, 2, false>);
+  };
+  if (p.head_dim == 64) return by_mt(std::integral_constant<int, 64>{});
+  if (p.head_dim == 128) return by_mt(std::integral_constant<int, 128>{});
   return cudaErrorInvalidValue;
 }
 
