@@ -17,6 +17,11 @@ namespace moend::kernels {
 void DequantizeHead(const CompressedLayer& layer, int64_t h, std::vector<float>* k,
                     std::vector<float>* v);
 
+// Rows [first, first + count) of head h's quantized part into k, v
+// ([count, D] floats each), e.g. the group a residual flush just quantized.
+void DequantizeQuantizedRows(const CompressedLayer& layer, int64_t h, int64_t first, int64_t count,
+                             float* k, float* v);
+
 }  // namespace moend::kernels
 
 #endif  // MOEND_KERNELS_DEQUANTIZE_H_

@@ -119,8 +119,19 @@ absl::StatusOr<std::vector<float>> CompressedSequence::Feed(std::span<const int3
       for (float& f : k) f = HalfToFloat(FloatToHalf(f));
       for (float& f : v) f = HalfToFloat(FloatToHalf(f));
       if (fills_group) {
+        // The residual's 31 fp16 rows plus this token become one quantized
+        // group: swap the last 31 dense rows for the group's dequantized rows.
+        const int64_t first = layers_[li].head(0).quantized;
         MOEND_RETURN_IF_ERROR(layers_[li].Append(k.data(), v.data(), n));
-        Redensify(l);  // the group moved from the fp16 residual to the quantized part
+        for (int64_t kh = 0; kh < hkv; ++kh) {
+          auto& dk = dense_k_[li][static_cast<size_t>(kh)];
+          auto& dv = dense_v_[li][static_cast<size_t>(kh)];
+          const size_t keep = dk.size() - static_cast<size_t>((kQuantGroup - 1) * d);
+          dk.resize(keep + static_cast<size_t>(kQuantGroup * d));
+          dv.resize(keep + static_cast<size_t>(kQuantGroup * d));
+          kernels::DequantizeQuantizedRows(layers_[li], kh, first, kQuantGroup, dk.data() + keep,
+                                           dv.data() + keep);
+        }
       }
 #pragma omp parallel for schedule(static)
       for (int64_t hq = 0; hq < h; ++hq) {

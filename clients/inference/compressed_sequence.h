@@ -63,7 +63,9 @@ class CompressedSequence {
   int64_t position_ = 0;  // tokens seen so far (context + fed)
   std::vector<kernels::CompressedLayer> layers_;
   // Dequantized float copy of each layer's cache, [layer][kv head] rows
-  // [AttendedTokens, D], kept in step with layers_ for the CPU attention.
+  // [AttendedTokens, D]: the compressed prefix and window, then the appended
+  // tokens in order (flushed groups dequantized, the residual as fp16); kept
+  // in step with layers_ for the CPU attention.
   std::vector<std::vector<std::vector<float>>> dense_k_, dense_v_;
 };
 
