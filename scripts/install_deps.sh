@@ -9,7 +9,7 @@ pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   librocksdb-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
   libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
-  prometheus yamllint python3-yaml python3-grpcio python3-protobuf python3-grpc-tools
+  prometheus yamllint python3-yaml python3-grpcio python3-protobuf python3-grpc-tools openssl
 )
 for arg in "$@"; do
   case "$arg" in

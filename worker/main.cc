@@ -1,5 +1,7 @@
 // moend-worker --registry ADDR [--id NAME] [--models DIR] [--data-dir DIR]
 //              [--threads N] [--metrics ADDR] [--exit-when-idle]
+//              [--tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE]]
+//              [--auth-token-file FILE]
 //
 // One calibration worker process (one per GPU, or a few on a CPU machine):
 // leases shards from the registry, calibrates them and reports back.
@@ -28,7 +30,13 @@ constexpr char kUsage[] =
     "  --data-dir     relative dataset paths of jobs resolve here (default: .)\n"
     "  --threads      CPU threads for forward and calibration (default: all cores)\n"
     "  --metrics      serve Prometheus /metrics at this address (default: off)\n"
-    "  --exit-when-idle  exit once no shard is free instead of waiting for work\n";
+    "  --exit-when-idle  exit once no shard is free instead of waiting for work\n"
+    "  --tls-ca       connect to the registry with TLS, verified by this PEM CA\n"
+    "                 (default: plaintext)\n"
+    "  --tls-client-cert, --tls-client-key  PEM client certificate and key for a\n"
+    "                 registry that requires them\n"
+    "  --auth-token-file  bearer token for the registry's mutating calls (lease,\n"
+    "                 heartbeat, report)\n";
 
 moend::worker::FleetWorker* g_worker = nullptr;
 
@@ -45,7 +53,9 @@ int Fail(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   auto args = moend::Args::Parse(argc - 1, argv + 1,
-                                 {"registry", "id", "models", "data-dir", "threads", "metrics"},
+                                 {"registry", "id", "models", "data-dir", "threads", "metrics",
+                                  "tls-ca", "tls-client-cert", "tls-client-key",
+                                  "auth-token-file"},
                                  {"exit-when-idle"});
   if (!args.ok()) {
     std::fprintf(stderr, "moend-worker: %s\n%s", std::string(args.status().message()).c_str(),
@@ -83,6 +93,10 @@ int main(int argc, char** argv) {
   moend::registry::RegistryClientOptions client_options;
   client_options.target = *target;
   client_options.connect_timeout = absl::ZeroDuration();  // the loop retries
+  client_options.security.tls_ca_file = args->Optional("tls-ca").value_or("");
+  client_options.security.tls_client_cert_file = args->Optional("tls-client-cert").value_or("");
+  client_options.security.tls_client_key_file = args->Optional("tls-client-key").value_or("");
+  client_options.security.auth_token_file = args->Optional("auth-token-file").value_or("");
   auto client = moend::registry::RegistryClient::Connect(client_options);
   if (!client.ok()) return Fail(client.status());
 

@@ -31,7 +31,8 @@ constexpr char kUsage[] =
     "       moendctl calibrate --registry HOST:PORT --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256]\n"
     "                          [--samples-per-shard 1] [--layers-per-shard L] [--timeout 3600]\n"
-    "                          [--reuse]\n"
+    "                          [--reuse] [--tls-ca FILE [--tls-client-cert FILE\n"
+    "                          --tls-client-key FILE]] [--auth-token-file FILE]\n"
     "Measures s[layer][tuple] over the first N sequences of FILE (concatenated\n"
     "sequences of --seq-len bytes; default: all of them) for the 112-tuple grid\n"
     "and writes the sensitivity table JSON to --out. Without --registry it runs\n"
@@ -39,7 +40,9 @@ constexpr char kUsage[] =
     "job that the registry's workers (moend-worker) shard among themselves, and\n"
     "waits for the merged table. FILE must be readable by the workers (an\n"
     "absolute path is sent). --reuse returns the model's stored table instead\n"
-    "when the registry already has one.\n";
+    "when the registry already has one. --tls-ca connects to the registry with\n"
+    "TLS (verified by that PEM CA), --tls-client-cert/--tls-client-key present a\n"
+    "client certificate, --auth-token-file sends the registry's bearer token.\n";
 
 #ifdef MOEND_WITH_REGISTRY
 // Submits the calibration to a registry and waits for the merged table,
@@ -55,6 +58,10 @@ int CalibrateOnFleet(const Args& args, const std::string& target, const std::str
   }
   registry::RegistryClientOptions options;
   options.target = target;
+  options.security.tls_ca_file = args.Optional("tls-ca").value_or("");
+  options.security.tls_client_cert_file = args.Optional("tls-client-cert").value_or("");
+  options.security.tls_client_key_file = args.Optional("tls-client-key").value_or("");
+  options.security.auth_token_file = args.Optional("auth-token-file").value_or("");
   auto client = registry::RegistryClient::Connect(options);
   if (!client.ok()) return Fail(client.status());
   const std::string name =
@@ -131,7 +138,8 @@ int CalibrateOnFleet(const Args& args, const std::string& target, const std::str
 int RunCalibrate(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           {"model", "data", "out", "seq-len", "samples", "probes", "threads",
-                           "registry", "samples-per-shard", "layers-per-shard", "timeout"},
+                           "registry", "samples-per-shard", "layers-per-shard", "timeout",
+                           "tls-ca", "tls-client-cert", "tls-client-key", "auth-token-file"},
                           {"reuse"});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {

@@ -4,6 +4,12 @@
 // The reference inference node: serves Generate (proto/moend/v1/node.proto)
 // on the model with a compressed KV cache, following the router's plan for
 // (model, budget, solver). Prints "moend-node listening on HOST:PORT".
+// Serves the gRPC health service and reflection too.
+//
+// Security: --tls-cert/--tls-key[/--tls-client-ca] secure the node's port;
+// --tls-ca[/--tls-client-cert/--tls-client-key] its connection to the router.
+// --auth-token-file is the deployment's bearer token: sent to the router, and
+// required on Generate (it changes no state but spends the node's compute).
 #include <signal.h>
 #include <unistd.h>
 
@@ -20,6 +26,8 @@
 #include "grpcpp/grpcpp.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "services/common/security.h"
+#include "services/common/server_setup.h"
 
 namespace {
 
@@ -34,7 +42,12 @@ constexpr char kUsage[] =
     "  --ratio     budget as a compression ratio (default 8)\n"
     "  --budget-bytes, --context  budget as bytes at a context length\n"
     "  --solver    greedy, exact, 1d, 2d_uniform or 2d (default greedy)\n"
-    "  --metrics   serve Prometheus /metrics there\n";
+    "  --metrics   serve Prometheus /metrics there\n"
+    "  --tls-cert FILE, --tls-key FILE  serve TLS only with this PEM certificate and key\n"
+    "  --tls-client-ca FILE  require client certificates signed by this PEM CA\n"
+    "  --tls-ca FILE         connect to the router with TLS, verified by this PEM CA\n"
+    "  --tls-client-cert FILE, --tls-client-key FILE  client certificate for the router\n"
+    "  --auth-token-file FILE  bearer token: required on Generate, sent to the router\n";
 
 int g_signal_pipe[2] = {-1, -1};
 void OnSignal(int sig) {
@@ -53,7 +66,8 @@ int main(int argc, char** argv) {
   auto args = moend::Args::Parse(
       argc - 1, argv + 1,
       {"model", "listen", "router", "ratio", "budget-bytes", "context", "solver", "metrics",
-       "threads"},
+       "threads", "tls-cert", "tls-key", "tls-client-ca", "tls-ca", "tls-client-cert",
+       "tls-client-key", "auth-token-file"},
       {});
   if (!args.ok()) {
     std::fprintf(stderr, "moend-node: %s\n%s", std::string(args.status().message()).c_str(),
@@ -74,6 +88,19 @@ int main(int argc, char** argv) {
                                 bytes.status(), context.status(), threads.status()}) {
     if (!s.ok()) return Fail(s);
   }
+  moend::rpc::ServerSecurity server_security;
+  server_security.tls_cert_file = args->Optional("tls-cert").value_or("");
+  server_security.tls_key_file = args->Optional("tls-key").value_or("");
+  server_security.tls_client_ca_file = args->Optional("tls-client-ca").value_or("");
+  server_security.auth_token_file = args->Optional("auth-token-file").value_or("");
+  auto security = moend::rpc::LoadServerSecurity(server_security);
+  if (!security.ok()) return Fail(security.status());
+  moend::rpc::ClientSecurity router_security;
+  router_security.tls_ca_file = args->Optional("tls-ca").value_or("");
+  router_security.tls_client_cert_file = args->Optional("tls-client-cert").value_or("");
+  router_security.tls_client_key_file = args->Optional("tls-client-key").value_or("");
+  router_security.auth_token_file = server_security.auth_token_file;
+
   auto model = moend::Model::Load(*model_dir, moend::ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
 
@@ -100,7 +127,8 @@ int main(int argc, char** argv) {
   std::unique_ptr<moend::plan_client::PlanClient> plans;
   std::unique_ptr<moend::plan_client::PlanWatch> watch;
   if (auto router = args->Optional("router")) {
-    auto client = moend::plan_client::PlanClient::Connect({.target = *router});
+    auto client = moend::plan_client::PlanClient::Connect(
+        {.target = *router, .security = router_security});
     if (!client.ok()) return Fail(client.status());
     plans = *std::move(client);
     const moend::Budget budget = *bytes > 0 ? moend::Budget::Bytes(*bytes, *context)
@@ -110,22 +138,28 @@ int main(int argc, char** argv) {
     watch = *std::move(w);
   }
   moend::node::InferenceNode node(*std::move(model), std::move(watch), metrics.get());
-  moend::node::NodeService service(&node);
+  moend::node::NodeService service(&node, security->authorizer);
+  moend::rpc::EnableHealthAndReflection();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(*listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(*listen, security->credentials, &port);
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
-    return Fail(absl::UnavailableError(absl::StrCat("cannot listen on ", *listen)));
+    return Fail(absl::UnavailableError(
+        absl::StrCat("cannot listen on ", *listen,
+                     security->tls ? " (or the TLS certificate and key do not match)" : "")));
   }
+  constexpr char kServiceName[] = "moend.v1.InferenceNode";
+  moend::rpc::SetServing(server.get(), {kServiceName}, true);
   std::cout << "moend-node listening on " << listen->substr(0, listen->rfind(':')) << ":" << port
             << std::endl;
   unsigned char sig = 0;
   while (::read(g_signal_pipe[0], &sig, 1) != 1) {
   }
   std::cout << "moend-node: signal " << static_cast<int>(sig) << ", shutting down" << std::endl;
+  moend::rpc::SetServing(server.get(), {kServiceName}, false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;
 }

@@ -4,17 +4,22 @@
 
 #include "clients/node/inference_node.h"
 #include "moend/v1/node.grpc.pb.h"
+#include "services/common/security.h"
 
 namespace moend::node {
 
+// Generate needs the bearer token when `auth` has one: it changes no state,
+// but it spends the node's compute (and memory) for whoever calls.
 class NodeService final : public v1::InferenceNode::Service {
  public:
-  explicit NodeService(InferenceNode* node) : node_(node) {}
+  explicit NodeService(InferenceNode* node, rpc::TokenAuthorizer auth = rpc::TokenAuthorizer())
+      : node_(node), auth_(std::move(auth)) {}
   grpc::Status Generate(grpc::ServerContext* context, const v1::GenerateRequest* request,
                         v1::GenerateResponse* response) override;
 
  private:
   InferenceNode* node_;
+  const rpc::TokenAuthorizer auth_;
 };
 
 }  // namespace moend::node

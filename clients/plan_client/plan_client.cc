@@ -14,7 +14,7 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/channel_arguments.h"
 #include "moend/v1/router.grpc.pb.h"
-#include "services/router/grpc_status.h"
+#include "services/common/grpc_status.h"
 #include "services/router/plan_convert.h"
 
 namespace moend::plan_client {
@@ -107,7 +107,7 @@ class PlanWatchImpl final : public PlanWatch {
       }
       Swap(std::make_shared<const router::VersionedPlan>(*std::move(plan)));
     }
-    absl::Status finish = router::FromGrpcStatus(reader->Finish());
+    absl::Status finish = rpc::FromGrpcStatus(reader->Finish());
     if (error.ok()) {
       error = finish.ok() ? absl::UnavailableError("the router ended the plan stream") : finish;
     }
@@ -181,8 +181,7 @@ absl::StatusOr<std::unique_ptr<PlanClient>> PlanClient::Connect(
   args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
               static_cast<int>(absl::ToInt64Milliseconds(options.keepalive)));
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  impl->channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  MOEND_ASSIGN_OR_RETURN(impl->channel, rpc::CreateChannel(options.target, options.security, args));
   impl->stub = v1::Router::NewStub(impl->channel);
   return std::unique_ptr<PlanClient>(new PlanClient(std::move(impl)));
 }

@@ -27,6 +27,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/plan.h"
+#include "services/common/security.h"
 #include "services/router/versioned_plan.h"
 
 namespace moend::plan_client {
@@ -50,6 +51,8 @@ struct PlanClientOptions {
   // HTTP/2 keepalive ping interval, so a silently vanished router is noticed.
   // Default 30 s.
   absl::Duration keepalive = absl::Seconds(30);
+  // TLS and the bearer token for the router. Default: plaintext, no token.
+  rpc::ClientSecurity security{};
 };
 
 // One followed (model, budget, solver). Thread-safe. Destroying it closes the
@@ -77,7 +80,8 @@ class PlanWatch {
 
 class PlanClient {
  public:
-  // InvalidArgument for an empty target or bad backoff. Does not wait for the
+  // InvalidArgument for an empty target or bad backoff; the error of
+  // rpc::CreateChannel for bad security options. Does not wait for the
   // router: a node may start first and pick up its plan when the router comes.
   static absl::StatusOr<std::unique_ptr<PlanClient>> Connect(const PlanClientOptions& options);
   ~PlanClient();

@@ -1,4 +1,6 @@
 // moend-registry --db DIR --listen ADDR [--metrics ADDR] [--lease-seconds N]
+//                [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
+//                [--auth-token-file FILE [--auth-reads]]
 //
 // Serves the registry over gRPC on ADDR (port 0 picks a free port) and prints
 // "moend-registry listening on HOST:PORT" once it accepts calls. With
@@ -18,6 +20,7 @@
 #include "absl/time/time.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "services/common/security.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_service.h"
 #include "storage/store.h"
@@ -30,13 +33,22 @@ constexpr char kUsage[] =
     "  --db DIR            RocksDB folder (created if missing)\n"
     "  --listen HOST:PORT  gRPC address; port 0 picks a free port (default 127.0.0.1:7001)\n"
     "  --metrics HOST:PORT serve Prometheus /metrics there (default: off)\n"
-    "  --lease-seconds N   shard lease duration without heartbeat (default 60)\n";
+    "  --lease-seconds N   shard lease duration without heartbeat (default 60)\n"
+    "  --tls-cert FILE     PEM server certificate chain: serve TLS only (default: plaintext)\n"
+    "  --tls-key FILE      PEM private key of --tls-cert\n"
+    "  --tls-client-ca FILE  require client certificates signed by this PEM CA (mutual TLS)\n"
+    "  --auth-token-file FILE  mutating calls (RegisterModel, SubmitJob, LeaseShard,\n"
+    "                      Heartbeat, ReportShard, PublishTable) need\n"
+    "                      'authorization: Bearer <token in FILE>' (default: no token)\n"
+    "  --auth-reads        require the token on read calls too (health and reflection\n"
+    "                      stay open)\n";
 
 struct Flags {
   std::string db;
   std::string listen = "127.0.0.1:7001";
   std::string metrics;
   int64_t lease_seconds = 60;
+  moend::rpc::ServerSecurity security;
 };
 
 bool ParseFlags(int argc, char** argv, Flags* flags) {
@@ -49,6 +61,9 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     } else if (arg == "--help" || arg == "-h") {
       std::cout << kUsage;
       std::exit(0);
+    } else if (arg == "--auth-reads") {
+      flags->security.token_for_reads = true;
+      continue;
     } else if (i + 1 < argc) {
       value = argv[++i];
     } else {
@@ -61,6 +76,14 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
       flags->listen = value;
     } else if (arg == "--metrics") {
       flags->metrics = value;
+    } else if (arg == "--tls-cert") {
+      flags->security.tls_cert_file = value;
+    } else if (arg == "--tls-key") {
+      flags->security.tls_key_file = value;
+    } else if (arg == "--tls-client-ca") {
+      flags->security.tls_client_ca_file = value;
+    } else if (arg == "--auth-token-file") {
+      flags->security.auth_token_file = value;
     } else if (arg == "--lease-seconds") {
       if (!absl::SimpleAtoi(value, &flags->lease_seconds) || flags->lease_seconds <= 0) {
         std::cerr << "moend-registry: --lease-seconds must be a positive integer, got '" << value
@@ -136,11 +159,21 @@ int main(int argc, char** argv) {
     std::cerr << "moend-registry: " << registry.status() << "\n";
     return 1;
   }
-  auto server = moend::registry::RegistryServer::Start(registry->get(), {.listen_address = flags.listen});
+  auto server = moend::registry::RegistryServer::Start(
+      registry->get(), {.listen_address = flags.listen, .security = flags.security});
   if (!server.ok()) {
     std::cerr << "moend-registry: " << server.status() << "\n";
     return 1;
   }
+  if (!flags.security.auth_token_file.empty() && !flags.security.tls()) {
+    std::cerr << "moend-registry: warning: the auth token travels in clear without TLS "
+                 "(--tls-cert/--tls-key)\n";
+  }
+  std::cout << "moend-registry: " << (flags.security.tls() ? "TLS" : "plaintext")
+            << (flags.security.tls_client_ca_file.empty() ? "" : ", client certificates required")
+            << (flags.security.auth_token_file.empty() ? ", no auth token"
+                                                       : ", auth token required")
+            << std::endl;
   std::cout << "moend-registry listening on " << (*server)->address() << std::endl;
   if (exposer) std::cout << "moend-registry metrics on http://" << metrics_address << "/metrics" << std::endl;
 

@@ -10,10 +10,13 @@
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "moend/v1/registry.grpc.pb.h"
+#include "services/common/grpc_status.h"
 #include "services/registry/proto_convert.h"
-#include "services/registry/registry_service.h"
 
 namespace moend::registry {
+namespace {
+absl::Status FromGrpc(const grpc::Status& s) { return rpc::FromGrpcStatus(s); }
+}  // namespace
 
 struct RegistryClient::Impl {
   RegistryClientOptions options;
@@ -39,8 +42,7 @@ absl::StatusOr<std::unique_ptr<RegistryClient>> RegistryClient::Connect(
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
   args.SetMaxSendMessageSize(64 << 20);
-  impl->channel =
-      grpc::CreateCustomChannel(options.target, grpc::InsecureChannelCredentials(), args);
+  MOEND_ASSIGN_OR_RETURN(impl->channel, rpc::CreateChannel(options.target, options.security, args));
   if (options.connect_timeout > absl::ZeroDuration() &&
       !impl->channel->WaitForConnected(absl::ToChronoTime(absl::Now() + options.connect_timeout))) {
     return absl::UnavailableError(absl::StrCat("cannot reach the registry at '", options.target,

@@ -28,6 +28,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/sensitivity_table.h"
+#include "services/common/security.h"
 #include "services/registry/registry_types.h"
 
 namespace moend::registry {
@@ -42,11 +43,15 @@ struct RegistryClientOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // How often WaitForJob polls. Default 200 ms.
   absl::Duration poll_interval = absl::Milliseconds(200);
+  // TLS and the bearer token for the registry. Default: plaintext, no token.
+  rpc::ClientSecurity security;
 };
 
 class RegistryClient {
  public:
-  // Unavailable when connect_timeout > 0 and the registry cannot be reached.
+  // Unavailable when connect_timeout > 0 and the registry cannot be reached
+  // (or refuses the TLS handshake); the error of rpc::CreateChannel for
+  // bad security options.
   static absl::StatusOr<std::unique_ptr<RegistryClient>> Connect(
       const RegistryClientOptions& options);
   ~RegistryClient();

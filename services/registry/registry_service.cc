@@ -6,105 +6,119 @@
 #include "absl/strings/str_cat.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "core/status_macros.h"
+#include "services/common/grpc_status.h"
+#include "services/common/server_setup.h"
 #include "services/registry/proto_convert.h"
 
 namespace moend::registry {
 
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
+namespace {
+using rpc::ToGrpcStatus;
+constexpr char kServiceName[] = "moend.v1.Registry";
+}  // namespace
 
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
+RegistryService::RegistryService(Registry* registry, absl::Duration watch_poll,
+                                 rpc::TokenAuthorizer auth)
+    : registry_(registry), watch_poll_(watch_poll), auth_(std::move(auth)) {}
 
-RegistryService::RegistryService(Registry* registry, absl::Duration watch_poll)
-    : registry_(registry), watch_poll_(watch_poll) {}
-
-grpc::Status RegistryService::RegisterModel(grpc::ServerContext*,
+grpc::Status RegistryService::RegisterModel(grpc::ServerContext* context,
                                             const v1::RegisterModelRequest* req, v1::Model* resp) {
+  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
   auto m = registry_->RegisterModel(req->name(), req->config_json());
-  if (!m.ok()) return ToGrpc(m.status());
+  if (!m.ok()) return ToGrpcStatus(m.status());
   *resp = ToProto(*m);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::GetModel(grpc::ServerContext*, const v1::GetModelRequest* req,
+grpc::Status RegistryService::GetModel(grpc::ServerContext* context, const v1::GetModelRequest* req,
                                        v1::Model* resp) {
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) return auth;
   auto m = registry_->GetModel(req->name());
-  if (!m.ok()) return ToGrpc(m.status());
+  if (!m.ok()) return ToGrpcStatus(m.status());
   *resp = ToProto(*m);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::ListModels(grpc::ServerContext*, const v1::ListModelsRequest*,
+grpc::Status RegistryService::ListModels(grpc::ServerContext* context, const v1::ListModelsRequest*,
                                          v1::ListModelsResponse* resp) {
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) return auth;
   for (const ModelInfo& m : registry_->ListModels()) *resp->add_models() = ToProto(m);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::SubmitJob(grpc::ServerContext*, const v1::SubmitJobRequest* req,
+grpc::Status RegistryService::SubmitJob(grpc::ServerContext* context,
+                                        const v1::SubmitJobRequest* req,
                                         v1::CalibrationJob* resp) {
+  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
   auto job = registry_->SubmitJob(FromProto(req->spec()));
-  if (!job.ok()) return ToGrpc(job.status());
+  if (!job.ok()) return ToGrpcStatus(job.status());
   *resp = ToProto(*job, /*include_shards=*/false);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::GetJob(grpc::ServerContext*, const v1::GetJobRequest* req,
+grpc::Status RegistryService::GetJob(grpc::ServerContext* context, const v1::GetJobRequest* req,
                                      v1::CalibrationJob* resp) {
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) return auth;
   auto job = registry_->GetJob(req->job_id());
-  if (!job.ok()) return ToGrpc(job.status());
+  if (!job.ok()) return ToGrpcStatus(job.status());
   *resp = ToProto(*job, req->include_shards());
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::ListJobs(grpc::ServerContext*, const v1::ListJobsRequest* req,
+grpc::Status RegistryService::ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* req,
                                        v1::ListJobsResponse* resp) {
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) return auth;
   for (const Job& j : registry_->ListJobs(req->model())) *resp->add_jobs() = ToProto(j, false);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::LeaseShard(grpc::ServerContext*, const v1::LeaseShardRequest* req,
+grpc::Status RegistryService::LeaseShard(grpc::ServerContext* context,
+                                         const v1::LeaseShardRequest* req,
                                          v1::LeaseShardResponse* resp) {
+  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
   auto lease = registry_->LeaseShard(req->worker_id(), req->job_id(), req->model());
-  if (!lease.ok()) return ToGrpc(lease.status());
+  if (!lease.ok()) return ToGrpcStatus(lease.status());
   resp->set_granted(lease->has_value());
   if (lease->has_value()) *resp->mutable_lease() = ToProto(**lease);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* req,
+grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context,
+                                        const v1::HeartbeatRequest* req,
                                         v1::HeartbeatResponse* resp) {
+  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
   auto expiry = registry_->Heartbeat(req->lease_id(), req->worker_id());
-  if (!expiry.ok()) return ToGrpc(expiry.status());
+  if (!expiry.ok()) return ToGrpcStatus(expiry.status());
   resp->set_expiry_unix_micros(absl::ToUnixMicros(*expiry));
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::ReportShard(grpc::ServerContext*, const v1::ReportShardRequest* req,
+grpc::Status RegistryService::ReportShard(grpc::ServerContext* context,
+                                          const v1::ReportShardRequest* req,
                                           v1::ReportShardResponse* resp) {
+  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
   auto result = registry_->ReportShard(FromProto(*req));
-  if (!result.ok()) return ToGrpc(result.status());
+  if (!result.ok()) return ToGrpcStatus(result.status());
   *resp = ToProto(*result);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::PublishTable(grpc::ServerContext*,
+grpc::Status RegistryService::PublishTable(grpc::ServerContext* context,
                                            const v1::PublishTableRequest* req,
                                            v1::PublishTableResponse* resp) {
+  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
   auto version = registry_->PublishTable(FromProto(req->table()));
-  if (!version.ok()) return ToGrpc(version.status());
+  if (!version.ok()) return ToGrpcStatus(version.status());
   resp->set_version(*version);
   return grpc::Status::OK;
 }
 
-grpc::Status RegistryService::GetTable(grpc::ServerContext*, const v1::GetTableRequest* req,
+grpc::Status RegistryService::GetTable(grpc::ServerContext* context, const v1::GetTableRequest* req,
                                        v1::GetTableResponse* resp) {
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) return auth;
   auto table = registry_->GetTable(req->model(), req->version());
-  if (!table.ok()) return ToGrpc(table.status());
+  if (!table.ok()) return ToGrpcStatus(table.status());
   *resp = ToProto(*table);
   return grpc::Status::OK;
 }
@@ -112,20 +126,21 @@ grpc::Status RegistryService::GetTable(grpc::ServerContext*, const v1::GetTableR
 grpc::Status RegistryService::WatchModelVersions(
     grpc::ServerContext* context, const v1::WatchModelVersionsRequest* req,
     grpc::ServerWriter<v1::ModelVersionEvent>* writer) {
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) return auth;
   if (!req->model().empty()) {
-    if (auto m = registry_->GetModel(req->model()); !m.ok()) return ToGrpc(m.status());
+    if (auto m = registry_->GetModel(req->model()); !m.ok()) return ToGrpcStatus(m.status());
   }
   std::map<std::string, uint64_t> seen;
   while (!context->IsCancelled()) {
     if (stopping_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "registry is shutting down");
     auto events = registry_->WaitForEvents(req->model(), req->after_version(), seen,
                                            absl::Now() + watch_poll_);
-    if (!events.ok()) return ToGrpc(events.status());
+    if (!events.ok()) return ToGrpcStatus(events.status());
     for (const VersionEvent& e : *events) {
       v1::ModelVersionEvent msg = ToProto(e);
       if (req->include_tables()) {
         auto table = registry_->GetTable(e.model, e.version);
-        if (!table.ok()) return ToGrpc(table.status());
+        if (!table.ok()) return ToGrpcStatus(table.status());
         *msg.mutable_table() = ToProto(table->table);
       }
       if (!writer->Write(msg)) return grpc::Status::OK;  // the client went away
@@ -138,11 +153,15 @@ grpc::Status RegistryService::WatchModelVersions(
 absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
     Registry* registry, const RegistryServerOptions& options) {
   if (registry == nullptr) return absl::InvalidArgumentError("RegistryServer needs a registry");
+  MOEND_ASSIGN_OR_RETURN(rpc::ServerSecuritySetup security,
+                         rpc::LoadServerSecurity(options.security));
   std::unique_ptr<RegistryServer> server(new RegistryServer());
-  server->service_ = std::make_unique<RegistryService>(registry, options.watch_poll);
+  server->service_ =
+      std::make_unique<RegistryService>(registry, options.watch_poll, security.authorizer);
+  rpc::EnableHealthAndReflection();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen_address, security.credentials, &port);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   builder.RegisterService(server->service_.get());
@@ -150,8 +169,10 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   if (server->server_ == nullptr || port == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot listen on '", options.listen_address,
-                     "' (address in use, or not host:port?)"));
+                     "' (address in use, or not host:port?",
+                     security.tls ? " or the TLS certificate and key do not match?" : "", ")"));
   }
+  rpc::SetServing(server->server_.get(), {kServiceName}, true);
   server->port_ = port;
   std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
   server->address_ = absl::StrCat(host, ":", port);
@@ -161,6 +182,7 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
 void RegistryServer::Shutdown(absl::Duration grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  rpc::SetServing(server_.get(), {kServiceName}, false);
   service_->Stop();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   server_->Wait();

@@ -11,19 +11,19 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "moend/v1/registry.grpc.pb.h"
+#include "services/common/security.h"
 #include "services/registry/registry.h"
 
 namespace moend::registry {
 
-// absl::Status -> grpc::Status (the codes are the same).
-grpc::Status ToGrpc(const absl::Status& s);
-// grpc::Status -> absl::Status.
-absl::Status FromGrpc(const grpc::Status& s);
-
+// Mutating calls (RegisterModel, SubmitJob, LeaseShard, Heartbeat,
+// ReportShard, PublishTable) ask `auth` first and change nothing when it
+// refuses; the rest are reads.
 class RegistryService final : public v1::Registry::Service {
  public:
   // `registry` is not owned and must outlive the service.
-  RegistryService(Registry* registry, absl::Duration watch_poll);
+  RegistryService(Registry* registry, absl::Duration watch_poll,
+                  rpc::TokenAuthorizer auth = rpc::TokenAuthorizer());
   // Ends every WatchModelVersions stream within one watch_poll.
   void Stop() { stopping_ = true; }
 
@@ -54,6 +54,7 @@ class RegistryService final : public v1::Registry::Service {
  private:
   Registry* const registry_;
   const absl::Duration watch_poll_;
+  const rpc::TokenAuthorizer auth_;
   std::atomic<bool> stopping_{false};
 };
 
@@ -65,12 +66,15 @@ struct RegistryServerOptions {
   absl::Duration watch_poll = absl::Milliseconds(200);
   // Largest message accepted, bytes. Default 64 MiB (tables of big models).
   int max_message_bytes = 64 << 20;
+  // TLS and the bearer token. Default: plaintext, no token.
+  rpc::ServerSecurity security;
 };
 
 class RegistryServer {
  public:
-  // Serves `registry` (not owned; must outlive the server). FailedPrecondition
-  // when the address cannot be bound.
+  // Serves `registry` (not owned; must outlive the server), with the health
+  // service and reflection. FailedPrecondition when the address cannot be
+  // bound; the error of LoadServerSecurity for bad security options.
   static absl::StatusOr<std::unique_ptr<RegistryServer>> Start(Registry* registry,
                                                                const RegistryServerOptions& options);
   ~RegistryServer();

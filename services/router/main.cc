@@ -6,6 +6,12 @@
 // free port). With --metrics, serves Prometheus metrics at
 // http://ADDR/metrics. SIGTERM or SIGINT ends watch streams with UNAVAILABLE
 // (clients reconnect elsewhere) and shuts down gracefully.
+//
+// Security: --tls-cert/--tls-key[/--tls-client-ca] secure the router's own
+// port; --tls-ca[/--tls-client-cert/--tls-client-key] its connection to the
+// registry. --auth-token-file is the deployment's one bearer token: sent to
+// the registry on every call, and required from clients of the router only
+// with --auth-reads (the router has no mutating calls).
 #include <signal.h>
 #include <unistd.h>
 
@@ -20,6 +26,7 @@
 #include "absl/time/time.h"
 #include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "services/common/security.h"
 #include "services/registry/registry_client.h"
 #include "services/router/router.h"
 #include "services/router/router_service.h"
@@ -34,7 +41,16 @@ constexpr char kUsage[] =
     "  --listen HOST:PORT        gRPC address; port 0 picks a free port (default 127.0.0.1:7002)\n"
     "  --metrics HOST:PORT       serve Prometheus /metrics there (default: off)\n"
     "  --plan-cache-entries N    plans kept in the LRU cache (default 4096)\n"
-    "  --watch-poll-ms N         long-poll timeout on the registry's change feed (default 2000)\n";
+    "  --watch-poll-ms N         long-poll timeout on the registry's change feed (default 2000)\n"
+    "  --tls-cert FILE           PEM server certificate chain: serve TLS only (default plaintext)\n"
+    "  --tls-key FILE            PEM private key of --tls-cert\n"
+    "  --tls-client-ca FILE      require client certificates signed by this PEM CA\n"
+    "  --tls-ca FILE             connect to the registry with TLS, verified by this PEM CA\n"
+    "  --tls-client-cert FILE    PEM client certificate for the registry (with --tls-client-key)\n"
+    "  --tls-client-key FILE     PEM private key of --tls-client-cert\n"
+    "  --auth-token-file FILE    bearer token sent to the registry (and required from\n"
+    "                            clients with --auth-reads)\n"
+    "  --auth-reads              require the token on SolvePlan and WatchPlans too\n";
 
 struct Flags {
   std::string registry;
@@ -42,6 +58,8 @@ struct Flags {
   std::string metrics;
   int64_t plan_cache_entries = 4096;
   int64_t watch_poll_ms = 2000;
+  moend::rpc::ServerSecurity server_security;
+  moend::rpc::ClientSecurity registry_security;
 };
 
 bool ParsePositive(const std::string& flag, const std::string& value, int64_t* out) {
@@ -63,6 +81,9 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     } else if (arg == "--help" || arg == "-h") {
       std::cout << kUsage;
       std::exit(0);
+    } else if (arg == "--auth-reads") {
+      flags->server_security.token_for_reads = true;
+      continue;
     } else if (i + 1 < argc) {
       value = argv[++i];
     } else {
@@ -75,6 +96,21 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
       flags->listen = value;
     } else if (arg == "--metrics") {
       flags->metrics = value;
+    } else if (arg == "--tls-cert") {
+      flags->server_security.tls_cert_file = value;
+    } else if (arg == "--tls-key") {
+      flags->server_security.tls_key_file = value;
+    } else if (arg == "--tls-client-ca") {
+      flags->server_security.tls_client_ca_file = value;
+    } else if (arg == "--tls-ca") {
+      flags->registry_security.tls_ca_file = value;
+    } else if (arg == "--tls-client-cert") {
+      flags->registry_security.tls_client_cert_file = value;
+    } else if (arg == "--tls-client-key") {
+      flags->registry_security.tls_client_key_file = value;
+    } else if (arg == "--auth-token-file") {
+      flags->server_security.auth_token_file = value;
+      flags->registry_security.auth_token_file = value;
     } else if (arg == "--plan-cache-entries") {
       if (!ParsePositive(arg, value, &flags->plan_cache_entries)) return false;
     } else if (arg == "--watch-poll-ms") {
@@ -141,7 +177,7 @@ int main(int argc, char** argv) {
   // first request for a model (and the watchers, with backoff) connect.
   auto client = moend::registry::RegistryClient::Connect(
       {.target = flags.registry, .rpc_timeout = absl::Seconds(10),
-       .connect_timeout = absl::ZeroDuration()});
+       .connect_timeout = absl::ZeroDuration(), .security = flags.registry_security});
   if (!client.ok()) {
     std::cerr << "moend-router: " << client.status() << "\n";
     return 1;
@@ -156,7 +192,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto server =
-      moend::router::RouterServer::Start(router->get(), {.listen_address = flags.listen});
+      moend::router::RouterServer::Start(router->get(), {.listen_address = flags.listen,
+                                                         .security = flags.server_security});
   if (!server.ok()) {
     std::cerr << "moend-router: " << server.status() << "\n";
     return 1;

@@ -5,10 +5,18 @@
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/server_builder.h"
-#include "services/router/grpc_status.h"
+#include "core/status_macros.h"
+#include "services/common/grpc_status.h"
+#include "services/common/server_setup.h"
 #include "services/router/plan_convert.h"
 
 namespace moend::router {
+
+using rpc::ToGrpcStatus;
+
+namespace {
+constexpr char kServiceName[] = "moend.v1.Router";
+}  // namespace
 
 // One WatchPlans stream. At most one write is in flight; a plan that arrives
 // meanwhile waits in `pending_`, replacing any older one there. Deletes
@@ -111,6 +119,10 @@ grpc::ServerUnaryReactor* RouterService::SolvePlan(grpc::CallbackServerContext* 
                                                    const v1::SolvePlanRequest* request,
                                                    v1::Plan* response) {
   grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) {
+    reactor->Finish(auth);
+    return reactor;
+  }
   absl::StatusOr<Budget> budget = BudgetFromProto(request->budget());
   if (!budget.ok()) {
     reactor->Finish(ToGrpcStatus(budget.status()));
@@ -139,6 +151,10 @@ grpc::ServerWriteReactor<v1::Plan>* RouterService::WatchPlans(
       return reactor;
     }
   }
+  if (grpc::Status auth = auth_.Read(*context); !auth.ok()) {
+    reactor->FinishOnce(auth);
+    return reactor;
+  }
   reactor->Start(*request);
   return reactor;
 }
@@ -161,11 +177,14 @@ void RouterService::Stop() {
 
 absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(
     Router* router, const RouterServerOptions& options) {
+  MOEND_ASSIGN_OR_RETURN(rpc::ServerSecuritySetup security,
+                         rpc::LoadServerSecurity(options.security));
   std::unique_ptr<RouterServer> server(new RouterServer);
-  server->service_ = std::make_unique<RouterService>(router);
+  server->service_ = std::make_unique<RouterService>(router, security.authorizer);
+  rpc::EnableHealthAndReflection();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(options.listen_address, security.credentials, &port);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // gRPC sets SO_REUSEPORT by default, which would let a second router bind
@@ -176,8 +195,10 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(
   if (server->server_ == nullptr || port == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot listen on '", options.listen_address,
-                     "'; give host:port with a free port, or port 0 for any"));
+                     "'; give host:port with a free port, or port 0 for any",
+                     security.tls ? " (or the TLS certificate and key do not match)" : ""));
   }
+  rpc::SetServing(server->server_.get(), {kServiceName}, true);
   server->port_ = port;
   const size_t colon = options.listen_address.rfind(':');
   server->address_ = absl::StrCat(options.listen_address.substr(0, colon), ":", port);
@@ -189,6 +210,7 @@ RouterServer::~RouterServer() { Shutdown(); }
 void RouterServer::Shutdown(absl::Duration grace) {
   if (shut_down_ || server_ == nullptr) return;
   shut_down_ = true;
+  rpc::SetServing(server_.get(), {kServiceName}, false);
   service_->Stop();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   server_->Wait();

@@ -12,14 +12,18 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "moend/v1/router.grpc.pb.h"
+#include "services/common/security.h"
 #include "services/router/router.h"
 
 namespace moend::router {
 
+// Both calls are reads: `auth` refuses them only when it requires the token
+// for reads.
 class RouterService final : public v1::Router::CallbackService {
  public:
   // `router` is not owned and must outlive the service.
-  explicit RouterService(Router* router) : router_(router) {}
+  explicit RouterService(Router* router, rpc::TokenAuthorizer auth = rpc::TokenAuthorizer())
+      : router_(router), auth_(std::move(auth)) {}
 
   grpc::ServerUnaryReactor* SolvePlan(grpc::CallbackServerContext* context,
                                       const v1::SolvePlanRequest* request,
@@ -39,6 +43,7 @@ class RouterService final : public v1::Router::CallbackService {
   void Remove(WatchReactor* reactor);
 
   Router* const router_;
+  const rpc::TokenAuthorizer auth_;
   absl::Mutex mu_;
   bool stopping_ = false;
   absl::flat_hash_set<WatchReactor*> watches_;
@@ -50,12 +55,15 @@ struct RouterServerOptions {
   std::string listen_address = "127.0.0.1:0";
   // Largest message accepted, bytes. Default 4 MiB (gRPC's default).
   int max_message_bytes = 4 << 20;
+  // TLS and the bearer token. Default: plaintext, no token.
+  rpc::ServerSecurity security;
 };
 
 class RouterServer {
  public:
-  // Serves `router` (not owned; must outlive the server). FailedPrecondition
-  // when the address cannot be bound.
+  // Serves `router` (not owned; must outlive the server), with the health
+  // service and reflection. FailedPrecondition when the address cannot be
+  // bound; the error of LoadServerSecurity for bad security options.
   static absl::StatusOr<std::unique_ptr<RouterServer>> Start(Router* router,
                                                              const RouterServerOptions& options);
   ~RouterServer();  // Shutdown()

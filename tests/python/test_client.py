@@ -155,15 +155,7 @@ class RouterAndRegistryTest(unittest.TestCase):
                            ("moend-router", self.stack.router_addr)):
             with grpc.insecure_channel(addr) as ch:
                 check = ch.unary_unary("/grpc.health.v1.Health/Check")
-                try:
-                    resp = check(b"", timeout=5)
-                except grpc.RpcError as e:
-                    if e.code() == grpc.StatusCode.UNIMPLEMENTED:
-                        self.skipTest(f"{name} does not serve grpc.health.v1.Health yet "
-                                      f"(grpc::EnableDefaultHealthCheckService(true) before "
-                                      f"building the server); the Kubernetes grpc probes in "
-                                      f"deploy/k8s fail until it does")
-                    raise
+                resp = check(b"", timeout=5)
                 self.assertEqual(resp, b"\x08\x01", f"{name} is not SERVING")
 
 

@@ -1,15 +1,14 @@
-// absl::Status <-> grpc::Status. Abseil's codes are gRPC's codes, so both
-// directions keep the code and the message.
-#ifndef MOEND_SERVICES_ROUTER_GRPC_STATUS_H_
-#define MOEND_SERVICES_ROUTER_GRPC_STATUS_H_
+// absl::Status <-> grpc::Status for every gRPC edge (servers and clients).
+// Abseil's codes are gRPC's codes, so both directions keep code and message.
+#ifndef MOEND_SERVICES_COMMON_GRPC_STATUS_H_
+#define MOEND_SERVICES_COMMON_GRPC_STATUS_H_
 
 #include <string>
 
 #include "absl/status/status.h"
-#include "absl/strings/string_view.h"
 #include "grpcpp/support/status.h"
 
-namespace moend::router {
+namespace moend::rpc {
 
 inline grpc::Status ToGrpcStatus(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
@@ -21,6 +20,6 @@ inline absl::Status FromGrpcStatus(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-}  // namespace moend::router
+}  // namespace moend::rpc
 
-#endif  // MOEND_SERVICES_ROUTER_GRPC_STATUS_H_
+#endif  // MOEND_SERVICES_COMMON_GRPC_STATUS_H_
