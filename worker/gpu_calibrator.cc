@@ -93,6 +93,7 @@ struct GpuCalibrator::Impl {
   std::vector<cudaEvent_t> keep_ready;
   cublasHandle_t blas = nullptr;
   cudaEvent_t start = nullptr, stop = nullptr;
+  cudaEvent_t phase[4] = {nullptr, nullptr, nullptr, nullptr};  // profile mode
   int sms = 132;
   GpuCalibratorStats stats;
 
@@ -114,6 +115,9 @@ struct GpuCalibrator::Impl {
     if (start != nullptr) cudaEventDestroy(start);
     if (stop != nullptr) cudaEventDestroy(stop);
     if (inputs_ready != nullptr) cudaEventDestroy(inputs_ready);
+    for (cudaEvent_t e : phase) {
+      if (e != nullptr) cudaEventDestroy(e);
+    }
     for (cudaEvent_t e : keep_ready) cudaEventDestroy(e);
     if (stream != nullptr) cudaStreamDestroy(stream);
     if (prep != nullptr) cudaStreamDestroy(prep);
@@ -275,7 +279,7 @@ struct GpuCalibrator::Impl {
     const int D = static_cast<int>(d), H = static_cast<int>(hkv);
     const int nv = static_cast<int>(kp.vbits.size());
     // Key splits: about 4 blocks per multiprocessor.
-    const int64_t row_tiles = CeilDiv(rows_per_kv, gpucal::ProbeRowTile(options.m_tiles)) * hkv;
+    const int64_t row_tiles = CeilDiv(rows_per_kv, gpucal::ProbeRowTile()) * hkv;
     const int64_t want = std::max<int64_t>(1, CeilDiv(4 * sms, row_tiles));
     const int64_t per_split = RoundUp(CeilDiv(rows, want), 64);
     const int64_t splits = CeilDiv(rows, per_split);
@@ -286,7 +290,6 @@ struct GpuCalibrator::Impl {
       gpucal::ProbeScoreParams sp;
       sp.q = q_probe16.as<uint16_t>();
       sp.k = k_dense.as<uint16_t>() + kp.k_offset + static_cast<int64_t>(i) * hkv * rpad * d;
-      sp.m_tiles = options.m_tiles;
       sp.num_kv_heads = H;
       sp.head_dim = D;
       sp.rows_per_kv = static_cast<int>(rows_per_kv);
@@ -299,6 +302,7 @@ struct GpuCalibrator::Impl {
       sp.part_sum = part_sum.as<float>();
       sp.p = p.as<uint16_t>();
       float* offset = offset_ref.as<float>();
+      MOEND_RETURN_IF_ERROR(Mark(0, stream));
       if (is_ref || exact[i]) {
         if (!is_ref) offset = offset_tmp.as<float>();
         sp.write_p = false;
@@ -309,6 +313,7 @@ struct GpuCalibrator::Impl {
       sp.write_p = true;
       sp.offset = offset;
       MOEND_GCAL_CUDA(gpucal::LaunchProbeScores(sp, stream));
+      MOEND_RETURN_IF_ERROR(Mark(1, stream));
       // o[r, :] = p[r, :] v_all for all V bits at once, per KV head.
       const int64_t cols = nv * d;
       MOEND_GCAL_CUBLAS(cublasGemmStridedBatchedEx(
@@ -316,6 +321,7 @@ struct GpuCalibrator::Impl {
           static_cast<int>(rpad), &one, v_all.as<uint16_t>() + kp.v_offset, CUDA_R_16F, static_cast<int>(cols), rpad * cols,
           p.as<uint16_t>(), CUDA_R_16F, static_cast<int>(rpad), rows_per_kv * rpad, &zero, o.as<float>(),
           CUDA_R_32F, static_cast<int>(cols), rows_per_kv * cols, H, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      MOEND_RETURN_IF_ERROR(Mark(2, stream));
       gpucal::MergeParams mp;
       mp.o = o.as<float>();
       mp.o_cols = static_cast<int>(cols);
@@ -341,11 +347,33 @@ struct GpuCalibrator::Impl {
         mp.ref_slot = -1;
       }
       MOEND_GCAL_CUDA(gpucal::LaunchMerge(mp, stream));
+      if (options.profile) {
+        MOEND_RETURN_IF_ERROR(Mark(3, stream));
+        MOEND_ASSIGN_OR_RETURN(const double a, Elapsed(0, 1));
+        MOEND_ASSIGN_OR_RETURN(const double b, Elapsed(1, 2));
+        MOEND_ASSIGN_OR_RETURN(const double c3, Elapsed(2, 3));
+        stats.score_ms += a;
+        stats.gemm_ms += b;
+        stats.merge_ms += c3;
+      }
     }
     return absl::OkStatus();
   }
 
   int64_t err_slots_ = 0;
+
+  // Profile mode: phase i starts at record(i); Elapsed(a, b) after a sync.
+  absl::Status Mark(int i, cudaStream_t on) {
+    if (!options.profile) return absl::OkStatus();
+    MOEND_GCAL_CUDA(cudaEventRecord(phase[i], on));
+    return absl::OkStatus();
+  }
+  absl::StatusOr<double> Elapsed(int a, int b) {
+    MOEND_GCAL_CUDA(cudaEventSynchronize(phase[b]));
+    float ms = 0;
+    MOEND_GCAL_CUDA(cudaEventElapsedTime(&ms, phase[a], phase[b]));
+    return static_cast<double>(ms);
+  }
 
   // q_window / q_probe32 are filled and k/v set by the caller.
   absl::StatusOr<std::vector<double>> Run(const CalibrationOptions& options) {
@@ -403,12 +431,23 @@ struct GpuCalibrator::Impl {
     // probe attention, which waits for each keep's operands.
     MOEND_GCAL_CUDA(cudaEventRecord(inputs_ready, stream));
     MOEND_GCAL_CUDA(cudaStreamWaitEvent(prep, inputs_ready, 0));
+    stats = GpuCalibratorStats{};
+    MOEND_RETURN_IF_ERROR(Mark(0, prep));
     MOEND_RETURN_IF_ERROR(Scores());
     for (size_t i = 0; i < plans.size(); ++i) {
       MOEND_RETURN_IF_ERROR(Prep(plans[i]));
       MOEND_GCAL_CUDA(cudaEventRecord(keep_ready[i], prep));
     }
+    if (this->options.profile) {  // serialized: prep, then tail
+      MOEND_RETURN_IF_ERROR(Mark(1, prep));
+      MOEND_ASSIGN_OR_RETURN(stats.prep_ms, Elapsed(0, 1));
+      MOEND_RETURN_IF_ERROR(Mark(0, stream));
+    }
     MOEND_RETURN_IF_ERROR(Tail());
+    if (this->options.profile) {
+      MOEND_RETURN_IF_ERROR(Mark(1, stream));
+      MOEND_ASSIGN_OR_RETURN(stats.tail_ms, Elapsed(0, 1));
+    }
     for (size_t i = 0; i < plans.size(); ++i) {
       const KeepPlan& kp = plans[i];
       MOEND_GCAL_CUDA(cudaStreamWaitEvent(stream, keep_ready[i], 0));
@@ -427,7 +466,6 @@ struct GpuCalibrator::Impl {
     };
     MOEND_RETURN_IF_ERROR(download());
     // Recompute the (keep, K bits) groups whose one-pass offset was off.
-    stats.fallback_groups = 0;
     bool redo = false;
     for (const KeepPlan& kp : plans) {
       std::vector<bool> run(kp.kbits.size(), false);
@@ -516,12 +554,10 @@ absl::StatusOr<std::unique_ptr<GpuCalibrator>> GpuCalibrator::Create(GpuCalibrat
   int dev = 0;
   MOEND_GCAL_CUDA(cudaGetDevice(&dev));
   MOEND_GCAL_CUDA(cudaDeviceGetAttribute(&impl->sms, cudaDevAttrMultiProcessorCount, dev));
-  if (options.m_tiles != 1 && options.m_tiles != 2) {
-    return absl::InvalidArgumentError(absl::StrCat("m_tiles ", options.m_tiles, " is not 1 or 2"));
-  }
   MOEND_GCAL_CUDA(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
   MOEND_GCAL_CUDA(cudaStreamCreateWithFlags(&impl->prep, cudaStreamNonBlocking));
   MOEND_GCAL_CUDA(cudaEventCreateWithFlags(&impl->inputs_ready, cudaEventDisableTiming));
+  for (cudaEvent_t& e : impl->phase) MOEND_GCAL_CUDA(cudaEventCreate(&e));
   MOEND_GCAL_CUDA(cudaEventCreate(&impl->start));
   MOEND_GCAL_CUDA(cudaEventCreate(&impl->stop));
   MOEND_GCAL_CUBLAS(cublasCreate(&impl->blas));

@@ -36,15 +36,21 @@ struct GpuCalibratorOptions {
   // passes over the scores); false (default): one pass with the reference
   // offset, falling back to two passes only where detected.
   bool exact_row_max = false;
-  // 16-row m-tiles per warp of the probe-score kernel (1 or 2): 2 feeds each
-  // staged key fragment to two mma.
-  int m_tiles = 2;
+  // Benchmarks only: time the phases (serializes the streams and waits after
+  // every (keep, K bits); slower).
+  bool profile = false;
 };
 
 // Timing breakdown of the last MeasureLayer call (device milliseconds).
 struct GpuCalibratorStats {
   double total_ms = 0;
   int fallback_groups = 0;  // (keep, K bits) recomputed with the exact max
+  // With GpuCalibratorOptions::profile: summed device time of each phase.
+  double prep_ms = 0;   // scores, selection, quantization, dequantization
+  double tail_ms = 0;   // uncompressed tail partial
+  double score_ms = 0;  // probe scores and P (both passes where exact)
+  double gemm_ms = 0;   // P V
+  double merge_ms = 0;  // merge + error
 };
 
 class GpuCalibrator {

@@ -63,7 +63,6 @@ struct ProbeScoreParams {
   int rpad = 0;                    // multiple of 64
   int splits = 1;
   int keys_per_split = 64;
-  int m_tiles = 2;                 // 16-row m-tiles per warp (1 or 2); rows per block 64 * m_tiles
   float scale = 1.0f;
   bool write_p = false;            // false: max-only
   const float* offset = nullptr;   // [rows_total] (write_p)
@@ -73,7 +72,7 @@ struct ProbeScoreParams {
 };
 int LaunchProbeScores(const ProbeScoreParams& p, void* stream);
 // Rows of one KV head a block of LaunchProbeScores covers.
-int ProbeRowTile(int m_tiles);
+int ProbeRowTile();
 
 // offset[row] = max over splits of part_max[split, row].
 int LaunchReduceMax(const float* part_max, int splits, int rows_total, float* offset, void* stream);

@@ -6,7 +6,7 @@
 //            upload of q/k/v), what CalibrateLayers pays per layer after its
 //            CPU forward.
 // Wall clock around each synchronous call, median of --reps after 2 warm-ups.
-//   calibration_gpu_bench [--reps 10] [--exact] [--m-tiles 1|2]
+//   calibration_gpu_bench [--reps 10] [--exact] [--profile]
 // Prints one RESULT line per shape and entry.
 #include <cuda_runtime.h>
 
@@ -44,7 +44,7 @@ double TimeMs(F&& f) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
-int Run(const Shape& s, int reps, bool exact, int m_tiles) {
+int Run(const Shape& s, int reps, bool exact, bool profile) {
   const int64_t nq = s.heads * s.tokens * s.dim, nkv = s.kv_heads * s.tokens * s.dim;
   float *q = nullptr, *k = nullptr, *v = nullptr;
   if (cudaMalloc(&q, nq * 4) != cudaSuccess || cudaMalloc(&k, nkv * 4) != cudaSuccess ||
@@ -59,7 +59,7 @@ int Run(const Shape& s, int reps, bool exact, int m_tiles) {
   cudaDeviceSynchronize();
   LayerTensors dx{q, k, v, s.heads, s.kv_heads, s.tokens, s.dim};
   CalibrationOptions o;  // the 112-tuple grid, 256 probes
-  auto cal = GpuCalibrator::Create({.exact_row_max = exact, .m_tiles = m_tiles});
+  auto cal = GpuCalibrator::Create({.exact_row_max = exact, .profile = profile});
   if (!cal.ok()) {
     std::fprintf(stderr, "%s\n", cal.status().ToString().c_str());
     return 1;
@@ -78,15 +78,21 @@ int Run(const Shape& s, int reps, bool exact, int m_tiles) {
     }
   }
   std::printf("RESULT gpu entry=device shape=%s tokens=%lld heads=%lld kv_heads=%lld dim=%lld tuples=%zu "
-              "ms=%.2f device_ms=%.2f fallback_groups=%d exact=%d m_tiles=%d\n",
+              "ms=%.2f device_ms=%.2f fallback_groups=%d exact=%d\n",
               s.name, static_cast<long long>(s.tokens), static_cast<long long>(s.heads),
               static_cast<long long>(s.kv_heads), static_cast<long long>(s.dim), res->size(), Median(wall),
-              Median(dev), (*cal)->last_stats().fallback_groups, exact ? 1 : 0, m_tiles);
+              Median(dev), (*cal)->last_stats().fallback_groups, exact ? 1 : 0);
   auto at = [&](double keep, int kb, int vb) {
     for (size_t i = 0; i < o.tuples.size(); ++i)
       if (o.tuples[i] == moend::CompressionTuple{keep, kb, vb}) return (*res)[i];
     return -1.0;
   };
+  if (profile) {
+    const auto& st = (*cal)->last_stats();
+    std::printf("PROFILE shape=%s prep_ms=%.2f tail_ms=%.2f score_ms=%.2f gemm_ms=%.2f merge_ms=%.2f\n", s.name,
+                st.prep_ms, st.tail_ms, st.score_ms, st.gemm_ms, st.merge_ms);
+    return 0;
+  }
   std::printf("sample s: (0.5,4,4) %.3e (0.25,2,2) %.3e (1,8,8) %.3e\n", at(0.5, 4, 4), at(0.25, 2, 2),
               at(1.0, 8, 8));
 
@@ -105,8 +111,8 @@ int Run(const Shape& s, int reps, bool exact, int m_tiles) {
     }
     if (i >= 2) host.push_back(ms);
   }
-  std::printf("RESULT gpu entry=host shape=%s tokens=%lld ms=%.2f exact=%d m_tiles=%d\n", s.name,
-              static_cast<long long>(s.tokens), Median(host), exact ? 1 : 0, m_tiles);
+  std::printf("RESULT gpu entry=host shape=%s tokens=%lld ms=%.2f exact=%d\n", s.name,
+              static_cast<long long>(s.tokens), Median(host), exact ? 1 : 0);
   cudaFree(q);
   cudaFree(k);
   cudaFree(v);
@@ -118,16 +124,16 @@ int Run(const Shape& s, int reps, bool exact, int m_tiles) {
 int main(int argc, char** argv) {
   int reps = 10;
   bool exact = false;
-  int m_tiles = 2;
+  bool profile = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--reps") == 0 && i + 1 < argc) {
       reps = std::max(1, std::atoi(argv[++i]));
-    } else if (std::strcmp(argv[i], "--m-tiles") == 0 && i + 1 < argc) {
-      m_tiles = std::atoi(argv[++i]);
+    } else if (std::strcmp(argv[i], "--profile") == 0) {
+      profile = true;
     } else if (std::strcmp(argv[i], "--exact") == 0) {
       exact = true;
     } else {
-      std::fprintf(stderr, "usage: %s [--reps N] [--exact] [--m-tiles 1|2]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--reps N] [--exact] [--profile]\n", argv[0]);
       return 2;
     }
   }
@@ -139,7 +145,7 @@ int main(int argc, char** argv) {
   std::printf("device: %s\n", prop.name);
   const Shape shapes[] = {{"7b", 28, 4, 128, 16384}, {"shipped", 4, 2, 64, 4096}};
   for (const Shape& s : shapes) {
-    if (int rc = Run(s, reps, exact, m_tiles); rc != 0) return rc;
+    if (int rc = Run(s, reps, exact, profile); rc != 0) return rc;
   }
   return 0;
 }

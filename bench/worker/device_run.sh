@@ -25,14 +25,8 @@ if [ "${1:-}" != "--no-tests" ]; then
   "$build/tests/worker_test" 2>&1 | tail -3
 fi
 "$build/bin/calibration_gpu_bench" 2>&1 | tee "$out/gpu_bench.log"
-if command -v nsys > /dev/null && [ -n "${MOEND_NSYS:-}" ]; then
-  nsys profile -o "$out/gcal" --force-overwrite true "$build/bin/calibration_gpu_bench" --reps 3 > /dev/null 2>&1 &&
-    nsys stats -q --report cuda_gpu_kern_sum --format csv "$out/gcal.nsys-rep" 2>/dev/null |
-    python3 -c "import csv,sys; r=list(csv.reader(sys.stdin)); [print(x[0], x[1], x[-1][:70]) for x in r[:14]]"
-  rm -f "$out"/gcal.*
-fi
 "$build/bin/calibration_gpu_bench" --exact --reps 5 2>&1 | grep RESULT | tee -a "$out/gpu_bench.log"
-"$build/bin/calibration_gpu_bench" --m-tiles 1 --reps 5 2>&1 | grep RESULT | sed 's/RESULT/VARIANT/' | tee -a "$out/gpu_bench.log"
+"$build/bin/calibration_gpu_bench" --profile --reps 1 2>&1 | grep PROFILE | tee -a "$out/gpu_bench.log"
 for shape in "--tokens 16384 --heads 28 --kv-heads 4 --dim 128" "--tokens 4096 --heads 4 --kv-heads 2 --dim 64"; do
   PYTHONUNBUFFERED=1 python3 bench/worker/calibration_peer.py $shape 2>&1 | tee -a "$out/calib_peer.log" | tail -2
 done

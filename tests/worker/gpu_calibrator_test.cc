@@ -79,8 +79,7 @@ TEST_F(GpuCalibratorTest, MatchesCpuCalibratorAndReferenceIsExactlyZero) {
     auto cpu = MeasureLayer(layer.x, o);
     ASSERT_TRUE(cpu.ok()) << cpu.status();
     for (bool exact : {false, true}) {
-      // The exact schedule also runs the one-m-tile score kernel.
-      auto gpu = GpuCalibrator::Create({.exact_row_max = exact, .m_tiles = exact ? 1 : 2});
+      auto gpu = GpuCalibrator::Create({.exact_row_max = exact});
       ASSERT_TRUE(gpu.ok()) << gpu.status();
       auto got = (*gpu)->MeasureLayer(layer.x, o);
       ASSERT_TRUE(got.ok()) << got.status();
