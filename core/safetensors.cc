@@ -229,60 +229,6 @@ std::string Checkpoint::FileOf(const std::string& name) const {
   return it == file_of_.end() ? dir_ : it->second;
 }
 
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1fu;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalize
-      exp = 127 - 15 + 1;
-      while ((mant & 0x400u) == 0) {
-        mant <<= 1;
-        --exp;
-      }
-      mant &= 0x3ffu;
-      bits = sign | (exp << 23) | (mant << 13);
-    }
-  } else if (exp == 0x1f) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
-uint16_t FloatToHalf(float f) {
-  uint32_t x;
-  std::memcpy(&x, &f, 4);
-  const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000u);
-  const uint32_t abs = x & 0x7fffffffu;
-  if (abs >= 0x7f800000u) {  // inf or nan
-    return sign | 0x7c00u | (abs > 0x7f800000u ? 0x200u : 0);
-  }
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // rounds to >= 65520: overflow to inf
-  if (abs < 0x38800000u) {                         // below the smallest normal half
-    // Subnormal half: value = mant * 2^-24; round to nearest even.
-    float a;
-    std::memcpy(&a, &abs, 4);
-    const float scaled = a * 16777216.0f;  // 2^24, exact
-    uint32_t m = static_cast<uint32_t>(scaled);
-    const float rem = scaled - static_cast<float>(m);
-    if (rem > 0.5f || (rem == 0.5f && (m & 1u))) ++m;
-    return sign | static_cast<uint16_t>(m);
-  }
-  const uint32_t exp = ((abs >> 23) - 127 + 15);
-  uint32_t mant = abs & 0x7fffffu;
-  uint32_t h = (exp << 10) | (mant >> 13);
-  const uint32_t rest = mant & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;  // may carry into exponent: fine
-  return sign | static_cast<uint16_t>(h);
-}
-
 void ToFloat32(const TensorView& t, float* out) {
   const int64_t n = t.num_elements();
   switch (t.dtype) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/fp16.h"
 
 namespace moend {
 
@@ -71,10 +72,6 @@ class Checkpoint {
 // Widens `t` to float32 into `out` (t.num_elements() floats). BF16 and F16
 // convert exactly.
 void ToFloat32(const TensorView& t, float* out);
-
-// IEEE half <-> float, round to nearest even.
-float HalfToFloat(uint16_t h);
-uint16_t FloatToHalf(float f);
 
 }  // namespace moend
 

@@ -4,7 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/partial_attention.h"
-#include "core/safetensors.h"
+#include "core/fp16.h"
 #include "core/status_macros.h"
 #include "kernels/dequantize.h"
 
@@ -116,8 +116,8 @@ absl::StatusOr<std::vector<float>> CompressedSequence::Feed(std::span<const int3
       const size_t li = static_cast<size_t>(l);
       model_.AttentionInputs(l, x.data(), n, position_, q.data(), k.data(), v.data());
       // The new tokens enter the cache as fp16: attend to them as stored.
-      for (float& f : k) f = HalfToFloat(FloatToHalf(f));
-      for (float& f : v) f = HalfToFloat(FloatToHalf(f));
+      for (float& f : k) f = RoundToHalf(f);
+      for (float& f : v) f = RoundToHalf(f);
       if (fills_group) {
         // The residual's 31 fp16 rows plus this token become one quantized
         // group: swap the last 31 dense rows for the group's dequantized rows.
