@@ -207,7 +207,9 @@ struct GpuCalibrator::Impl {
   absl::Status Prep(const KeepPlan& kp) {
     const int64_t m = kp.kept, rpad = kp.rpad;
     const int D = static_cast<int>(d), H = static_cast<int>(hkv);
-    if (m > 0) {
+    if (m == cand) {  // every candidate kept, in order
+      MOEND_GCAL_CUDA(gpucal::LaunchIota(index.as<int32_t>(), H, static_cast<int>(m), prep));
+    } else if (m > 0) {
       kernels::cuda::SelectParams sel;
       sel.scores = scores.as<float>();
       sel.num_kv_heads = H;
@@ -433,8 +435,13 @@ struct GpuCalibrator::Impl {
     MOEND_GCAL_CUDA(cudaStreamWaitEvent(prep, inputs_ready, 0));
     stats = GpuCalibratorStats{};
     MOEND_RETURN_IF_ERROR(Mark(0, prep));
-    MOEND_RETURN_IF_ERROR(Scores());
+    // Keep 1 (first) needs no scores: its operands go first, the scores after.
+    bool scored = false;
     for (size_t i = 0; i < plans.size(); ++i) {
+      if (!scored && plans[i].kept < cand) {
+        MOEND_RETURN_IF_ERROR(Scores());
+        scored = true;
+      }
       MOEND_RETURN_IF_ERROR(Prep(plans[i]));
       MOEND_GCAL_CUDA(cudaEventRecord(keep_ready[i], prep));
     }

@@ -27,6 +27,12 @@ __global__ void ProbeQueriesToHalfKernel(const float* q, int64_t head_stride, in
       FloatToHalfBits(q[h * head_stride + static_cast<int64_t>(i) * D + d]);
 }
 
+// index[h, i] = i for i < kept. grid (ceil(kept / 256), H), block 256.
+__global__ void IotaKernel(int32_t* index, int kept) {
+  const int i = blockIdx.x * 256 + threadIdx.x;
+  if (i < kept) index[static_cast<int64_t>(blockIdx.y) * kept + i] = i;
+}
+
 __device__ __forceinline__ uint32_t Code(const uint8_t* row, int d, int bits) {
   const int bit = d * bits;
   return (row[bit >> 3] >> (bit & 7)) & ((1u << bits) - 1u);
@@ -368,6 +374,12 @@ int LaunchProbeQueriesToHalf(const float* q, int64_t head_stride, int heads, int
   if (heads * probes == 0) return cudaSuccess;
   ProbeQueriesToHalfKernel<<<dim3(probes, heads), head_dim, 0, static_cast<cudaStream_t>(stream)>>>(
       q, head_stride, probes, head_dim, out);
+  return cudaGetLastError();
+}
+
+int LaunchIota(int32_t* index, int num_kv_heads, int kept, void* stream) {
+  if (kept == 0) return cudaSuccess;
+  IotaKernel<<<dim3(CeilDiv(kept, 256), num_kv_heads), 256, 0, static_cast<cudaStream_t>(stream)>>>(index, kept);
   return cudaGetLastError();
 }
 

@@ -19,6 +19,10 @@ namespace moend::worker::gpucal {
 int LaunchProbeQueriesToHalf(const float* q, int64_t head_stride, int heads, int probes, int head_dim,
                              uint16_t* out, void* stream);
 
+// index [H, kept] = 0, 1, ..., kept - 1 per head: the selection when every
+// candidate is kept (no scores needed).
+int LaunchIota(int32_t* index, int num_kv_heads, int kept, void* stream);
+
 // Dense fp16 keys / values of one keep from the packed output of
 // kernels::cuda::LaunchQuantize (bits b for both K and V): rows [0, kept) are
 // the dequantized kept tokens (fp32 code*scale+min exactly as the reference
