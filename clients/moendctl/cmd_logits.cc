@@ -83,15 +83,16 @@ int RunLogits(int argc, char** argv) {
 }
 
 int RunPredict(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"model", "input", "tokens", "offset", "threads", "show"}, {});
+  auto args = Args::Parse(argc, argv, {"model", "input", "tokens", "offset", "threads", "show"},
+                          {"json"});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {
     std::printf(
         "usage: moendctl predict --model DIR --input FILE [--tokens N=512] [--offset B=0]\n"
-        "                        [--threads N] [--show K=8]\n"
+        "                        [--threads N] [--show K=8] [--json]\n"
         "Runs the forward pass over N bytes of FILE and prints, for the last K positions,\n"
         "the actual next byte and the model's top predictions, then accuracy, bits per\n"
-        "byte and speed.\n");
+        "byte and speed (--json: only the summary, as JSON).\n");
     return kExitOk;
   }
   auto model_dir = args->Required("model");
@@ -123,12 +124,13 @@ int RunPredict(int argc, char** argv) {
   int64_t correct = 0;
   double nll_bits = 0;
   std::vector<int32_t> order(static_cast<size_t>(vocab));
-  std::printf("model %s: %lld layers, hidden %lld, %lld/%lld heads (loaded in %.2f s)\n",
+  const bool json = args->Has("json");
+  if (!json) std::printf("model %s: %lld layers, hidden %lld, %lld/%lld heads (loaded in %.2f s)\n",
               (*model)->name().c_str(), static_cast<long long>((*model)->config().num_layers),
               static_cast<long long>((*model)->config().hidden_size),
               static_cast<long long>((*model)->config().num_heads),
               static_cast<long long>((*model)->config().num_kv_heads), load_s);
-  std::printf("%8s  %-6s  %s\n", "position", "actual", "top-3 predicted (probability)");
+  if (!json) std::printf("%8s  %-6s  %s\n", "position", "actual", "top-3 predicted (probability)");
   for (int64_t t = 0; t + 1 < n; ++t) {
     const float* row = logits->data() + t * vocab;
     const float mx = *std::max_element(row, row + vocab);
@@ -140,7 +142,7 @@ int RunPredict(int argc, char** argv) {
     std::partial_sort(order.begin(), order.begin() + 3, order.end(),
                       [&](int32_t a, int32_t b) { return row[a] > row[b]; });
     if (order[0] == next) ++correct;
-    if (t + 1 >= n - *show) {
+    if (!json && t + 1 >= n - *show) {
       std::printf("%8lld  %-6s ", static_cast<long long>(t + 1), Printable(next).c_str());
       for (int i = 0; i < 3; ++i) {
         std::printf(" %s (%.2f)", Printable(order[static_cast<size_t>(i)]).c_str(),
@@ -148,6 +150,14 @@ int RunPredict(int argc, char** argv) {
       }
       std::printf("\n");
     }
+  }
+  if (json) {
+    std::printf("{\"model\": \"%s\", \"tokens\": %lld, \"top1_accuracy\": %.6f, "
+                "\"bits_per_byte\": %.6f, \"prefill_seconds\": %.6f, \"tokens_per_second\": %.1f}\n",
+                (*model)->name().c_str(), static_cast<long long>(n),
+                static_cast<double>(correct) / static_cast<double>(n - 1),
+                nll_bits / static_cast<double>(n - 1), secs, static_cast<double>(n) / secs);
+    return kExitOk;
   }
   std::printf("next-byte top-1 accuracy %.1f%% over %lld positions, %.3f bits per byte\n",
               100.0 * static_cast<double>(correct) / static_cast<double>(n - 1),

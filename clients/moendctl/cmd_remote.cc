@@ -1,6 +1,7 @@
 // moendctl plan / generate: ask a running router for a plan, a running node
 // for text.
 #include <cstdio>
+#include <set>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -14,6 +15,7 @@
 #include "grpcpp/grpcpp.h"
 #include "moend/v1/node.grpc.pb.h"
 #include "moend/v1/router.grpc.pb.h"
+#include "services/common/security.h"
 #include "services/router/plan_convert.h"
 #endif
 
@@ -36,15 +38,40 @@ absl::Status GrpcError(const std::string& what, int code, const std::string& mes
   return absl::Status(static_cast<absl::StatusCode>(code), absl::StrCat(what, ": ", message));
 }
 
+// The connection flags every remote command takes.
+constexpr const char* kSecurityFlags[] = {"tls-ca", "tls-client-cert", "tls-client-key",
+                                          "auth-token-file"};
+constexpr char kSecurityUsage[] =
+    "Security: --tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE] connects\n"
+    "with TLS; --auth-token-file FILE sends its bearer token.\n";
+
+std::set<std::string> WithSecurityFlags(std::set<std::string> flags) {
+  for (const char* f : kSecurityFlags) flags.insert(f);
+  return flags;
+}
+
+#ifdef MOEND_WITH_REGISTRY
+absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const Args& args,
+                                                       const std::string& target) {
+  rpc::ClientSecurity security;
+  security.tls_ca_file = args.Optional("tls-ca").value_or("");
+  security.tls_client_cert_file = args.Optional("tls-client-cert").value_or("");
+  security.tls_client_key_file = args.Optional("tls-client-key").value_or("");
+  security.auth_token_file = args.Optional("auth-token-file").value_or("");
+  return rpc::CreateChannel(target, security);
+}
+#endif
+
 }  // namespace
 
 int RunPlan(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv,
-                          {"router", "model", "ratio", "budget-bytes", "context", "solver", "out"},
-                          {"json"});
+  auto args = Args::Parse(
+      argc, argv,
+      WithSecurityFlags({"router", "model", "ratio", "budget-bytes", "context", "solver", "out"}),
+      {"json"});
   if (!args.ok()) return FailWith("plan", args.status());
   if (args->help()) {
-    std::printf("%s", kPlanUsage);
+    std::printf("%s%s", kPlanUsage, kSecurityUsage);
     return kExitOk;
   }
 #ifndef MOEND_WITH_REGISTRY
@@ -64,7 +91,9 @@ int RunPlan(int argc, char** argv) {
   }
   const Budget budget = *bytes > 0 ? Budget::Bytes(*bytes, *context) : Budget::Ratio(*ratio, *context);
   if (absl::Status s = budget.Validate(); !s.ok()) return FailWith("plan", s);
-  auto stub = v1::Router::NewStub(grpc::CreateChannel(*router, grpc::InsecureChannelCredentials()));
+  auto channel = Connect(*args, *router);
+  if (!channel.ok()) return FailWith("plan", channel.status());
+  auto stub = v1::Router::NewStub(*channel);
   v1::SolvePlanRequest req;
   req.set_model(*model);
   *req.mutable_budget() = router::ToProto(budget);
@@ -92,11 +121,12 @@ int RunPlan(int argc, char** argv) {
 }
 
 int RunGenerate(int argc, char** argv) {
-  auto args = Args::Parse(argc, argv, {"node", "prompt", "input", "max-new-tokens"},
+  auto args = Args::Parse(argc, argv,
+                          WithSecurityFlags({"node", "prompt", "input", "max-new-tokens"}),
                           {"full-cache", "json"});
   if (!args.ok()) return FailWith("generate", args.status());
   if (args->help()) {
-    std::printf("%s", kGenerateUsage);
+    std::printf("%s%s", kGenerateUsage, kSecurityUsage);
     return kExitOk;
   }
 #ifndef MOEND_WITH_REGISTRY
@@ -116,8 +146,9 @@ int RunGenerate(int argc, char** argv) {
   } else {
     return FailWith("generate", absl::InvalidArgumentError("give --prompt or --input"));
   }
-  auto stub = v1::InferenceNode::NewStub(
-      grpc::CreateChannel(*node, grpc::InsecureChannelCredentials()));
+  auto channel = Connect(*args, *node);
+  if (!channel.ok()) return FailWith("generate", channel.status());
+  auto stub = v1::InferenceNode::NewStub(*channel);
   v1::GenerateRequest req;
   req.set_prompt(prompt);
   req.set_max_new_tokens(static_cast<int32_t>(*max_new));
