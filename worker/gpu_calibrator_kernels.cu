@@ -38,38 +38,49 @@ __device__ __forceinline__ uint32_t Code(const uint8_t* row, int d, int bits) {
   return (row[bit >> 3] >> (bit & 7)) & ((1u << bits) - 1u);
 }
 
-// grid (rpad, H), block D.
+// Eight consecutive channels per thread (16-byte loads/stores).
+// grid (ceil(rpad / rows_per_block), H), block 256; rows_per_block = 256 / (D/8).
 __global__ void DequantKernel(const DequantParams p) {
-  const int r = blockIdx.x, h = blockIdx.y, d = threadIdx.x, D = p.head_dim, m = p.kept;
+  const int D = p.head_dim, m = p.kept, lanes = D / 8;
+  const int r = blockIdx.x * (256 / lanes) + threadIdx.x / lanes, h = blockIdx.y;
+  const int d0 = (threadIdx.x % lanes) * 8;
+  if (r >= p.rpad) return;
   const int64_t out_row = static_cast<int64_t>(h) * p.rpad + r;
-  uint16_t k = 0, v = 0;  // fp16 +0
+  uint4 k = make_uint4(0, 0, 0, 0), v = make_uint4(0, 0, 0, 0);  // fp16 +0
   if (r < m) {
     const int64_t slot = static_cast<int64_t>(h) * m + r;
     if (p.bits == 16) {
-      k = reinterpret_cast<const uint16_t*>(p.k_codes)[slot * D + d];
-      v = reinterpret_cast<const uint16_t*>(p.v_codes)[slot * D + d];
+      k = *reinterpret_cast<const uint4*>(reinterpret_cast<const uint16_t*>(p.k_codes) + slot * D + d0);
+      v = *reinterpret_cast<const uint4*>(reinterpret_cast<const uint16_t*>(p.v_codes) + slot * D + d0);
     } else {
       const int rb = D * p.bits / 8, groups = (m + 31) / 32;
-      const int64_t kp = (static_cast<int64_t>(h) * groups + r / 32) * D + d;
-      // value = code * scale + min, explicitly rounded (never contracted), as
-      // kernels/reference/quantize_ref.h Dequantize.
-      const float kf = __fadd_rn(__fmul_rn(static_cast<float>(Code(p.k_codes + slot * rb, d, p.bits)),
-                                           HalfBitsToFloat(p.k_scale[kp])),
-                                 HalfBitsToFloat(p.k_min[kp]));
-      const int64_t vp = slot * (D / 32) + d / 32;
-      const float vf = __fadd_rn(__fmul_rn(static_cast<float>(Code(p.v_codes + slot * rb, d, p.bits)),
-                                           HalfBitsToFloat(p.v_scale[vp])),
-                                 HalfBitsToFloat(p.v_min[vp]));
-      k = FloatToHalfBits(kf);
-      v = FloatToHalfBits(vf);
+      const int64_t kp = (static_cast<int64_t>(h) * groups + r / 32) * D + d0;
+      const uint4 ks4 = *reinterpret_cast<const uint4*>(p.k_scale + kp);
+      const uint4 km4 = *reinterpret_cast<const uint4*>(p.k_min + kp);
+      const uint16_t* ks = reinterpret_cast<const uint16_t*>(&ks4);
+      const uint16_t* km = reinterpret_cast<const uint16_t*>(&km4);
+      const int64_t vp = slot * (D / 32) + d0 / 32;
+      const float vs = HalfBitsToFloat(p.v_scale[vp]), vm = HalfBitsToFloat(p.v_min[vp]);
+      const uint8_t* kc = p.k_codes + slot * rb;
+      const uint8_t* vc = p.v_codes + slot * rb;
+      uint16_t* ko = reinterpret_cast<uint16_t*>(&k);
+      uint16_t* vo = reinterpret_cast<uint16_t*>(&v);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        // value = code * scale + min, explicitly rounded (never contracted), as
+        // kernels/reference/quantize_ref.h Dequantize; then fp16.
+        ko[i] = FloatToHalfBits(__fadd_rn(__fmul_rn(static_cast<float>(Code(kc, d0 + i, p.bits)), HalfBitsToFloat(ks[i])),
+                                          HalfBitsToFloat(km[i])));
+        vo[i] = FloatToHalfBits(__fadd_rn(__fmul_rn(static_cast<float>(Code(vc, d0 + i, p.bits)), vs), vm));
+      }
     }
   } else if (r < m + p.window) {
-    const int64_t w = (static_cast<int64_t>(h) * p.window + (r - m)) * D + d;
-    k = p.window_k[w];
-    v = p.window_v[w];
+    const int64_t w = (static_cast<int64_t>(h) * p.window + (r - m)) * D + d0;
+    k = *reinterpret_cast<const uint4*>(p.window_k + w);
+    v = *reinterpret_cast<const uint4*>(p.window_v + w);
   }
-  if (p.k_out != nullptr) p.k_out[out_row * D + d] = k;
-  if (p.v_out != nullptr) p.v_out[out_row * p.v_cols + p.v_col0 + d] = v;
+  if (p.k_out != nullptr) *reinterpret_cast<uint4*>(p.k_out + out_row * D + d0) = k;
+  if (p.v_out != nullptr) *reinterpret_cast<uint4*>(p.v_out + out_row * p.v_cols + p.v_col0 + d0) = v;
 }
 
 // ------------------------------------------------------------ probe scores --
@@ -386,7 +397,9 @@ int LaunchIota(int32_t* index, int num_kv_heads, int kept, void* stream) {
 int LaunchDequant(const DequantParams& p, void* stream) {
   if (p.head_dim != 64 && p.head_dim != 128) return cudaErrorInvalidValue;
   if (p.rpad == 0) return cudaSuccess;
-  DequantKernel<<<dim3(p.rpad, p.num_kv_heads), p.head_dim, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  const int rows_per_block = 256 / (p.head_dim / 8);
+  DequantKernel<<<dim3(CeilDiv(p.rpad, rows_per_block), p.num_kv_heads), 256, 0,
+                  static_cast<cudaStream_t>(stream)>>>(p);
   return cudaGetLastError();
 }
 
