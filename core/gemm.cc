@@ -11,15 +11,31 @@ namespace moend {
 
 #ifdef MOEND_HAVE_CBLAS
 
+namespace {
+
+// Our parallel loops call Gemm from OpenMP threads. The OpenMP build of
+// OpenBLAS then runs single-threaded inside them; the pthreads build would add
+// its own threads to ours and oversubscribe the cores (7x slower seen on two
+// cores). If the loader gave us the pthreads build anyway (Debian's
+// libopenblas.so.0 alternative), keep OpenBLAS single-threaded.
+bool ConfigureOpenBlasOnce() {
+  if (openblas_get_parallel() == 1) openblas_set_num_threads(1);
+  return true;
+}
+
+}  // namespace
+
 void Gemm(Transpose trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a,
           int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  static const bool configured = ConfigureOpenBlasOnce();
+  (void)configured;
   cblas_sgemm(CblasRowMajor, CblasNoTrans, trans_b == Transpose::kYes ? CblasTrans : CblasNoTrans,
               static_cast<int>(m), static_cast<int>(n), static_cast<int>(k), alpha, a,
               static_cast<int>(lda), b, static_cast<int>(ldb), beta, c, static_cast<int>(ldc));
 }
 
 void SetGemmThreads(int threads) {
-  if (threads > 0) openblas_set_num_threads(threads);
+  if (threads > 0 && openblas_get_parallel() != 1) openblas_set_num_threads(threads);
 }
 
 #else
