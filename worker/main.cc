@@ -14,8 +14,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/flags.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "services/common/process.h"
 #include "services/registry/registry_client.h"
 #include "worker/fleet_worker.h"
 
@@ -80,15 +80,11 @@ int main(int argc, char** argv) {
   options.exit_when_idle = args->Has("exit-when-idle");
 
   auto metrics = std::make_shared<prometheus::Registry>();
-  std::unique_ptr<prometheus::Exposer> exposer;
+  moend::rpc::MetricsEndpoint metrics_endpoint;
   if (auto addr = args->Optional("metrics")) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(*addr);
-    } catch (const std::exception& e) {
-      return Fail(absl::UnavailableError(absl::StrCat("cannot serve metrics on ", *addr, ": ",
-                                                      e.what())));
-    }
-    exposer->RegisterCollectable(metrics);
+    auto endpoint = moend::rpc::ServeMetrics(*addr, metrics);
+    if (!endpoint.ok()) return Fail(endpoint.status());
+    metrics_endpoint = *std::move(endpoint);
   }
   moend::registry::RegistryClientOptions client_options;
   client_options.target = *target;

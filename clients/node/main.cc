@@ -24,8 +24,8 @@
 #include "clients/node/node_service.h"
 #include "core/flags.h"
 #include "grpcpp/grpcpp.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "services/common/process.h"
 #include "services/common/security.h"
 #include "services/common/server_setup.h"
 
@@ -48,12 +48,6 @@ constexpr char kUsage[] =
     "  --tls-ca FILE         connect to the router with TLS, verified by this PEM CA\n"
     "  --tls-client-cert FILE, --tls-client-key FILE  client certificate for the router\n"
     "  --auth-token-file FILE  bearer token: required on Generate, sent to the router\n";
-
-int g_signal_pipe[2] = {-1, -1};
-void OnSignal(int sig) {
-  unsigned char b = static_cast<unsigned char>(sig);
-  [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &b, 1);
-}
 
 int Fail(const absl::Status& s) {
   std::fprintf(stderr, "moend-node: %s\n", std::string(s.message()).c_str());
@@ -104,24 +98,14 @@ int main(int argc, char** argv) {
   auto model = moend::Model::Load(*model_dir, moend::ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
 
-  if (::pipe(g_signal_pipe) != 0) return Fail(absl::InternalError("pipe failed"));
-  struct sigaction action = {};
-  action.sa_handler = OnSignal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
-
+  auto shutdown = moend::rpc::ShutdownSignal::Install();
+  if (!shutdown.ok()) return Fail(shutdown.status());
   auto metrics = std::make_shared<prometheus::Registry>();
-  std::unique_ptr<prometheus::Exposer> exposer;
+  moend::rpc::MetricsEndpoint metrics_endpoint;
   if (auto addr = args->Optional("metrics")) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(*addr);
-    } catch (const std::exception& e) {
-      return Fail(absl::UnavailableError(absl::StrCat("cannot serve metrics on ", *addr, ": ",
-                                                      e.what())));
-    }
-    exposer->RegisterCollectable(metrics);
+    auto endpoint = moend::rpc::ServeMetrics(*addr, metrics);
+    if (!endpoint.ok()) return Fail(endpoint.status());
+    metrics_endpoint = *std::move(endpoint);
   }
 
   std::unique_ptr<moend::plan_client::PlanClient> plans;
@@ -155,10 +139,8 @@ int main(int argc, char** argv) {
   moend::rpc::SetServing(server.get(), {kServiceName}, true);
   std::cout << "moend-node listening on " << listen->substr(0, listen->rfind(':')) << ":" << port
             << std::endl;
-  unsigned char sig = 0;
-  while (::read(g_signal_pipe[0], &sig, 1) != 1) {
-  }
-  std::cout << "moend-node: signal " << static_cast<int>(sig) << ", shutting down" << std::endl;
+  const int sig = (*shutdown)->Wait();
+  std::cout << "moend-node: signal " << sig << ", shutting down" << std::endl;
   moend::rpc::SetServing(server.get(), {kServiceName}, false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;

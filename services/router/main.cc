@@ -24,8 +24,8 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/time/time.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
+#include "services/common/process.h"
 #include "services/common/security.h"
 #include "services/registry/registry_client.h"
 #include "services/router/router.h"
@@ -129,12 +129,6 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
 
 // Self-pipe: the handler (on whichever thread the signal lands) writes the
 // signal number; main reads it.
-int g_signal_pipe[2] = {-1, -1};
-
-void OnSignal(int sig) {
-  unsigned char b = static_cast<unsigned char>(sig);
-  [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &b, 1);
-}
 
 }  // namespace
 
@@ -142,35 +136,21 @@ int main(int argc, char** argv) {
   Flags flags;
   if (!ParseFlags(argc, argv, &flags)) return 2;
 
-  // SIGTERM/SIGINT may land on any thread (libraries start threads before
-  // main, so a blocked mask would not cover them); the handler only writes
-  // to a pipe that main waits on.
-  if (::pipe(g_signal_pipe) != 0) {
-    std::perror("moend-router: pipe");
+  auto shutdown = moend::rpc::ShutdownSignal::Install();
+  if (!shutdown.ok()) {
+    std::cerr << "moend-router: " << shutdown.status() << "\n";
     return 1;
   }
-  struct sigaction action = {};
-  action.sa_handler = OnSignal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;
-  sigaction(SIGTERM, &action, nullptr);
-  sigaction(SIGINT, &action, nullptr);
 
   auto metrics = std::make_shared<prometheus::Registry>();
-  std::unique_ptr<prometheus::Exposer> exposer;
-  std::string metrics_address;
+  moend::rpc::MetricsEndpoint metrics_endpoint;
   if (!flags.metrics.empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(flags.metrics);
-    } catch (const std::exception& e) {
-      std::cerr << "moend-router: cannot serve metrics on '" << flags.metrics << "': " << e.what()
-                << "\n";
+    auto endpoint = moend::rpc::ServeMetrics(flags.metrics, metrics);
+    if (!endpoint.ok()) {
+      std::cerr << "moend-router: " << endpoint.status().message() << "\n";
       return 1;
     }
-    exposer->RegisterCollectable(metrics);
-    auto ports = exposer->GetListeningPorts();
-    metrics_address = flags.metrics.substr(0, flags.metrics.rfind(':')) + ":" +
-                      (ports.empty() ? std::string("?") : std::to_string(ports[0]));
+    metrics_endpoint = *std::move(endpoint);
   }
 
   // The registry may start after the router: do not wait for it here; the
@@ -199,14 +179,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::cout << "moend-router listening on " << (*server)->address() << std::endl;
-  if (exposer) {
-    std::cout << "moend-router metrics on http://" << metrics_address << "/metrics" << std::endl;
+  if (metrics_endpoint.exposer) {
+    std::cout << "moend-router metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
   }
 
-  unsigned char sig = 0;
-  while (::read(g_signal_pipe[0], &sig, 1) != 1) {
-  }
-  std::cout << "moend-router: signal " << static_cast<int>(sig) << ", shutting down"
+  const int sig = (*shutdown)->Wait();
+  std::cout << "moend-router: signal " << sig << ", shutting down"
             << std::endl;
   (*server)->Shutdown(absl::Seconds(5));
   (*router)->Shutdown();
