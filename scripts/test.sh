@@ -5,4 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
 bash scripts/build.sh
+if grep -q "^MOEND_CUDA:STRING=OFF" build/CMakeCache.txt &&
+   { command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; }; then
+  # No GPU here: still check that the CUDA kernels and the GPU calibrator
+  # compile for sm_80 and sm_90 (their tests run where a GPU is).
+  echo "== compiling the CUDA libraries (sm_80, sm_90) in build-cuda/"
+  cmake -S . -B build-cuda -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEND_CORE_ONLY=ON -DMOEND_CUDA=ON \
+    -DMOEND_BUILD_TESTS=OFF -DMOEND_BUILD_BENCHMARKS=OFF >/dev/null
+  cmake --build build-cuda -j "${MOEND_BUILD_JOBS:-$(nproc)}" --target moend_kernels moend_calibration
+fi
 ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"
