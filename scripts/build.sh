@@ -4,10 +4,9 @@
 #
 # CUDA: the kernels are built into the binaries when a GPU is visible
 # (nvidia-smi -L) and nvcc exists; on a machine without a GPU they would never
-# run, and linking the CUDA libraries there breaks the /metrics server of the
-# worker and node (see docs/KNOWN_ISSUES.md), so the build is CPU-only. Set
-# MOEND_CUDA=ON|OFF|AUTO to choose. scripts/test.sh still compiles the CUDA
-# libraries for sm_80 and sm_90 on such machines (build-cuda/).
+# run, so the build is CPU-only there. Set MOEND_CUDA=ON|OFF|AUTO to choose.
+# scripts/test.sh still compiles the CUDA libraries for sm_80 and sm_90 on such
+# machines (build-cuda/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${MOEND_BUILD_JOBS:-$(nproc)}

@@ -1,12 +1,19 @@
 #include "services/common/process.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <sstream>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "prometheus/text_serializer.h"
 
 namespace moend::rpc {
 namespace {
@@ -16,6 +23,15 @@ int g_signal_pipe[2] = {-1, -1};
 void OnSignal(int sig) {
   const unsigned char b = static_cast<unsigned char>(sig);
   [[maybe_unused]] ssize_t n = ::write(g_signal_pipe[1], &b, 1);
+}
+
+void WriteAll(int fd, const std::string& data) {
+  size_t done = 0;
+  while (done < data.size()) {
+    const ssize_t n = ::send(fd, data.data() + done, data.size() - done, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    done += static_cast<size_t>(n);
+  }
 }
 
 }  // namespace
@@ -41,19 +57,87 @@ int ShutdownSignal::Wait() {
   return sig;
 }
 
+absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
+    const std::string& address, std::shared_ptr<prometheus::Registry> metrics) {
+  const size_t colon = address.rfind(':');
+  int port = -1;
+  if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||
+      port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address '", address, "' is not HOST:PORT"));
+  }
+  std::string host = address.substr(0, colon);
+  if (host.empty() || host == "localhost") host = host.empty() ? "0.0.0.0" : "127.0.0.1";
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  if (::inet_pton(AF_INET, host.c_str(), &addr.sin_addr) != 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics address '", address, "': host must be an IPv4 address"));
+  }
+  auto server = std::unique_ptr<MetricsServer>(new MetricsServer());
+  server->fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const int one = 1;
+  ::setsockopt(server->fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (server->fd_ < 0 ||
+      ::bind(server->fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      ::listen(server->fd_, 16) != 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on '", address, "': ", std::strerror(errno)));
+  }
+  socklen_t len = sizeof(addr);
+  ::getsockname(server->fd_, reinterpret_cast<sockaddr*>(&addr), &len);
+  server->address_ = absl::StrCat(host, ":", ntohs(addr.sin_port));
+  server->metrics_ = std::move(metrics);
+  server->thread_ = std::thread([s = server.get()] { s->Serve(); });
+  return server;
+}
+
+MetricsServer::~MetricsServer() {
+  stop_ = true;
+  if (thread_.joinable()) thread_.join();
+  if (fd_ >= 0) ::close(fd_);
+}
+
+void MetricsServer::Serve() {
+  while (!stop_) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    const int conn = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+    if (conn < 0) continue;
+    // Read the request head (bounded in size and time).
+    std::string request;
+    char buf[2048];
+    while (request.size() < 8192 && request.find("\r\n\r\n") == std::string::npos &&
+           request.find("\n\n") == std::string::npos) {
+      pollfd c{conn, POLLIN, 0};
+      if (::poll(&c, 1, 2000) <= 0) break;
+      const ssize_t n = ::recv(conn, buf, sizeof(buf), 0);
+      if (n <= 0) break;
+      request.append(buf, static_cast<size_t>(n));
+    }
+    std::string status = "404 Not Found", body = "not found\n";
+    if (request.rfind("GET /metrics ", 0) == 0 || request.rfind("GET /metrics?", 0) == 0) {
+      std::ostringstream out;
+      prometheus::TextSerializer().Serialize(out, metrics_->Collect());
+      status = "200 OK";
+      body = out.str();
+    }
+    WriteAll(conn, absl::StrCat("HTTP/1.1 ", status,
+                                "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8"
+                                "\r\nContent-Length: ",
+                                body.size(), "\r\nConnection: close\r\n\r\n", body));
+    ::close(conn);
+  }
+}
+
 absl::StatusOr<MetricsEndpoint> ServeMetrics(const std::string& address,
                                              std::shared_ptr<prometheus::Registry> metrics) {
+  auto server = MetricsServer::Start(address, std::move(metrics));
+  if (!server.ok()) return server.status();
   MetricsEndpoint endpoint;
-  try {
-    endpoint.exposer = std::make_unique<prometheus::Exposer>(address);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on '", address, "': ", e.what()));
-  }
-  endpoint.exposer->RegisterCollectable(metrics);
-  const auto ports = endpoint.exposer->GetListeningPorts();
-  endpoint.address = absl::StrCat(address.substr(0, address.rfind(':')), ":",
-                                  ports.empty() ? std::string("?") : std::to_string(ports[0]));
+  endpoint.address = (*server)->address();
+  endpoint.server = *std::move(server);
   return endpoint;
 }
 

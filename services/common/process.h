@@ -3,11 +3,12 @@
 #ifndef MOEND_SERVICES_COMMON_PROCESS_H_
 #define MOEND_SERVICES_COMMON_PROCESS_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 
 #include "absl/status/statusor.h"
-#include "prometheus/exposer.h"
 #include "prometheus/registry.h"
 
 namespace moend::rpc {
@@ -25,13 +26,40 @@ class ShutdownSignal {
   ShutdownSignal() = default;
 };
 
-// A Prometheus exposer on `address` ("host:port", port 0 picks one) serving
-// `metrics` at /metrics, and the address it really bound.
+// A minimal HTTP/1.x server for Prometheus scrapes: GET /metrics answers the
+// registry in the text exposition format, anything else 404. One thread,
+// one request per connection. (Our own rather than prometheus-cpp's civetweb
+// Exposer, which fails in processes that load the CUDA libraries; see
+// docs/KNOWN_ISSUES.md.)
+class MetricsServer {
+ public:
+  // Listens on "host:port" (IPv4; port 0 picks one). Unavailable, naming the
+  // address, when it cannot.
+  static absl::StatusOr<std::unique_ptr<MetricsServer>> Start(
+      const std::string& address, std::shared_ptr<prometheus::Registry> metrics);
+  ~MetricsServer();
+  MetricsServer(const MetricsServer&) = delete;
+  MetricsServer& operator=(const MetricsServer&) = delete;
+
+  // "host:port" actually bound.
+  const std::string& address() const { return address_; }
+
+ private:
+  MetricsServer() = default;
+  void Serve();
+
+  int fd_ = -1;
+  std::string address_;
+  std::shared_ptr<prometheus::Registry> metrics_;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
 struct MetricsEndpoint {
-  std::unique_ptr<prometheus::Exposer> exposer;
+  std::unique_ptr<MetricsServer> server;
   std::string address;
 };
-// Unavailable, naming the address, when it cannot listen.
+// MetricsServer::Start, with the bound address alongside.
 absl::StatusOr<MetricsEndpoint> ServeMetrics(const std::string& address,
                                              std::shared_ptr<prometheus::Registry> metrics);
 

@@ -179,7 +179,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::cout << "moend-router listening on " << (*server)->address() << std::endl;
-  if (metrics_endpoint.exposer) {
+  if (metrics_endpoint.server) {
     std::cout << "moend-router metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
   }
 
