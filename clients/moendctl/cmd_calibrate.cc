@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/flags.h"
 #include "clients/moendctl/commands.h"
+#include "clients/moendctl/output.h"
 #include "clients/moendctl/progress.h"
 #include "core/model.h"
 #include "core/sensitivity_table.h"
@@ -20,10 +21,7 @@
 namespace moend::ctl {
 namespace {
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "moendctl calibrate: %s\n", std::string(s.message()).c_str());
-  return s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
-}
+int Fail(const absl::Status& s) { return FailWith("calibrate", s); }
 
 constexpr char kUsage[] =
     "usage: moendctl calibrate --model DIR --data FILE --out table.json\n"

@@ -9,6 +9,7 @@
 #include "absl/strings/str_split.h"
 #include "clients/inference/evaluation.h"
 #include "clients/moendctl/commands.h"
+#include "clients/moendctl/output.h"
 #include "clients/moendctl/progress.h"
 #include "core/file_util.h"
 #include "core/flags.h"
@@ -19,10 +20,7 @@
 namespace moend::ctl {
 namespace {
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "moendctl eval: %s\n", std::string(s.message()).c_str());
-  return s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
-}
+int Fail(const absl::Status& s) { return FailWith("eval", s); }
 
 constexpr char kUsage[] =
     "usage: moendctl eval --model DIR --plan PLAN[,PLAN...] --retrieval FILE --heldout FILE\n"

@@ -11,16 +11,13 @@
 #include "absl/strings/str_cat.h"
 #include "core/flags.h"
 #include "clients/moendctl/commands.h"
+#include "clients/moendctl/output.h"
 #include "core/file_util.h"
 #include "core/model.h"
 
 namespace moend::ctl {
 namespace {
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "moendctl: %s\n", std::string(s.message()).c_str());
-  return s.code() == absl::StatusCode::kInvalidArgument ? kExitUsage : kExitFailure;
-}
 
 // Token ids of a file: one token per byte (the shipped model is byte-level).
 absl::StatusOr<std::vector<int32_t>> ReadByteTokens(const std::string& path, int64_t offset,
@@ -52,6 +49,7 @@ std::string Printable(int32_t byte) {
 }  // namespace
 
 int RunLogits(int argc, char** argv) {
+  auto Fail = [](const absl::Status& s) { return FailWith("logits", s); };
   auto args = Args::Parse(argc, argv, {"model", "input", "out", "threads"}, {});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {
@@ -83,6 +81,7 @@ int RunLogits(int argc, char** argv) {
 }
 
 int RunPredict(int argc, char** argv) {
+  auto Fail = [](const absl::Status& s) { return FailWith("predict", s); };
   auto args = Args::Parse(argc, argv, {"model", "input", "tokens", "offset", "threads", "show"},
                           {"json"});
   if (!args.ok()) return Fail(args.status());
