@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/backend.h"
+#include "tests/worker/random_layer.h"
 #include "worker/calibrator.h"
 
 namespace moend::worker {
@@ -26,24 +27,7 @@ namespace {
 using kernels::Backend;
 using kernels::LayerTensors;
 
-struct RandomLayer {
-  std::vector<float> q, k, v;
-  LayerTensors x;
-  RandomLayer(int64_t heads, int64_t kv_heads, int64_t n, int64_t d, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.0f, 1.0f);
-    q.resize(heads * n * d);
-    k.resize(kv_heads * n * d);
-    v.resize(kv_heads * n * d);
-    for (float& f : q) f = dist(rng);
-    for (float& f : k) f = dist(rng);
-    for (float& f : v) f = dist(rng);
-    for (int64_t h = 0; h < kv_heads; ++h)
-      for (int64_t t = 0; t < n; t += 17)
-        for (int64_t i = 0; i < d; ++i) k[(h * n + t) * d + i] *= 2.5f;
-    x = LayerTensors{q.data(), k.data(), v.data(), heads, kv_heads, n, d};
-  }
-};
+using ::moend::worker::testing::RandomLayer;
 
 class GpuCalibratorTest : public ::testing::Test {
  protected:
