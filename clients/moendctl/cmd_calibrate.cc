@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/flags.h"
+#include "clients/moendctl/client_flags.h"
 #include "clients/moendctl/commands.h"
 #include "clients/moendctl/output.h"
 #include "clients/moendctl/progress.h"
@@ -56,10 +57,7 @@ int CalibrateOnFleet(const Args& args, const std::string& target, const std::str
   }
   registry::RegistryClientOptions options;
   options.target = target;
-  options.security.tls_ca_file = args.Optional("tls-ca").value_or("");
-  options.security.tls_client_cert_file = args.Optional("tls-client-cert").value_or("");
-  options.security.tls_client_key_file = args.Optional("tls-client-key").value_or("");
-  options.security.auth_token_file = args.Optional("auth-token-file").value_or("");
+  options.security = ClientSecurityFromFlags(args);
   auto client = registry::RegistryClient::Connect(options);
   if (!client.ok()) return Fail(client.status());
   const std::string name =
@@ -135,9 +133,10 @@ int CalibrateOnFleet(const Args& args, const std::string& target, const std::str
 
 int RunCalibrate(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
-                          {"model", "data", "out", "seq-len", "samples", "probes", "threads",
-                           "registry", "samples-per-shard", "layers-per-shard", "timeout",
-                           "tls-ca", "tls-client-cert", "tls-client-key", "auth-token-file"},
+                          WithClientSecurityFlags({"model", "data", "out", "seq-len", "samples",
+                                                   "probes", "threads", "registry",
+                                                   "samples-per-shard", "layers-per-shard",
+                                                   "timeout"}),
                           {"reuse"});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {

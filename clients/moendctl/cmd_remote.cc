@@ -5,6 +5,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "clients/moendctl/client_flags.h"
 #include "clients/moendctl/commands.h"
 #include "clients/moendctl/output.h"
 #include "core/file_util.h"
@@ -38,27 +39,10 @@ absl::Status GrpcError(const std::string& what, int code, const std::string& mes
   return absl::Status(static_cast<absl::StatusCode>(code), absl::StrCat(what, ": ", message));
 }
 
-// The connection flags every remote command takes.
-constexpr const char* kSecurityFlags[] = {"tls-ca", "tls-client-cert", "tls-client-key",
-                                          "auth-token-file"};
-constexpr char kSecurityUsage[] =
-    "Security: --tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE] connects\n"
-    "with TLS; --auth-token-file FILE sends its bearer token.\n";
-
-std::set<std::string> WithSecurityFlags(std::set<std::string> flags) {
-  for (const char* f : kSecurityFlags) flags.insert(f);
-  return flags;
-}
-
 #ifdef MOEND_WITH_REGISTRY
 absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const Args& args,
                                                        const std::string& target) {
-  rpc::ClientSecurity security;
-  security.tls_ca_file = args.Optional("tls-ca").value_or("");
-  security.tls_client_cert_file = args.Optional("tls-client-cert").value_or("");
-  security.tls_client_key_file = args.Optional("tls-client-key").value_or("");
-  security.auth_token_file = args.Optional("auth-token-file").value_or("");
-  return rpc::CreateChannel(target, security);
+  return rpc::CreateChannel(target, ClientSecurityFromFlags(args));
 }
 #endif
 
@@ -67,11 +51,11 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const Args& args,
 int RunPlan(int argc, char** argv) {
   auto args = Args::Parse(
       argc, argv,
-      WithSecurityFlags({"router", "model", "ratio", "budget-bytes", "context", "solver", "out"}),
+      WithClientSecurityFlags({"router", "model", "ratio", "budget-bytes", "context", "solver", "out"}),
       {"json"});
   if (!args.ok()) return FailWith("plan", args.status());
   if (args->help()) {
-    std::printf("%s%s", kPlanUsage, kSecurityUsage);
+    std::printf("%s%s", kPlanUsage, kClientSecurityUsage);
     return kExitOk;
   }
 #ifndef MOEND_WITH_REGISTRY
@@ -122,11 +106,11 @@ int RunPlan(int argc, char** argv) {
 
 int RunGenerate(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
-                          WithSecurityFlags({"node", "prompt", "input", "max-new-tokens"}),
+                          WithClientSecurityFlags({"node", "prompt", "input", "max-new-tokens"}),
                           {"full-cache", "json"});
   if (!args.ok()) return FailWith("generate", args.status());
   if (args->help()) {
-    std::printf("%s%s", kGenerateUsage, kSecurityUsage);
+    std::printf("%s%s", kGenerateUsage, kClientSecurityUsage);
     return kExitOk;
   }
 #ifndef MOEND_WITH_REGISTRY
