@@ -51,7 +51,7 @@ class PlanWatchImpl final : public PlanWatch {
   absl::StatusOr<PlanPtr> WaitForNewer(uint64_t after_version,
                                        absl::Duration timeout) const override {
     absl::MutexLock lock(&mu_);
-    auto newer = [&] { return version_ > after_version; };
+    auto newer = [&] { return delivered_version_ > after_version; };
     mu_.AwaitWithTimeout(absl::Condition(&newer), timeout);
     if (!newer()) {
       return absl::DeadlineExceededError(
@@ -119,6 +119,8 @@ class PlanWatchImpl final : public PlanWatch {
 
   // Holds `plan` if it is newer than the held one (a router that has not yet
   // seen the newest table may send an older plan after a reconnect).
+  // Waiters wake only after on_plan_ has run, so a caller that waited for a
+  // version sees the callback's effects.
   void Swap(PlanPtr plan) {
     {
       absl::MutexLock lock(&mu_);
@@ -127,6 +129,8 @@ class PlanWatchImpl final : public PlanWatch {
       version_ = plan->version;
     }
     if (on_plan_) on_plan_(plan);
+    absl::MutexLock lock(&mu_);
+    delivered_version_ = std::max(delivered_version_, plan->version);
   }
 
   void Run() {
@@ -148,7 +152,8 @@ class PlanWatchImpl final : public PlanWatch {
   std::atomic<PlanPtr> current_;
 
   mutable absl::Mutex mu_;
-  uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;  // of current_
+  uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;            // of current_
+  uint64_t delivered_version_ ABSL_GUARDED_BY(mu_) = 0;  // on_plan_ has run
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::shared_ptr<grpc::ClientContext> context_ ABSL_GUARDED_BY(mu_);
   absl::Status last_error_ ABSL_GUARDED_BY(mu_);

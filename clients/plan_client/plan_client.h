@@ -65,8 +65,9 @@ class PlanWatch {
   // caller's purposes (an atomic shared_ptr load).
   virtual PlanPtr Current() const = 0;
 
-  // Blocks until a plan with version > `after_version` is held and returns
-  // it; DeadlineExceeded (with the last connection error) after `timeout`.
+  // Blocks until a plan with version > `after_version` is held (and the
+  // watch's callback has run for it) and returns it; DeadlineExceeded (with
+  // the last connection error) after `timeout`.
   virtual absl::StatusOr<PlanPtr> WaitForNewer(uint64_t after_version,
                                                absl::Duration timeout) const = 0;
 
