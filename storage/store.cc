@@ -4,6 +4,8 @@
 #include <unistd.h>
 
 #include <array>
+#include <cstdarg>
+#include <cstdio>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -11,7 +13,12 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "core/status_macros.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/options.h"
 #include "rocksdb/write_batch.h"
 
@@ -37,29 +44,97 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
     }
     if (absl::StrContains(s.ToString(), "Permission denied") ||
         absl::StrContains(s.ToString(), "Read-only file system")) {
-      return absl::PermissionDeniedError(msg);
+      return absl::PermissionDeniedError(
+          absl::StrCat(msg, " (the database folder is not writable; nothing was stored)"));
+    }
+    if (s.IsNoSpace() || absl::StrContains(s.ToString(), "No space left") ||
+        absl::StrContains(s.ToString(), "File too large")) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat(msg, " (the disk is full; nothing was stored; writes resume once space "
+                            "is freed)"));
     }
     return absl::UnavailableError(msg);
   }
   return absl::InternalError(msg);
 }
 
+// RocksDB's own log goes to stderr (warnings and errors only), not to a LOG
+// file in the database folder: on a full disk that file fails first, and
+// Debian's librocksdb (built with assertions) aborts on the logger's next
+// line.
+class StderrLogger final : public rocksdb::Logger {
+ public:
+  StderrLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    char line[1024];
+    std::vsnprintf(line, sizeof(line), format, ap);
+    std::fprintf(stderr, "rocksdb: %s\n", line);
+  }
+};
+
+// An open RocksDB with one handle per column (handles[0] is "default").
+struct OpenDb {
+  std::unique_ptr<rocksdb::DB> db;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+};
+
+absl::StatusOr<OpenDb> OpenRocks(const std::string& path, bool create_if_missing) {
+  rocksdb::DBOptions db_options;
+  db_options.create_if_missing = create_if_missing;
+  db_options.create_missing_column_families = create_if_missing;
+  db_options.paranoid_checks = true;
+  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
+  db_options.info_log = std::make_shared<StderrLogger>();
+
+  std::vector<rocksdb::ColumnFamilyDescriptor> families;
+  families.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
+  for (std::string_view name : kColumnNames) {
+    families.emplace_back(std::string(name), rocksdb::ColumnFamilyOptions());
+  }
+  OpenDb open;
+  rocksdb::DB* raw = nullptr;
+  rocksdb::Status s = rocksdb::DB::Open(db_options, path, families, &open.handles, &raw);
+  if (!s.ok()) {
+    absl::Status st = FromRocks(s, absl::StrCat("opening store '", path, "'"));
+    if (absl::IsDataLoss(st)) {
+      return absl::DataLossError(absl::StrCat(st.message(), " (the database is corrupt)"));
+    }
+    if (absl::IsInvalidArgument(st)) {
+      // Missing column families or options mismatch: not a moend store.
+      return absl::FailedPreconditionError(
+          absl::StrCat(st.message(), " (is this a moend registry database?)"));
+    }
+    return st;
+  }
+  open.db.reset(raw);
+  return open;
+}
+
+void CloseRocks(OpenDb& open) {
+  for (rocksdb::ColumnFamilyHandle* h : open.handles) open.db->DestroyColumnFamilyHandle(h);
+  open.handles.clear();
+  open.db->Close().PermitUncheckedError();
+  open.db.reset();
+}
+
 class RocksStore final : public Store {
  public:
-  RocksStore(std::string path, std::unique_ptr<rocksdb::DB> db,
-             std::vector<rocksdb::ColumnFamilyHandle*> handles, bool sync)
-      : Store(std::move(path)), db_(std::move(db)), handles_(std::move(handles)) {
+  RocksStore(std::string path, OpenDb open, bool sync)
+      : Store(std::move(path)), open_(std::move(open)) {
     write_options_.sync = sync;
   }
 
   ~RocksStore() override {
-    for (rocksdb::ColumnFamilyHandle* h : handles_) db_->DestroyColumnFamilyHandle(h);
-    db_->Close().PermitUncheckedError();
+    absl::WriterMutexLock lock(&mu_);
+    if (open_.db) CloseRocks(open_);
   }
 
   absl::StatusOr<std::string> Get(Column c, std::string_view key) const override {
+    absl::ReaderMutexLock lock(&mu_);
+    if (!open_.db) return failure_;
     std::string value;
-    rocksdb::Status s = db_->Get(rocksdb::ReadOptions(), handle(c), key, &value);
+    rocksdb::Status s = open_.db->Get(rocksdb::ReadOptions(), handle(c), key, &value);
     if (s.IsNotFound()) {
       return absl::NotFoundError(absl::StrCat("no key '", std::string(key), "' in ", std::string(ColumnName(c))));
     }
@@ -81,19 +156,33 @@ class RocksStore final : public Store {
 
   absl::Status Write(const WriteBatch& batch) override {
     if (batch.empty()) return absl::OkStatus();
+    const std::string what = absl::StrCat("writing ", batch.size(), " records to ", path());
+    MOEND_RETURN_IF_ERROR(RecoverIfFailed());
+    absl::ReaderMutexLock lock(&mu_);
+    if (!failure_.ok()) return failure_;
     rocksdb::WriteBatch wb;
     for (const WriteBatch::Op& op : batch.ops()) {
       rocksdb::Status s = op.is_delete ? wb.Delete(handle(op.column), op.key)
                                        : wb.Put(handle(op.column), op.key, op.value);
       if (!s.ok()) return FromRocks(s, "building write batch");
     }
-    return FromRocks(db_->Write(write_options_, &wb),
-                     absl::StrCat("writing ", batch.size(), " records to ", path()));
+    rocksdb::Status s = open_.db->Write(write_options_, &wb);
+    absl::Status status = FromRocks(s, what);
+    if (s.IsIOError() || s.IsNoSpace()) {
+      // The write did not land. RocksDB must not see another write on this
+      // instance (its WAL writer is in an error state): later writes fail
+      // fast with this status until a reopen succeeds.
+      absl::MutexLock failed(&failure_mu_);
+      if (failed_.ok()) failed_ = status;
+    }
+    return status;
   }
 
   absl::StatusOr<std::vector<KeyValue>> Scan(Column c, std::string_view prefix) const override {
+    absl::ReaderMutexLock lock(&mu_);
+    if (!open_.db) return failure_;
     std::vector<KeyValue> out;
-    std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), handle(c)));
+    std::unique_ptr<rocksdb::Iterator> it(open_.db->NewIterator(rocksdb::ReadOptions(), handle(c)));
     for (it->Seek(prefix); it->Valid(); it->Next()) {
       if (!it->key().starts_with(rocksdb::Slice(prefix.data(), prefix.size()))) break;
       out.push_back({it->key().ToString(), it->value().ToString()});
@@ -106,12 +195,46 @@ class RocksStore final : public Store {
 
  private:
   rocksdb::ColumnFamilyHandle* handle(Column c) const {
-    return handles_[static_cast<size_t>(c) + 1];  // [0] is "default"
+    return open_.handles[static_cast<size_t>(c) + 1];  // [0] is "default"
   }
 
-  std::unique_ptr<rocksdb::DB> db_;
-  std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  // After a failed write (disk full, folder made read-only): closes and
+  // reopens the database, at most once a second, so that writes continue
+  // once the cause is gone, without a restart. Reopening replays the WAL:
+  // every acknowledged write is still there, the failed one is not.
+  absl::Status RecoverIfFailed() {
+    {
+      absl::MutexLock failed(&failure_mu_);
+      if (failed_.ok()) return absl::OkStatus();
+      if (absl::Now() < next_recovery_) return failed_;
+      next_recovery_ = absl::Now() + absl::Seconds(1);
+    }
+    absl::WriterMutexLock lock(&mu_);
+    absl::MutexLock failed(&failure_mu_);
+    if (failed_.ok()) return absl::OkStatus();
+    if (open_.db) CloseRocks(open_);
+    absl::StatusOr<OpenDb> reopened = OpenRocks(path(), /*create_if_missing=*/false);
+    if (!reopened.ok()) {
+      failure_ = absl::Status(failed_.code(),
+                              absl::StrCat(failed_.message(), "; reopening the store failed: ",
+                                           reopened.status().message()));
+      return failure_;
+    }
+    open_ = std::move(reopened).value();
+    failure_ = absl::OkStatus();
+    failed_ = absl::OkStatus();
+    return absl::OkStatus();
+  }
+
+  mutable absl::Mutex mu_;  // writer-held only to close and reopen open_
+  OpenDb open_ ABSL_GUARDED_BY(mu_);
+  // Set when open_ was closed and could not be reopened: what reads and
+  // writes return until a reopen succeeds.
+  absl::Status failure_ ABSL_GUARDED_BY(mu_);
   rocksdb::WriteOptions write_options_;
+  absl::Mutex failure_mu_;
+  absl::Status failed_ ABSL_GUARDED_BY(failure_mu_);  // the write error; OK = healthy
+  absl::Time next_recovery_ ABSL_GUARDED_BY(failure_mu_) = absl::InfinitePast();
 };
 
 }  // namespace
@@ -145,36 +268,8 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
     }
   }
 
-  rocksdb::DBOptions db_options;
-  db_options.create_if_missing = options.create_if_missing;
-  db_options.create_missing_column_families = options.create_if_missing;
-  db_options.paranoid_checks = true;
-  db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
-  db_options.keep_log_file_num = 2;
-
-  std::vector<rocksdb::ColumnFamilyDescriptor> families;
-  families.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
-  for (std::string_view name : kColumnNames) {
-    families.emplace_back(std::string(name), rocksdb::ColumnFamilyOptions());
-  }
-  std::vector<rocksdb::ColumnFamilyHandle*> handles;
-  rocksdb::DB* raw = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(db_options, path, families, &handles, &raw);
-  if (!s.ok()) {
-    absl::Status st = FromRocks(s, absl::StrCat("opening store '", path, "'"));
-    if (absl::IsDataLoss(st)) {
-      return absl::DataLossError(absl::StrCat(st.message(), " (the database is corrupt)"));
-    }
-    if (absl::IsInvalidArgument(st)) {
-      // Missing column families or options mismatch: not a moend store.
-      return absl::FailedPreconditionError(
-          absl::StrCat(st.message(), " (is this a moend registry database?)"));
-    }
-    return st;
-  }
-  return std::unique_ptr<Store>(
-      new RocksStore(path, std::unique_ptr<rocksdb::DB>(raw), std::move(handles),
-                     options.sync_writes));
+  MOEND_ASSIGN_OR_RETURN(OpenDb open, OpenRocks(path, options.create_if_missing));
+  return std::unique_ptr<Store>(new RocksStore(path, std::move(open), options.sync_writes));
 }
 
 }  // namespace moend::storage

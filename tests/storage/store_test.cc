@@ -8,10 +8,12 @@
 
 #include "gtest/gtest.h"
 #include "tests/storage/temp_dir.h"
+#include "tests/util/mount_sandbox.h"
 
 namespace moend::storage {
 namespace {
 
+using ::moend::testing::MountSandbox;
 using ::moend::testing::TempDir;
 
 std::unique_ptr<Store> OpenOrDie(const std::string& path) {
@@ -94,11 +96,20 @@ TEST(StoreTest, OpenRejectsEmptyPathAndMissingWhenNotCreating) {
 }
 
 TEST(StoreTest, OpenRejectsReadOnlyFolder) {
-  if (::geteuid() == 0) GTEST_SKIP() << "root can write any folder; permissions not testable";
   TempDir dir;
   ASSERT_EQ(::mkdir(dir.Sub("ro").c_str(), 0500), 0);
+  ::moend::testing::ScopedUnmount unmount(dir.Sub("ro"));
+  if (::geteuid() == 0) {
+    // Root writes any folder whatever its mode: make it a read-only mount.
+    if (std::string why = MountSandbox::Enter(); !why.empty()) {
+      GTEST_SKIP() << "as root only a read-only mount is read-only, and " << why;
+    }
+    ASSERT_EQ(::mkdir(dir.Sub("src").c_str(), 0700), 0);
+    ASSERT_EQ(MountSandbox::BindReadOnly(dir.Sub("src"), dir.Sub("ro")), "");
+  }
   auto store = Store::Open({.path = dir.Sub("ro")});
   EXPECT_TRUE(absl::IsPermissionDenied(store.status())) << store.status();
+  EXPECT_NE(store.status().message().find(dir.Sub("ro")), std::string::npos) << store.status();
   ::chmod(dir.Sub("ro").c_str(), 0700);
 }
 
