@@ -18,6 +18,7 @@
 #include "core/status_macros.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/launch.h"
+#include "worker/cuda_util.h"
 #include "worker/gpu_calibrator_kernels.h"
 
 namespace moend::worker {
@@ -25,48 +26,8 @@ namespace {
 
 using kernels::LayerTensors;
 
-absl::Status CudaStatus(cudaError_t e, const char* what) {
-  if (e == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("CUDA error in ", what, ": ", cudaGetErrorName(e), " (",
-                                          cudaGetErrorString(e), ")"));
-}
-absl::Status CublasStatus(cublasStatus_t s, const char* what) {
-  if (s == CUBLAS_STATUS_SUCCESS) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat("cuBLAS error in ", what, ": status ", static_cast<int>(s)));
-}
-#define MOEND_GCAL_CUDA(expr) \
-  MOEND_RETURN_IF_ERROR(CudaStatus(static_cast<cudaError_t>(expr), #expr))
-#define MOEND_GCAL_CUBLAS(expr) MOEND_RETURN_IF_ERROR(CublasStatus((expr), #expr))
-
 int64_t RoundUp(int64_t a, int64_t b) { return (a + b - 1) / b * b; }
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// Grow-only device allocation.
-class DeviceArray {
- public:
-  DeviceArray() = default;
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  ~DeviceArray() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-  }
-  absl::Status Reserve(size_t bytes) {
-    bytes = std::max<size_t>(bytes, 256);
-    if (bytes <= capacity_) return absl::OkStatus();
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = nullptr;
-    capacity_ = 0;
-    MOEND_GCAL_CUDA(cudaMalloc(&ptr_, bytes));
-    capacity_ = bytes;
-    return absl::OkStatus();
-  }
-  template <typename T>
-  T* as() const { return static_cast<T*>(ptr_); }
-
- private:
-  void* ptr_ = nullptr;
-  size_t capacity_ = 0;
-};
 
 // The tuples of one keep ratio: K bits (descending, so that (1,16) comes
 // first) and V bits; tuple[i][j] is the options.tuples index of
@@ -171,16 +132,16 @@ struct GpuCalibrator::Impl {
     const float scale = 1.0f / std::sqrt(static_cast<float>(d)), one = 1.0f, zero = 0.0f;
     const int P = static_cast<int>(probes), D = static_cast<int>(d), R = static_cast<int>(rows_per_kv);
     // s[r, j] = scale * q[r] . k_tail[j], per KV head over its group's rows.
-    MOEND_GCAL_CUBLAS(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, P, R, D, &scale, k + c * d, D,
-                                                kv_stride, q_probe32.as<float>(), D, rows_per_kv * d, &zero,
-                                                tail_s.as<float>(), P, rows_per_kv * probes,
-                                                static_cast<int>(hkv)));
-    MOEND_GCAL_CUDA(gpucal::LaunchTailSoftmax(tail_s.as<float>(), static_cast<int>(rows_total), P,
-                                              tail_max.as<float>(), tail_sum.as<float>(), stream));
+    MOEND_CUBLAS_RETURN(cublasSgemmStridedBatched(blas, CUBLAS_OP_T, CUBLAS_OP_N, P, R, D, &scale, k + c * d, D,
+                                                  kv_stride, q_probe32.as<float>(), D, rows_per_kv * d, &zero,
+                                                  tail_s.as<float>(), P, rows_per_kv * probes,
+                                                  static_cast<int>(hkv)));
+    MOEND_CUDA_RETURN(gpucal::LaunchTailSoftmax(tail_s.as<float>(), static_cast<int>(rows_total), P,
+                                                tail_max.as<float>(), tail_sum.as<float>(), stream));
     // o[r, :] = sum_j p[r, j] v_tail[j, :].
-    MOEND_GCAL_CUBLAS(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, D, R, P, &one, v + c * d, D,
-                                                kv_stride, tail_s.as<float>(), P, rows_per_kv * probes, &zero,
-                                                tail_o.as<float>(), D, rows_per_kv * d, static_cast<int>(hkv)));
+    MOEND_CUBLAS_RETURN(cublasSgemmStridedBatched(blas, CUBLAS_OP_N, CUBLAS_OP_N, D, R, P, &one, v + c * d, D,
+                                                  kv_stride, tail_s.as<float>(), P, rows_per_kv * probes, &zero,
+                                                  tail_o.as<float>(), D, rows_per_kv * d, static_cast<int>(hkv)));
     return absl::OkStatus();
   }
 
@@ -197,7 +158,7 @@ struct GpuCalibrator::Impl {
     sp.window = static_cast<int>(w);
     sp.workspace = score_ws.as<float>();
     sp.scores = scores.as<float>();
-    MOEND_GCAL_CUDA(kernels::cuda::LaunchScores(sp, prep));
+    MOEND_CUDA_RETURN(kernels::cuda::LaunchScores(sp, prep));
     return absl::OkStatus();
   }
 
@@ -208,7 +169,7 @@ struct GpuCalibrator::Impl {
     const int64_t m = kp.kept, rpad = kp.rpad;
     const int D = static_cast<int>(d), H = static_cast<int>(hkv);
     if (m == cand) {  // every candidate kept, in order
-      MOEND_GCAL_CUDA(gpucal::LaunchIota(index.as<int32_t>(), H, static_cast<int>(m), prep));
+      MOEND_CUDA_RETURN(gpucal::LaunchIota(index.as<int32_t>(), H, static_cast<int>(m), prep));
     } else if (m > 0) {
       kernels::cuda::SelectParams sel;
       sel.scores = scores.as<float>();
@@ -216,7 +177,7 @@ struct GpuCalibrator::Impl {
       sel.candidates = static_cast<int>(cand);
       sel.kept = static_cast<int>(m);
       sel.index = index.as<int32_t>();
-      MOEND_GCAL_CUDA(kernels::cuda::LaunchSelect(sel, prep));
+      MOEND_CUDA_RETURN(kernels::cuda::LaunchSelect(sel, prep));
     }
     const int nv = static_cast<int>(kp.vbits.size());
     std::map<int, std::pair<int, int>, std::greater<>> bits;  // bits -> (K slot or -1, V slot or -1)
@@ -249,7 +210,7 @@ struct GpuCalibrator::Impl {
       qp.v_min = v_min.as<uint16_t>();
       qp.window_k = window_k.as<uint16_t>();
       qp.window_v = window_v.as<uint16_t>();
-      MOEND_GCAL_CUDA(kernels::cuda::LaunchQuantize(qp, prep));
+      MOEND_CUDA_RETURN(kernels::cuda::LaunchQuantize(qp, prep));
       gpucal::DequantParams dp;
       dp.k_codes = qp.k_codes;
       dp.k_scale = qp.k_scale;
@@ -269,7 +230,7 @@ struct GpuCalibrator::Impl {
       dp.v_out = slots.second >= 0 ? v_all.as<uint16_t>() + kp.v_offset : nullptr;
       dp.v_cols = nv * D;
       dp.v_col0 = std::max(slots.second, 0) * D;
-      MOEND_GCAL_CUDA(gpucal::LaunchDequant(dp, prep));
+      MOEND_CUDA_RETURN(gpucal::LaunchDequant(dp, prep));
     }
     return absl::OkStatus();
   }
@@ -308,17 +269,17 @@ struct GpuCalibrator::Impl {
       if (is_ref || exact[i]) {
         if (!is_ref) offset = offset_tmp.as<float>();
         sp.write_p = false;
-        MOEND_GCAL_CUDA(gpucal::LaunchProbeScores(sp, stream));
-        MOEND_GCAL_CUDA(gpucal::LaunchReduceMax(part_max.as<float>(), static_cast<int>(splits),
-                                                static_cast<int>(rows_total), offset, stream));
+        MOEND_CUDA_RETURN(gpucal::LaunchProbeScores(sp, stream));
+        MOEND_CUDA_RETURN(gpucal::LaunchReduceMax(part_max.as<float>(), static_cast<int>(splits),
+                                                  static_cast<int>(rows_total), offset, stream));
       }
       sp.write_p = true;
       sp.offset = offset;
-      MOEND_GCAL_CUDA(gpucal::LaunchProbeScores(sp, stream));
+      MOEND_CUDA_RETURN(gpucal::LaunchProbeScores(sp, stream));
       MOEND_RETURN_IF_ERROR(Mark(1, stream));
       // o[r, :] = p[r, :] v_all for all V bits at once, per KV head.
       const int64_t cols = nv * d;
-      MOEND_GCAL_CUBLAS(cublasGemmStridedBatchedEx(
+      MOEND_CUBLAS_RETURN(cublasGemmStridedBatchedEx(
           blas, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(cols), static_cast<int>(rows_per_kv),
           static_cast<int>(rpad), &one, v_all.as<uint16_t>() + kp.v_offset, CUDA_R_16F, static_cast<int>(cols), rpad * cols,
           p.as<uint16_t>(), CUDA_R_16F, static_cast<int>(rpad), rows_per_kv * rpad, &zero, o.as<float>(),
@@ -345,10 +306,10 @@ struct GpuCalibrator::Impl {
       if (is_ref) {
         const auto j16 = std::find(kp.vbits.begin(), kp.vbits.end(), kFp16Bits) - kp.vbits.begin();
         mp.ref_slot = static_cast<int>(j16);
-        MOEND_GCAL_CUDA(gpucal::LaunchMerge(mp, stream));
+        MOEND_CUDA_RETURN(gpucal::LaunchMerge(mp, stream));
         mp.ref_slot = -1;
       }
-      MOEND_GCAL_CUDA(gpucal::LaunchMerge(mp, stream));
+      MOEND_CUDA_RETURN(gpucal::LaunchMerge(mp, stream));
       if (options.profile) {
         MOEND_RETURN_IF_ERROR(Mark(3, stream));
         MOEND_ASSIGN_OR_RETURN(const double a, Elapsed(0, 1));
@@ -367,13 +328,13 @@ struct GpuCalibrator::Impl {
   // Profile mode: phase i starts at record(i); Elapsed(a, b) after a sync.
   absl::Status Mark(int i, cudaStream_t on) {
     if (!options.profile) return absl::OkStatus();
-    MOEND_GCAL_CUDA(cudaEventRecord(phase[i], on));
+    MOEND_CUDA_RETURN(cudaEventRecord(phase[i], on));
     return absl::OkStatus();
   }
   absl::StatusOr<double> Elapsed(int a, int b) {
-    MOEND_GCAL_CUDA(cudaEventSynchronize(phase[b]));
+    MOEND_CUDA_RETURN(cudaEventSynchronize(phase[b]));
     float ms = 0;
-    MOEND_GCAL_CUDA(cudaEventElapsedTime(&ms, phase[a], phase[b]));
+    MOEND_CUDA_RETURN(cudaEventElapsedTime(&ms, phase[a], phase[b]));
     return static_cast<double>(ms);
   }
 
@@ -421,18 +382,18 @@ struct GpuCalibrator::Impl {
     MOEND_RETURN_IF_ERROR(Reserve(groups, k_elems, v_elems));
     while (keep_ready.size() < plans.size()) {
       cudaEvent_t e = nullptr;
-      MOEND_GCAL_CUDA(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+      MOEND_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       keep_ready.push_back(e);
     }
-    MOEND_GCAL_CUDA(cudaMemsetAsync(err.as<double>(), 0, (err_slots_ + 1) * 8, stream));
-    MOEND_GCAL_CUDA(cudaMemsetAsync(flags.as<unsigned>(), 0, groups * 4, stream));
-    MOEND_GCAL_CUDA(gpucal::LaunchProbeQueriesToHalf(q_probe32.as<float>(), probes * d, static_cast<int>(hq),
-                                                     static_cast<int>(probes), static_cast<int>(d),
-                                                     q_probe16.as<uint16_t>(), stream));
+    MOEND_CUDA_RETURN(cudaMemsetAsync(err.as<double>(), 0, (err_slots_ + 1) * 8, stream));
+    MOEND_CUDA_RETURN(cudaMemsetAsync(flags.as<unsigned>(), 0, groups * 4, stream));
+    MOEND_CUDA_RETURN(gpucal::LaunchProbeQueriesToHalf(q_probe32.as<float>(), probes * d, static_cast<int>(hq),
+                                                       static_cast<int>(probes), static_cast<int>(d),
+                                                       q_probe16.as<uint16_t>(), stream));
     // The prep stream (scores, then each keep's operands) runs ahead of the
     // probe attention, which waits for each keep's operands.
-    MOEND_GCAL_CUDA(cudaEventRecord(inputs_ready, stream));
-    MOEND_GCAL_CUDA(cudaStreamWaitEvent(prep, inputs_ready, 0));
+    MOEND_CUDA_RETURN(cudaEventRecord(inputs_ready, stream));
+    MOEND_CUDA_RETURN(cudaStreamWaitEvent(prep, inputs_ready, 0));
     stats = GpuCalibratorStats{};
     MOEND_RETURN_IF_ERROR(Mark(0, prep));
     // Keep 1 (first) needs no scores: its operands go first, the scores after.
@@ -443,7 +404,7 @@ struct GpuCalibrator::Impl {
         scored = true;
       }
       MOEND_RETURN_IF_ERROR(Prep(plans[i]));
-      MOEND_GCAL_CUDA(cudaEventRecord(keep_ready[i], prep));
+      MOEND_CUDA_RETURN(cudaEventRecord(keep_ready[i], prep));
     }
     if (this->options.profile) {  // serialized: prep, then tail
       MOEND_RETURN_IF_ERROR(Mark(1, prep));
@@ -457,18 +418,18 @@ struct GpuCalibrator::Impl {
     }
     for (size_t i = 0; i < plans.size(); ++i) {
       const KeepPlan& kp = plans[i];
-      MOEND_GCAL_CUDA(cudaStreamWaitEvent(stream, keep_ready[i], 0));
+      MOEND_CUDA_RETURN(cudaStreamWaitEvent(stream, keep_ready[i], 0));
       MOEND_RETURN_IF_ERROR(Groups(kp, std::vector<bool>(kp.kbits.size(), true),
                                    std::vector<bool>(kp.kbits.size(), this->options.exact_row_max)));
     }
     std::vector<double> sums(static_cast<size_t>(err_slots_ + 1));
     std::vector<unsigned> flag(static_cast<size_t>(groups));
     auto download = [&]() -> absl::Status {
-      MOEND_GCAL_CUDA(cudaMemcpyAsync(sums.data(), err.as<double>(), sums.size() * 8, cudaMemcpyDeviceToHost,
-                                      stream));
-      MOEND_GCAL_CUDA(cudaMemcpyAsync(flag.data(), flags.as<unsigned>(), flag.size() * 4, cudaMemcpyDeviceToHost,
-                                      stream));
-      MOEND_GCAL_CUDA(cudaStreamSynchronize(stream));
+      MOEND_CUDA_RETURN(cudaMemcpyAsync(sums.data(), err.as<double>(), sums.size() * 8, cudaMemcpyDeviceToHost,
+                                        stream));
+      MOEND_CUDA_RETURN(cudaMemcpyAsync(flag.data(), flags.as<unsigned>(), flag.size() * 4, cudaMemcpyDeviceToHost,
+                                        stream));
+      MOEND_CUDA_RETURN(cudaStreamSynchronize(stream));
       return absl::OkStatus();
     };
     MOEND_RETURN_IF_ERROR(download());
@@ -481,7 +442,7 @@ struct GpuCalibrator::Impl {
         if (flag[static_cast<size_t>(kp.group[i])] != 0) {
           run[i] = any = true;
           ++stats.fallback_groups;
-          MOEND_GCAL_CUDA(cudaMemsetAsync(err.as<double>() + kp.group[i] * kMaxVSlots, 0, kMaxVSlots * 8, stream));
+          MOEND_CUDA_RETURN(cudaMemsetAsync(err.as<double>() + kp.group[i] * kMaxVSlots, 0, kMaxVSlots * 8, stream));
         }
       }
       if (any) {
@@ -489,11 +450,11 @@ struct GpuCalibrator::Impl {
         MOEND_RETURN_IF_ERROR(Groups(kp, run, run));
       }
     }
-    MOEND_GCAL_CUDA(cudaEventRecord(stop, stream));
+    MOEND_CUDA_RETURN(cudaEventRecord(stop, stream));
     if (redo) MOEND_RETURN_IF_ERROR(download());
-    MOEND_GCAL_CUDA(cudaEventSynchronize(stop));
+    MOEND_CUDA_RETURN(cudaEventSynchronize(stop));
     float ms = 0;
-    MOEND_GCAL_CUDA(cudaEventElapsedTime(&ms, start, stop));
+    MOEND_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
     stats.total_ms = ms;
 
     const double norm = sums[static_cast<size_t>(err_slots_)];
@@ -559,18 +520,18 @@ absl::StatusOr<std::unique_ptr<GpuCalibrator>> GpuCalibrator::Create(GpuCalibrat
   auto impl = std::make_unique<Impl>();
   impl->options = options;
   int dev = 0;
-  MOEND_GCAL_CUDA(cudaGetDevice(&dev));
-  MOEND_GCAL_CUDA(cudaDeviceGetAttribute(&impl->sms, cudaDevAttrMultiProcessorCount, dev));
-  MOEND_GCAL_CUDA(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
-  MOEND_GCAL_CUDA(cudaStreamCreateWithFlags(&impl->prep, cudaStreamNonBlocking));
-  MOEND_GCAL_CUDA(cudaEventCreateWithFlags(&impl->inputs_ready, cudaEventDisableTiming));
-  for (cudaEvent_t& e : impl->phase) MOEND_GCAL_CUDA(cudaEventCreate(&e));
-  MOEND_GCAL_CUDA(cudaEventCreate(&impl->start));
-  MOEND_GCAL_CUDA(cudaEventCreate(&impl->stop));
-  MOEND_GCAL_CUBLAS(cublasCreate(&impl->blas));
-  MOEND_GCAL_CUBLAS(cublasSetStream(impl->blas, impl->stream));
+  MOEND_CUDA_RETURN(cudaGetDevice(&dev));
+  MOEND_CUDA_RETURN(cudaDeviceGetAttribute(&impl->sms, cudaDevAttrMultiProcessorCount, dev));
+  MOEND_CUDA_RETURN(cudaStreamCreateWithFlags(&impl->stream, cudaStreamNonBlocking));
+  MOEND_CUDA_RETURN(cudaStreamCreateWithFlags(&impl->prep, cudaStreamNonBlocking));
+  MOEND_CUDA_RETURN(cudaEventCreateWithFlags(&impl->inputs_ready, cudaEventDisableTiming));
+  for (cudaEvent_t& e : impl->phase) MOEND_CUDA_RETURN(cudaEventCreate(&e));
+  MOEND_CUDA_RETURN(cudaEventCreate(&impl->start));
+  MOEND_CUDA_RETURN(cudaEventCreate(&impl->stop));
+  MOEND_CUBLAS_RETURN(cublasCreate(&impl->blas));
+  MOEND_CUBLAS_RETURN(cublasSetStream(impl->blas, impl->stream));
   // Full fp32 SGEMM for the tail (no TF32); fp16 GemmEx still uses tensor cores.
-  MOEND_GCAL_CUBLAS(cublasSetMathMode(impl->blas, CUBLAS_DEFAULT_MATH));
+  MOEND_CUBLAS_RETURN(cublasSetMathMode(impl->blas, CUBLAS_DEFAULT_MATH));
   return std::unique_ptr<GpuCalibrator>(new GpuCalibrator(std::move(impl)));
 }
 
@@ -583,13 +544,13 @@ absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureLayer(const LayerTenso
   MOEND_RETURN_IF_ERROR(m.v_in.Reserve(m.hkv * m.n * d * 4));
   MOEND_RETURN_IF_ERROR(m.q_window.Reserve(m.hq * m.w * d * 4));
   MOEND_RETURN_IF_ERROR(m.q_probe32.Reserve(m.rows_total * d * 4));
-  MOEND_GCAL_CUDA(cudaEventRecord(m.start, m.stream));
-  MOEND_GCAL_CUDA(cudaMemcpyAsync(m.k_in.as<float>(), x.k, m.hkv * m.n * d * 4, cudaMemcpyHostToDevice, m.stream));
-  MOEND_GCAL_CUDA(cudaMemcpyAsync(m.v_in.as<float>(), x.v, m.hkv * m.n * d * 4, cudaMemcpyHostToDevice, m.stream));
-  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_window.as<float>(), m.w * d * 4, x.q + (m.c - m.w) * d, m.n * d * 4,
-                                    m.w * d * 4, m.hq, cudaMemcpyHostToDevice, m.stream));
-  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_probe32.as<float>(), m.probes * d * 4, x.q + m.c * d, m.n * d * 4,
-                                    m.probes * d * 4, m.hq, cudaMemcpyHostToDevice, m.stream));
+  MOEND_CUDA_RETURN(cudaEventRecord(m.start, m.stream));
+  MOEND_CUDA_RETURN(cudaMemcpyAsync(m.k_in.as<float>(), x.k, m.hkv * m.n * d * 4, cudaMemcpyHostToDevice, m.stream));
+  MOEND_CUDA_RETURN(cudaMemcpyAsync(m.v_in.as<float>(), x.v, m.hkv * m.n * d * 4, cudaMemcpyHostToDevice, m.stream));
+  MOEND_CUDA_RETURN(cudaMemcpy2DAsync(m.q_window.as<float>(), m.w * d * 4, x.q + (m.c - m.w) * d, m.n * d * 4,
+                                      m.w * d * 4, m.hq, cudaMemcpyHostToDevice, m.stream));
+  MOEND_CUDA_RETURN(cudaMemcpy2DAsync(m.q_probe32.as<float>(), m.probes * d * 4, x.q + m.c * d, m.n * d * 4,
+                                      m.probes * d * 4, m.hq, cudaMemcpyHostToDevice, m.stream));
   m.k = m.k_in.as<float>();
   m.v = m.v_in.as<float>();
   return m.Run(options);
@@ -602,11 +563,11 @@ absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureDeviceLayer(const Laye
   const int64_t d = m.d;
   MOEND_RETURN_IF_ERROR(m.q_window.Reserve(m.hq * m.w * d * 4));
   MOEND_RETURN_IF_ERROR(m.q_probe32.Reserve(m.rows_total * d * 4));
-  MOEND_GCAL_CUDA(cudaEventRecord(m.start, m.stream));
-  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_window.as<float>(), m.w * d * 4, x.q + (m.c - m.w) * d, m.n * d * 4,
-                                    m.w * d * 4, m.hq, cudaMemcpyDeviceToDevice, m.stream));
-  MOEND_GCAL_CUDA(cudaMemcpy2DAsync(m.q_probe32.as<float>(), m.probes * d * 4, x.q + m.c * d, m.n * d * 4,
-                                    m.probes * d * 4, m.hq, cudaMemcpyDeviceToDevice, m.stream));
+  MOEND_CUDA_RETURN(cudaEventRecord(m.start, m.stream));
+  MOEND_CUDA_RETURN(cudaMemcpy2DAsync(m.q_window.as<float>(), m.w * d * 4, x.q + (m.c - m.w) * d, m.n * d * 4,
+                                      m.w * d * 4, m.hq, cudaMemcpyDeviceToDevice, m.stream));
+  MOEND_CUDA_RETURN(cudaMemcpy2DAsync(m.q_probe32.as<float>(), m.probes * d * 4, x.q + m.c * d, m.n * d * 4,
+                                      m.probes * d * 4, m.hq, cudaMemcpyDeviceToDevice, m.stream));
   m.k = x.k;
   m.v = x.v;
   return m.Run(options);
