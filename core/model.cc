@@ -126,20 +126,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
 
 absl::StatusOr<std::vector<float>> Model::Forward(std::span<const int32_t> tokens,
                                                   const LayerCallback& on_layer) const {
+  MOEND_RETURN_IF_ERROR(CheckTokens(config_, tokens));
   const ModelConfig& c = config_;
   const int64_t n = static_cast<int64_t>(tokens.size());
-  if (n == 0) return absl::InvalidArgumentError("forward needs at least one token");
-  for (int64_t i = 0; i < n; ++i) {
-    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ", i,
-                                                     " is outside the vocabulary [0, ",
-                                                     c.vocab_size, ")"));
-    }
-  }
-  if (c.sliding_window > 0 && n > c.sliding_window) {
-    return absl::UnimplementedError(absl::StrCat("input of ", n, " tokens exceeds the sliding window (",
-                                                 c.sliding_window, "), which is not supported"));
-  }
   const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim;
   std::vector<float> x(static_cast<size_t>(n * c.hidden_size));
   std::vector<float> q(static_cast<size_t>(h * n * d)), k(static_cast<size_t>(hkv * n * d)),
@@ -154,6 +143,33 @@ absl::StatusOr<std::vector<float>> Model::Forward(std::span<const int32_t> token
   std::vector<float> logits(static_cast<size_t>(n * c.vocab_size));
   Logits(x.data(), n, logits.data());
   return logits;
+}
+
+absl::Status Model::CheckTokens(const ModelConfig& c, std::span<const int32_t> tokens) {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  if (n == 0) return absl::InvalidArgumentError("forward needs at least one token");
+  for (int64_t i = 0; i < n; ++i) {
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("token ", tokens[i], " at position ", i,
+                                                     " is outside the vocabulary [0, ",
+                                                     c.vocab_size, ")"));
+    }
+  }
+  if (c.sliding_window > 0 && n > c.sliding_window) {
+    return absl::UnimplementedError(absl::StrCat("input of ", n, " tokens exceeds the sliding window (",
+                                                 c.sliding_window, "), which is not supported"));
+  }
+  return absl::OkStatus();
+}
+
+Model::LayerWeights Model::layer_weights(int64_t layer) const {
+  const Layer& L = layers_[static_cast<size_t>(layer)];
+  return LayerWeights{L.attn_norm, L.mlp_norm, L.qkv, L.qkv_bias, L.o, L.gate_up, L.down};
+}
+
+std::span<const float> Model::lm_head() const {
+  return config_.tie_word_embeddings ? std::span<const float>(embed_)
+                                      : std::span<const float>(lm_head_);
 }
 
 void Model::Embed(std::span<const int32_t> tokens, float* x) const {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "core/model_config.h"
 
@@ -54,6 +55,29 @@ class Model {
   // each layer's q, k, v. Token ids must be in [0, vocab).
   absl::StatusOr<std::vector<float>> Forward(std::span<const int32_t> tokens,
                                              const LayerCallback& on_layer = nullptr) const;
+  // What a forward of a model with `config` accepts: at least one token, ids
+  // in [0, vocab), no more tokens than a sliding window (unsupported).
+  // InvalidArgument / Unimplemented naming the offending token or length.
+  static absl::Status CheckTokens(const ModelConfig& config, std::span<const int32_t> tokens);
+
+  // --- The float32 weights, for other implementations of the forward
+  // (worker/gpu_model.h). Row-major, laid out as the building blocks use them.
+  struct LayerWeights {
+    std::span<const float> attn_norm;  // [hidden]
+    std::span<const float> mlp_norm;   // [hidden]
+    std::span<const float> qkv;        // [(H + 2 Hkv) * D, hidden]: q, k, v rows stacked
+    std::span<const float> qkv_bias;   // [(H + 2 Hkv) * D] or empty
+    std::span<const float> o;          // [hidden, H * D]
+    std::span<const float> gate_up;    // [2 * I, hidden]: gate rows then up rows
+    std::span<const float> down;       // [hidden, I]
+  };
+  LayerWeights layer_weights(int64_t layer) const;
+  std::span<const float> embedding() const { return embed_; }  // [vocab, hidden]
+  // [vocab, hidden]: the embedding when the config ties them.
+  std::span<const float> lm_head() const;
+  std::span<const float> final_norm() const { return final_norm_; }  // [hidden]
+  // RoPE inverse frequencies [D / 2], float32 as Hugging Face computes them.
+  std::span<const float> inv_freq() const { return inv_freq_; }
 
   // --- Building blocks (sizes are the caller's responsibility) ---
   // x: [n, hidden] = embedding rows of `tokens` (ids already validated).

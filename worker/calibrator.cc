@@ -14,6 +14,7 @@
 #include "kernels/dequantize.h"
 #ifdef MOEND_WITH_CUDA
 #include "worker/gpu_calibrator.h"
+#include "worker/gpu_model.h"
 #endif
 
 namespace moend::worker {
@@ -164,23 +165,52 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
   if (sequences.empty()) return absl::InvalidArgumentError("no calibration sequences");
   std::vector<std::vector<double>> sum(static_cast<size_t>(layer_end - layer_begin),
                                        std::vector<double>(options.tuples.size(), 0.0));
+  // Adds one layer's s (or names the layer in its error).
+  auto accumulate = [&](int64_t layer, const absl::StatusOr<std::vector<double>>& s) {
+    if (!s.ok()) {
+      return absl::Status(s.status().code(),
+                          absl::StrCat("layer ", layer, ": ", s.status().message()));
+    }
+    std::vector<double>& row = sum[static_cast<size_t>(layer - layer_begin)];
+    for (size_t t = 0; t < row.size(); ++t) row[t] += (*s)[t];
+    return absl::OkStatus();
+  };
+  auto tensors = [&](const LayerActivations& a) {
+    return LayerTensors{a.q, a.k, a.v, cfg.num_heads, cfg.num_kv_heads, a.tokens, cfg.head_dim};
+  };
+  // One sequence: its forward, measuring the layers in range.
+  std::function<absl::Status(std::span<const int32_t>)> measure_sequence;
+#ifdef MOEND_WITH_CUDA
+  // Forward and grid on the device (worker/gpu_model.h, worker/gpu_calibrator.h):
+  // q/k/v never leave it.
+  std::unique_ptr<GpuModel> gpu_model;
+  std::unique_ptr<GpuCalibrator> calibrator;
+  MOEND_ASSIGN_OR_RETURN(const kernels::Backend backend, kernels::ResolveBackend(options.backend));
+  if (backend == kernels::Backend::kCuda) {
+    MOEND_ASSIGN_OR_RETURN(gpu_model, GpuModel::Create(model));
+    MOEND_ASSIGN_OR_RETURN(calibrator, GpuCalibrator::Create());
+    measure_sequence = [&](std::span<const int32_t> seq) {
+      return gpu_model->Prefill(seq, layer_end, [&](const LayerActivations& a) {
+        if (a.layer < layer_begin) return absl::OkStatus();
+        return accumulate(a.layer, calibrator->MeasureDeviceLayer(tensors(a), options));
+      });
+    };
+  }
+#endif
+  if (!measure_sequence) {
+    measure_sequence = [&](std::span<const int32_t> seq) {
+      absl::Status error;
+      auto forward = model.Forward(seq, [&](const LayerActivations& a) {
+        if (!error.ok() || a.layer < layer_begin || a.layer >= layer_end) return;
+        error = accumulate(a.layer, MeasureLayer(tensors(a), options));
+      });
+      MOEND_RETURN_IF_ERROR(forward.status());
+      return error;
+    };
+  }
   int64_t done = 0;
   for (const std::vector<int32_t>& seq : sequences) {
-    absl::Status error;
-    auto forward = model.Forward(seq, [&](const LayerActivations& a) {
-      if (!error.ok() || a.layer < layer_begin || a.layer >= layer_end) return;
-      LayerTensors x{a.q, a.k, a.v, cfg.num_heads, cfg.num_kv_heads, a.tokens, cfg.head_dim};
-      absl::StatusOr<std::vector<double>> s = MeasureLayer(x, options);
-      if (!s.ok()) {
-        error = absl::Status(s.status().code(),
-                             absl::StrCat("layer ", a.layer, ": ", s.status().message()));
-        return;
-      }
-      std::vector<double>& row = sum[static_cast<size_t>(a.layer - layer_begin)];
-      for (size_t t = 0; t < row.size(); ++t) row[t] += (*s)[t];
-    });
-    MOEND_RETURN_IF_ERROR(forward.status());
-    MOEND_RETURN_IF_ERROR(error);
+    MOEND_RETURN_IF_ERROR(measure_sequence(seq));
     if (progress) progress(++done, static_cast<int64_t>(sequences.size()));
   }
   for (auto& row : sum) {

@@ -1,10 +1,22 @@
 #!/usr/bin/env bash
-# One call on the lent GPU machine: build the GPU calibrator, run its tests
-# (and the CPU calibrator's), then time the 112-tuple grid per layer side by
-# side with the PyTorch peer (calibration_peer.py) on the same GPU and print
-# the ratio. Logs under $OUT (or /tmp/moend-out).
-#   bench/worker/device_run.sh [--no-tests]
+# One call on the lent GPU machine: build the GPU calibrator and the GPU
+# forward, run their tests (and the CPU calibrator's), time the shipped
+# model's calibration end to end (GPU forward + grid, 16 sequences of
+# data/calibration.bin), then time the 112-tuple grid per layer side by side
+# with the PyTorch peer (calibration_peer.py) on the same GPU and print the
+# ratio. Logs under $OUT (or /tmp/moend-out).
+#   bench/worker/device_run.sh [--no-tests] [--e2e]
+# --e2e: stop after the end-to-end timing (no per-layer benches, no peer).
 set -uo pipefail
+no_tests=0
+e2e_only=0
+for arg in "$@"; do
+  case "$arg" in
+    --no-tests) no_tests=1 ;;
+    --e2e) e2e_only=1 ;;
+    *) echo "usage: $0 [--no-tests] [--e2e]"; exit 2 ;;
+  esac
+done
 cd "$(dirname "$0")/../.."
 out=${OUT:-/tmp/moend-out}
 mkdir -p "$out"
@@ -16,14 +28,21 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm --format=csv 
 date -u +%F | tee -a "$out/device.txt"
 cmake -S . -B "$build" -G Ninja -DMOEND_CORE_ONLY=ON -DMOEND_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
   -DMOEND_BUILD_BENCHMARKS=ON "${prefix[@]}" > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
-ninja -C "$build" -j16 gpu_calibrator_test worker_test calibration_gpu_bench >> "$out/build.log" 2>&1 || {
+ninja -C "$build" -j16 gpu_calibrator_test gpu_model_test worker_test calibration_gpu_bench >> "$out/build.log" 2>&1 || {
   grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
 echo "build ok"
-if [ "${1:-}" != "--no-tests" ]; then
+if [ "$no_tests" = 0 ]; then
   "$build/tests/gpu_calibrator_test" 2>&1 | tee "$out/gpu_calibrator_test.log" |
     grep -E "^\[  |worst|Failure|Expected|Which|actual|  " | head -80
+  "$build/tests/gpu_model_test" 2>&1 | tee "$out/gpu_model_test.log" |
+    grep -E "^\[  |worst|max \||Failure|Expected|Which|actual|  " | head -80
   "$build/tests/worker_test" 2>&1 | tail -3
 fi
+# The shipped model end to end: GPU forward + grid (RESULT e2e), and the CPU
+# forward + GPU grid path on 2 sequences for comparison (RESULT e2e_cpu_forward).
+"$build/bin/calibration_gpu_bench" --model models/tinycode --data data/calibration.bin --samples 16 \
+  --cpu-samples 2 2>&1 | tee "$out/e2e_bench.log"
+[ "$e2e_only" = 1 ] && exit 0
 "$build/bin/calibration_gpu_bench" 2>&1 | tee "$out/gpu_bench.log"
 "$build/bin/calibration_gpu_bench" --exact --reps 5 2>&1 | grep RESULT | tee -a "$out/gpu_bench.log"
 "$build/bin/calibration_gpu_bench" --profile --reps 1 2>&1 | grep PROFILE | tee -a "$out/gpu_bench.log"

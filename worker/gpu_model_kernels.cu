@@ -1,0 +1,148 @@
+// Kernels of the GPU forward pass; contracts in worker/gpu_model_kernels.h.
+// The float operations follow core/model.cc and core/vec_math.cc (the
+// products and sums that the CPU does unfused are rounded explicitly here,
+// so that nvcc's contraction into fused multiply-adds does not apply).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+#include "worker/gpu_model_kernels.h"
+
+namespace moend::worker::gpumodel {
+namespace {
+
+using kernels::cuda::WarpMax;
+using kernels::cuda::WarpSum;
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = kThreads / 32;  // one warp per row
+
+// Blocks for a grid-stride loop over `total` elements.
+unsigned GridFor(int64_t total) {
+  return static_cast<unsigned>(std::clamp<int64_t>((total + kThreads - 1) / kThreads, 1, int64_t{1} << 20));
+}
+
+__global__ void EmbedKernel(const int32_t* tokens, const float* embed, int64_t n, int hidden, float* x) {
+  const int64_t total = n * hidden;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / hidden, c = i % hidden;
+    x[i] = embed[static_cast<int64_t>(tokens[t]) * hidden + c];
+  }
+}
+
+// One warp per row.
+__global__ void RmsNormKernel(const float* x, const float* weight, int64_t n, int hidden, float eps,
+                              float* out) {
+  const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= n) return;
+  const float* r = x + row * hidden;
+  float ss = 0.0f;
+  for (int i = lane; i < hidden; i += 32) ss = fmaf(r[i], r[i], ss);
+  ss = WarpSum(ss);
+  const float scale = 1.0f / sqrtf(ss / static_cast<float>(hidden) + eps);
+  float* o = out + row * hidden;
+  for (int i = lane; i < hidden; i += 32) o[i] = __fmul_rn(weight[i], __fmul_rn(r[i], scale));
+}
+
+// One block per token; threads over the (q or k head, pair) rotations, then
+// over the v channels.
+__global__ void RopeKernel(const RopeParams p) {
+  const int64_t t = blockIdx.x, n = p.tokens;
+  const int D = p.head_dim, half = D / 2, H = p.num_heads, Hkv = p.num_kv_heads;
+  const int64_t width = static_cast<int64_t>(H + 2 * Hkv) * D;
+  const float* row = p.qkv + t * width;
+  const float pos = static_cast<float>(t);
+  for (int idx = threadIdx.x; idx < (H + Hkv) * half; idx += blockDim.x) {
+    const int head = idx / half, i = idx % half;
+    const int col = head * D + i;
+    float a = row[col], b = row[col + half];
+    if (p.bias != nullptr) {
+      a = __fadd_rn(a, p.bias[col]);
+      b = __fadd_rn(b, p.bias[col + half]);
+    }
+    float sn, cs;
+    sincosf(__fmul_rn(pos, p.inv_freq[i]), &sn, &cs);
+    float* dst = head < H ? p.q + (head * n + t) * D : p.k + ((head - H) * n + t) * D;
+    dst[i] = __fsub_rn(__fmul_rn(a, cs), __fmul_rn(b, sn));
+    dst[i + half] = __fadd_rn(__fmul_rn(b, cs), __fmul_rn(a, sn));
+  }
+  for (int idx = threadIdx.x; idx < Hkv * D; idx += blockDim.x) {
+    const int head = idx / D, i = idx % D;
+    const int col = (H + Hkv + head) * D + i;
+    float val = row[col];
+    if (p.bias != nullptr) val = __fadd_rn(val, p.bias[col]);
+    p.v[(head * n + t) * D + i] = val;
+  }
+}
+
+// One warp per row: max, exp and sum, normalize (as core SoftmaxRow).
+__global__ void CausalSoftmaxKernel(float* s, int64_t rows, int64_t keys, int64_t q0) {
+  const int64_t r = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (r >= rows) return;
+  const int64_t len = q0 + r + 1;
+  float* x = s + r * keys;
+  float m = -INFINITY;
+  for (int64_t j = lane; j < len; j += 32) m = fmaxf(m, x[j]);
+  m = WarpMax(m);
+  float sum = 0.0f;
+  for (int64_t j = lane; j < len; j += 32) {
+    const float e = expf(__fsub_rn(x[j], m));
+    x[j] = e;
+    sum = __fadd_rn(sum, e);
+  }
+  const float inv = 1.0f / WarpSum(sum);
+  for (int64_t j = lane; j < keys; j += 32) x[j] = j < len ? __fmul_rn(x[j], inv) : 0.0f;
+}
+
+__global__ void SiluMulKernel(float* gu, int64_t n, int inter) {
+  const int64_t total = n * inter;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t t = i / inter, j = i % inter;
+    float* gate = gu + t * 2 * inter + j;
+    const float g = *gate, up = gate[inter];
+    *gate = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.0f, expf(-g))), up);
+  }
+}
+
+}  // namespace
+
+int LaunchEmbed(const int32_t* tokens, const float* embed, int64_t n, int hidden, float* x, void* stream) {
+  EmbedKernel<<<GridFor(n * hidden), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(tokens, embed, n,
+                                                                                       hidden, x);
+  return cudaGetLastError();
+}
+
+int LaunchRmsNorm(const float* x, const float* weight, int64_t n, int hidden, float eps, float* out,
+                  void* stream) {
+  const unsigned blocks = static_cast<unsigned>((n + kRowsPerBlock - 1) / kRowsPerBlock);
+  RmsNormKernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, weight, n, hidden, eps, out);
+  return cudaGetLastError();
+}
+
+int LaunchRope(const RopeParams& p, void* stream) {
+  if (p.head_dim % 2 != 0) return cudaErrorInvalidValue;
+  RopeKernel<<<static_cast<unsigned>(p.tokens), 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return cudaGetLastError();
+}
+
+int LaunchCausalSoftmax(float* s, int64_t rows, int64_t keys, int64_t q0, void* stream) {
+  if (q0 + rows > keys) return cudaErrorInvalidValue;
+  const unsigned blocks = static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+  CausalSoftmaxKernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(s, rows, keys, q0);
+  return cudaGetLastError();
+}
+
+int LaunchSiluMul(float* gu, int64_t n, int intermediate, void* stream) {
+  SiluMulKernel<<<GridFor(n * intermediate), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(gu, n,
+                                                                                               intermediate);
+  return cudaGetLastError();
+}
+
+}  // namespace moend::worker::gpumodel
