@@ -10,6 +10,7 @@ pkgs=(
   librocksdb-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
   libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
   prometheus yamllint python3-yaml python3-grpcio python3-protobuf python3-grpc-tools openssl
+  clang-14 libclang-rt-14-dev libomp-14-dev
 )
 for arg in "$@"; do
   case "$arg" in
