@@ -4,14 +4,28 @@
 # the decode benchmark side by side with torch SDPA, and the PyTorch
 # calibration peer (bench/worker/calibration_peer.py). Logs under $OUT (or
 # /tmp/moend-out).
-#   bench/kernels/device_run.sh [--quick]
-# MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_MIN_BLOCKS=2" also builds and times a
-# second variant of the attention kernel (bench only) for comparison.
+#   bench/kernels/device_run.sh [--quick] [--kernels-only]
+#     --quick         10 timed iterations per case instead of 50 (sdpa_peer.py)
+#     --kernels-only  skip the calibration peer
+# MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_PIPELINE=1" also builds a second
+# variant of the kernels with those CUDA flags (kernels_test and
+# kernels_gpu_bench in $build-variant), runs its CudaTest.* and times base and
+# variant side by side at batch 8 / 64k and 128k, every tuple, for each split
+# count in MOEND_SPLITS (default "0,12,24"; 0 = AttentionSplits()' choice).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/../.." || exit 1
+quick=() kernels_only=0
+for a in "$@"; do
+  case "$a" in
+    --quick) quick=(--quick) ;;
+    --kernels-only) kernels_only=1 ;;
+    *) echo "unknown argument '$a'; usage: device_run.sh [--quick] [--kernels-only]" >&2; exit 2 ;;
+  esac
+done
 out=${OUT:-/tmp/moend-out}
 mkdir -p "$out"
 build=/tmp/moend-gpu-build
+jobs=$(nproc)
 prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr") && \
   export LD_LIBRARY_PATH="$PWD/.devdeps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
@@ -20,18 +34,63 @@ configure() {  # build_dir extra-cuda-flags
   cmake -S . -B "$1" -G Ninja -DMOEND_CORE_ONLY=ON -DMOEND_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
     -DMOEND_BUILD_BENCHMARKS=ON -DCMAKE_CUDA_FLAGS="$2" "${prefix[@]}" >> "$out/build.log" 2>&1
 }
+build_targets() {  # build_dir
+  ninja -C "$1" -j"$jobs" kernels_test kernels_gpu_bench >> "$out/build.log" 2>&1
+}
+cuda_tests() {  # build_dir log: CudaTest.* with each case's error and the gtest summary
+  "$1/tests/kernels_test" --gtest_filter='CudaTest.*' > "$2" 2>&1
+  local rc=$?
+  grep -E "^\[  |decode|probe|Failure|Expected|Which|actual" "$2" | tail -60
+  return $rc
+}
+start=$SECONDS
 configure "$build" "" || { tail -30 "$out/build.log"; exit 1; }
-ninja -C "$build" -j16 kernels_test kernels_gpu_bench >> "$out/build.log" 2>&1 || {
-  grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
-echo "build ok"
-"$build/tests/kernels_test" --gtest_filter='CudaTest.*' 2>&1 | tee "$out/kernels_test.log" |
-  grep -E "^\[  |decode|probe|Failure|Expected|Which|actual" | tail -60
-python3 bench/kernels/sdpa_peer.py "$build/bin/kernels_gpu_bench" ${1:+$1} --out "$out/bench.md" > "$out/bench.log" 2>&1
+build_targets "$build" || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
+echo "build ok ($((SECONDS - start)) s)"
+cuda_tests "$build" "$out/kernels_test.log"
+python3 bench/kernels/sdpa_peer.py "$build/bin/kernels_gpu_bench" "${quick[@]}" --out "$out/bench.md" > "$out/bench.log" 2>&1
 cat "$out/bench.md" 2>/dev/null || tail -20 "$out/bench.log"
 if [ -n "${MOEND_VARIANT_FLAGS:-}" ]; then
-  configure "$build-variant" "$MOEND_VARIANT_FLAGS" && ninja -C "$build-variant" -j16 kernels_gpu_bench >> "$out/build.log" 2>&1 &&
-    "$build-variant/bin/kernels_gpu_bench" --quick | grep "decode batch=8" | tee "$out/variant.log"
+  vbuild="$build-variant"
+  echo "== variant: CUDA flags '$MOEND_VARIANT_FLAGS' ($((SECONDS - start)) s)"
+  if configure "$vbuild" "$MOEND_VARIANT_FLAGS" && build_targets "$vbuild"; then
+    echo "variant build ok ($((SECONDS - start)) s)"
+    if cuda_tests "$vbuild" "$out/variant_test.log"; then
+      echo "variant CudaTest: PASS"
+    else
+      echo "variant CudaTest: FAIL (see variant_test.log)"
+    fi
+    # Same cases, same process order for both builds; ratio = base us / variant us.
+    cases=(--batch 8 --ctx "65536,131072" --splits "${MOEND_SPLITS:-0,12,24}" --no-compress "${quick[@]}")
+    for which in base variant; do
+      dir=$build
+      [ "$which" = variant ] && dir=$vbuild
+      "$dir/bin/kernels_gpu_bench" "${cases[@]}" | sed -n "s/^RESULT /$which /p"
+    done > "$out/variant.log" 2>&1
+    awk '
+      $2 == "device" { for (i = 3; i <= NF; ++i) if ($i ~ /^copy_tbps=/) copy[$1] = substr($i, 11) }
+      $2 == "decode" {
+        key = $4 " " $5 " " $NF; us = $6; tb = $8; sub(/us=/, "", us); sub(/tbps=/, "", tb)
+        t[$1, key] = us; bw[$1, key] = tb; if ($1 == "base") order[++n] = key
+      }
+      END {
+        printf "%-44s %10s %10s %8s %9s\n", "batch=8 case (ctx tuple splits)", "base us", "variant us", "speedup", "var %copy"
+        for (i = 1; i <= n; ++i) {
+          k = order[i]
+          if (t["variant", k] == "") { printf "%-44s %10s %10s\n", k, t["base", k], "missing"; continue }
+          printf "%-44s %10.1f %10.1f %7.2fx %8.0f%%\n", k, t["base", k], t["variant", k],
+                 t["base", k] / t["variant", k], 100 * bw["variant", k] / copy["variant"]
+        }
+      }' "$out/variant.log" | tee "$out/variant_summary.txt"
+  else
+    echo "variant build FAILED"
+    grep -E "error|FAILED" -A3 "$out/build.log" | tail -40
+  fi
 fi
-for shape in "--tokens 16384 --heads 28 --kv-heads 4 --dim 128" "--tokens 4096 --heads 4 --kv-heads 2 --dim 64"; do
-  PYTHONUNBUFFERED=1 python3 bench/worker/calibration_peer.py $shape 2>&1 | tee -a "$out/calib_peer.log" | tail -3
-done
+if [ "$kernels_only" = 0 ]; then
+  for shape in "--tokens 16384 --heads 28 --kv-heads 4 --dim 128" "--tokens 4096 --heads 4 --kv-heads 2 --dim 64"; do
+    # shellcheck disable=SC2086  # $shape is a list of arguments
+    PYTHONUNBUFFERED=1 python3 bench/worker/calibration_peer.py $shape 2>&1 | tee -a "$out/calib_peer.log" | tail -3
+  done
+fi
+echo "done ($((SECONDS - start)) s)"

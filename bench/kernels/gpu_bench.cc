@@ -3,13 +3,18 @@
 // select + quantize). Median of CUDA-event timings; inputs rotate over enough
 // copies to exceed L2. Prints "RESULT ..." lines that sdpa_peer.py parses.
 //
-// usage: kernels_gpu_bench [--quick]
+// usage: kernels_gpu_bench [--quick] [--batch 1,8] [--ctx 16384,65536,131072]
+//                          [--splits 0,...] [--no-compress]
+//   --batch, --ctx  decode cases to run (default: all of the lists shown)
+//   --splits        split-K factors to time each decode case with; 0 is
+//                   AttentionSplits()' choice (default: 0 only)
+//   --no-compress   skip the prefill compression benchmark
 #include <cuda_runtime.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
-#include <cstring>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -129,7 +134,8 @@ int BenchCopy(double* tbps) {
   return 0;
 }
 
-int BenchDecode(int batch, int64_t ctx, const CompressionTuple& t, int iters) {
+// splits_override > 0 replaces AttentionSplits()' choice.
+int BenchDecode(int batch, int64_t ctx, const CompressionTuple& t, int iters, int splits_override) {
   // Enough copies that one pass over them exceeds the 50 MB L2 several times.
   Batch probe;
   const int64_t one = batch * moend::LayerBytes({kHkv, kD}, t, ctx);
@@ -146,7 +152,7 @@ int BenchDecode(int batch, int64_t ctx, const CompressionTuple& t, int iters) {
   sample.initial_kept = sample.n_quant = static_cast<int32_t>(m);
   sample.n_window = 32;
   const int max_units = kc::AttentionUnits(sample, 0);
-  const int splits = kc::AttentionSplits(batch, kHq, kHkv, max_units);
+  const int splits = splits_override > 0 ? splits_override : kc::AttentionSplits(batch, kHq, kHkv, max_units);
   float *q = nullptr, *out = nullptr, *ws = nullptr;
   CHECK_CUDA(cudaMalloc(&q, sizeof(float) * batch * kHq * kD));
   CHECK_CUDA(cudaMalloc(&out, sizeof(float) * batch * kHq * kD));
@@ -302,10 +308,54 @@ int BenchCompress(int64_t c, const CompressionTuple& t, int layers) {
   return 0;
 }
 
+// "1,8" -> {1, 8}; false on anything but positive or zero integers.
+bool ParseList(const char* s, std::vector<int64_t>* out) {
+  out->clear();
+  while (*s) {
+    char* end = nullptr;
+    const long long v = std::strtoll(s, &end, 10);
+    if (end == s || v < 0 || (*end != ',' && *end != '\0')) return false;
+    out->push_back(v);
+    s = *end ? end + 1 : end;
+  }
+  return !out->empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  bool quick = false, compress = true;
+  std::vector<int64_t> batches = {1, 8}, contexts = {16384, 65536, 131072}, split_list = {0};
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    std::vector<int64_t>* list = a == "--batch" ? &batches : a == "--ctx" ? &contexts : a == "--splits" ? &split_list
+                                                                                                         : nullptr;
+    if (a == "--quick") {
+      quick = true;
+    } else if (a == "--no-compress") {
+      compress = false;
+    } else if (list && i + 1 < argc && ParseList(argv[i + 1], list)) {
+      ++i;
+    } else {
+      std::fprintf(stderr,
+                   "bad argument '%s'; usage: kernels_gpu_bench [--quick] [--batch 1,8] [--ctx 16384,65536,131072] "
+                   "[--splits 0,...] [--no-compress]\n",
+                   argv[i]);
+      return 2;
+    }
+  }
+  for (int64_t b : batches) {
+    if (b < 1 || b > 65535) {
+      std::fprintf(stderr, "--batch %lld: need 1..65535\n", static_cast<long long>(b));
+      return 2;
+    }
+  }
+  for (int64_t c : contexts) {
+    if (c <= 64) {
+      std::fprintf(stderr, "--ctx %lld: need more than 64 tokens\n", static_cast<long long>(c));
+      return 2;
+    }
+  }
   cudaDeviceProp prop;
   if (cudaGetDeviceProperties(&prop, 0) != cudaSuccess) {
     std::fprintf(stderr, "no CUDA device\n");
@@ -316,15 +366,19 @@ int main(int argc, char** argv) {
   std::printf("RESULT device name=\"%s\" sms=%d copy_tbps=%.3f\n", prop.name, prop.multiProcessorCount, copy);
   const std::vector<CompressionTuple> tuples = {{1.0, 16, 16}, {0.5, 4, 4}, {0.25, 2, 2}, {0.125, 2, 2}};
   const int iters = quick ? 10 : 50;
-  for (int batch : {1, 8}) {
-    for (int64_t ctx : {16384, 65536, 131072}) {
+  for (int64_t batch : batches) {
+    for (int64_t ctx : contexts) {
       for (const CompressionTuple& t : tuples) {
-        if (BenchDecode(batch, ctx, t, iters) != 0) return 1;
+        for (int64_t splits : split_list) {
+          if (BenchDecode(static_cast<int>(batch), ctx, t, iters, static_cast<int>(splits)) != 0) return 1;
+        }
       }
     }
   }
-  for (const CompressionTuple& t : {CompressionTuple{0.25, 2, 2}, CompressionTuple{0.5, 4, 4}}) {
-    if (BenchCompress(16384, t, 28) != 0) return 1;
+  if (compress) {
+    for (const CompressionTuple& t : {CompressionTuple{0.25, 2, 2}, CompressionTuple{0.5, 4, 4}}) {
+      if (BenchCompress(16384, t, 28) != 0) return 1;
+    }
   }
   return 0;
 }

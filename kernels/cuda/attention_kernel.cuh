@@ -23,10 +23,17 @@
 // Loads are straight from global memory into registers (8 to 64 bytes per
 // thread and row, the warp's accesses cover whole rows); several warps per SM
 // keep enough bytes in flight.
+// MOEND_ATTENTION_PIPELINE=1 (compile time, default 0): quantized units of
+// fully packed instantiations (KB, VB < 16) are staged through a per-warp
+// ring of shared memory with cp.async (sm_80+), StageLayout::kStages deep, so
+// that several units per warp are in flight while one is computed; the
+// compute (ProcessUnit) is the same, reading the stage instead of global.
 // Warps are merged in shared memory; splits are merged by CombineKernel.
 #ifndef MOEND_KERNELS_CUDA_ATTENTION_KERNEL_CUH_
 #define MOEND_KERNELS_CUDA_ATTENTION_KERNEL_CUH_
 
+#include <atomic>
+#include <cstdint>
 #include <type_traits>
 #include <utility>
 
@@ -45,6 +52,12 @@ constexpr int kMaxGroup = 8;  // query heads per block (the mma's N)
 #define MOEND_ATTENTION_MIN_BLOCKS 3
 #endif
 constexpr int kMinBlocksPerSm = MOEND_ATTENTION_MIN_BLOCKS;
+#ifndef MOEND_ATTENTION_PIPELINE
+#define MOEND_ATTENTION_PIPELINE 0
+#endif
+#if MOEND_ATTENTION_PIPELINE && defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#error "MOEND_ATTENTION_PIPELINE=1 needs cp.async (sm_80 or newer)"
+#endif
 constexpr float kLog2e = 1.4426950408889634f;
 
 __device__ __forceinline__ float Exp2(float x) {
@@ -132,21 +145,31 @@ __device__ __forceinline__ uint32_t VMagic(const uint32_t* wa, const uint32_t* w
   }
 }
 
-// Loads BYTES (2..64) from p into words (read-only path).
-template <int BYTES>
+// Global memory through the read-only path, or shared memory (kSmem).
+template <bool kSmem, typename T>
+__device__ __forceinline__ T Ld(const T* p) {
+  if constexpr (kSmem) {
+    return *p;
+  } else {
+    return __ldg(p);
+  }
+}
+
+// Loads BYTES (2..64) from p into words (read-only path, or shared memory).
+template <int BYTES, bool kSmem = false>
 __device__ __forceinline__ void LoadWords(const uint8_t* p, uint32_t* w) {
   if constexpr (BYTES == 2) {
     w[0] = *reinterpret_cast<const uint16_t*>(p);
   } else if constexpr (BYTES == 4) {
-    w[0] = __ldg(reinterpret_cast<const uint32_t*>(p));
+    w[0] = Ld<kSmem>(reinterpret_cast<const uint32_t*>(p));
   } else if constexpr (BYTES == 8) {
-    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+    const uint2 u = Ld<kSmem>(reinterpret_cast<const uint2*>(p));
     w[0] = u.x;
     w[1] = u.y;
   } else {
 #pragma unroll
     for (int i = 0; i < BYTES / 16; ++i) {
-      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p) + i);
+      const uint4 u = Ld<kSmem>(reinterpret_cast<const uint4*>(p) + i);
       w[4 * i] = u.x;
       w[4 * i + 1] = u.y;
       w[4 * i + 2] = u.z;
@@ -192,7 +215,9 @@ struct WarpState {
 
 // One unit: KK/VK: bits of the K/V rows (2, 4, 8 packed; 16 fp16; 32 fp32).
 // KB: the instantiation's K bits, which fixes the channel pairing of bq.
-template <int D, int KB, int KK, int VK>
+// kSmem: src points into a shared-memory stage (StageLayout, rows >= n
+// already zero) instead of global memory; the math is the same.
+template <int D, int KB, int KK, int VK, bool kSmem = false>
 __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (&bq)[D / 16][2], WarpState<D>& st,
                                             int lane) {
   constexpr int kCpt = D / 4, kDpt = D / 8, kKT = D / 16, kMT = D / 16;
@@ -205,12 +230,12 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
 #pragma unroll
   for (int ri = 0; ri < 4; ++ri) {
     const int r = g + 8 * ri;
-    if (r < n) {
+    if (kSmem || r < n) {
       if constexpr (KK == 32) {
         LoadFloatsAsHalf<kCpt>(reinterpret_cast<const float*>(src.k) + static_cast<int64_t>(r) * D + kCpt * t,
                                kw[ri]);
       } else {
-        LoadWords<kCpt * KK / 8>(src.k + static_cast<int64_t>(r) * (D * KK / 8) + kCpt * t * KK / 8, kw[ri]);
+        LoadWords<kCpt * KK / 8, kSmem>(src.k + static_cast<int64_t>(r) * (D * KK / 8) + kCpt * t * KK / 8, kw[ri]);
       }
     } else {
       ZeroWords<kKW>(kw[ri]);
@@ -218,13 +243,14 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
   }
   uint32_t ksc[kCpt / 2], kmn[kCpt / 2];  // fp16 words of the thread's channels' scale and min
   if constexpr (KK < 16) {
-    LoadWords<kCpt * 2>(reinterpret_cast<const uint8_t*>(src.k_scale + kCpt * t), ksc);
-    LoadWords<kCpt * 2>(reinterpret_cast<const uint8_t*>(src.k_min + kCpt * t), kmn);
+    LoadWords<kCpt * 2, kSmem>(reinterpret_cast<const uint8_t*>(src.k_scale + kCpt * t), ksc);
+    LoadWords<kCpt * 2, kSmem>(reinterpret_cast<const uint8_t*>(src.k_min + kCpt * t), kmn);
   }
   // ---------------- V loads: tokens 16kk + {2t, 2t+1, 2t+8, 2t+9}. For packed
   // units they are issued together with the K loads (one memory latency per
   // unit instead of two); fp16/fp32 units issue them after q.k to bound the
-  // registers (64 words of K rows and 64 of V rows otherwise).
+  // registers (64 words of K rows and 64 of V rows otherwise), and so do
+  // staged units (shared memory is close).
   constexpr int kVW = VK == 32 ? kDpt / 2 : (kDpt * VK / 8 + 3) / 4;
   uint32_t vw[8][kVW];
   __half vsc[8], vmn[8];
@@ -233,12 +259,13 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
 #pragma unroll
     for (int vi = 0; vi < 8; ++vi) {
       const int tok = 16 * (vi / 4) + 2 * t + (vi & 1) + ((vi & 2) ? 8 : 0);
-      if (tok < n) {
+      if (kSmem || tok < n) {
         if constexpr (VK == 32) {
           LoadFloatsAsHalf<kDpt>(reinterpret_cast<const float*>(src.v) + static_cast<int64_t>(tok) * D + kDpt * g,
                                  vw[vi]);
         } else {
-          LoadWords<kDpt * VK / 8>(src.v + static_cast<int64_t>(tok) * (D * VK / 8) + kDpt * g * VK / 8, vw[vi]);
+          LoadWords<kDpt * VK / 8, kSmem>(src.v + static_cast<int64_t>(tok) * (D * VK / 8) + kDpt * g * VK / 8,
+                                          vw[vi]);
         }
         if constexpr (VK < 16) {
           vsc[vi] = __ushort_as_half(src.v_scale[static_cast<int64_t>(tok) * (D / 32) + vgrp]);
@@ -253,7 +280,7 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
       }
     }
   };
-  constexpr bool kEarlyV = KK < 16 || VK < 16;
+  constexpr bool kEarlyV = !kSmem && (KK < 16 || VK < 16);
   if constexpr (kEarlyV) load_v();
 
   float s[2][4];
@@ -360,12 +387,135 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
   }
 }
 
+// Tokens [tok0, tok0 + n) of quantized unit u (u < n_qu), which is K group u:
+// ceil(initial_kept/32) groups over the tokens kept at compression (the last
+// one partial), then one full group per flush.
+struct QuantRange {
+  int tok0;
+  int n;
+};
+__device__ __forceinline__ QuantRange QuantUnit(const HeadCacheView& hv, int nb0, int u) {
+  const int tok0 = u < nb0 ? u * 32 : hv.initial_kept + (u - nb0) * 32;
+  return {tok0, u < nb0 ? min(32, hv.initial_kept - tok0) : 32};
+}
+
+// ---- MOEND_ATTENTION_PIPELINE: shared-memory stages of quantized units.
+// One stage holds one unit in its global layout (so ProcessUnit addresses it
+// the same way), rows >= n zero-filled:
+//   k codes [32, D*KB/8] | k scale [D] | k min [D] | v codes [32, D*VB/8] |
+//   v scale [32, D/32] | v min [32, D/32]              (fp16 params)
+// Each warp owns kStages stages; the block's ring stays within kRingBudget
+// bytes so that kMinBlocksPerSm blocks fit an H100 SM (228 KB).
+constexpr int kRingBudget = 72 * 1024;
+template <int D, int KB, int VB>
+struct StageLayout {
+  static constexpr bool kUsed = KB < 16 && VB < 16;  // fp16 sides keep the direct path
+  static constexpr int kK = 0;
+  static constexpr int kKScale = kK + 32 * (D * KB / 8);
+  static constexpr int kKMin = kKScale + 2 * D;
+  static constexpr int kV = kKMin + 2 * D;
+  static constexpr int kVScale = kV + 32 * (D * VB / 8);
+  static constexpr int kVMin = kVScale + 2 * D;
+  static constexpr int kBytes = kVMin + 2 * D;
+  static constexpr int kStages = kRingBudget / (kWarps * kBytes) < 4 ? kRingBudget / (kWarps * kBytes) : 4;
+  static_assert(!kUsed || kStages >= 2, "ring budget too small for double buffering");
+  static_assert(kBytes % 16 == 0, "stages must keep 16-byte alignment");
+};
+
+// Dynamic shared memory of AttentionKernel<D, KB, VB> with the pipeline: the
+// rings, reused for the merge of the warps (o, then m/l) after the loop.
+template <int D, int KB, int VB>
+constexpr int PipelineSmemBytes() {
+  constexpr int merge = static_cast<int>(sizeof(float)) * kWarps * kMaxGroup * (D + 2);
+  constexpr int ring = StageLayout<D, KB, VB>::kUsed ? kWarps * StageLayout<D, KB, VB>::kStages *
+                                                           StageLayout<D, KB, VB>::kBytes
+                                                     : 0;
+  return ring > merge ? ring : merge;
+}
+
+// cp.async of 16 bytes, of which the first src_bytes (0..16) are read and the
+// rest zero-filled; L2 only (.cg): the codes are streamed once.
+__device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
+  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Waits until at most N of this thread's committed groups are pending.
+template <int N>
+__device__ __forceinline__ void CpAsyncWait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// The warp copies BYTES (a multiple of 16) from src to the stage at dst, of
+// which the first `valid` bytes exist (the rest is zero-filled). cp.async
+// needs 16-byte aligned sources; a misaligned piece (a caller's buffer with a
+// 2-byte aligned base, or the V params of a flushed group after an odd
+// initial_kept) is copied synchronously in 2-byte elements instead.
+template <int BYTES>
+__device__ __forceinline__ void StagePiece(uint8_t* dst, const uint8_t* src, int valid, int lane) {
+  constexpr int kChunks = BYTES / 16;
+  if ((reinterpret_cast<uintptr_t>(src) & 15) == 0) {
+#pragma unroll
+    for (int i = 0; i < (kChunks + 31) / 32; ++i) {
+      const int c = lane + 32 * i;
+      if (kChunks % 32 == 0 || c < kChunks) {
+        const int bytes = min(16, max(0, valid - 16 * c));
+        CpAsync16(dst + 16 * c, bytes > 0 ? src + 16 * c : src, bytes);
+      }
+    }
+  } else {
+    const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+    uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+#pragma unroll 1
+    for (int e = lane; e < BYTES / 2; e += 32) d[e] = 2 * e < valid ? s[e] : uint16_t{0};
+  }
+}
+
+// Issues the copies of quantized unit u into stage (all lanes of the warp).
+template <int D, int KB, int VB>
+__device__ __forceinline__ void IssueStage(const HeadCacheView& hv, int nb0, int u, uint8_t* stage, int lane) {
+  using L = StageLayout<D, KB, VB>;
+  constexpr int kKRow = D * KB / 8, kVRow = D * VB / 8;
+  const QuantRange q = QuantUnit(hv, nb0, u);
+  StagePiece<32 * kKRow>(stage + L::kK, hv.k_codes + static_cast<int64_t>(q.tok0) * kKRow, q.n * kKRow, lane);
+  StagePiece<2 * D>(stage + L::kKScale, reinterpret_cast<const uint8_t*>(hv.k_scale + static_cast<int64_t>(u) * D),
+                    2 * D, lane);
+  StagePiece<2 * D>(stage + L::kKMin, reinterpret_cast<const uint8_t*>(hv.k_min + static_cast<int64_t>(u) * D),
+                    2 * D, lane);
+  StagePiece<32 * kVRow>(stage + L::kV, hv.v_codes + static_cast<int64_t>(q.tok0) * kVRow, q.n * kVRow, lane);
+  const int64_t vp = static_cast<int64_t>(q.tok0) * (D / 32);
+  StagePiece<2 * D>(stage + L::kVScale, reinterpret_cast<const uint8_t*>(hv.v_scale + vp), q.n * (D / 16), lane);
+  StagePiece<2 * D>(stage + L::kVMin, reinterpret_cast<const uint8_t*>(hv.v_min + vp), q.n * (D / 16), lane);
+}
+
+// The stage as a UnitSrc for ProcessUnit<..., kSmem = true>.
+template <int D, int KB, int VB>
+__device__ __forceinline__ UnitSrc StageSrc(const uint8_t* stage, int n) {
+  using L = StageLayout<D, KB, VB>;
+  UnitSrc src;
+  src.k = stage + L::kK;
+  src.v = stage + L::kV;
+  src.k_scale = reinterpret_cast<const uint16_t*>(stage + L::kKScale);
+  src.k_min = reinterpret_cast<const uint16_t*>(stage + L::kKMin);
+  src.v_scale = reinterpret_cast<const uint16_t*>(stage + L::kVScale);
+  src.v_min = reinterpret_cast<const uint16_t*>(stage + L::kVMin);
+  src.n = n;
+  return src;
+}
+
 // grid (splits, num_kv_heads * head_chunks, items), block 128.
 template <int D, int KB, int VB>
 __global__ void __launch_bounds__(kWarps * 32, kMinBlocksPerSm) AttentionKernel(const AttentionParams p) {
   constexpr int kCpt = D / 4, kDpt = D / 8, kKT = D / 16, kMT = D / 16;
+#if MOEND_ATTENTION_PIPELINE
+  // [rings of the warps], then reused as o_s [kWarps][kMaxGroup][D], ml_s [kWarps][kMaxGroup][2].
+  extern __shared__ __align__(16) uint8_t smem[];
+  float(*o_s)[kMaxGroup][D] = reinterpret_cast<float(*)[kMaxGroup][D]>(smem);
+  float(*ml_s)[kMaxGroup][2] = reinterpret_cast<float(*)[kMaxGroup][2]>(smem + sizeof(float) * kWarps * kMaxGroup * D);
+#else
   __shared__ __align__(16) float o_s[kWarps][kMaxGroup][D];
   __shared__ float ml_s[kWarps][kMaxGroup][2];
+#endif
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane >> 2, t = lane & 3;
   const int group = p.num_heads / p.num_kv_heads, head_chunks = (group + kMaxGroup - 1) / kMaxGroup;
@@ -406,11 +556,42 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocksPerSm) AttentionKernel(
     for (int i = 0; i < 4; ++i) st.o[m][i] = 0.0f;
   }
 
-  for (int u = u_begin + warp; u < u_end; u += kWarps) {
+  int u = u_begin + warp;
+#if MOEND_ATTENTION_PIPELINE
+  if constexpr (StageLayout<D, KB, VB>::kUsed) {
+    // The warp's quantized units u, u + kWarps, ... (< q_end) through its ring:
+    // kStages - 1 in flight while one is computed. One commit group per unit
+    // (empty past q_end) keeps the wait count uniform.
+    using L = StageLayout<D, KB, VB>;
+    uint8_t* ring = smem + warp * (L::kStages * L::kBytes);
+    const int q_end = min(u_end, n_qu);
+#pragma unroll
+    for (int s = 0; s < L::kStages - 1; ++s) {
+      const int un = u + s * kWarps;
+      if (un < q_end) IssueStage<D, KB, VB>(hv, nb0, un, ring + s * L::kBytes, lane);
+      CpAsyncCommit();
+    }
+    int rd = 0, wr = L::kStages - 1;  // stage of unit u, stage for unit u + (kStages - 1) * kWarps
+    for (; u < q_end; u += kWarps) {
+      __syncwarp();  // every lane is done with stage wr (read for the previous unit)
+      const int un = u + (L::kStages - 1) * kWarps;
+      if (un < q_end) IssueStage<D, KB, VB>(hv, nb0, un, ring + wr * L::kBytes, lane);
+      CpAsyncCommit();
+      CpAsyncWait<L::kStages - 1>();  // this lane's copies of unit u have landed
+      __syncwarp();                    // ... and every other lane's
+      ProcessUnit<D, KB, KB, VB, true>(StageSrc<D, KB, VB>(ring + rd * L::kBytes, QuantUnit(hv, nb0, u).n), bq, st,
+                                       lane);
+      rd = rd + 1 == L::kStages ? 0 : rd + 1;
+      wr = wr + 1 == L::kStages ? 0 : wr + 1;
+    }
+  }
+#endif
+  for (; u < u_end; u += kWarps) {
     UnitSrc src;
     if (u < n_qu) {
-      const int tok0 = u < nb0 ? u * 32 : hv.initial_kept + (u - nb0) * 32;
-      src.n = u < nb0 ? min(32, hv.initial_kept - tok0) : 32;
+      const QuantRange q = QuantUnit(hv, nb0, u);
+      const int tok0 = q.tok0;
+      src.n = q.n;
       src.k = hv.k_codes + static_cast<int64_t>(tok0) * (D * KB / 8);
       src.v = hv.v_codes + static_cast<int64_t>(tok0) * (D * VB / 8);
       src.k_scale = hv.k_scale + static_cast<int64_t>(u) * D;
@@ -434,6 +615,11 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocksPerSm) AttentionKernel(
     }
   }
 
+#if MOEND_ATTENTION_PIPELINE
+  // o_s/ml_s reuse the rings: every warp must be done with its ring.
+  CpAsyncWait<0>();
+  __syncthreads();
+#endif
   // Merge the warps of the block: heads 2t+e, l summed over the 8 row groups.
 #pragma unroll
   for (int e = 0; e < 2; ++e) {
@@ -493,14 +679,42 @@ cudaError_t LaunchAttentionKernel<8>(const AttentionParams& p, dim3 grid, cudaSt
 template <>
 cudaError_t LaunchAttentionKernel<16>(const AttentionParams& p, dim3 grid, cudaStream_t s);
 
+namespace attention_detail {
+// Launches AttentionKernel<D, KB, VB> on stream s.
+template <int D, int KB, int VB>
+cudaError_t LaunchOne(const AttentionParams& p, dim3 grid, cudaStream_t s) {
+#if MOEND_ATTENTION_PIPELINE
+  // The kernel opts in to its dynamic shared memory (above 48 KB) and asks for
+  // the largest shared-memory carveout, once per device (bit i of `ready`).
+  constexpr int kSmem = PipelineSmemBytes<D, KB, VB>();
+  static std::atomic<uint64_t> ready{0};
+  int dev = 0;
+  cudaError_t e = cudaGetDevice(&dev);
+  if (e != cudaSuccess) return e;
+  const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
+  if (!(ready.load(std::memory_order_relaxed) & bit)) {
+    e = cudaFuncSetAttribute(AttentionKernel<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+    if (e == cudaSuccess) {
+      e = cudaFuncSetAttribute(AttentionKernel<D, KB, VB>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                               static_cast<int>(cudaSharedmemCarveoutMaxShared));
+    }
+    if (e != cudaSuccess) return e;
+    ready.fetch_or(bit, std::memory_order_relaxed);
+  }
+  AttentionKernel<D, KB, VB><<<grid, kWarps * 32, kSmem, s>>>(p);
+#else
+  AttentionKernel<D, KB, VB><<<grid, kWarps * 32, 0, s>>>(p);
+#endif
+  return cudaGetLastError();
+}
+}  // namespace attention_detail
+
 #define MOEND_DEFINE_ATTENTION_LAUNCH(KB)                                                      \
   template <>                                                                                  \
   cudaError_t LaunchAttentionKernel<KB>(const AttentionParams& p, dim3 grid, cudaStream_t s) { \
     return DispatchHeadDim(p.head_dim, [&](auto d) {                                           \
       return DispatchBits(p.vbits, [&](auto vb) {                                              \
-        constexpr int kD = decltype(d)::value, kVB = decltype(vb)::value;                      \
-        attention_detail::AttentionKernel<kD, KB, kVB><<<grid, attention_detail::kWarps * 32, 0, s>>>(p); \
-        return cudaGetLastError();                                                             \
+        return attention_detail::LaunchOne<decltype(d)::value, KB, decltype(vb)::value>(p, grid, s); \
       });                                                                                      \
     });                                                                                        \
   }

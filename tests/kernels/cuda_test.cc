@@ -223,5 +223,44 @@ TEST_F(CudaTest, ProbeAttentionAgrees) {
   }
 }
 
+// Long prefixes seen by many probes (few splits): each warp walks several
+// quantized units, so the staged loop of MOEND_ATTENTION_PIPELINE=1 wraps
+// around its ring. The kept count is odd and groups are flushed after it
+// (their V params are not 16-byte aligned: the synchronous fallback), next
+// to the partial initial group, the window, a residual and the fp32 tail.
+TEST_F(CudaTest, ProbeAttentionLongPrefixAgrees) {
+  const int64_t n = 1800, c = 1401, appended = 70, hq = 28, hkv = 4, probes = 256;
+  struct Case {
+    int64_t d;
+    CompressionTuple t;
+  };
+  for (const Case& cs : {Case{128, {1.0, 2, 2}}, Case{128, {1.0, 4, 8}}, Case{64, {0.75, 8, 4}}}) {
+    const int64_t d = cs.d;
+    const Activations a = RandomActivations(hq, hkv, n, d, 500 + cs.t.kbits);
+    auto layer = CompressLayer(View(a), c, cs.t, Backend::kReference);
+    ASSERT_TRUE(layer.ok());
+    ASSERT_EQ(layer->head(0).initial_kept % 2, 1) << "the case needs an odd kept count";
+    ASSERT_TRUE(layer->Append(a.k.data() + c * d, a.v.data() + c * d, appended, n).ok());
+    const int64_t t0 = c + appended;  // first tail row
+    ProbeQueries pq;
+    pq.q = a.q.data() + t0 * d;
+    pq.num_heads = hq;
+    pq.num_queries = probes;
+    pq.q_head_stride = n;
+    pq.k_tail = a.k.data() + t0 * d;
+    pq.v_tail = a.v.data() + t0 * d;
+    pq.tail_tokens = n - t0;
+    pq.tail_head_stride = n;
+    std::vector<float> ref(hq * probes * d), gpu(ref.size(), NAN);
+    ASSERT_TRUE(ProbeAttention(*layer, pq, ref.data(), Backend::kReference).ok());
+    const absl::Status st = ProbeAttention(*layer, pq, gpu.data(), Backend::kCuda);
+    ASSERT_TRUE(st.ok()) << st;
+    const double rel = testing::MaxAbsDiff(gpu, ref) / testing::MaxAbs(ref);
+    std::printf("probe long %s D %lld: max|diff|/max|ref| = %.2e\n", ToString(cs.t).c_str(),
+                static_cast<long long>(d), rel);
+    EXPECT_LE(rel, kAttentionTol.at(std::min(cs.t.kbits, cs.t.vbits))) << ToString(cs.t) << " D " << d;
+  }
+}
+
 }  // namespace
 }  // namespace moend::kernels
