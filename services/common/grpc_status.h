@@ -4,15 +4,29 @@
 #define MOEND_SERVICES_COMMON_GRPC_STATUS_H_
 
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
 #include "grpcpp/support/status.h"
 
 namespace moend::rpc {
 
+// Longest status message a server sends. Messages quote what the client sent
+// (names, ids); a client that sent megabytes must not get them back in the
+// trailers, which gRPC limits to 8 KiB by default (the call would fail with
+// an unrelated "metadata size exceeds limit" instead of the real error).
+inline constexpr size_t kMaxStatusMessageBytes = 1024;
+
 inline grpc::Status ToGrpcStatus(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+  std::string message(s.message());
+  if (message.size() > kMaxStatusMessageBytes) {
+    const size_t omitted = message.size() - kMaxStatusMessageBytes;
+    message.resize(kMaxStatusMessageBytes);
+    message += absl::StrCat("... (", omitted, " more bytes)");
+  }
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::move(message));
 }
 
 inline absl::Status FromGrpcStatus(const grpc::Status& s) {

@@ -34,6 +34,9 @@ constexpr char kUsage[] =
     "  --listen HOST:PORT  gRPC address; port 0 picks a free port (default 127.0.0.1:7001)\n"
     "  --metrics HOST:PORT serve Prometheus /metrics there (default: off)\n"
     "  --lease-seconds N   shard lease duration without heartbeat (default 60)\n"
+    "  --max-threads N     server threads, one per call in progress; calls beyond get\n"
+    "                      RESOURCE_EXHAUSTED (default 512)\n"
+    "  --max-watch-streams N  version watch streams open at once (default 128)\n"
     "  --tls-cert FILE     PEM server certificate chain: serve TLS only (default: plaintext)\n"
     "  --tls-key FILE      PEM private key of --tls-cert\n"
     "  --tls-client-ca FILE  require client certificates signed by this PEM CA (mutual TLS)\n"
@@ -48,6 +51,8 @@ struct Flags {
   std::string listen = "127.0.0.1:7001";
   std::string metrics;
   int64_t lease_seconds = 60;
+  int64_t max_threads = 512;
+  int64_t max_watch_streams = 128;
   moend::rpc::ServerSecurity security;
 };
 
@@ -84,10 +89,14 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
       flags->security.tls_client_ca_file = value;
     } else if (arg == "--auth-token-file") {
       flags->security.auth_token_file = value;
-    } else if (arg == "--lease-seconds") {
-      if (!absl::SimpleAtoi(value, &flags->lease_seconds) || flags->lease_seconds <= 0) {
-        std::cerr << "moend-registry: --lease-seconds must be a positive integer, got '" << value
-                  << "'\n";
+    } else if (arg == "--lease-seconds" || arg == "--max-threads" ||
+               arg == "--max-watch-streams") {
+      int64_t* out = arg == "--lease-seconds" ? &flags->lease_seconds
+                     : arg == "--max-threads" ? &flags->max_threads
+                                              : &flags->max_watch_streams;
+      if (!absl::SimpleAtoi(value, out) || *out <= 0 || *out > (1 << 20)) {
+        std::cerr << "moend-registry: " << arg << " must be an integer in [1, 1048576], got '"
+                  << value << "'\n";
         return false;
       }
     } else {
@@ -140,7 +149,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto server = moend::registry::RegistryServer::Start(
-      registry->get(), {.listen_address = flags.listen, .security = flags.security});
+      registry->get(), {.listen_address = flags.listen,
+                        .max_threads = static_cast<int>(flags.max_threads),
+                        .max_watch_streams = flags.max_watch_streams,
+                        .security = flags.security});
   if (!server.ok()) {
     std::cerr << "moend-registry: " << server.status() << "\n";
     return 1;

@@ -7,6 +7,7 @@
 #include <tuple>
 #include <utility>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -43,8 +44,11 @@ absl::Status ValidateName(const char* what, const std::string& name) {
     ok = ok && (std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-');
   }
   if (ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(what, " '", name,
-                                                 "' is not allowed: use 1 to 128 of the "
+  const std::string shown = absl::CHexEscape(name.substr(0, 64));
+  return absl::InvalidArgumentError(absl::StrCat(what, " '", shown,
+                                                 name.size() > 64 ? "...' (" : "' (",
+                                                 name.size(), " bytes)",
+                                                 " is not allowed: use 1 to 128 of the "
                                                  "characters A-Z a-z 0-9 . _ -"));
 }
 
@@ -261,6 +265,11 @@ absl::StatusOr<Job> Registry::NormalizeJob(JobSpec spec) const {
       return absl::InvalidArgumentError(absl::StrCat("tuple ", ToString(t), " appears twice"));
     }
   }
+  if (!seen.contains({1.0, 16, 16})) {
+    // Workers measure every error relative to it (DESIGN.md section 2).
+    return absl::InvalidArgumentError(
+        "the tuples must include the reference (keep 1, K 16 bits, V 16 bits)");
+  }
   if (spec.seq_len <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("seq_len ", spec.seq_len, " must be a positive number of tokens"));
@@ -292,14 +301,17 @@ absl::StatusOr<Job> Registry::NormalizeJob(JobSpec spec) const {
                                                    " must be in [1, num_layers=",
                                                    shape.num_layers, "]"));
   }
-  const int64_t sample_ranges =
-      (spec.num_samples + spec.samples_per_shard - 1) / spec.samples_per_shard;
-  const int64_t layer_ranges =
-      (shape.num_layers + spec.layers_per_shard - 1) / spec.layers_per_shard;
-  if (sample_ranges * layer_ranges > options_.max_shards_per_job) {
+  // Ceiling divisions and the product without overflow (num_samples may be
+  // anything up to 2^63 - 1).
+  const int64_t sample_ranges = spec.num_samples / spec.samples_per_shard +
+                                (spec.num_samples % spec.samples_per_shard != 0 ? 1 : 0);
+  const int64_t layer_ranges = shape.num_layers / spec.layers_per_shard +
+                               (shape.num_layers % spec.layers_per_shard != 0 ? 1 : 0);
+  if (sample_ranges > options_.max_shards_per_job / layer_ranges) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "job would have ", sample_ranges * layer_ranges, " shards; at most ",
-        options_.max_shards_per_job, " are allowed (raise samples_per_shard or layers_per_shard)"));
+        "job would have ", sample_ranges, " sample ranges x ", layer_ranges,
+        " layer ranges of shards; at most ", options_.max_shards_per_job,
+        " shards are allowed (raise samples_per_shard or layers_per_shard)"));
   }
   Job job;
   job.spec = std::move(spec);

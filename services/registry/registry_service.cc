@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "grpcpp/resource_quota.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "core/status_macros.h"
@@ -19,8 +20,11 @@ constexpr char kServiceName[] = "moend.v1.Registry";
 }  // namespace
 
 RegistryService::RegistryService(Registry* registry, absl::Duration watch_poll,
-                                 rpc::TokenAuthorizer auth)
-    : registry_(registry), watch_poll_(watch_poll), auth_(std::move(auth)) {}
+                                 rpc::TokenAuthorizer auth, int64_t max_watch_streams)
+    : registry_(registry),
+      watch_poll_(watch_poll),
+      auth_(std::move(auth)),
+      max_watch_streams_(max_watch_streams) {}
 
 grpc::Status RegistryService::RegisterModel(grpc::ServerContext* context,
                                             const v1::RegisterModelRequest* req, v1::Model* resp) {
@@ -130,6 +134,15 @@ grpc::Status RegistryService::WatchModelVersions(
   if (!req->model().empty()) {
     if (auto m = registry_->GetModel(req->model()); !m.ok()) return ToGrpcStatus(m.status());
   }
+  struct StreamSlot {
+    std::atomic<int64_t>& open;
+    ~StreamSlot() { --open; }
+  } slot{watch_streams_};
+  if (++watch_streams_ > max_watch_streams_) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("this registry already serves ", max_watch_streams_,
+                                     " version watch streams (--max-watch-streams); retry later"));
+  }
   std::map<std::string, uint64_t> seen;
   while (!context->IsCancelled()) {
     if (stopping_) return grpc::Status(grpc::StatusCode::UNAVAILABLE, "registry is shutting down");
@@ -156,14 +169,17 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   MOEND_ASSIGN_OR_RETURN(rpc::ServerSecuritySetup security,
                          rpc::LoadServerSecurity(options.security));
   std::unique_ptr<RegistryServer> server(new RegistryServer());
-  server->service_ =
-      std::make_unique<RegistryService>(registry, options.watch_poll, security.authorizer);
+  server->service_ = std::make_unique<RegistryService>(
+      registry, options.watch_poll, security.authorizer, options.max_watch_streams);
   rpc::EnableHealthAndReflection();
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(options.listen_address, security.credentials, &port);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
+  grpc::ResourceQuota quota("moend-registry");
+  quota.SetMaxThreads(options.max_threads);
+  builder.SetResourceQuota(quota);
   builder.RegisterService(server->service_.get());
   server->server_ = builder.BuildAndStart();
   if (server->server_ == nullptr || port == 0) {

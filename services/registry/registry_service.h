@@ -22,8 +22,11 @@ namespace moend::registry {
 class RegistryService final : public v1::Registry::Service {
  public:
   // `registry` is not owned and must outlive the service.
+  // At most `max_watch_streams` WatchModelVersions streams are open at once
+  // (each holds a server thread); more are refused with RESOURCE_EXHAUSTED.
   RegistryService(Registry* registry, absl::Duration watch_poll,
-                  rpc::TokenAuthorizer auth = rpc::TokenAuthorizer());
+                  rpc::TokenAuthorizer auth = rpc::TokenAuthorizer(),
+                  int64_t max_watch_streams = 128);
   // Ends every WatchModelVersions stream within one watch_poll.
   void Stop() { stopping_ = true; }
 
@@ -55,6 +58,8 @@ class RegistryService final : public v1::Registry::Service {
   Registry* const registry_;
   const absl::Duration watch_poll_;
   const rpc::TokenAuthorizer auth_;
+  const int64_t max_watch_streams_;
+  std::atomic<int64_t> watch_streams_{0};
   std::atomic<bool> stopping_{false};
 };
 
@@ -66,6 +71,12 @@ struct RegistryServerOptions {
   absl::Duration watch_poll = absl::Milliseconds(200);
   // Largest message accepted, bytes. Default 64 MiB (tables of big models).
   int max_message_bytes = 64 << 20;
+  // Server threads (the service is synchronous: one thread per call in
+  // progress); calls beyond are refused with RESOURCE_EXHAUSTED. Default 512.
+  int max_threads = 512;
+  // WatchModelVersions streams open at once (routers; each holds a thread).
+  // Default 128.
+  int64_t max_watch_streams = 128;
   // TLS and the bearer token. Default: plaintext, no token.
   rpc::ServerSecurity security;
 };

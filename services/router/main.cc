@@ -36,12 +36,14 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: moend-router --registry HOST:PORT --listen HOST:PORT [--metrics HOST:PORT]\n"
-    "                    [--plan-cache-entries N] [--watch-poll-ms N]\n"
+    "                    [--plan-cache-entries N] [--watch-poll-ms N] [--max-watch-streams N]\n"
     "  --registry HOST:PORT      the registry to read tables from (required)\n"
     "  --listen HOST:PORT        gRPC address; port 0 picks a free port (default 127.0.0.1:7002)\n"
     "  --metrics HOST:PORT       serve Prometheus /metrics there (default: off)\n"
     "  --plan-cache-entries N    plans kept in the LRU cache (default 4096)\n"
     "  --watch-poll-ms N         long-poll timeout on the registry's change feed (default 2000)\n"
+    "  --max-watch-streams N     WatchPlans streams open at once; more get RESOURCE_EXHAUSTED\n"
+    "                            (default 20000)\n"
     "  --tls-cert FILE           PEM server certificate chain: serve TLS only (default plaintext)\n"
     "  --tls-key FILE            PEM private key of --tls-cert\n"
     "  --tls-client-ca FILE      require client certificates signed by this PEM CA\n"
@@ -58,6 +60,7 @@ struct Flags {
   std::string metrics;
   int64_t plan_cache_entries = 4096;
   int64_t watch_poll_ms = 2000;
+  int64_t max_watch_streams = 20000;
   moend::rpc::ServerSecurity server_security;
   moend::rpc::ClientSecurity registry_security;
 };
@@ -115,6 +118,8 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
       if (!ParsePositive(arg, value, &flags->plan_cache_entries)) return false;
     } else if (arg == "--watch-poll-ms") {
       if (!ParsePositive(arg, value, &flags->watch_poll_ms)) return false;
+    } else if (arg == "--max-watch-streams") {
+      if (!ParsePositive(arg, value, &flags->max_watch_streams)) return false;
     } else {
       std::cerr << "moend-router: unknown flag " << arg << "\n" << kUsage;
       return false;
@@ -172,8 +177,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   auto server =
-      moend::router::RouterServer::Start(router->get(), {.listen_address = flags.listen,
-                                                         .security = flags.server_security});
+      moend::router::RouterServer::Start(router->get(),
+                                         {.listen_address = flags.listen,
+                                          .max_watch_streams = flags.max_watch_streams,
+                                          .security = flags.server_security});
   if (!server.ok()) {
     std::cerr << "moend-router: " << server.status() << "\n";
     return 1;

@@ -144,10 +144,18 @@ grpc::ServerWriteReactor<v1::Plan>* RouterService::WatchPlans(
   auto* reactor = new WatchReactor(this);
   {
     absl::MutexLock lock(&mu_);
+    const bool full = static_cast<int64_t>(watches_.size()) >= max_watch_streams_;
     watches_.insert(reactor);
     if (stopping_) {
       reactor->FinishOnce(grpc::Status(grpc::StatusCode::UNAVAILABLE,
                                        "the router is shutting down; connect to another router"));
+      return reactor;
+    }
+    if (full) {
+      reactor->FinishOnce(grpc::Status(
+          grpc::StatusCode::RESOURCE_EXHAUSTED,
+          absl::StrCat("this router already serves ", max_watch_streams_,
+                       " plan streams (--max-watch-streams); retry later or use another router")));
       return reactor;
     }
   }
@@ -180,7 +188,8 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(
   MOEND_ASSIGN_OR_RETURN(rpc::ServerSecuritySetup security,
                          rpc::LoadServerSecurity(options.security));
   std::unique_ptr<RouterServer> server(new RouterServer);
-  server->service_ = std::make_unique<RouterService>(router, security.authorizer);
+  server->service_ = std::make_unique<RouterService>(router, security.authorizer,
+                                                     options.max_watch_streams);
   rpc::EnableHealthAndReflection();
   grpc::ServerBuilder builder;
   int port = 0;

@@ -21,9 +21,12 @@ namespace moend::router {
 // for reads.
 class RouterService final : public v1::Router::CallbackService {
  public:
-  // `router` is not owned and must outlive the service.
-  explicit RouterService(Router* router, rpc::TokenAuthorizer auth = rpc::TokenAuthorizer())
-      : router_(router), auth_(std::move(auth)) {}
+  // `router` is not owned and must outlive the service. At most
+  // `max_watch_streams` WatchPlans streams are open at once; more are refused
+  // with RESOURCE_EXHAUSTED.
+  explicit RouterService(Router* router, rpc::TokenAuthorizer auth = rpc::TokenAuthorizer(),
+                         int64_t max_watch_streams = 20000)
+      : router_(router), auth_(std::move(auth)), max_watch_streams_(max_watch_streams) {}
 
   grpc::ServerUnaryReactor* SolvePlan(grpc::CallbackServerContext* context,
                                       const v1::SolvePlanRequest* request,
@@ -44,6 +47,7 @@ class RouterService final : public v1::Router::CallbackService {
 
   Router* const router_;
   const rpc::TokenAuthorizer auth_;
+  const int64_t max_watch_streams_;
   absl::Mutex mu_;
   bool stopping_ = false;
   absl::flat_hash_set<WatchReactor*> watches_;
@@ -55,6 +59,9 @@ struct RouterServerOptions {
   std::string listen_address = "127.0.0.1:0";
   // Largest message accepted, bytes. Default 4 MiB (gRPC's default).
   int max_message_bytes = 4 << 20;
+  // WatchPlans streams open at once (each holds a little memory, no thread);
+  // more are refused with RESOURCE_EXHAUSTED. Default 20000.
+  int64_t max_watch_streams = 20000;
   // TLS and the bearer token. Default: plaintext, no token.
   rpc::ServerSecurity security;
 };

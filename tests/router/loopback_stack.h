@@ -23,10 +23,11 @@ inline constexpr absl::Duration kStartupPatience = absl::Seconds(30);
 class LoopbackStack {
  public:
   // Starts the registry and registers "tinycode" (models/tinycode/config.json).
-  void StartRegistry() {
-    registry_ = std::make_unique<ChildProcess>(
-        MOEND_REGISTRY_BIN, std::vector<std::string>{"--db", dir_.Sub("db"), "--listen",
-                                                     "127.0.0.1:0"});
+  // `extra` flags go to moend-registry.
+  void StartRegistry(std::vector<std::string> extra = {}) {
+    std::vector<std::string> args = {"--db", dir_.Sub("db"), "--listen", "127.0.0.1:0"};
+    args.insert(args.end(), extra.begin(), extra.end());
+    registry_ = std::make_unique<ChildProcess>(MOEND_REGISTRY_BIN, args);
     registry_address_ = registry_->WaitForLine("listening on ", kStartupPatience);
     ASSERT_FALSE(registry_address_.empty()) << registry_->output();
     auto client = registry::RegistryClient::Connect({.target = registry_address_});
@@ -39,10 +40,13 @@ class LoopbackStack {
 
   // Starts a router on `listen` (port 0 = any); returns its address, "" on
   // failure. `metrics` non-empty adds --metrics and fills *metrics_address.
+  // `extra` flags go to moend-router.
   std::string StartRouter(const std::string& listen = "127.0.0.1:0",
-                          std::string* metrics_address = nullptr) {
+                          std::string* metrics_address = nullptr,
+                          std::vector<std::string> extra = {}) {
     std::vector<std::string> args = {"--registry", registry_address_, "--listen", listen,
                                      "--watch-poll-ms", "500"};
+    args.insert(args.end(), extra.begin(), extra.end());
     if (metrics_address) {
       args.push_back("--metrics");
       args.push_back("127.0.0.1:0");
@@ -66,6 +70,7 @@ class LoopbackStack {
   ChildProcess& router() { return *router_; }
   void DropRouter() { router_.reset(); }  // SIGKILL
   const std::string& registry_address() const { return registry_address_; }
+  pid_t registry_pid() const { return registry_->pid(); }
 
  private:
   moend::testing::TempDir dir_;
