@@ -694,7 +694,9 @@ cudaError_t LaunchOne(const AttentionParams& p, dim3 grid, cudaStream_t s) {
   const uint64_t bit = dev < 64 ? uint64_t{1} << dev : 0;
   if (!(ready.load(std::memory_order_relaxed) & bit)) {
     e = cudaFuncSetAttribute(AttentionKernel<D, KB, VB>, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
-    if (e == cudaSuccess) {
+    // Only the staged instantiations want the carveout; the 16-bit ones keep
+    // the default (more L1 for their direct loads).
+    if (e == cudaSuccess && StageLayout<D, KB, VB>::kUsed) {
       e = cudaFuncSetAttribute(AttentionKernel<D, KB, VB>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                static_cast<int>(cudaSharedmemCarveoutMaxShared));
     }
