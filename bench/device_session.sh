@@ -2,7 +2,8 @@
 # Everything a short GPU lease checks, in one call (each phase time-boxed so
 # that partial results still come back under $OUT):
 #  1. one build of the CUDA targets (sm_90) and, in parallel, a second build of
-#     the kernels with MOEND_VARIANT_FLAGS (default: the cp.async pipeline);
+#     the kernels with MOEND_VARIANT_FLAGS (default: without the cp.async
+#     pipeline, the comparison point);
 #  2. the GPU forward and calibrator tests, and the shipped model's
 #     calibration end to end (bench/worker: RESULT e2e ...);
 #  3. the CUDA kernel tests of both builds;
@@ -17,7 +18,7 @@ logs=$out/more/build/logs  # 3 folders down: stays on the device (8 files come b
 mkdir -p "$logs"
 base=/tmp/moend-session
 variant=/tmp/moend-session-variant
-flags=${MOEND_VARIANT_FLAGS:--DMOEND_ATTENTION_PIPELINE=1}
+flags=${MOEND_VARIANT_FLAGS:--DMOEND_ATTENTION_PIPELINE=0}
 prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr") && \
   export LD_LIBRARY_PATH="$PWD/.devdeps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"

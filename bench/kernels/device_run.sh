@@ -7,7 +7,7 @@
 #   bench/kernels/device_run.sh [--quick] [--kernels-only]
 #     --quick         10 timed iterations per case instead of 50 (sdpa_peer.py)
 #     --kernels-only  skip the calibration peer
-# MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_PIPELINE=1" also builds a second
+# MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_PIPELINE=0" also builds a second
 # variant of the kernels with those CUDA flags (kernels_test and
 # kernels_gpu_bench in $build-variant), runs its CudaTest.* and times base and
 # variant side by side at batch 8 / 64k and 128k, every tuple, for each split

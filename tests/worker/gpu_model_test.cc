@@ -186,16 +186,22 @@ size_t RefIndex(const CalibrationOptions& o) {
   return 0;
 }
 
-// Every (layer, tuple) within 2e-2 * s_cpu + 1e-8; (1,16,16) exactly 0 on the GPU.
+// Every (layer, tuple) within rel * s_cpu + 1e-8; (1,16,16) exactly 0 on the
+// GPU. rel is 2e-2, and 5e-2 for tuples with an 8-bit side when
+// `fp16_vs_fp32`: the GPU grid rounds dequantized K and V to fp16 (see
+// worker/gpu_calibrator.h), an error of the order of 8-bit quantization's own
+// (2.3% for (1,8,16) of layer 7 on the H100, 2026-11-22).
 void ExpectCloseGrid(const std::vector<std::vector<double>>& gpu, const std::vector<std::vector<double>>& cpu,
-                     const CalibrationOptions& o, const std::string& what) {
+                     const CalibrationOptions& o, const std::string& what, bool fp16_vs_fp32) {
   ASSERT_EQ(gpu.size(), cpu.size());
   double worst = 0;
   for (size_t l = 0; l < cpu.size(); ++l) {
     ASSERT_EQ(gpu[l].size(), cpu[l].size());
     EXPECT_EQ(gpu[l][RefIndex(o)], 0.0) << "layer " << l;
     for (size_t t = 0; t < cpu[l].size(); ++t) {
-      EXPECT_NEAR(gpu[l][t], cpu[l][t], 2e-2 * cpu[l][t] + 1e-8)
+      const CompressionTuple& tuple = o.tuples[t];
+      const double rel = fp16_vs_fp32 && (tuple.kbits == 8 || tuple.vbits == 8) ? 5e-2 : 2e-2;
+      EXPECT_NEAR(gpu[l][t], cpu[l][t], rel * cpu[l][t] + 1e-8)
           << what << ": layer " << l << " " << ToString(o.tuples[t]);
       if (cpu[l][t] > 0) worst = std::max(worst, std::fabs(gpu[l][t] - cpu[l][t]) / cpu[l][t]);
     }
@@ -215,7 +221,7 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
   o.backend = Backend::kReference;
   auto cpu = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
-  ExpectCloseGrid(*gpu, *cpu, o, "CalibrateLayers cuda vs reference");
+  ExpectCloseGrid(*gpu, *cpu, o, "CalibrateLayers cuda vs reference", /*fp16_vs_fp32=*/true);
 
   // The forward's own share: CPU forward + the same GPU grid (MeasureLayer
   // on the CUDA backend), what CalibrateLayers did before the GPU forward.
@@ -231,7 +237,8 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
     });
     ASSERT_TRUE(logits.ok()) << logits.status();
   }
-  ExpectCloseGrid(*gpu, cpu_forward, o, "GPU forward vs CPU forward (both GPU grid)");
+  ExpectCloseGrid(*gpu, cpu_forward, o, "GPU forward vs CPU forward (both GPU grid)",
+                  /*fp16_vs_fp32=*/false);
 
   // A sub-range (the forward stops after its last layer) measures what the
   // whole range measures for those layers.
