@@ -9,6 +9,11 @@
 // completion queue, keeping --depth async SolvePlan calls in flight for
 // --seconds. Prints QPS, p50 and p99 per round and the ratio router/no-op.
 //
+// --mode=soak: the reliability suite's load (tests/reliability/soak.sh):
+// SolvePlan at full rate for --seconds against the real binaries while
+// --streams WatchPlans streams are open and new tables land; fails on any
+// error, missed version or memory growth.
+//
 // --mode=watch: starts moend-registry and moend-router as child processes,
 // publishes a table, opens --streams WatchPlans streams (callback API, over
 // --channels connections), publishes --publishes newer tables and waits until
@@ -59,6 +64,7 @@ struct Flags {
   int publishes = 5;
   std::string solver = "exact";
   double ratio = 8;
+  double publish_every = 5;  // soak: seconds between new tables
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -81,6 +87,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else if (name == "publishes") ok = absl::SimpleAtoi(value, &f->publishes) && f->publishes >= 0;
     else if (name == "solver") f->solver = value;
     else if (name == "ratio") ok = absl::SimpleAtod(value, &f->ratio) && f->ratio >= 1;
+    else if (name == "publish_every") ok = absl::SimpleAtod(value, &f->publish_every) && f->publish_every > 0;
     else {
       std::fprintf(stderr, "router_bench: unknown flag --%s\n", name.c_str());
       return false;
@@ -90,7 +97,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       return false;
     }
   }
-  return f->mode == "throughput" || f->mode == "watch";
+  return f->mode == "throughput" || f->mode == "watch" || f->mode == "soak";
 }
 
 // The shipped model's shape with the default grid; `seed` varies the values.
@@ -367,29 +374,54 @@ class StreamReader final : public grpc::ClientReadReactor<v1::Plan> {
   bool done_ = false;
 };
 
-int RunWatch(const Flags& flags) {
-  char dir_template[] = "/tmp/router-bench-XXXXXX";
-  const std::string dir = ::mkdtemp(dir_template);
-  testing::ChildProcess registry(MOEND_REGISTRY_BIN,
-                                 {"--db", dir + "/db", "--listen", "127.0.0.1:0"});
-  const std::string registry_address = registry.WaitForLine("listening on ", absl::Seconds(30));
-  if (registry_address.empty()) return std::fprintf(stderr, "%s", registry.output().c_str()), 1;
-  auto client = registry::RegistryClient::Connect({.target = registry_address});
-  if (!client.ok()) return std::fprintf(stderr, "%s\n", client.status().ToString().c_str()), 1;
-  auto model = (*client)->RegisterModelFromFile(
-      "tinycode", std::string(MOEND_SOURCE_DIR) + "/models/tinycode/config.json");
-  if (!model.ok()) return std::fprintf(stderr, "%s\n", model.status().ToString().c_str()), 1;
-  uint64_t version = *(*client)->PublishTable(BenchTable("tinycode", 1));
+// moend-registry (temporary database, the shipped model registered, one
+// table published) and moend-router in front of it, as child processes.
+class Stack {
+ public:
+  // Empty on success, else what failed.
+  std::string Start() {
+    char dir_template[] = "/tmp/router-bench-XXXXXX";
+    dir_ = ::mkdtemp(dir_template);
+    registry_ = std::make_unique<testing::ChildProcess>(
+        MOEND_REGISTRY_BIN, std::vector<std::string>{"--db", dir_ + "/db", "--listen", "127.0.0.1:0"});
+    const std::string registry_address = registry_->WaitForLine("listening on ", absl::Seconds(30));
+    if (registry_address.empty()) return registry_->output();
+    auto client = registry::RegistryClient::Connect({.target = registry_address});
+    if (!client.ok()) return client.status().ToString();
+    client_ = std::move(client).value();
+    auto model = client_->RegisterModelFromFile(
+        "tinycode", std::string(MOEND_SOURCE_DIR) + "/models/tinycode/config.json");
+    if (!model.ok()) return model.status().ToString();
+    if (Publish() == 0) return "publishing the first table failed";
+    router_ = std::make_unique<testing::ChildProcess>(
+        MOEND_ROUTER_BIN, std::vector<std::string>{"--registry", registry_address, "--listen",
+                                                   "127.0.0.1:0", "--metrics", "127.0.0.1:0"});
+    router_address_ = router_->WaitForLine("listening on ", absl::Seconds(30));
+    if (router_address_.empty()) return router_->output();
+    const std::string metrics = router_->WaitForLine("metrics on http://", absl::Seconds(30));
+    metrics_ = metrics.substr(0, metrics.find('/'));
+    return "";
+  }
+  ~Stack() {
+    if (router_) router_->Signal(SIGTERM, absl::Seconds(30));
+    std::error_code ec;
+    if (!dir_.empty()) std::filesystem::remove_all(dir_, ec);
+  }
 
-  testing::ChildProcess router(MOEND_ROUTER_BIN, {"--registry", registry_address, "--listen",
-                                                  "127.0.0.1:0", "--metrics", "127.0.0.1:0"});
-  const std::string router_address = router.WaitForLine("listening on ", absl::Seconds(30));
-  if (router_address.empty()) return std::fprintf(stderr, "%s", router.output().c_str()), 1;
-  std::string metrics = router.WaitForLine("metrics on http://", absl::Seconds(30));
-  metrics = metrics.substr(0, metrics.find('/'));
+  // Publishes the next table; its version (0 on failure).
+  uint64_t Publish() {
+    auto published = client_->PublishTable(BenchTable("tinycode", static_cast<int>(version_) + 1));
+    if (!published.ok()) return 0;
+    return version_ = *published;
+  }
+  uint64_t version() const { return version_; }
+  const std::string& router_address() const { return router_address_; }
+  pid_t router_pid() const { return router_->pid(); }
+  pid_t registry_pid() const { return registry_->pid(); }
+
   // The router's moend_router_watch_streams gauge, or -1.
-  auto watch_streams = [&]() -> int64_t {
-    const std::string scrape = testing::HttpGet(metrics, "/metrics");
+  int64_t WatchStreams() const {
+    const std::string scrape = testing::HttpGet(metrics_, "/metrics");
     const std::string key = "\nmoend_router_watch_streams ";
     const size_t at = scrape.find(key);
     if (at == std::string::npos) return -1;
@@ -397,15 +429,36 @@ int RunWatch(const Flags& flags) {
     const size_t end = scrape.find('\n', at + key.size());
     if (!absl::SimpleAtod(scrape.substr(at + key.size(), end - at - key.size()), &v)) return -1;
     return static_cast<int64_t>(v);
-  };
-
-  std::vector<std::unique_ptr<v1::Router::Stub>> stubs;
-  for (int c = 0; c < flags.channels; ++c) {
-    grpc::ChannelArguments args;
-    args.SetInt("moend.bench.channel", c);
-    stubs.push_back(v1::Router::NewStub(
-        grpc::CreateCustomChannel(router_address, grpc::InsecureChannelCredentials(), args)));
   }
+
+ private:
+  std::string dir_;
+  std::unique_ptr<testing::ChildProcess> registry_, router_;
+  std::unique_ptr<registry::RegistryClient> client_;
+  std::string router_address_, metrics_;
+  uint64_t version_ = 0;
+};
+
+std::vector<std::unique_ptr<v1::Router::Stub>> Stubs(const std::string& address, int channels) {
+  std::vector<std::unique_ptr<v1::Router::Stub>> stubs;
+  for (int c = 0; c < channels; ++c) {
+    grpc::ChannelArguments args;
+    args.SetInt("moend.bench.channel", c);  // own connection
+    stubs.push_back(v1::Router::NewStub(
+        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args)));
+  }
+  return stubs;
+}
+
+int RunWatch(const Flags& flags) {
+  Stack stack;
+  if (std::string error = stack.Start(); !error.empty()) {
+    return std::fprintf(stderr, "%s\n", error.c_str()), 1;
+  }
+  uint64_t version = stack.version();
+  const std::string router_address = stack.router_address();
+  auto watch_streams = [&] { return stack.WatchStreams(); };
+  std::vector<std::unique_ptr<v1::Router::Stub>> stubs = Stubs(router_address, flags.channels);
   v1::WatchPlansRequest request;
   request.set_model("tinycode");
   request.mutable_budget()->set_ratio(flags.ratio);
@@ -422,7 +475,7 @@ int RunWatch(const Flags& flags) {
     grpc::Status s = stubs[0]->SolvePlan(&ctx, solve, &plan);
     if (!s.ok()) return std::fprintf(stderr, "SolvePlan: %s\n", s.error_message().c_str()), 1;
   }
-  const pid_t pid = router.pid();
+  const pid_t pid = stack.router_pid();
   auto report = [&](const std::string& what) {
     ProcStatus s = ReadProcStatus(pid);
     std::printf("%-58s RSS %6.1f MiB  threads %3lld  watch_streams %5lld\n", what.c_str(),
@@ -451,9 +504,8 @@ int RunWatch(const Flags& flags) {
                            flags.streams, absl::ToDoubleMilliseconds(absl::Now() - open_start)));
     for (int p = 0; p < flags.publishes; ++p) {
       const absl::Time start = absl::Now();
-      auto published = (*client)->PublishTable(BenchTable("tinycode", static_cast<int>(version) + 1));
-      if (!published.ok()) return std::fprintf(stderr, "publish failed\n"), 1;
-      version = *published;
+      version = stack.Publish();
+      if (version == 0) return std::fprintf(stderr, "publish failed\n"), 1;
       if (!tally.WaitFor(version, flags.streams, patience)) {
         return std::fprintf(stderr, "not every stream got version %llu\n",
                             static_cast<unsigned long long>(version)), 1;
@@ -471,10 +523,101 @@ int RunWatch(const Flags& flags) {
     }
     report(absl::StrFormat("cycle %d: all streams closed", cycle));
   }
-  router.Signal(SIGTERM, absl::Seconds(30));
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
   return 0;
+}
+
+// --- soak mode ---
+// The reliability suite's load: SolvePlan at full rate (--threads x --depth
+// in flight) for --seconds while --streams WatchPlans streams stay open and a
+// new table lands every --publish_every seconds; every stream must receive
+// every version. Prints errors, p50/p99, propagation times and both servers'
+// RSS before and after; exits 1 if any call failed, any stream missed a
+// version, or the router's RSS grew by more than max(25%, 32 MiB).
+int RunSoak(const Flags& flags) {
+  Stack stack;
+  if (std::string error = stack.Start(); !error.empty()) {
+    return std::fprintf(stderr, "%s\n", error.c_str()), 1;
+  }
+  std::vector<std::unique_ptr<v1::Router::Stub>> stubs = Stubs(stack.router_address(), flags.channels);
+  v1::WatchPlansRequest watch;
+  watch.set_model("tinycode");
+  watch.mutable_budget()->set_ratio(flags.ratio);
+  watch.set_solver(flags.solver);
+  v1::SolvePlanRequest solve;
+  solve.set_model("tinycode");
+  solve.mutable_budget()->set_ratio(flags.ratio);
+  solve.set_solver(flags.solver);
+
+  const absl::Duration patience = absl::Seconds(120);
+  Tally tally;
+  std::vector<std::unique_ptr<StreamReader>> readers;
+  for (int i = 0; i < flags.streams; ++i) {
+    readers.push_back(std::make_unique<StreamReader>(stubs[i % flags.channels].get(), watch, &tally));
+  }
+  if (!tally.WaitFor(stack.version(), flags.streams, patience)) {
+    return std::fprintf(stderr, "not every stream got its first plan\n"), 1;
+  }
+  // A short warm-up round (connections, plan cache), then the "before" RSS.
+  Flags warm = flags;
+  warm.seconds = 1;
+  RunLoad(stack.router_address(), solve, warm, 0);
+  const ProcStatus router_before = ReadProcStatus(stack.router_pid());
+  const ProcStatus registry_before = ReadProcStatus(stack.registry_pid());
+  std::printf("router_bench soak: %.0f s of SolvePlan (%d threads x %d in flight) + %d WatchPlans "
+              "streams over %d connections, a new table every %.1f s; ratio %g, solver %s\n",
+              flags.seconds, flags.threads, flags.depth, flags.streams, flags.channels,
+              flags.publish_every, flags.ratio, flags.solver.c_str());
+  std::fflush(stdout);
+
+  // New calibrations land while the load runs; each must reach every stream.
+  std::atomic<bool> stop{false};
+  std::atomic<int64_t> publishes{0}, missed{0};
+  std::atomic<double> worst_propagation_ms{0};
+  std::thread publisher([&] {
+    while (!stop) {
+      const absl::Time next = absl::Now() + absl::Seconds(flags.publish_every);
+      while (!stop && absl::Now() < next) absl::SleepFor(absl::Milliseconds(50));
+      if (stop) break;
+      const absl::Time start = absl::Now();
+      const uint64_t version = stack.Publish();
+      if (version == 0 || !tally.WaitFor(version, flags.streams, patience)) {
+        ++missed;
+        continue;
+      }
+      ++publishes;
+      const double ms = absl::ToDoubleMilliseconds(absl::Now() - start);
+      if (ms > worst_propagation_ms) worst_propagation_ms = ms;
+    }
+  });
+  const RoundResult load = RunLoad(stack.router_address(), solve, flags, 1);
+  stop = true;
+  publisher.join();
+  const bool all_current = tally.WaitFor(stack.version(), flags.streams, patience);
+  const ProcStatus router_after = ReadProcStatus(stack.router_pid());
+  const ProcStatus registry_after = ReadProcStatus(stack.registry_pid());
+  for (auto& r : readers) r->Cancel();
+  for (auto& r : readers) r->WaitDone();
+
+  std::printf("SolvePlan: %lld calls in %.0f s = %.0f QPS, errors %lld, p50 %.1f us, p99 %.1f us\n",
+              static_cast<long long>(load.calls), load.seconds, load.qps(),
+              static_cast<long long>(load.errors), load.p50_us, load.p99_us);
+  std::printf("tables published during the load: %lld, each on all %d streams within %.0f ms "
+              "(worst); missed: %lld; streams on the last version at the end: %s\n",
+              static_cast<long long>(publishes.load()), flags.streams, worst_propagation_ms.load(),
+              static_cast<long long>(missed.load()), all_current ? "all" : "NOT all");
+  std::printf("moend-router RSS %.1f -> %.1f MiB, threads %lld -> %lld\n",
+              router_before.rss_kb / 1024.0, router_after.rss_kb / 1024.0,
+              static_cast<long long>(router_before.threads),
+              static_cast<long long>(router_after.threads));
+  std::printf("moend-registry RSS %.1f -> %.1f MiB, threads %lld -> %lld\n",
+              registry_before.rss_kb / 1024.0, registry_after.rss_kb / 1024.0,
+              static_cast<long long>(registry_before.threads),
+              static_cast<long long>(registry_after.threads));
+  const int64_t growth_kb = router_after.rss_kb - router_before.rss_kb;
+  const bool flat = growth_kb <= std::max<int64_t>(router_before.rss_kb / 4, 32 * 1024);
+  const bool ok = load.errors == 0 && load.calls > 0 && missed == 0 && all_current && flat;
+  std::printf("SOAK %s\n", ok ? "PASSED" : "FAILED");
+  return ok ? 0 : 1;
 }
 
 }  // namespace
@@ -484,11 +627,12 @@ int main(int argc, char** argv) {
   moend::router::Flags flags;
   if (!moend::router::ParseFlags(argc, argv, &flags)) {
     std::fprintf(stderr,
-                 "usage: router_bench [--mode=throughput|watch] [--threads=4] [--depth=8] "
+                 "usage: router_bench [--mode=throughput|watch|soak] [--threads=4] [--depth=8] "
                  "[--seconds=5] [--rounds=2] [--streams=1000] [--channels=10] "
-                 "[--publishes=5] [--solver=exact] [--ratio=8]\n");
+                 "[--publishes=5] [--publish_every=5] [--solver=exact] [--ratio=8]\n");
     return 2;
   }
+  if (flags.mode == "soak") return moend::router::RunSoak(flags);
   return flags.mode == "watch" ? moend::router::RunWatch(flags)
                                : moend::router::RunThroughput(flags);
 }
