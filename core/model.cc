@@ -32,6 +32,8 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 }
 
 // Widens tensor `name` into dst[offset...], checking its shape against `want`.
+// `dst` grows only after the check, so its size is bounded by the checkpoint's
+// bytes, never by what config.json claims.
 absl::Status LoadInto(const Checkpoint& ckpt, const std::string& name,
                       const std::vector<int64_t>& want, std::vector<float>& dst, size_t offset) {
   MOEND_ASSIGN_OR_RETURN(const TensorView* t, ckpt.Get(name));
@@ -76,15 +78,15 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
     MOEND_RETURN_IF_ERROR(
         LoadInto(*ckpt, "lm_head.weight", {c.vocab_size, hidden}, model->lm_head_, 0));
   }
-  model->layers_.resize(static_cast<size_t>(c.num_layers));
+  // Layers are added as they load, so a config.json that claims billions of
+  // layers fails at the first missing tensor instead of allocating them.
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    Layer& layer = model->layers_[static_cast<size_t>(l)];
+    Layer& layer = model->layers_.emplace_back();
     const std::string p = absl::StrCat("model.layers.", l, ".");
     MOEND_RETURN_IF_ERROR(
         LoadInto(*ckpt, p + "input_layernorm.weight", {hidden}, layer.attn_norm, 0));
     MOEND_RETURN_IF_ERROR(
         LoadInto(*ckpt, p + "post_attention_layernorm.weight", {hidden}, layer.mlp_norm, 0));
-    layer.qkv.resize(static_cast<size_t>((h + 2 * hkv) * d * hidden));
     MOEND_RETURN_IF_ERROR(LoadInto(*ckpt, p + "self_attn.q_proj.weight", {h * d, hidden},
                                    layer.qkv, 0));
     MOEND_RETURN_IF_ERROR(LoadInto(*ckpt, p + "self_attn.k_proj.weight", {hkv * d, hidden},
@@ -92,7 +94,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
     MOEND_RETURN_IF_ERROR(LoadInto(*ckpt, p + "self_attn.v_proj.weight", {hkv * d, hidden},
                                    layer.qkv, static_cast<size_t>((h + hkv) * d * hidden)));
     if (c.qkv_bias) {
-      layer.qkv_bias.resize(static_cast<size_t>((h + 2 * hkv) * d));
       MOEND_RETURN_IF_ERROR(
           LoadInto(*ckpt, p + "self_attn.q_proj.bias", {h * d}, layer.qkv_bias, 0));
       MOEND_RETURN_IF_ERROR(LoadInto(*ckpt, p + "self_attn.k_proj.bias", {hkv * d},
@@ -102,7 +103,6 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
     }
     MOEND_RETURN_IF_ERROR(
         LoadInto(*ckpt, p + "self_attn.o_proj.weight", {hidden, h * d}, layer.o, 0));
-    layer.gate_up.resize(static_cast<size_t>(2 * inter * hidden));
     MOEND_RETURN_IF_ERROR(
         LoadInto(*ckpt, p + "mlp.gate_proj.weight", {inter, hidden}, layer.gate_up, 0));
     MOEND_RETURN_IF_ERROR(LoadInto(*ckpt, p + "mlp.up_proj.weight", {inter, hidden},

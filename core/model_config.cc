@@ -1,6 +1,8 @@
 #include "core/model_config.h"
 
+#include <cstdint>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
@@ -74,6 +76,22 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   MOEND_ASSIGN_OR_RETURN(c.num_layers, PositiveInt(j, "num_hidden_layers", source, std::nullopt));
   MOEND_ASSIGN_OR_RETURN(c.num_heads, PositiveInt(j, "num_attention_heads", source, std::nullopt));
   MOEND_ASSIGN_OR_RETURN(c.num_kv_heads, PositiveInt(j, "num_key_value_heads", source, c.num_heads));
+  // Far above any real model, and low enough that the loader's and the
+  // forward pass's products of sizes (e.g. heads x head_dim x hidden) stay
+  // inside int64.
+  constexpr int64_t kMaxSize = int64_t{1} << 24;
+  for (const auto& [field, value] :
+       {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+        {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size},
+        {"num_hidden_layers", c.num_layers},
+        {"num_attention_heads", c.num_heads},
+        {"num_key_value_heads", c.num_kv_heads}}) {
+    if (value > kMaxSize) {
+      return absl::UnimplementedError(
+          absl::StrCat(source, ": ", field, " ", value, " is above the supported ", kMaxSize));
+    }
+  }
   if (c.hidden_size % c.num_heads != 0 && !(j.contains("head_dim") && !j["head_dim"].is_null())) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": hidden_size ", c.hidden_size,
                                                    " is not divisible by num_attention_heads ",
@@ -105,7 +123,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   }
   const bool sliding = c.model_type == "qwen2" ? BoolOr(j, "use_sliding_window", false) : true;
   if (sliding && j.contains("sliding_window") && j["sliding_window"].is_number_integer()) {
-    c.sliding_window = j["sliding_window"].get<int64_t>();
+    // 0 means none; a negative (or, read as int64, wrapped) window would
+    // silently mean none too.
+    const json& w = j["sliding_window"];
+    if (w.is_number_unsigned() ? w.get<uint64_t>() > uint64_t{INT64_MAX} : w.get<int64_t>() < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": sliding_window must be a positive integer or 0 (none), got ", w.dump()));
+    }
+    c.sliding_window = w.get<int64_t>();
   }
   return c;
 }

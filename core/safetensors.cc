@@ -23,6 +23,8 @@ namespace {
 
 // A header beyond this is not a real checkpoint (the largest seen are a few MB).
 constexpr uint64_t kMaxHeaderBytes = 100ull << 20;
+// Elements of one tensor, and of each dimension (2^50; far above any model).
+constexpr uint64_t kMaxElements = uint64_t{1} << 50;
 
 int64_t DTypeSize(DType d) { return d == DType::kF32 ? 4 : 2; }
 
@@ -110,7 +112,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     for (const auto& d : info["shape"]) {
       if (!d.is_number_unsigned()) return bad("shape entries must be non-negative integers");
       const uint64_t dim = d.get<uint64_t>();
-      if (dim != 0 && elements > (uint64_t{1} << 50) / dim) return bad("shape is absurdly large");
+      // Checked on its own too: after a 0 dimension the product stays 0, but a
+      // dimension beyond int64 would still turn negative in `shape`.
+      if (dim > kMaxElements || (dim != 0 && elements > kMaxElements / dim)) {
+        return bad("shape is absurdly large");
+      }
       elements *= dim;
       t.shape.push_back(static_cast<int64_t>(dim));
     }

@@ -1,6 +1,8 @@
 #include "core/sensitivity_table.h"
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <set>
 #include <tuple>
 
@@ -57,33 +59,112 @@ absl::Status SensitivityTable::Validate() const {
   return absl::OkStatus();
 }
 
+namespace {
+
+using nlohmann::json;
+
+// Typed readers: nlohmann's get<int64_t>() would truncate 12.5, accept true
+// and "convert" 1e300 (undefined behaviour); a table with such a field is
+// malformed.
+absl::StatusOr<const json*> Member(const json& obj, const char* name, const std::string& where) {
+  if (!obj.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, " must be a JSON object"));
+  }
+  auto it = obj.find(name);
+  if (it == obj.end()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": missing field \"", name, "\""));
+  }
+  return &*it;
+}
+
+absl::StatusOr<int64_t> IntMember(const json& obj, const char* name, const std::string& where) {
+  MOEND_ASSIGN_OR_RETURN(const json* v, Member(obj, name, where));
+  if (v->is_number_unsigned() &&
+      v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": \"", name, "\" is too large"));
+  }
+  if (!v->is_number_integer()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": \"", name, "\" must be an integer, got ", v->dump()));
+  }
+  return v->get<int64_t>();
+}
+
+absl::StatusOr<double> NumberMember(const json& obj, const char* name, const std::string& where) {
+  MOEND_ASSIGN_OR_RETURN(const json* v, Member(obj, name, where));
+  if (!v->is_number()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": \"", name, "\" must be a number, got ", v->dump()));
+  }
+  return v->get<double>();
+}
+
+absl::StatusOr<int> BitsMember(const json& obj, const char* name, const std::string& where) {
+  MOEND_ASSIGN_OR_RETURN(int64_t bits, IntMember(obj, name, where));
+  if (!IsSupportedBits(bits < 0 || bits > kFp16Bits ? 0 : static_cast<int>(bits))) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": \"", name, "\" ", bits, " is not one of 2, 4, 8, 16"));
+  }
+  return static_cast<int>(bits);
+}
+
+absl::StatusOr<const json*> ArrayMember(const json& obj, const char* name,
+                                        const std::string& where) {
+  MOEND_ASSIGN_OR_RETURN(const json* v, Member(obj, name, where));
+  if (!v->is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": \"", name, "\" must be an array"));
+  }
+  return v;
+}
+
+}  // namespace
+
 absl::StatusOr<SensitivityTable> SensitivityTableFromJson(const std::string& text) {
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  json j = json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded()) return absl::InvalidArgumentError("sensitivity table is not valid JSON");
   if (!j.is_object()) return absl::InvalidArgumentError("sensitivity table must be a JSON object");
+  const std::string where = "sensitivity table";
   SensitivityTable t;
-  try {
-    t.model = j.at("model").get<std::string>();
-    t.num_layers = j.at("num_layers").get<int64_t>();
-    t.num_kv_heads = j.at("num_kv_heads").get<int64_t>();
-    t.head_dim = j.at("head_dim").get<int64_t>();
-    t.seq_len = j.at("seq_len").get<int64_t>();
-    t.compression_point = j.at("compression_point").get<int64_t>();
-    t.samples = j.at("samples").get<int64_t>();
-    for (const auto& e : j.at("tuples")) {
-      t.tuples.push_back({e.at("keep").get<double>(), e.at("kbits").get<int>(),
-                          e.at("vbits").get<int>()});
+  MOEND_ASSIGN_OR_RETURN(const json* model, Member(j, "model", where));
+  if (!model->is_string()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(where, ": \"model\" must be a string, got ", model->dump()));
+  }
+  t.model = model->get<std::string>();
+  MOEND_ASSIGN_OR_RETURN(t.num_layers, IntMember(j, "num_layers", where));
+  MOEND_ASSIGN_OR_RETURN(t.num_kv_heads, IntMember(j, "num_kv_heads", where));
+  MOEND_ASSIGN_OR_RETURN(t.head_dim, IntMember(j, "head_dim", where));
+  MOEND_ASSIGN_OR_RETURN(t.seq_len, IntMember(j, "seq_len", where));
+  MOEND_ASSIGN_OR_RETURN(t.compression_point, IntMember(j, "compression_point", where));
+  MOEND_ASSIGN_OR_RETURN(t.samples, IntMember(j, "samples", where));
+  MOEND_ASSIGN_OR_RETURN(const json* tuples, ArrayMember(j, "tuples", where));
+  for (size_t i = 0; i < tuples->size(); ++i) {
+    const json& e = (*tuples)[i];
+    const std::string tw = absl::StrCat(where, " tuple ", i);
+    CompressionTuple tuple;
+    MOEND_ASSIGN_OR_RETURN(tuple.keep, NumberMember(e, "keep", tw));
+    MOEND_ASSIGN_OR_RETURN(tuple.kbits, BitsMember(e, "kbits", tw));
+    MOEND_ASSIGN_OR_RETURN(tuple.vbits, BitsMember(e, "vbits", tw));
+    t.tuples.push_back(tuple);
+  }
+  MOEND_ASSIGN_OR_RETURN(const json* rows, ArrayMember(j, "s", where));
+  for (size_t l = 0; l < rows->size(); ++l) {
+    const json& row = (*rows)[l];
+    if (!row.is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": s row ", l, " must be an array"));
     }
-    for (const auto& row : j.at("s")) {
-      std::vector<double> r;
-      for (const auto& v : row) {
-        // JSON has no NaN; a null stands for one and is rejected by Validate.
-        r.push_back(v.is_null() ? std::nan("") : v.get<double>());
+    std::vector<double> r;
+    r.reserve(row.size());
+    for (size_t i = 0; i < row.size(); ++i) {
+      const json& v = row[i];
+      // JSON has no NaN; a null stands for one and is rejected by Validate.
+      if (!v.is_null() && !v.is_number()) {
+        return absl::InvalidArgumentError(absl::StrCat(where, ": s[", l, "][", i,
+                                                       "] must be a number, got ", v.dump()));
       }
-      t.s.push_back(std::move(r));
+      r.push_back(v.is_null() ? std::nan("") : v.get<double>());
     }
-  } catch (const nlohmann::json::exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat("sensitivity table: ", e.what()));
+    t.s.push_back(std::move(r));
   }
   MOEND_RETURN_IF_ERROR(t.Validate());
   return t;
