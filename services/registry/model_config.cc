@@ -20,9 +20,43 @@ absl::StatusOr<int64_t> IntField(const nlohmann::json& j, const char* name, int6
   return it->get<int64_t>();
 }
 
+// A Hugging Face config.json is a few KB and a few levels deep. Bigger or
+// deeper text is refused before it is parsed: a megabyte of "[" parses into
+// a million nested arrays (~80 MB of nodes).
+constexpr size_t kMaxConfigBytes = 256 << 10;
+constexpr int kMaxConfigDepth = 32;
+
+absl::Status CheckConfigSize(const std::string& text) {
+  if (text.size() > kMaxConfigBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json is ", text.size(),
+                                                   " bytes; at most ", kMaxConfigBytes,
+                                                   " are accepted"));
+  }
+  int depth = 0;
+  bool in_string = false, escaped = false;
+  for (char c : text) {
+    if (in_string) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      if (++depth > kMaxConfigDepth) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "config.json nests deeper than ", kMaxConfigDepth, " levels"));
+      }
+    } else if (c == '}' || c == ']') {
+      --depth;
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelShape> ModelShapeFromConfigJson(const std::string& config_json) {
+  if (absl::Status size = CheckConfigSize(config_json); !size.ok()) return size;
   nlohmann::json j = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
     return absl::InvalidArgumentError("config.json is not a JSON object");

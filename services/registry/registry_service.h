@@ -69,8 +69,9 @@ struct RegistryServerOptions {
   std::string listen_address = "127.0.0.1:0";
   // How often a watch stream checks for cancellation and shutdown. Default 200 ms.
   absl::Duration watch_poll = absl::Milliseconds(200);
-  // Largest message accepted, bytes. Default 64 MiB (tables of big models).
-  int max_message_bytes = 64 << 20;
+  // Largest message accepted, bytes. Default 16 MiB: a 1,000-layer x
+  // 1,000-tuple table is 8 MB; every call in progress may hold this much.
+  int max_message_bytes = 16 << 20;
   // Server threads (the service is synchronous: one thread per call in
   // progress); calls beyond are refused with RESOURCE_EXHAUSTED. Default 512.
   int max_threads = 512;
