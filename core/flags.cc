@@ -75,6 +75,16 @@ absl::StatusOr<int64_t> Args::Int(const std::string& flag, int64_t fallback) con
   return v;
 }
 
+absl::StatusOr<int64_t> Args::IntInRange(const std::string& flag, int64_t fallback, int64_t lo,
+                                         int64_t hi) const {
+  absl::StatusOr<int64_t> v = Int(flag, fallback);
+  if (v.ok() && (*v < lo || *v > hi)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, " must be an integer in [", lo, ", ", hi, "], got ", *v));
+  }
+  return v;
+}
+
 absl::StatusOr<double> Args::Double(const std::string& flag, double fallback) const {
   auto it = values_.find(flag);
   if (it == values_.end()) return fallback;

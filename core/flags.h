@@ -25,6 +25,9 @@ class Args {
   absl::StatusOr<std::string> Required(const std::string& flag) const;
   std::optional<std::string> Optional(const std::string& flag) const;
   absl::StatusOr<int64_t> Int(const std::string& flag, int64_t fallback) const;
+  // Int, and InvalidArgument naming the range when outside [lo, hi].
+  absl::StatusOr<int64_t> IntInRange(const std::string& flag, int64_t fallback, int64_t lo,
+                                     int64_t hi) const;
   absl::StatusOr<double> Double(const std::string& flag, double fallback) const;
   bool help() const { return help_; }
 

@@ -16,6 +16,7 @@
 #include "core/flags.h"
 #include "prometheus/registry.h"
 #include "services/common/process.h"
+#include "services/common/security_flags.h"
 #include "services/registry/registry_client.h"
 #include "worker/fleet_worker.h"
 
@@ -53,9 +54,9 @@ int Fail(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   auto args = moend::Args::Parse(argc - 1, argv + 1,
-                                 {"registry", "id", "models", "data-dir", "threads", "metrics",
-                                  "tls-ca", "tls-client-cert", "tls-client-key",
-                                  "auth-token-file"},
+                                 moend::rpc::WithFlags({"registry", "id", "models", "data-dir",
+                                                        "threads", "metrics"},
+                                                       moend::rpc::kClientSecurityFlags),
                                  {"exit-when-idle"});
   if (!args.ok()) {
     std::fprintf(stderr, "moend-worker: %s\n%s", std::string(args.status().message()).c_str(),
@@ -89,10 +90,7 @@ int main(int argc, char** argv) {
   moend::registry::RegistryClientOptions client_options;
   client_options.target = *target;
   client_options.connect_timeout = absl::ZeroDuration();  // the loop retries
-  client_options.security.tls_ca_file = args->Optional("tls-ca").value_or("");
-  client_options.security.tls_client_cert_file = args->Optional("tls-client-cert").value_or("");
-  client_options.security.tls_client_key_file = args->Optional("tls-client-key").value_or("");
-  client_options.security.auth_token_file = args->Optional("auth-token-file").value_or("");
+  client_options.security = moend::rpc::ClientSecurityFromArgs(*args);
   auto client = moend::registry::RegistryClient::Connect(client_options);
   if (!client.ok()) return Fail(client.status());
 

@@ -27,6 +27,7 @@
 #include "prometheus/registry.h"
 #include "services/common/process.h"
 #include "services/common/security.h"
+#include "services/common/security_flags.h"
 #include "services/common/server_setup.h"
 
 namespace {
@@ -59,9 +60,11 @@ int Fail(const absl::Status& s) {
 int main(int argc, char** argv) {
   auto args = moend::Args::Parse(
       argc - 1, argv + 1,
-      {"model", "listen", "router", "ratio", "budget-bytes", "context", "solver", "metrics",
-       "threads", "tls-cert", "tls-key", "tls-client-ca", "tls-ca", "tls-client-cert",
-       "tls-client-key", "auth-token-file"},
+      moend::rpc::WithFlags(
+          moend::rpc::WithFlags({"model", "listen", "router", "ratio", "budget-bytes", "context",
+                                 "solver", "metrics", "threads"},
+                                moend::rpc::kServerSecurityFlags),
+          moend::rpc::kClientSecurityFlags),
       {});
   if (!args.ok()) {
     std::fprintf(stderr, "moend-node: %s\n%s", std::string(args.status().message()).c_str(),
@@ -82,18 +85,10 @@ int main(int argc, char** argv) {
                                 bytes.status(), context.status(), threads.status()}) {
     if (!s.ok()) return Fail(s);
   }
-  moend::rpc::ServerSecurity server_security;
-  server_security.tls_cert_file = args->Optional("tls-cert").value_or("");
-  server_security.tls_key_file = args->Optional("tls-key").value_or("");
-  server_security.tls_client_ca_file = args->Optional("tls-client-ca").value_or("");
-  server_security.auth_token_file = args->Optional("auth-token-file").value_or("");
+  const moend::rpc::ServerSecurity server_security = moend::rpc::ServerSecurityFromArgs(*args);
   auto security = moend::rpc::LoadServerSecurity(server_security);
   if (!security.ok()) return Fail(security.status());
-  moend::rpc::ClientSecurity router_security;
-  router_security.tls_ca_file = args->Optional("tls-ca").value_or("");
-  router_security.tls_client_cert_file = args->Optional("tls-client-cert").value_or("");
-  router_security.tls_client_key_file = args->Optional("tls-client-key").value_or("");
-  router_security.auth_token_file = server_security.auth_token_file;
+  const moend::rpc::ClientSecurity router_security = moend::rpc::ClientSecurityFromArgs(*args);
 
   auto model = moend::Model::Load(*model_dir, moend::ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());

@@ -12,15 +12,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/time/time.h"
 #include "prometheus/registry.h"
 #include "services/common/process.h"
+#include "core/flags.h"
 #include "services/common/security.h"
+#include "services/common/security_flags.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_service.h"
 #include "storage/store.h"
@@ -56,53 +59,36 @@ struct Flags {
   moend::rpc::ServerSecurity security;
 };
 
+// false: usage error (message printed). --help prints the usage and exits 0.
 bool ParseFlags(int argc, char** argv, Flags* flags) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-    } else if (arg == "--help" || arg == "-h") {
-      std::cout << kUsage;
-      std::exit(0);
-    } else if (arg == "--auth-reads") {
-      flags->security.token_for_reads = true;
-      continue;
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      std::cerr << "moend-registry: " << arg << " needs a value\n" << kUsage;
+  auto args = moend::Args::Parse(
+      argc - 1, argv + 1,
+      moend::rpc::WithFlags({"db", "listen", "metrics", "lease-seconds", "max-threads",
+                             "max-watch-streams"},
+                            moend::rpc::kServerSecurityFlags),
+      {moend::rpc::kAuthReadsSwitch});
+  if (!args.ok()) {
+    std::cerr << "moend-registry: " << args.status().message() << "\n" << kUsage;
+    return false;
+  }
+  if (args->help()) {
+    std::cout << kUsage;
+    std::exit(0);
+  }
+  flags->db = args->Optional("db").value_or("");
+  flags->listen = args->Optional("listen").value_or(flags->listen);
+  flags->metrics = args->Optional("metrics").value_or("");
+  flags->security = moend::rpc::ServerSecurityFromArgs(*args);
+  for (const auto& [name, out] : std::initializer_list<std::pair<const char*, int64_t*>>{
+           {"lease-seconds", &flags->lease_seconds},
+           {"max-threads", &flags->max_threads},
+           {"max-watch-streams", &flags->max_watch_streams}}) {
+    absl::StatusOr<int64_t> v = args->IntInRange(name, *out, 1, 1 << 20);
+    if (!v.ok()) {
+      std::cerr << "moend-registry: " << v.status().message() << "\n";
       return false;
     }
-    if (arg == "--db") {
-      flags->db = value;
-    } else if (arg == "--listen") {
-      flags->listen = value;
-    } else if (arg == "--metrics") {
-      flags->metrics = value;
-    } else if (arg == "--tls-cert") {
-      flags->security.tls_cert_file = value;
-    } else if (arg == "--tls-key") {
-      flags->security.tls_key_file = value;
-    } else if (arg == "--tls-client-ca") {
-      flags->security.tls_client_ca_file = value;
-    } else if (arg == "--auth-token-file") {
-      flags->security.auth_token_file = value;
-    } else if (arg == "--lease-seconds" || arg == "--max-threads" ||
-               arg == "--max-watch-streams") {
-      int64_t* out = arg == "--lease-seconds" ? &flags->lease_seconds
-                     : arg == "--max-threads" ? &flags->max_threads
-                                              : &flags->max_watch_streams;
-      if (!absl::SimpleAtoi(value, out) || *out <= 0 || *out > (1 << 20)) {
-        std::cerr << "moend-registry: " << arg << " must be an integer in [1, 1048576], got '"
-                  << value << "'\n";
-        return false;
-      }
-    } else {
-      std::cerr << "moend-registry: unknown flag " << arg << "\n" << kUsage;
-      return false;
-    }
+    *out = *v;
   }
   if (flags->db.empty()) {
     std::cerr << "moend-registry: --db is required\n" << kUsage;
@@ -110,7 +96,6 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
   }
   return true;
 }
-
 
 }  // namespace
 

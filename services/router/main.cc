@@ -18,15 +18,18 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <initializer_list>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <utility>
 
-#include "absl/strings/numbers.h"
 #include "absl/time/time.h"
 #include "prometheus/registry.h"
 #include "services/common/process.h"
+#include "core/flags.h"
 #include "services/common/security.h"
+#include "services/common/security_flags.h"
 #include "services/registry/registry_client.h"
 #include "services/router/router.h"
 #include "services/router/router_service.h"
@@ -65,65 +68,41 @@ struct Flags {
   moend::rpc::ClientSecurity registry_security;
 };
 
-bool ParsePositive(const std::string& flag, const std::string& value, int64_t* out) {
-  if (!absl::SimpleAtoi(value, out) || *out <= 0) {
-    std::cerr << "moend-router: " << flag << " must be a positive integer, got '" << value
-              << "'\n";
+// false: usage error (message printed). --help prints the usage and exits 0.
+bool ParseFlags(int argc, char** argv, Flags* flags) {
+  auto args = moend::Args::Parse(
+      argc - 1, argv + 1,
+      moend::rpc::WithFlags(moend::rpc::WithFlags({"registry", "listen", "metrics",
+                                                   "plan-cache-entries", "watch-poll-ms",
+                                                   "max-watch-streams"},
+                                                  moend::rpc::kServerSecurityFlags),
+                            moend::rpc::kClientSecurityFlags),
+      {moend::rpc::kAuthReadsSwitch});
+  if (!args.ok()) {
+    std::cerr << "moend-router: " << args.status().message() << "\n" << kUsage;
     return false;
   }
-  return true;
-}
-
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    std::string value;
-    if (size_t eq = arg.find('='); eq != std::string::npos) {
-      value = arg.substr(eq + 1);
-      arg = arg.substr(0, eq);
-    } else if (arg == "--help" || arg == "-h") {
-      std::cout << kUsage;
-      std::exit(0);
-    } else if (arg == "--auth-reads") {
-      flags->server_security.token_for_reads = true;
-      continue;
-    } else if (i + 1 < argc) {
-      value = argv[++i];
-    } else {
-      std::cerr << "moend-router: " << arg << " needs a value\n" << kUsage;
+  if (args->help()) {
+    std::cout << kUsage;
+    std::exit(0);
+  }
+  flags->registry = args->Optional("registry").value_or("");
+  flags->listen = args->Optional("listen").value_or(flags->listen);
+  flags->metrics = args->Optional("metrics").value_or("");
+  // --auth-token-file is the deployment's one token: required from clients
+  // and sent to the registry.
+  flags->server_security = moend::rpc::ServerSecurityFromArgs(*args);
+  flags->registry_security = moend::rpc::ClientSecurityFromArgs(*args);
+  for (const auto& [name, out] : std::initializer_list<std::pair<const char*, int64_t*>>{
+           {"plan-cache-entries", &flags->plan_cache_entries},
+           {"watch-poll-ms", &flags->watch_poll_ms},
+           {"max-watch-streams", &flags->max_watch_streams}}) {
+    absl::StatusOr<int64_t> v = args->IntInRange(name, *out, 1, 1 << 30);
+    if (!v.ok()) {
+      std::cerr << "moend-router: " << v.status().message() << "\n";
       return false;
     }
-    if (arg == "--registry") {
-      flags->registry = value;
-    } else if (arg == "--listen") {
-      flags->listen = value;
-    } else if (arg == "--metrics") {
-      flags->metrics = value;
-    } else if (arg == "--tls-cert") {
-      flags->server_security.tls_cert_file = value;
-    } else if (arg == "--tls-key") {
-      flags->server_security.tls_key_file = value;
-    } else if (arg == "--tls-client-ca") {
-      flags->server_security.tls_client_ca_file = value;
-    } else if (arg == "--tls-ca") {
-      flags->registry_security.tls_ca_file = value;
-    } else if (arg == "--tls-client-cert") {
-      flags->registry_security.tls_client_cert_file = value;
-    } else if (arg == "--tls-client-key") {
-      flags->registry_security.tls_client_key_file = value;
-    } else if (arg == "--auth-token-file") {
-      flags->server_security.auth_token_file = value;
-      flags->registry_security.auth_token_file = value;
-    } else if (arg == "--plan-cache-entries") {
-      if (!ParsePositive(arg, value, &flags->plan_cache_entries)) return false;
-    } else if (arg == "--watch-poll-ms") {
-      if (!ParsePositive(arg, value, &flags->watch_poll_ms)) return false;
-    } else if (arg == "--max-watch-streams") {
-      if (!ParsePositive(arg, value, &flags->max_watch_streams)) return false;
-    } else {
-      std::cerr << "moend-router: unknown flag " << arg << "\n" << kUsage;
-      return false;
-    }
+    *out = *v;
   }
   if (flags->registry.empty()) {
     std::cerr << "moend-router: --registry is required\n" << kUsage;
@@ -131,9 +110,6 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
   }
   return true;
 }
-
-// Self-pipe: the handler (on whichever thread the signal lands) writes the
-// signal number; main reads it.
 
 }  // namespace
 
