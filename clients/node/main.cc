@@ -118,22 +118,15 @@ int main(int argc, char** argv) {
   }
   moend::node::InferenceNode node(*std::move(model), std::move(watch), metrics.get());
   moend::node::NodeService service(&node, security->authorizer);
-  moend::rpc::EnableHealthAndReflection();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.AddListeningPort(*listen, security->credentials, &port);
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || port == 0) {
-    return Fail(absl::UnavailableError(
-        absl::StrCat("cannot listen on ", *listen,
-                     security->tls ? " (or the TLS certificate and key do not match)" : "")));
-  }
   constexpr char kServiceName[] = "moend.v1.InferenceNode";
-  moend::rpc::SetServing(server.get(), {kServiceName}, true);
-  std::cout << "moend-node listening on " << listen->substr(0, listen->rfind(':')) << ":" << port
-            << std::endl;
+  auto started = moend::rpc::StartServer({.listen_address = *listen,
+                                          .credentials = security->credentials,
+                                          .tls = security->tls,
+                                          .service = &service,
+                                          .service_name = kServiceName});
+  if (!started.ok()) return Fail(started.status());
+  std::unique_ptr<grpc::Server> server = std::move(started->server);
+  std::cout << "moend-node listening on " << started->address << std::endl;
   const int sig = (*shutdown)->Wait();
   std::cout << "moend-node: signal " << sig << ", shutting down" << std::endl;
   moend::rpc::SetServing(server.get(), {kServiceName}, false);

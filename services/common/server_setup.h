@@ -10,10 +10,15 @@
 #ifndef MOEND_SERVICES_COMMON_SERVER_SETUP_H_
 #define MOEND_SERVICES_COMMON_SERVER_SETUP_H_
 
+#include <functional>
 #include <initializer_list>
+#include <memory>
 #include <string>
 
+#include "absl/status/statusor.h"
+#include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
+#include "grpcpp/server_builder.h"
 
 namespace moend::rpc {
 
@@ -25,6 +30,30 @@ void EnableHealthAndReflection();
 // Sets the health status of the whole server ("") and of each named service.
 // A server that has not enabled health is left alone.
 void SetServing(grpc::Server* server, std::initializer_list<std::string> services, bool serving);
+
+// How to start one moend server.
+struct ServerSpec {
+  std::string listen_address;  // host:port; port 0 picks a free port
+  std::shared_ptr<grpc::ServerCredentials> credentials;
+  bool tls = false;                // for the error message
+  int max_message_bytes = 4 << 20;  // both directions
+  grpc::Service* service = nullptr;  // not owned; outlives the server
+  std::string service_name;         // for the health service, "moend.v1.Registry"
+  // More settings (a resource quota, say), applied before the server starts.
+  std::function<void(grpc::ServerBuilder&)> configure;
+};
+
+struct StartedServer {
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+  std::string address;  // listen_address's host with the bound port
+};
+
+// Health and reflection on, SO_REUSEPORT off (a second process on a busy
+// port must fail, not silently take half of the connections), the message
+// limit, then the service; marked SERVING. FailedPrecondition naming the
+// address when it cannot listen.
+absl::StatusOr<StartedServer> StartServer(const ServerSpec& spec);
 
 }  // namespace moend::rpc
 

@@ -171,27 +171,22 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   std::unique_ptr<RegistryServer> server(new RegistryServer());
   server->service_ = std::make_unique<RegistryService>(
       registry, options.watch_poll, security.authorizer, options.max_watch_streams);
-  rpc::EnableHealthAndReflection();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(options.listen_address, security.credentials, &port);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  grpc::ResourceQuota quota("moend-registry");
-  quota.SetMaxThreads(options.max_threads);
-  builder.SetResourceQuota(quota);
-  builder.RegisterService(server->service_.get());
-  server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || port == 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot listen on '", options.listen_address,
-                     "' (address in use, or not host:port?",
-                     security.tls ? " or the TLS certificate and key do not match?" : "", ")"));
-  }
-  rpc::SetServing(server->server_.get(), {kServiceName}, true);
-  server->port_ = port;
-  std::string host = options.listen_address.substr(0, options.listen_address.rfind(':'));
-  server->address_ = absl::StrCat(host, ":", port);
+  MOEND_ASSIGN_OR_RETURN(
+      rpc::StartedServer started,
+      rpc::StartServer({.listen_address = options.listen_address,
+                        .credentials = security.credentials,
+                        .tls = security.tls,
+                        .max_message_bytes = options.max_message_bytes,
+                        .service = server->service_.get(),
+                        .service_name = kServiceName,
+                        .configure = [&](grpc::ServerBuilder& builder) {
+                          grpc::ResourceQuota quota("moend-registry");
+                          quota.SetMaxThreads(options.max_threads);
+                          builder.SetResourceQuota(quota);
+                        }}));
+  server->server_ = std::move(started.server);
+  server->port_ = started.port;
+  server->address_ = started.address;
   return server;
 }
 

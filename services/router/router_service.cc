@@ -190,27 +190,16 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(
   std::unique_ptr<RouterServer> server(new RouterServer);
   server->service_ = std::make_unique<RouterService>(router, security.authorizer,
                                                      options.max_watch_streams);
-  rpc::EnableHealthAndReflection();
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort(options.listen_address, security.credentials, &port);
-  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
-  builder.SetMaxSendMessageSize(options.max_message_bytes);
-  // gRPC sets SO_REUSEPORT by default, which would let a second router bind
-  // a busy port and silently take half of its connections.
-  builder.AddChannelArgument(GRPC_ARG_ALLOW_REUSEPORT, 0);
-  builder.RegisterService(server->service_.get());
-  server->server_ = builder.BuildAndStart();
-  if (server->server_ == nullptr || port == 0) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot listen on '", options.listen_address,
-                     "'; give host:port with a free port, or port 0 for any",
-                     security.tls ? " (or the TLS certificate and key do not match)" : ""));
-  }
-  rpc::SetServing(server->server_.get(), {kServiceName}, true);
-  server->port_ = port;
-  const size_t colon = options.listen_address.rfind(':');
-  server->address_ = absl::StrCat(options.listen_address.substr(0, colon), ":", port);
+  MOEND_ASSIGN_OR_RETURN(rpc::StartedServer started,
+                         rpc::StartServer({.listen_address = options.listen_address,
+                                           .credentials = security.credentials,
+                                           .tls = security.tls,
+                                           .max_message_bytes = options.max_message_bytes,
+                                           .service = server->service_.get(),
+                                           .service_name = kServiceName}));
+  server->server_ = std::move(started.server);
+  server->port_ = started.port;
+  server->address_ = started.address;
   return server;
 }
 

@@ -146,6 +146,16 @@ TEST_F(RegistryGrpcTest, ShutdownEndsOpenWatchStreams) {
   EXPECT_FALSE(status.ok());
 }
 
+TEST_F(RegistryGrpcTest, ASecondServerOnABusyPortFailsNamingIt) {
+  // Without SO_REUSEPORT a second server cannot bind the port and silently
+  // take half of the first one's connections.
+  auto second = RegistryServer::Start(registry_.get(), {.listen_address = server_->address()});
+  ASSERT_FALSE(second.ok());
+  EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(std::string(second.status().message()).find(server_->address()), std::string::npos)
+      << second.status();
+}
+
 TEST(RegistryClientTest, ConnectFailsClearlyWhenNothingListens) {
   auto client = RegistryClient::Connect(
       {.target = "127.0.0.1:1", .connect_timeout = absl::Milliseconds(200)});
