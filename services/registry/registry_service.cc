@@ -191,7 +191,7 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
 }
 
 void RegistryServer::Shutdown(absl::Duration grace) {
-  if (shut_down_) return;
+  if (shut_down_ || server_ == nullptr) return;  // also: Start failed half way
   shut_down_ = true;
   rpc::SetServing(server_.get(), {kServiceName}, false);
   service_->Stop();
