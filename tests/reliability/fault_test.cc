@@ -68,6 +68,30 @@ std::unique_ptr<RegistryClient> Connect(const std::string& address) {
   return client.ok() ? std::move(client).value() : nullptr;
 }
 
+// A registry started on `db` with the shipped model registered and a job of
+// `samples` samples x 3 layer ranges (one sample per shard, SmallTuples).
+struct RegistryWithJob {
+  std::unique_ptr<ChildProcess> process;
+  std::string address;
+  std::unique_ptr<RegistryClient> client;
+  std::string job_id;
+};
+
+void StartRegistryWithJob(const std::string& db, int lease_seconds, int64_t samples,
+                          RegistryWithJob* out) {
+  out->process = StartRegistry(db, "127.0.0.1:0", lease_seconds);
+  out->address = out->process->WaitForLine("listening on ", kPatience);
+  ASSERT_FALSE(out->address.empty()) << out->process->output();
+  out->client = Connect(out->address);
+  ASSERT_NE(out->client, nullptr);
+  ASSERT_TRUE(out->client->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
+  auto job = out->client->SubmitJob({.model = "tinycode", .tuples = SmallTuples(), .seq_len = 512,
+                                     .num_samples = samples, .samples_per_shard = 1,
+                                     .layers_per_shard = 4});
+  ASSERT_TRUE(job.ok()) << job.status();
+  out->job_id = job->spec.job_id;
+}
+
 // Leases and reports shards of `job_id` until none is left to lease; returns
 // the shard indexes this call reported.
 std::vector<int64_t> FinishJob(RegistryClient& client, const std::string& job_id,
@@ -115,17 +139,11 @@ TEST(FaultTest, RegistryKilledDuringAReportStormLosesNoAcknowledgedReport) {
   std::string job_id;
   std::map<int64_t, Lease> acked;  // shard index -> the lease it was reported under
   {
-    auto registry = StartRegistry(db, "127.0.0.1:0", /*lease_seconds=*/1);
-    const std::string address = registry->WaitForLine("listening on ", kPatience);
-    ASSERT_FALSE(address.empty()) << registry->output();
-    auto admin = Connect(address);
-    ASSERT_NE(admin, nullptr);
-    ASSERT_TRUE(admin->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
-    auto job = admin->SubmitJob({.model = "tinycode", .tuples = SmallTuples(), .seq_len = 512,
-                                 .num_samples = kSamples, .samples_per_shard = 1,
-                                 .layers_per_shard = 4});
-    ASSERT_TRUE(job.ok()) << job.status();
-    job_id = job->spec.job_id;
+    RegistryWithJob started;
+    ASSERT_NO_FATAL_FAILURE(StartRegistryWithJob(db, /*lease_seconds=*/1, kSamples, &started));
+    auto& registry = started.process;
+    const std::string& address = started.address;
+    job_id = started.job_id;
 
     absl::Mutex mu;
     std::atomic<int> failures{0};
@@ -220,17 +238,11 @@ TEST(FaultTest, FullDiskRefusesWritesClearlyAndResumesWithNothingLost) {
   std::string job_id;
   std::vector<int64_t> acked;
   {
-    auto registry = StartRegistry(db, "127.0.0.1:0");
-    const std::string address = registry->WaitForLine("listening on ", kPatience);
-    ASSERT_FALSE(address.empty()) << registry->output();
-    auto client = Connect(address);
-    ASSERT_NE(client, nullptr);
-    ASSERT_TRUE(client->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
-    auto job = client->SubmitJob({.model = "tinycode", .tuples = SmallTuples(), .seq_len = 512,
-                                  .num_samples = kSamples, .samples_per_shard = 1,
-                                  .layers_per_shard = 4});
-    ASSERT_TRUE(job.ok()) << job.status();
-    job_id = job->spec.job_id;
+    RegistryWithJob started;
+    ASSERT_NO_FATAL_FAILURE(StartRegistryWithJob(db, /*lease_seconds=*/60, kSamples, &started));
+    auto& registry = started.process;
+    auto& client = started.client;
+    job_id = started.job_id;
     auto report_one = [&](const std::string& worker) -> absl::Status {
       auto lease = client->LeaseShard(worker, job_id);
       if (!lease.ok()) return lease.status();
