@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_deps.sh
-bash scripts/build.sh
+bash scripts/build.sh -DMOEND_FUZZ=AUTO  # up.sh builds without the fuzzers
 if grep -q "^MOEND_CUDA:STRING=OFF" build/CMakeCache.txt &&
    { command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; }; then
   # No GPU here: still check that the CUDA kernels and the GPU calibrator

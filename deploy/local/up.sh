@@ -17,7 +17,8 @@ samples=${MOEND_CAL_SAMPLES:-4}
 prompts=${MOEND_EVAL_PROMPTS:-8}
 
 [[ ${MOEND_SKIP_INSTALL:-0} == 1 ]] || bash scripts/install_deps.sh
-[[ ${MOEND_SKIP_BUILD:-0} == 1 ]] || bash scripts/build.sh
+# The fuzzers (sanitizer builds) are for the test command only.
+[[ ${MOEND_SKIP_BUILD:-0} == 1 ]] || bash scripts/build.sh -DMOEND_FUZZ=OFF
 bash deploy/local/down.sh >/dev/null 2>&1 || true
 mkdir -p "$STATE/logs" "$STATE/pids"
 
