@@ -85,19 +85,21 @@ class Process:
 class Stack:
     """moend-registry + moend-router on loopback, each with /metrics."""
 
-    def __init__(self):
+    def __init__(self, registry_args=(), router_args=()):
+        """`registry_args` and `router_args` are extra flags (TLS, token)."""
         self.dir = tempfile.mkdtemp(prefix="moend_py_")
         self.procs = []
         try:
             self.registry = self._start(
                 [binary("MOEND_REGISTRY_BIN", "moend-registry"), "--db",
                  os.path.join(self.dir, "db"), "--listen", "127.0.0.1:0", "--metrics",
-                 "127.0.0.1:0", "--lease-seconds", "5"], "moend-registry")
+                 "127.0.0.1:0", "--lease-seconds", "5", *registry_args], "moend-registry")
             self.registry_addr = self.registry.wait_for(r"listening on (\S+)").group(1)
             self.registry_metrics = self.registry.wait_for(r"metrics on (http://\S+)").group(1)
             self.router = self._start(
                 [binary("MOEND_ROUTER_BIN", "moend-router"), "--registry", self.registry_addr,
-                 "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--watch-poll-ms", "500"],
+                 "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--watch-poll-ms", "500",
+                 *router_args],
                 "moend-router")
             self.router_addr = self.router.wait_for(r"listening on (\S+)").group(1)
             self.router_metrics = self.router.wait_for(r"metrics on (http://\S+)").group(1)
@@ -139,3 +141,25 @@ def scrape(url, timeout=5.0):
 
 def metric_names(samples):
     return {k.split("{", 1)[0] for k in samples}
+
+
+def make_certs(folder):
+    """A test CA and a server certificate for 127.0.0.1 (EC P-256, openssl):
+    returns (ca.pem, server.pem, server.key)."""
+    def run(*argv):
+        subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    j = lambda name: os.path.join(folder, name)  # noqa: E731
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", j("ca.key"))
+    run("openssl", "req", "-x509", "-new", "-key", j("ca.key"), "-out", j("ca.pem"), "-days", "2",
+        "-subj", "/CN=moend-test-ca", "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", j("server.key"))
+    run("openssl", "req", "-new", "-key", j("server.key"), "-out", j("server.csr"), "-subj",
+        "/CN=127.0.0.1")
+    with open(j("server.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n")
+    run("openssl", "x509", "-req", "-in", j("server.csr"), "-CA", j("ca.pem"), "-CAkey",
+        j("ca.key"), "-CAcreateserial", "-out", j("server.pem"), "-days", "2", "-extfile",
+        j("server.ext"))
+    return j("ca.pem"), j("server.pem"), j("server.key")

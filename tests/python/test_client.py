@@ -7,7 +7,9 @@ moend-registry, moend-router and moend-worker binaries on loopback.
 (ctest sets all of this up: ctest -L python)
 """
 import os
+import shutil
 import sys
+import tempfile
 import time
 import unittest
 
@@ -157,6 +159,75 @@ class RouterAndRegistryTest(unittest.TestCase):
                 check = ch.unary_unary("/grpc.health.v1.Health/Check")
                 resp = check(b"", timeout=5)
                 self.assertEqual(resp, b"\x08\x01", f"{name} is not SERVING")
+
+
+class SecureStackTest(unittest.TestCase):
+    """TLS and the bearer token: the registry and router serve TLS only and
+    require the token (the router on reads too, --auth-reads)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.pki = tempfile.mkdtemp(prefix="moend_py_pki_")
+        cls.ca, cert, key = ms.make_certs(cls.pki)
+        cls.token = os.path.join(cls.pki, "token")
+        with open(cls.token, "w") as f:
+            f.write("s3cret-token\n")
+        tls = ["--tls-cert", cert, "--tls-key", key, "--auth-token-file", cls.token]
+        cls.stack = ms.Stack(registry_args=tls,
+                             router_args=[*tls, "--tls-ca", cls.ca, "--auth-reads"])
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.stack.close()
+        shutil.rmtree(cls.pki, ignore_errors=True)
+
+    def test_tls_and_token_reach_both_servers(self):
+        with RegistryClient(self.stack.registry_addr, tls_ca=self.ca,
+                            token_file=self.token) as registry:
+            registry.register_model("tc-sec", model_dir=MODEL_DIR)
+            version = registry.publish_table(table_from_json(TABLE_JSON, model="tc-sec"))
+            self.assertEqual(registry.get_model("tc-sec").version, version)
+        with RouterClient(self.stack.router_addr, tls_ca=self.ca, token_file=self.token) as router:
+            plan = wait_until(lambda: self._solve(router), what="a plan over TLS")
+            self.assertEqual(len(plan.layers), 12)
+            with router.watch_plans("tc-sec", ratio=8) as watch:
+                self.assertEqual(watch.next_plan(timeout=30).table_version, version)
+
+    @staticmethod
+    def _solve(router):
+        try:
+            return router.solve_plan("tc-sec", ratio=8)
+        except MoendError as e:
+            if e.code == grpc.StatusCode.NOT_FOUND:  # the table not yet seen
+                return None
+            raise
+
+    def test_without_the_token_calls_are_refused(self):
+        with RegistryClient(self.stack.registry_addr, tls_ca=self.ca) as registry:
+            with self.assertRaises(MoendError) as e:
+                registry.register_model("tc-nope", model_dir=MODEL_DIR)
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+        with RouterClient(self.stack.router_addr, tls_ca=self.ca) as router:
+            with self.assertRaises(MoendError) as e:
+                router.solve_plan("tc-sec", ratio=8)
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAUTHENTICATED)
+
+    def test_plaintext_is_refused_by_a_tls_server(self):
+        with RegistryClient(self.stack.registry_addr, token_file=self.token,
+                            timeout=3) as registry:
+            with self.assertRaises(MoendError) as e:
+                registry.list_models()
+            self.assertEqual(e.exception.code, grpc.StatusCode.UNAVAILABLE)
+
+    def test_bad_security_arguments_are_clear_errors(self):
+        with self.assertRaisesRegex(ValueError, "missing.pem"):
+            RouterClient("127.0.0.1:1", tls_ca=os.path.join(self.pki, "missing.pem"))
+        with self.assertRaisesRegex(ValueError, "both"):
+            RouterClient("127.0.0.1:1", tls_ca=self.ca, tls_client_cert=self.ca)
+        empty = os.path.join(self.pki, "empty-token")
+        open(empty, "w").close()
+        with self.assertRaisesRegex(ValueError, "empty"):
+            RegistryClient("127.0.0.1:1", token_file=empty)
 
 
 class CalibrationTest(unittest.TestCase):

@@ -41,12 +41,67 @@ def budget(*, ratio=None, bytes=None, context=0):  # noqa: A002 - the proto fiel
     return common.Budget(bytes=int(bytes), context=int(context))
 
 
+def _read_file(what, path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ValueError(f"cannot read the {what} file {path!r}: {e.strerror}") from None
+
+
+class _TokenInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Adds 'authorization: Bearer <token>' to every call (with or without TLS,
+    as the moend servers accept it; grpc's call credentials need TLS)."""
+
+    def __init__(self, token):
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _with_token(self, details):
+        metadata = list(details.metadata or []) + [self._metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_token(details), request)
+
+
+def _channel(target, *, tls_ca=None, tls_client_cert=None, tls_client_key=None,
+             token_file=None):
+    """A channel as the moend binaries' --tls-ca, --tls-client-cert,
+    --tls-client-key and --auth-token-file flags describe it."""
+    if (tls_client_cert is None) != (tls_client_key is None):
+        raise ValueError("give both tls_client_cert= and tls_client_key=, or neither")
+    if tls_client_cert is not None and tls_ca is None:
+        raise ValueError("a client certificate needs tls_ca= (TLS) too")
+    if tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=_read_file("TLS CA", tls_ca),
+            private_key=_read_file("TLS client key", tls_client_key) if tls_client_key else None,
+            certificate_chain=(_read_file("TLS client certificate", tls_client_cert)
+                               if tls_client_cert else None))
+        channel = grpc.secure_channel(target, creds)
+    else:
+        channel = grpc.insecure_channel(target)
+    if token_file is not None:
+        token = _read_file("auth token", token_file).decode().strip()
+        if not token:
+            channel.close()
+            raise ValueError(f"the auth token file {token_file!r} is empty")
+        channel = grpc.intercept_channel(channel, _TokenInterceptor(token))
+    return channel
+
+
 class _Client:
-    def __init__(self, target, *, timeout=10.0, channel=None):
+    def __init__(self, target, *, timeout=10.0, channel=None, tls_ca=None, tls_client_cert=None,
+                 tls_client_key=None, token_file=None):
         self.target = target
         self.timeout = timeout
         self._own_channel = channel is None
-        self._channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._channel = channel if channel is not None else _channel(
+            target, tls_ca=tls_ca, tls_client_cert=tls_client_cert,
+            tls_client_key=tls_client_key, token_file=token_file)
 
     def close(self):
         if self._own_channel:
@@ -131,8 +186,8 @@ class RouterClient(_Client):
             for plan in router.watch_plans("tinycode", ratio=8): ...
     """
 
-    def __init__(self, target, *, timeout=10.0, channel=None):
-        super().__init__(target, timeout=timeout, channel=channel)
+    def __init__(self, target, *, timeout=10.0, channel=None, **security):
+        super().__init__(target, timeout=timeout, channel=channel, **security)
         self._stub = _proto.load("router_pb2_grpc").RouterStub(self._channel)
         self._pb = _proto.load("router_pb2")
 
@@ -156,8 +211,8 @@ class RouterClient(_Client):
 class RegistryClient(_Client):
     """Models, calibration jobs and sensitivity tables of a moend-registry."""
 
-    def __init__(self, target, *, timeout=10.0, channel=None):
-        super().__init__(target, timeout=timeout, channel=channel)
+    def __init__(self, target, *, timeout=10.0, channel=None, **security):
+        super().__init__(target, timeout=timeout, channel=channel, **security)
         self._stub = _proto.load("registry_pb2_grpc").RegistryStub(self._channel)
         self._pb = _proto.load("registry_pb2")
         self._common = _proto.load("common_pb2")
