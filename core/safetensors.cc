@@ -237,6 +237,7 @@ std::string Checkpoint::FileOf(const std::string& name) const {
 
 void ToFloat32(const TensorView& t, float* out) {
   const int64_t n = t.num_elements();
+  if (n == 0) return;  // `out` may be null then (an empty vector's data())
   switch (t.dtype) {
     case DType::kF32:
       std::memcpy(out, t.data, static_cast<size_t>(n) * 4);

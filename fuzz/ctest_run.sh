@@ -3,7 +3,10 @@
 #   ctest_run.sh FUZZER FUZZ_DIR SECONDS ARTIFACT_DIR
 # Fuzzes a temporary copy of FUZZ_DIR/corpus/<target> (the committed corpus
 # is never written), for SECONDS, and fails on a crash, a leak, a timeout or
-# an out-of-memory; the input that did it is kept in ARTIFACT_DIR.
+# an out-of-memory; the input that did it is kept in ARTIFACT_DIR. The seed
+# is fixed (MOEND_FUZZ_SEED, default 1) so that a CI run explores the same
+# inputs each time and a red run is reproducible; discovery with fresh seeds
+# is scripts/fuzz.sh.
 set -euo pipefail
 fuzzer=$1 fuzz_dir=$2 seconds=$3 artifacts=$4
 target=$(basename "$fuzzer")
@@ -17,7 +20,7 @@ dict=()
 [[ $target =~ ^fuzz_(safetensors|model_config|sensitivity_table|plan)$ ]] &&
   dict=(-dict="$fuzz_dir/dict/json.dict")
 rc=0
-TMPDIR=$work "$fuzzer" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+TMPDIR=$work "$fuzzer" -seed="${MOEND_FUZZ_SEED:-1}" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
   -max_len=8192 -print_final_stats=1 "${dict[@]}" \
   -artifact_prefix="$artifacts/$target-" "$work/corpus" >"$work/log" 2>&1 || rc=$?
 if ((rc != 0)); then
