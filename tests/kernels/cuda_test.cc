@@ -197,6 +197,27 @@ TEST_F(CudaTest, DecodeAttentionAgreesPerBitWidth) {
   }
 }
 
+// The first `probes` of the rows [tail, n) of `a` as probe queries over
+// `layer` (the rest of those rows as the uncompressed tail), on the
+// reference and on CUDA: *rel = max |cuda - ref| / max |ref|.
+void ProbeError(const CompressedLayer& layer, const Activations& a, int64_t tail, int64_t n,
+                int64_t d, int64_t hq, int64_t probes, double* rel) {
+  ProbeQueries pq;
+  pq.q = a.q.data() + tail * d;
+  pq.num_heads = hq;
+  pq.num_queries = probes;
+  pq.q_head_stride = n;
+  pq.k_tail = a.k.data() + tail * d;
+  pq.v_tail = a.v.data() + tail * d;
+  pq.tail_tokens = n - tail;
+  pq.tail_head_stride = n;
+  std::vector<float> ref(hq * probes * d), gpu(ref.size(), NAN);
+  ASSERT_TRUE(ProbeAttention(layer, pq, ref.data(), Backend::kReference).ok());
+  const absl::Status st = ProbeAttention(layer, pq, gpu.data(), Backend::kCuda);
+  ASSERT_TRUE(st.ok()) << st;
+  *rel = testing::MaxAbsDiff(gpu, ref) / testing::MaxAbs(ref);
+}
+
 TEST_F(CudaTest, ProbeAttentionAgrees) {
   const int64_t n = 1300, c = 1044, d = 128, hq = 28, probes = 256;
   const Activations a = RandomActivations(hq, 4, n, d, 99);
@@ -204,20 +225,8 @@ TEST_F(CudaTest, ProbeAttentionAgrees) {
                                     CompressionTuple{0.125, 8, 4}}) {
     auto layer = CompressLayer(View(a), c, t, Backend::kReference);
     ASSERT_TRUE(layer.ok());
-    ProbeQueries pq;
-    pq.q = a.q.data() + c * d;
-    pq.num_heads = hq;
-    pq.num_queries = probes;
-    pq.q_head_stride = n;
-    pq.k_tail = a.k.data() + c * d;
-    pq.v_tail = a.v.data() + c * d;
-    pq.tail_tokens = n - c;
-    pq.tail_head_stride = n;
-    std::vector<float> ref(hq * probes * d), gpu(ref.size(), NAN);
-    ASSERT_TRUE(ProbeAttention(*layer, pq, ref.data(), Backend::kReference).ok());
-    const absl::Status st = ProbeAttention(*layer, pq, gpu.data(), Backend::kCuda);
-    ASSERT_TRUE(st.ok()) << st;
-    const double rel = testing::MaxAbsDiff(gpu, ref) / testing::MaxAbs(ref);
+    double rel = 0;
+    ASSERT_NO_FATAL_FAILURE(ProbeError(*layer, a, c, n, d, hq, probes, &rel));
     std::printf("probe %s: max|diff|/max|ref| = %.2e\n", ToString(t).c_str(), rel);
     EXPECT_LE(rel, kAttentionTol.at(std::min(t.kbits, t.vbits))) << ToString(t);
   }
@@ -241,21 +250,8 @@ TEST_F(CudaTest, ProbeAttentionLongPrefixAgrees) {
     ASSERT_TRUE(layer.ok());
     ASSERT_EQ(layer->head(0).initial_kept % 2, 1) << "the case needs an odd kept count";
     ASSERT_TRUE(layer->Append(a.k.data() + c * d, a.v.data() + c * d, appended, n).ok());
-    const int64_t t0 = c + appended;  // first tail row
-    ProbeQueries pq;
-    pq.q = a.q.data() + t0 * d;
-    pq.num_heads = hq;
-    pq.num_queries = probes;
-    pq.q_head_stride = n;
-    pq.k_tail = a.k.data() + t0 * d;
-    pq.v_tail = a.v.data() + t0 * d;
-    pq.tail_tokens = n - t0;
-    pq.tail_head_stride = n;
-    std::vector<float> ref(hq * probes * d), gpu(ref.size(), NAN);
-    ASSERT_TRUE(ProbeAttention(*layer, pq, ref.data(), Backend::kReference).ok());
-    const absl::Status st = ProbeAttention(*layer, pq, gpu.data(), Backend::kCuda);
-    ASSERT_TRUE(st.ok()) << st;
-    const double rel = testing::MaxAbsDiff(gpu, ref) / testing::MaxAbs(ref);
+    double rel = 0;
+    ASSERT_NO_FATAL_FAILURE(ProbeError(*layer, a, c + appended, n, d, hq, probes, &rel));
     std::printf("probe long %s D %lld: max|diff|/max|ref| = %.2e\n", ToString(cs.t).c_str(),
                 static_cast<long long>(d), rel);
     EXPECT_LE(rel, kAttentionTol.at(std::min(cs.t.kbits, cs.t.vbits))) << ToString(cs.t) << " D " << d;
