@@ -1,5 +1,7 @@
 #include "core/flags.h"
 
+#include <cstdio>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -94,6 +96,24 @@ absl::StatusOr<double> Args::Double(const std::string& flag, double fallback) co
         absl::StrCat("--", flag, " expects a number, got '", it->second, "'"));
   }
   return v;
+}
+
+std::optional<Args> ParseCommandLine(const char* program, const char* usage, int argc,
+                                     char** argv, const std::set<std::string>& value_flags,
+                                     const std::set<std::string>& switches, int* exit_code) {
+  absl::StatusOr<Args> args = Args::Parse(argc - 1, argv + 1, value_flags, switches);
+  if (!args.ok()) {
+    std::fprintf(stderr, "%s: %s\n%s", program, std::string(args.status().message()).c_str(),
+                 usage);
+    *exit_code = 2;
+    return std::nullopt;
+  }
+  if (args->help()) {
+    std::printf("%s", usage);
+    *exit_code = 0;
+    return std::nullopt;
+  }
+  return *std::move(args);
 }
 
 }  // namespace moend

@@ -37,6 +37,13 @@ class Args {
   bool help_ = false;
 };
 
+// For main(): Args::Parse of argv[1..]. nullopt when main should return
+// *exit_code at once: 2 after printing "<program>: <error>" and `usage` to
+// stderr, 0 after printing `usage` to stdout for --help.
+std::optional<Args> ParseCommandLine(const char* program, const char* usage, int argc,
+                                     char** argv, const std::set<std::string>& value_flags,
+                                     const std::set<std::string>& switches, int* exit_code);
+
 }  // namespace moend
 
 #endif  // MOEND_CORE_FLAGS_H_

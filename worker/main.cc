@@ -53,20 +53,13 @@ int Fail(const absl::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto args = moend::Args::Parse(argc - 1, argv + 1,
-                                 moend::rpc::WithFlags({"registry", "id", "models", "data-dir",
-                                                        "threads", "metrics"},
-                                                       moend::rpc::kClientSecurityFlags),
-                                 {"exit-when-idle"});
-  if (!args.ok()) {
-    std::fprintf(stderr, "moend-worker: %s\n%s", std::string(args.status().message()).c_str(),
-                 kUsage);
-    return 2;
-  }
-  if (args->help()) {
-    std::printf("%s", kUsage);
-    return 0;
-  }
+  int exit_code = 0;
+  auto args = moend::ParseCommandLine("moend-worker", kUsage, argc, argv,
+                                      moend::rpc::WithFlags({"registry", "id", "models", "data-dir",
+                                                             "threads", "metrics"},
+                                                            moend::rpc::kClientSecurityFlags),
+                                      {"exit-when-idle"}, &exit_code);
+  if (!args) return exit_code;
   auto target = args->Required("registry");
   auto threads = args->Int("threads", 0);
   if (!target.ok()) return Fail(target.status());

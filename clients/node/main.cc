@@ -58,23 +58,16 @@ int Fail(const absl::Status& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  auto args = moend::Args::Parse(
-      argc - 1, argv + 1,
+  int exit_code = 0;
+  auto args = moend::ParseCommandLine(
+      "moend-node", kUsage, argc, argv,
       moend::rpc::WithFlags(
           moend::rpc::WithFlags({"model", "listen", "router", "ratio", "budget-bytes", "context",
                                  "solver", "metrics", "threads"},
                                 moend::rpc::kServerSecurityFlags),
           moend::rpc::kClientSecurityFlags),
-      {});
-  if (!args.ok()) {
-    std::fprintf(stderr, "moend-node: %s\n%s", std::string(args.status().message()).c_str(),
-                 kUsage);
-    return 2;
-  }
-  if (args->help()) {
-    std::printf("%s", kUsage);
-    return 0;
-  }
+      {}, &exit_code);
+  if (!args) return exit_code;
   auto model_dir = args->Required("model");
   auto listen = args->Required("listen");
   auto ratio = args->Double("ratio", 8.0);

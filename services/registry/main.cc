@@ -15,6 +15,7 @@
 #include <initializer_list>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -59,22 +60,17 @@ struct Flags {
   moend::rpc::ServerSecurity security;
 };
 
-// false: usage error (message printed). --help prints the usage and exits 0.
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  auto args = moend::Args::Parse(
-      argc - 1, argv + 1,
+// Fills *flags; nullopt to go on, else main's exit code (2: a usage error,
+// printed; 0: --help, the usage printed).
+std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
+  int exit_code = 0;
+  auto args = moend::ParseCommandLine(
+      "moend-registry", kUsage, argc, argv,
       moend::rpc::WithFlags({"db", "listen", "metrics", "lease-seconds", "max-threads",
                              "max-watch-streams"},
                             moend::rpc::kServerSecurityFlags),
-      {moend::rpc::kAuthReadsSwitch});
-  if (!args.ok()) {
-    std::cerr << "moend-registry: " << args.status().message() << "\n" << kUsage;
-    return false;
-  }
-  if (args->help()) {
-    std::cout << kUsage;
-    std::exit(0);
-  }
+      {moend::rpc::kAuthReadsSwitch}, &exit_code);
+  if (!args) return exit_code;
   flags->db = args->Optional("db").value_or("");
   flags->listen = args->Optional("listen").value_or(flags->listen);
   flags->metrics = args->Optional("metrics").value_or("");
@@ -86,22 +82,22 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     absl::StatusOr<int64_t> v = args->IntInRange(name, *out, 1, 1 << 20);
     if (!v.ok()) {
       std::cerr << "moend-registry: " << v.status().message() << "\n";
-      return false;
+      return 2;
     }
     *out = *v;
   }
   if (flags->db.empty()) {
     std::cerr << "moend-registry: --db is required\n" << kUsage;
-    return false;
+    return 2;
   }
-  return true;
+  return std::nullopt;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Flags flags;
-  if (!ParseFlags(argc, argv, &flags)) return 2;
+  if (std::optional<int> exit_code = ParseFlags(argc, argv, &flags)) return *exit_code;
 
   auto shutdown = moend::rpc::ShutdownSignal::Install();
   if (!shutdown.ok()) {

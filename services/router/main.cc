@@ -21,6 +21,7 @@
 #include <initializer_list>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -68,24 +69,19 @@ struct Flags {
   moend::rpc::ClientSecurity registry_security;
 };
 
-// false: usage error (message printed). --help prints the usage and exits 0.
-bool ParseFlags(int argc, char** argv, Flags* flags) {
-  auto args = moend::Args::Parse(
-      argc - 1, argv + 1,
+// Fills *flags; nullopt to go on, else main's exit code (2: a usage error,
+// printed; 0: --help, the usage printed).
+std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
+  int exit_code = 0;
+  auto args = moend::ParseCommandLine(
+      "moend-router", kUsage, argc, argv,
       moend::rpc::WithFlags(moend::rpc::WithFlags({"registry", "listen", "metrics",
                                                    "plan-cache-entries", "watch-poll-ms",
                                                    "max-watch-streams"},
                                                   moend::rpc::kServerSecurityFlags),
                             moend::rpc::kClientSecurityFlags),
-      {moend::rpc::kAuthReadsSwitch});
-  if (!args.ok()) {
-    std::cerr << "moend-router: " << args.status().message() << "\n" << kUsage;
-    return false;
-  }
-  if (args->help()) {
-    std::cout << kUsage;
-    std::exit(0);
-  }
+      {moend::rpc::kAuthReadsSwitch}, &exit_code);
+  if (!args) return exit_code;
   flags->registry = args->Optional("registry").value_or("");
   flags->listen = args->Optional("listen").value_or(flags->listen);
   flags->metrics = args->Optional("metrics").value_or("");
@@ -100,22 +96,22 @@ bool ParseFlags(int argc, char** argv, Flags* flags) {
     absl::StatusOr<int64_t> v = args->IntInRange(name, *out, 1, 1 << 30);
     if (!v.ok()) {
       std::cerr << "moend-router: " << v.status().message() << "\n";
-      return false;
+      return 2;
     }
     *out = *v;
   }
   if (flags->registry.empty()) {
     std::cerr << "moend-router: --registry is required\n" << kUsage;
-    return false;
+    return 2;
   }
-  return true;
+  return std::nullopt;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Flags flags;
-  if (!ParseFlags(argc, argv, &flags)) return 2;
+  if (std::optional<int> exit_code = ParseFlags(argc, argv, &flags)) return *exit_code;
 
   auto shutdown = moend::rpc::ShutdownSignal::Install();
   if (!shutdown.ok()) {

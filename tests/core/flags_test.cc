@@ -52,5 +52,25 @@ TEST(ArgsTest, IntInRange) {
   EXPECT_FALSE(ParseAll({"--n", "99999999999999999999"})->IntInRange("n", 7, 1, 10).ok());
 }
 
+TEST(ArgsTest, ParseCommandLineGivesMainsTheirExitCode) {
+  auto run = [](std::vector<std::string> argv, int* code) {
+    argv.insert(argv.begin(), "prog");
+    std::vector<char*> raw;
+    for (std::string& a : argv) raw.push_back(a.data());
+    *code = -1;
+    return ParseCommandLine("prog", "usage: prog\n", static_cast<int>(raw.size()), raw.data(),
+                            {"db"}, {}, code);
+  };
+  int code = -1;
+  auto ok = run({"--db", "/x"}, &code);
+  ASSERT_TRUE(ok.has_value());
+  EXPECT_EQ(*ok->Required("db"), "/x");
+  EXPECT_EQ(code, -1) << "untouched when main goes on";
+  EXPECT_FALSE(run({"--bogus"}, &code).has_value());
+  EXPECT_EQ(code, 2);
+  EXPECT_FALSE(run({"--help"}, &code).has_value());
+  EXPECT_EQ(code, 0);
+}
+
 }  // namespace
 }  // namespace moend
