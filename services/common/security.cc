@@ -1,5 +1,6 @@
 #include "services/common/security.h"
 
+#include <algorithm>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -148,8 +149,41 @@ grpc::Status TokenAuthorizer::Read(const grpc::ServerContextBase& context) const
   return Check(context);
 }
 
+std::vector<std::string> PeerCertificateNames(const grpc::ServerContextBase& context) {
+  std::vector<std::string> names;
+  const std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) return names;
+  for (const char* property : {GRPC_X509_CN_PROPERTY_NAME, GRPC_PEER_DNS_PROPERTY_NAME}) {
+    for (const grpc::string_ref& v : auth->FindPropertyValues(property)) {
+      std::string name(v.data(), v.size());
+      if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(std::move(name));
+    }
+  }
+  return names;
+}
+
+grpc::Status WorkerIdentity::Check(const grpc::ServerContextBase& context, absl::string_view worker_id) const {
+  if (!bound_) return grpc::Status::OK;
+  const std::vector<std::string> names = PeerCertificateNames(context);
+  if (std::find(names.begin(), names.end(), worker_id) != names.end()) return grpc::Status::OK;
+  // Quoted names are capped so that a huge id cannot blow the status trailer.
+  auto quoted = [](absl::string_view s) { return absl::StrCat("'", s.substr(0, 128), s.size() > 128 ? "...'" : "'"); };
+  std::string listed;
+  for (const std::string& n : names) absl::StrAppend(&listed, listed.empty() ? "" : ", ", quoted(n));
+  return grpc::Status(
+      grpc::StatusCode::PERMISSION_DENIED,
+      absl::StrCat("worker id ", quoted(worker_id), " is not a name of this client's certificate (",
+                   names.empty() ? "no verified client certificate" : absl::StrCat("it names ", listed),
+                   "); this registry binds worker ids to client certificates (--bind-worker-ids)"));
+}
+
 absl::StatusOr<ServerSecuritySetup> LoadServerSecurity(const ServerSecurity& security) {
   ServerSecuritySetup setup;
+  if (security.bind_worker_ids && security.tls_client_ca_file.empty()) {
+    return absl::InvalidArgumentError(
+        "binding worker ids to client certificates needs mutual TLS: give the client CA too");
+  }
+  setup.workers = WorkerIdentity(security.bind_worker_ids);
   MOEND_ASSIGN_OR_RETURN(std::string token,
                          ResolveToken(security.auth_token, security.auth_token_file));
   if (security.token_for_reads && token.empty()) {

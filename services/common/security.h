@@ -22,8 +22,10 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "grpcpp/channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/security/server_credentials.h"
@@ -50,6 +52,12 @@ struct ServerSecurity {
   // Require the token on read calls too (health and reflection stay open so
   // probes work). Default false: reads are open.
   bool token_for_reads = false;
+  // Registry: calls that act for a worker (LeaseShard, Heartbeat,
+  // ReportShard) must come from a client whose certificate names that
+  // worker id, as its subject CN or one of its DNS subject alternative names;
+  // others get PERMISSION_DENIED. Needs tls_client_ca_file. Default false
+  // (any client that passes the other checks may use any worker id).
+  bool bind_worker_ids = false;
 
   bool tls() const { return !tls_cert_file.empty() || !tls_key_file.empty(); }
 };
@@ -77,9 +85,30 @@ class TokenAuthorizer {
   bool token_for_reads_ = false;
 };
 
+// The names the verified client certificate of a call carries: its subject
+// CN, then its DNS subject alternative names. Empty without one (plaintext,
+// or TLS without client certificates).
+std::vector<std::string> PeerCertificateNames(const grpc::ServerContextBase& context);
+
+// Decides whether a call may act for a worker id. Default-constructed (or
+// unbound): any id. Bound: only ids that PeerCertificateNames lists.
+class WorkerIdentity {
+ public:
+  WorkerIdentity() = default;
+  explicit WorkerIdentity(bool bound) : bound_(bound) {}
+
+  // OK, or PERMISSION_DENIED naming the id and the certificate's names.
+  grpc::Status Check(const grpc::ServerContextBase& context, absl::string_view worker_id) const;
+  bool bound() const { return bound_; }
+
+ private:
+  bool bound_ = false;
+};
+
 struct ServerSecuritySetup {
   std::shared_ptr<grpc::ServerCredentials> credentials;
   TokenAuthorizer authorizer;
+  WorkerIdentity workers;
   bool tls = false;
 };
 

@@ -1,6 +1,6 @@
 // moend-registry --db DIR --listen ADDR [--metrics ADDR] [--lease-seconds N]
 //                [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]
-//                [--auth-token-file FILE [--auth-reads]]
+//                [--auth-token-file FILE [--auth-reads]] [--bind-worker-ids]
 //
 // Serves the registry over gRPC on ADDR (port 0 picks a free port) and prints
 // "moend-registry listening on HOST:PORT" once it accepts calls. With
@@ -48,7 +48,10 @@ constexpr char kUsage[] =
     "                      Heartbeat, ReportShard, PublishTable) need\n"
     "                      'authorization: Bearer <token in FILE>' (default: no token)\n"
     "  --auth-reads        require the token on read calls too (health and reflection\n"
-    "                      stay open)\n";
+    "                      stay open)\n"
+    "  --bind-worker-ids   with --tls-client-ca: LeaseShard, Heartbeat and ReportShard\n"
+    "                      may only name the worker id that the caller's certificate\n"
+    "                      carries (subject CN or a DNS alternative name)\n";
 
 struct Flags {
   std::string db;
@@ -69,12 +72,13 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
       moend::rpc::WithFlags({"db", "listen", "metrics", "lease-seconds", "max-threads",
                              "max-watch-streams"},
                             moend::rpc::kServerSecurityFlags),
-      {moend::rpc::kAuthReadsSwitch}, &exit_code);
+      {moend::rpc::kAuthReadsSwitch, "bind-worker-ids"}, &exit_code);
   if (!args) return exit_code;
   flags->db = args->Optional("db").value_or("");
   flags->listen = args->Optional("listen").value_or(flags->listen);
   flags->metrics = args->Optional("metrics").value_or("");
   flags->security = moend::rpc::ServerSecurityFromArgs(*args);
+  flags->security.bind_worker_ids = args->Has("bind-worker-ids");
   for (const auto& [name, out] : std::initializer_list<std::pair<const char*, int64_t*>>{
            {"lease-seconds", &flags->lease_seconds},
            {"max-threads", &flags->max_threads},
@@ -144,6 +148,7 @@ int main(int argc, char** argv) {
   }
   std::cout << "moend-registry: " << (flags.security.tls() ? "TLS" : "plaintext")
             << (flags.security.tls_client_ca_file.empty() ? "" : ", client certificates required")
+            << (flags.security.bind_worker_ids ? ", worker ids bound to certificates" : "")
             << (flags.security.auth_token_file.empty() ? ", no auth token"
                                                        : ", auth token required")
             << std::endl;

@@ -20,10 +20,12 @@ constexpr char kServiceName[] = "moend.v1.Registry";
 }  // namespace
 
 RegistryService::RegistryService(Registry* registry, absl::Duration watch_poll,
-                                 rpc::TokenAuthorizer auth, int64_t max_watch_streams)
+                                 rpc::TokenAuthorizer auth, int64_t max_watch_streams,
+                                 rpc::WorkerIdentity workers)
     : registry_(registry),
       watch_poll_(watch_poll),
       auth_(std::move(auth)),
+      workers_(workers),
       max_watch_streams_(max_watch_streams) {}
 
 grpc::Status RegistryService::RegisterModel(grpc::ServerContext* context,
@@ -81,6 +83,7 @@ grpc::Status RegistryService::LeaseShard(grpc::ServerContext* context,
                                          const v1::LeaseShardRequest* req,
                                          v1::LeaseShardResponse* resp) {
   if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
+  if (grpc::Status id = workers_.Check(*context, req->worker_id()); !id.ok()) return id;
   auto lease = registry_->LeaseShard(req->worker_id(), req->job_id(), req->model());
   if (!lease.ok()) return ToGrpcStatus(lease.status());
   resp->set_granted(lease->has_value());
@@ -92,6 +95,7 @@ grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context,
                                         const v1::HeartbeatRequest* req,
                                         v1::HeartbeatResponse* resp) {
   if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
+  if (grpc::Status id = workers_.Check(*context, req->worker_id()); !id.ok()) return id;
   auto expiry = registry_->Heartbeat(req->lease_id(), req->worker_id());
   if (!expiry.ok()) return ToGrpcStatus(expiry.status());
   resp->set_expiry_unix_micros(absl::ToUnixMicros(*expiry));
@@ -102,6 +106,7 @@ grpc::Status RegistryService::ReportShard(grpc::ServerContext* context,
                                           const v1::ReportShardRequest* req,
                                           v1::ReportShardResponse* resp) {
   if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
+  if (grpc::Status id = workers_.Check(*context, req->worker_id()); !id.ok()) return id;
   auto result = registry_->ReportShard(FromProto(*req));
   if (!result.ok()) return ToGrpcStatus(result.status());
   *resp = ToProto(*result);
@@ -170,7 +175,7 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
                          rpc::LoadServerSecurity(options.security));
   std::unique_ptr<RegistryServer> server(new RegistryServer());
   server->service_ = std::make_unique<RegistryService>(
-      registry, options.watch_poll, security.authorizer, options.max_watch_streams);
+      registry, options.watch_poll, security.authorizer, options.max_watch_streams, security.workers);
   MOEND_ASSIGN_OR_RETURN(
       rpc::StartedServer started,
       rpc::StartServer({.listen_address = options.listen_address,

@@ -24,9 +24,11 @@ class RegistryService final : public v1::Registry::Service {
   // `registry` is not owned and must outlive the service.
   // At most `max_watch_streams` WatchModelVersions streams are open at once
   // (each holds a server thread); more are refused with RESOURCE_EXHAUSTED.
+  // Calls that act for a worker (LeaseShard, Heartbeat, ReportShard) also ask
+  // `workers` whether the caller may use the worker id it names.
   RegistryService(Registry* registry, absl::Duration watch_poll,
                   rpc::TokenAuthorizer auth = rpc::TokenAuthorizer(),
-                  int64_t max_watch_streams = 128);
+                  int64_t max_watch_streams = 128, rpc::WorkerIdentity workers = rpc::WorkerIdentity());
   // Ends every WatchModelVersions stream within one watch_poll.
   void Stop() { stopping_ = true; }
 
@@ -58,6 +60,7 @@ class RegistryService final : public v1::Registry::Service {
   Registry* const registry_;
   const absl::Duration watch_poll_;
   const rpc::TokenAuthorizer auth_;
+  const rpc::WorkerIdentity workers_;
   const int64_t max_watch_streams_;
   std::atomic<int64_t> watch_streams_{0};
   std::atomic<bool> stopping_{false};

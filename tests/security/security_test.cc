@@ -450,6 +450,8 @@ TEST_F(SecurityTest, BadSecurityFilesFailStartupNamingTheFile) {
       {{"--tls-client-ca", certs_->ca}, "needs TLS"},
       {{"--auth-token-file", Path("no_token")}, "no_token"},
       {{"--auth-token-file", empty_token}, "is empty"},
+      {{"--tls-cert", certs_->server_cert, "--tls-key", certs_->server_key, "--bind-worker-ids"},
+       "needs mutual TLS"},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     std::vector<std::string> args = {"--db", NewDb("bad_db" + std::to_string(i)), "--listen",
@@ -529,6 +531,67 @@ TEST_F(SecurityTest, WorkerCanReportOnlyForTheShardItLeases) {
   EXPECT_TRUE(own_b->job_done);
 }
 
+TEST_F(SecurityTest, BoundWorkerIdsMustBeNamesOfTheClientCertificate) {
+  std::vector<std::string> flags = TlsServerFlags(/*client_ca=*/true);
+  flags.push_back("--bind-worker-ids");
+  const std::string addr = StartRegistry("bind_ids", flags);
+  ASSERT_FALSE(addr.empty()) << Logs();
+  EXPECT_NE(Logs().find("worker ids bound to certificates"), std::string::npos) << Logs();
+  ClientSecurity as_worker = Tls(/*token=*/true);
+  as_worker.tls_client_cert_file = certs_->worker_cert;
+  as_worker.tls_client_key_file = certs_->worker_key;
+  auto worker = Connect(addr, as_worker);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto other = Connect(addr, Tls(/*token=*/true, /*client_cert=*/true));  // CN "client"
+  ASSERT_TRUE(other.ok()) << other.status();
+  ASSERT_TRUE(
+      (*other)->RegisterModelFromFile("tinycode", kSrc + "/models/tinycode/config.json").ok());
+  registry::JobSpec spec = SmallJob("job-bound");
+  spec.num_samples = 2;
+  spec.samples_per_shard = 1;  // two shards
+  ASSERT_TRUE((*other)->SubmitJob(spec).ok());
+
+  // Leasing under a name the certificate does not carry: refused, nothing leased.
+  auto impostor = (*worker)->LeaseShard("worker-b", "job-bound");
+  ASSERT_TRUE(absl::IsPermissionDenied(impostor.status())) << impostor.status();
+  EXPECT_NE(impostor.status().message().find("'worker-b'"), std::string::npos) << impostor.status();
+  EXPECT_NE(impostor.status().message().find("'worker-a'"), std::string::npos) << impostor.status();
+  EXPECT_NE(impostor.status().message().find("--bind-worker-ids"), std::string::npos)
+      << impostor.status();
+  auto job = (*other)->GetJob("job-bound", /*include_shards=*/true);
+  ASSERT_TRUE(job.ok()) << job.status();
+  for (const auto& shard : job->shards) EXPECT_TRUE(shard.worker_id.empty()) << shard.worker_id;
+
+  // The subject CN and the DNS alternative name are both the worker's.
+  auto by_cn = (*worker)->LeaseShard("worker-a", "job-bound");
+  ASSERT_TRUE(by_cn.ok() && by_cn->has_value()) << by_cn.status();
+  auto by_san = (*worker)->LeaseShard("gpu-a.fleet", "job-bound");
+  ASSERT_TRUE(by_san.ok() && by_san->has_value()) << by_san.status();
+  EXPECT_TRUE((*worker)->Heartbeat((*by_cn)->lease_id, "worker-a").ok());
+
+  // Another certificate cannot heartbeat or report for worker-a, even with
+  // worker-a's lease id and the token.
+  auto hb = (*other)->Heartbeat((*by_cn)->lease_id, "worker-a");
+  EXPECT_TRUE(absl::IsPermissionDenied(hb.status())) << hb.status();
+  EXPECT_NE(hb.status().message().find("'client'"), std::string::npos) << hb.status();
+  std::vector<std::vector<double>> s(12, std::vector<double>((*by_cn)->spec.tuples.size(), 0.25));
+  auto stolen = (*other)->ReportLease(**by_cn, s);
+  EXPECT_TRUE(absl::IsPermissionDenied(stolen.status())) << stolen.status();
+  job = (*other)->GetJob("job-bound");
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->shards_done, 0);
+
+  // The worker's own reports are taken.
+  auto own = (*worker)->ReportLease(**by_cn, s);
+  ASSERT_TRUE(own.ok()) << own.status();
+  auto own_san = (*worker)->ReportLease(**by_san, s);
+  ASSERT_TRUE(own_san.ok()) << own_san.status();
+  EXPECT_TRUE(own_san->job_done);
+
+  // Reads and admin calls are not worker calls: unaffected.
+  EXPECT_TRUE((*other)->ListJobs("tinycode").ok());
+}
+
 // ---- defaults ---------------------------------------------------------------
 
 TEST_F(SecurityTest, PlaintextDefaultsServeHealthAndReflectionAndNeedNoToken) {
@@ -597,8 +660,11 @@ TEST_F(SecurityTest, TokenWithoutTlsStillGuardsMutatingCalls) {
 // ---- the whole chain --------------------------------------------------------
 
 TEST_F(SecurityTest, SecureChainOfRegistryRouterNodeAndWorker) {
-  // Every server: TLS, client certificates from the test CA, and the token.
-  const std::string reg = StartRegistry("chain_registry", TlsServerFlags(true));
+  // Every server: TLS, client certificates from the test CA, and the token;
+  // the registry binds worker ids to certificates.
+  std::vector<std::string> registry_flags = TlsServerFlags(true);
+  registry_flags.push_back("--bind-worker-ids");
+  const std::string reg = StartRegistry("chain_registry", registry_flags);
   ASSERT_FALSE(reg.empty()) << Logs();
   auto admin = Connect(reg, Tls(true, true));
   ASSERT_TRUE(admin.ok()) << admin.status();
@@ -715,8 +781,22 @@ TEST_F(SecurityTest, SecureChainOfRegistryRouterNodeAndWorker) {
   ASSERT_TRUE(pending.ok() && pending->size() == 1);
   EXPECT_EQ(pending->front().shards_done, 0);
 
+  // Token and certificate, but a worker id the certificate does not carry.
+  ChildProcess impostor(MOEND_WORKER_BIN,
+                        with({"--registry", reg, "--id", "w1", "--models", kSrc + "/models",
+                              "--threads", "1", "--exit-when-idle"},
+                             TlsClientFlags(true)),
+                        Path("chain_impostor.log"));
+  const int impostor_status = impostor.WaitExit(absl::Seconds(30));
+  EXPECT_TRUE(WIFEXITED(impostor_status) && WEXITSTATUS(impostor_status) != 0) << impostor.Log();
+  EXPECT_NE(impostor.Log().find("is not a name of this client's certificate"), std::string::npos)
+      << impostor.Log();
+  pending = (*admin)->ListJobs("tinycode");
+  ASSERT_TRUE(pending.ok() && pending->size() == 1);
+  EXPECT_EQ(pending->front().shards_done, 0);
+
   ChildProcess worker(MOEND_WORKER_BIN,
-                      with({"--registry", reg, "--id", "w1", "--models", kSrc + "/models",
+                      with({"--registry", reg, "--id", "client", "--models", kSrc + "/models",
                             "--threads", "1", "--exit-when-idle"},
                            TlsClientFlags(true)),
                       Path("chain_worker.log"), std::vector<std::string>{"OMP_NUM_THREADS=1"});

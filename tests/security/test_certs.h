@@ -1,6 +1,7 @@
 // Test PKI made with the openssl command line at test time: a CA, a server
-// certificate for 127.0.0.1/localhost, a client certificate, and a second
-// ("rogue") CA with its own client certificate that servers must refuse.
+// certificate for 127.0.0.1/localhost, a client certificate (CN "client"), a
+// worker's client certificate (CN "worker-a", DNS name "gpu-a.fleet"), and a
+// second ("rogue") CA with its own client certificate that servers must refuse.
 #ifndef MOEND_TESTS_SECURITY_TEST_CERTS_H_
 #define MOEND_TESTS_SECURITY_TEST_CERTS_H_
 
@@ -18,6 +19,7 @@ struct TestCerts {
   std::string ca;  // PEM of the CA that signed server and client
   std::string server_cert, server_key;
   std::string client_cert, client_key;
+  std::string worker_cert, worker_key;  // CN worker-a, subjectAltName DNS:gpu-a.fleet
   std::string rogue_ca, rogue_client_cert, rogue_client_key;  // another CA's client
   std::string token_file, wrong_token_file;
   std::string token;
@@ -70,6 +72,9 @@ inline absl::StatusOr<TestCerts> MakeTestCerts(const std::filesystem::path& dir)
   const std::string client_ext =
       "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth";
   if (!make_leaf("ca", "client", client_ext)) return fail("make the client certificate");
+  if (!make_leaf("ca", "worker-a", client_ext + "\nsubjectAltName=DNS:gpu-a.fleet")) {
+    return fail("make the worker certificate");
+  }
   if (!make_leaf("rogue-ca", "rogue-client", client_ext)) {
     return fail("make the rogue client certificate");
   }
@@ -79,6 +84,8 @@ inline absl::StatusOr<TestCerts> MakeTestCerts(const std::filesystem::path& dir)
   c.server_key = d + "server.key";
   c.client_cert = d + "client.pem";
   c.client_key = d + "client.key";
+  c.worker_cert = d + "worker-a.pem";
+  c.worker_key = d + "worker-a.key";
   c.rogue_ca = d + "rogue-ca.pem";
   c.rogue_client_cert = d + "rogue-client.pem";
   c.rogue_client_key = d + "rogue-client.key";
