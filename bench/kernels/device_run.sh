@@ -12,6 +12,10 @@
 # kernels_gpu_bench in $build-variant), runs its CudaTest.* and times base and
 # variant side by side at batch 8 / 64k and 128k, every tuple, for each split
 # count in MOEND_SPLITS (default "0,12,24"; 0 = AttentionSplits()' choice).
+# MOEND_NCU=1 also profiles one decode launch of MOEND_NCU_TUPLE (default
+# 0.25/2/2) at batch 8 / 64k with Nsight Compute (clocks left alone), base and
+# variant: speed of light, warp states, scheduler, pipes, instruction mix,
+# occupancy, as text in $OUT/ncu_base.txt and ncu_variant.txt.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 quick=() kernels_only=0
@@ -86,6 +90,23 @@ if [ -n "${MOEND_VARIANT_FLAGS:-}" ]; then
     echo "variant build FAILED"
     grep -E "error|FAILED" -A3 "$out/build.log" | tail -40
   fi
+fi
+if [ "${MOEND_NCU:-0}" = 1 ]; then
+  ncu_bin=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+  for which in base variant; do
+    dir=$build
+    [ "$which" = variant ] && dir=$build-variant
+    [ -x "$dir/bin/kernels_gpu_bench" ] && [ -n "$ncu_bin" ] || continue
+    echo "== ncu $which ($((SECONDS - start)) s)"
+    timeout 180 "$ncu_bin" --clock-control none --kernel-name regex:AttentionKernel --launch-skip 3 --launch-count 1 \
+      --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
+      --section InstructionStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
+      "$dir/bin/kernels_gpu_bench" --batch 8 --ctx 65536 --tuples "${MOEND_NCU_TUPLE:-0.25/2/2}" --no-compress \
+      --quick > "$out/ncu_$which.txt" 2>&1
+    grep -E "Duration|Issue Slots Busy|Issued Warp|No Eligible|Stall|Executed Ipc|Registers|Achieved Occupancy|Memory Throughput|Pipe" \
+      "$out/ncu_$which.txt" | head -30
+  done
+  [ -n "$ncu_bin" ] || echo "ncu not found"
 fi
 if [ "$kernels_only" = 0 ]; then
   for shape in "--tokens 16384 --heads 28 --kv-heads 4 --dim 128" "--tokens 4096 --heads 4 --kv-heads 2 --dim 64"; do

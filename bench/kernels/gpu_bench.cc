@@ -4,8 +4,10 @@
 // copies to exceed L2. Prints "RESULT ..." lines that sdpa_peer.py parses.
 //
 // usage: kernels_gpu_bench [--quick] [--batch 1,8] [--ctx 16384,65536,131072]
-//                          [--splits 0,...] [--no-compress]
+//                          [--splits 0,...] [--tuples 1/16/16,...] [--no-compress]
 //   --batch, --ctx  decode cases to run (default: all of the lists shown)
+//   --tuples        keep/kbits/vbits tuples to decode with (default: 1/16/16,
+//                   0.5/4/4, 0.25/2/2, 0.125/2/2)
 //   --splits        split-K factors to time each decode case with; 0 is
 //                   AttentionSplits()' choice (default: 0 only)
 //   --no-compress   skip the prefill compression benchmark
@@ -321,11 +323,32 @@ bool ParseList(const char* s, std::vector<int64_t>* out) {
   return !out->empty();
 }
 
+// "0.25/2/2,1/16/16" -> tuples, each valid for the grid (core ValidateTuple).
+bool ParseTuples(const char* s, std::vector<CompressionTuple>* out) {
+  out->clear();
+  while (*s) {
+    char* end = nullptr;
+    CompressionTuple t;
+    t.keep = std::strtod(s, &end);
+    if (end == s || *end != '/') return false;
+    const char* b = end + 1;
+    t.kbits = static_cast<int>(std::strtol(b, &end, 10));
+    if (end == b || *end != '/') return false;
+    b = end + 1;
+    t.vbits = static_cast<int>(std::strtol(b, &end, 10));
+    if (end == b || (*end != ',' && *end != '\0') || !moend::ValidateTuple(t).ok()) return false;
+    out->push_back(t);
+    s = *end ? end + 1 : end;
+  }
+  return !out->empty();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   bool quick = false, compress = true;
   std::vector<int64_t> batches = {1, 8}, contexts = {16384, 65536, 131072}, split_list = {0};
+  std::vector<CompressionTuple> tuples = {{1.0, 16, 16}, {0.5, 4, 4}, {0.25, 2, 2}, {0.125, 2, 2}};
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     std::vector<int64_t>* list = a == "--batch" ? &batches : a == "--ctx" ? &contexts : a == "--splits" ? &split_list
@@ -336,10 +359,12 @@ int main(int argc, char** argv) {
       compress = false;
     } else if (list && i + 1 < argc && ParseList(argv[i + 1], list)) {
       ++i;
+    } else if (a == "--tuples" && i + 1 < argc && ParseTuples(argv[i + 1], &tuples)) {
+      ++i;
     } else {
       std::fprintf(stderr,
                    "bad argument '%s'; usage: kernels_gpu_bench [--quick] [--batch 1,8] [--ctx 16384,65536,131072] "
-                   "[--splits 0,...] [--no-compress]\n",
+                   "[--splits 0,...] [--tuples 1/16/16,...] [--no-compress]\n",
                    argv[i]);
       return 2;
     }
@@ -364,7 +389,6 @@ int main(int argc, char** argv) {
   double copy = 0;
   if (BenchCopy(&copy) != 0) return 1;
   std::printf("RESULT device name=\"%s\" sms=%d copy_tbps=%.3f\n", prop.name, prop.multiProcessorCount, copy);
-  const std::vector<CompressionTuple> tuples = {{1.0, 16, 16}, {0.5, 4, 4}, {0.25, 2, 2}, {0.125, 2, 2}};
   const int iters = quick ? 10 : 50;
   for (int64_t batch : batches) {
     for (int64_t ctx : contexts) {

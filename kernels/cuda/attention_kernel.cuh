@@ -42,6 +42,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/unpack_bits.h"
 
 namespace moend::kernels::cuda {
 namespace attention_detail {
@@ -92,36 +93,25 @@ __device__ __forceinline__ uint32_t H2Bits(__half2 h) { return *reinterpret_cast
 __device__ __forceinline__ __half2 BitsH2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
 __device__ __forceinline__ uint32_t PackF2(float lo, float hi) { return H2Bits(__floats2half2_rn(lo, hi)); }
 
-// Code pair (1024 + a, 1024 + b) in fp16 -> dequantized fp16 pair.
+// Magic pair at bit P (kernels/cuda/unpack_bits.h) -> dequantized fp16 pair:
+// the codes exactly (one FMA, or the subtraction of 1024 at P = 0), then
+// code * scale + min.
+template <int P>
 __device__ __forceinline__ uint32_t Dequant(uint32_t magic, uint32_t scale2, uint32_t min2) {
-  const __half2 code = __hsub2(BitsH2(magic), BitsH2(0x64006400u));
+  __half2 code;
+  if constexpr (P == 0) {
+    code = __hsub2(BitsH2(magic), BitsH2(0x64006400u));
+  } else {
+    code = __hfma2(BitsH2(magic), BitsH2(unpack::CodeScale(P)), BitsH2(unpack::CodeOffset(P)));
+  }
   return H2Bits(__hfma2(code, BitsH2(scale2), BitsH2(min2)));
 }
 
-// ---- K side: thread t of the quad owns channels [Cpt*t, Cpt*t + Cpt), Cpt = D/4.
-// Pair j (0 <= j < D/8) of those channels feeds k-tile j/2, half j%2 of the
-// mma (logical k 2t..2t+1 or 2t+8..2t+9). The pairing follows the packed
-// layout of KB bits so that one shift+mask yields a pair.
-template <int KB>
-struct PairCh {
-  static constexpr int Lo(int j) {
-    return KB == 2 ? 16 * (j / 8) + j % 8 : KB == 4 ? 8 * (j / 4) + j % 4 : KB == 8 ? 4 * (j / 2) + j % 2 : 2 * j;
-  }
-  static constexpr int Hi(int j) { return KB == 2 ? Lo(j) + 8 : KB == 4 ? Lo(j) + 4 : KB == 8 ? Lo(j) + 2 : Lo(j) + 1; }
-};
-
-// 0x64-biased fp16 pair of codes for pair j from the thread's packed words.
-template <int KB, int J>
-__device__ __forceinline__ uint32_t KMagic(const uint32_t* w) {
-  if constexpr (KB == 2) {
-    return ((w[J / 8] >> (2 * (J % 8))) & 0x00030003u) | 0x64006400u;
-  } else if constexpr (KB == 4) {
-    return ((w[J / 4] >> (4 * (J % 4))) & 0x000f000fu) | 0x64006400u;
-  } else {
-    static_assert(KB == 8);
-    return Perm(w[J / 2], 0x64646464u, (J % 2) ? 0x4341u : 0x4240u);
-  }
-}
+// ---- K side: thread t of the quad owns channels [Cpt*t, Cpt*t + Cpt), Cpt = D/4;
+// pair j of them is (PairCh<KB>::Lo(j), Hi(j)) (kernels/cuda/unpack_bits.h).
+using unpack::KMagic;
+using unpack::KPairP;
+using unpack::PairCh;
 
 // fp16 pair (channel lo, channel hi) from fp16 words (word i = channels 2i, 2i+1).
 template <int LO, int HI>
@@ -131,19 +121,14 @@ __device__ __forceinline__ uint32_t HalfPair(const uint32_t* w) {
 
 // ---- V side: thread g of the warp owns channels [Dpt*g, Dpt*g + Dpt), Dpt = D/8;
 // channel c of those is mma row g (c even) or g+8 (c odd) of m-tile c/2.
-// V pair for channel C of tokens (a, b): fp16 (v_a[C], v_b[C]) before dequant.
+// V pair for channel C of tokens (a, b): the magic pair of their codes
+// (unpack::VMagic, bit position unpack::VPairP), or at 16 bits the fp16 values.
 template <int VB, int C>
 __device__ __forceinline__ uint32_t VMagic(const uint32_t* wa, const uint32_t* wb) {
-  if constexpr (VB == 2) {
-    const uint32_t x = Perm(wa[C / 16], wb[C / 16], (C % 16) < 8 ? 0x5410u : 0x7632u);
-    return ((x >> (2 * (C % 8))) & 0x00030003u) | 0x64006400u;
-  } else if constexpr (VB == 4) {
-    const uint32_t x = Perm(wa[C / 8], wb[C / 8], (C % 8) < 4 ? 0x5410u : 0x7632u);
-    return ((x >> (4 * (C % 4))) & 0x000f000fu) | 0x64006400u;
-  } else if constexpr (VB == 8) {
-    return (Perm(wa[C / 4], wb[C / 4], (C % 4) | ((4 + C % 4) << 8)) & 0x00ff00ffu) | 0x64006400u;
-  } else {
+  if constexpr (VB == 16) {
     return Perm(wa[C / 2], wb[C / 2], (C % 2) ? 0x7632u : 0x5410u);
+  } else {
+    return unpack::VMagic<VB, C>(wa, wb);
   }
 }
 
@@ -311,7 +296,8 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
       for (int f = 0; f < 4; ++f) {
         const int ri = 2 * mt + (f & 1);
         if constexpr (KK < 16) {
-          a[f] = (f < 2) ? Dequant(KMagic<KK, j0>(kw[ri]), sc0, mn0) : Dequant(KMagic<KK, j1>(kw[ri]), sc1, mn1);
+          a[f] = (f < 2) ? Dequant<KPairP<KK, j0>()>(KMagic<KK, j0>(kw[ri]), sc0, mn0)
+                         : Dequant<KPairP<KK, j1>()>(KMagic<KK, j1>(kw[ri]), sc1, mn1);
         } else {
           a[f] = (f < 2) ? HalfPair<lo0, hi0>(kw[ri]) : HalfPair<lo1, hi1>(kw[ri]);
         }
@@ -379,10 +365,11 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
       uint32_t a2 = VMagic<vk, c0>(vw[v0 + 2], vw[v0 + 3]);
       uint32_t a3 = VMagic<vk, c1>(vw[v0 + 2], vw[v0 + 3]);
       if constexpr (VK < 16) {
-        a0 = Dequant(a0, s01, m01);
-        a1 = Dequant(a1, s01, m01);
-        a2 = Dequant(a2, s89, m89);
-        a3 = Dequant(a3, s89, m89);
+        constexpr int p0 = unpack::VPairP<VK, c0>(), p1 = unpack::VPairP<VK, c1>();
+        a0 = Dequant<p0>(a0, s01, m01);
+        a1 = Dequant<p1>(a1, s01, m01);
+        a2 = Dequant<p0>(a2, s89, m89);
+        a3 = Dequant<p1>(a3, s89, m89);
       }
       Mma16816(st.o[M], a0, a1, a2, a3, b0, b1);
     });
