@@ -120,8 +120,13 @@ int main(int argc, char** argv) {
   if (!started.ok()) return Fail(started.status());
   std::unique_ptr<grpc::Server> server = std::move(started->server);
   std::cout << "moend-node listening on " << started->address << std::endl;
+  if (metrics_endpoint.server) {
+    metrics_endpoint.server->SetHealthCheck(
+        [s = server.get(), name = std::string(kServiceName)] { return moend::rpc::ServingInProcess(s, name); });
+  }
   const int sig = (*shutdown)->Wait();
   std::cout << "moend-node: signal " << sig << ", shutting down" << std::endl;
+  if (metrics_endpoint.server) metrics_endpoint.server->SetHealthCheck(nullptr);
   moend::rpc::SetServing(server.get(), {kServiceName}, false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;

@@ -93,6 +93,11 @@ absl::StatusOr<std::unique_ptr<MetricsServer>> MetricsServer::Start(
   return server;
 }
 
+void MetricsServer::SetHealthCheck(std::function<bool()> check) {
+  std::lock_guard<std::mutex> lock(health_mu_);
+  health_ = std::move(check);
+}
+
 MetricsServer::~MetricsServer() {
   stop_ = true;
   if (thread_.joinable()) thread_.join();
@@ -117,7 +122,12 @@ void MetricsServer::Serve() {
       request.append(buf, static_cast<size_t>(n));
     }
     std::string status = "404 Not Found", body = "not found\n";
-    if (request.rfind("GET /metrics ", 0) == 0 || request.rfind("GET /metrics?", 0) == 0) {
+    if (request.rfind("GET /healthz ", 0) == 0 || request.rfind("GET /healthz?", 0) == 0) {
+      std::lock_guard<std::mutex> lock(health_mu_);
+      const bool serving = health_ && health_();
+      status = serving ? "200 OK" : "503 Service Unavailable";
+      body = serving ? "SERVING\n" : "NOT_SERVING\n";
+    } else if (request.rfind("GET /metrics ", 0) == 0 || request.rfind("GET /metrics?", 0) == 0) {
       std::ostringstream out;
       prometheus::TextSerializer().Serialize(out, metrics_->Collect());
       status = "200 OK";

@@ -4,7 +4,9 @@
 #define MOEND_SERVICES_COMMON_PROCESS_H_
 
 #include <atomic>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -27,7 +29,9 @@ class ShutdownSignal {
 };
 
 // A minimal HTTP/1.x server for Prometheus scrapes: GET /metrics answers the
-// registry in the text exposition format, anything else 404. One thread,
+// registry in the text exposition format; GET /healthz answers 200 "SERVING"
+// when the health check set by SetHealthCheck returns true, else 503
+// "NOT_SERVING" (also before one is set); anything else 404. One thread,
 // one request per connection. (Our own rather than prometheus-cpp's civetweb
 // Exposer, which fails in processes that load the CUDA libraries; see
 // docs/KNOWN_ISSUES.md.)
@@ -44,6 +48,11 @@ class MetricsServer {
   // "host:port" actually bound.
   const std::string& address() const { return address_; }
 
+  // What GET /healthz asks (rpc::ServingInProcess, say); nullptr = not
+  // serving. Waits for a check in progress, so that after
+  // SetHealthCheck(nullptr) the old one is no longer called.
+  void SetHealthCheck(std::function<bool()> check);
+
  private:
   MetricsServer() = default;
   void Serve();
@@ -51,6 +60,8 @@ class MetricsServer {
   int fd_ = -1;
   std::string address_;
   std::shared_ptr<prometheus::Registry> metrics_;
+  std::mutex health_mu_;
+  std::function<bool()> health_;  // guarded by health_mu_
   std::atomic<bool> stop_{false};
   std::thread thread_;
 };

@@ -1,10 +1,15 @@
 #include "services/common/server_setup.h"
 
+#include <memory>
 #include <mutex>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/impl/codegen/client_unary_call.h"
+#include "grpcpp/support/byte_buffer.h"
 
 namespace moend::rpc {
 
@@ -45,6 +50,33 @@ absl::StatusOr<StartedServer> StartServer(const ServerSpec& spec) {
   const size_t colon = spec.listen_address.rfind(':');
   started.address = absl::StrCat(spec.listen_address.substr(0, colon), ":", started.port);
   return started;
+}
+
+bool ServingInProcess(grpc::Server* server, const std::string& service, absl::Duration timeout) {
+  if (server == nullptr) return false;
+  std::shared_ptr<grpc::Channel> channel = server->InProcessChannel(grpc::ChannelArguments());
+  if (channel == nullptr) return false;
+  // HealthCheckRequest { string service = 1; } and HealthCheckResponse
+  // { ServingStatus status = 1; } by hand: Debian ships no health protos.
+  // SERVING (1) is encoded as exactly 08 01.
+  if (service.size() > 127) return false;  // one-byte length below
+  std::string request;
+  if (!service.empty()) {
+    request = std::string("\x0a", 1) + static_cast<char>(service.size()) + service;
+  }
+  grpc::Slice slice(request);
+  grpc::ByteBuffer request_buffer(&slice, 1), response;
+  grpc::ClientContext context;
+  context.set_deadline(absl::ToChronoTime(absl::Now() + timeout));
+  const grpc::Status status = grpc::internal::BlockingUnaryCall<grpc::ByteBuffer, grpc::ByteBuffer>(
+      channel.get(), grpc::internal::RpcMethod("/grpc.health.v1.Health/Check", grpc::internal::RpcMethod::NORMAL_RPC),
+      &context, request_buffer, &response);
+  if (!status.ok()) return false;
+  std::vector<grpc::Slice> slices;
+  if (!response.Dump(&slices).ok()) return false;
+  std::string bytes;
+  for (const grpc::Slice& s : slices) bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  return bytes == std::string("\x08\x01", 2);
 }
 
 }  // namespace moend::rpc

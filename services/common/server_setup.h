@@ -16,6 +16,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server.h"
 #include "grpcpp/server_builder.h"
@@ -54,6 +55,16 @@ struct StartedServer {
 // limit, then the service; marked SERVING. FailedPrecondition naming the
 // address when it cannot listen.
 absl::StatusOr<StartedServer> StartServer(const ServerSpec& spec);
+
+// Asks the server's own health service (grpc.health.v1.Health/Check for
+// `service`) through an in-process channel: no network, no TLS, no token;
+// the same answer a remote probe gets. True when it answers SERVING within
+// `timeout`; false otherwise (NOT_SERVING once shutdown began, no answer).
+// Must not be called once server->Shutdown() ran (gRPC crashes there). For
+// HTTP health endpoints (/healthz) beside TLS-only gRPC ports, where
+// Kubernetes' gRPC probes cannot connect.
+bool ServingInProcess(grpc::Server* server, const std::string& service,
+                      absl::Duration timeout = absl::Seconds(2));
 
 }  // namespace moend::rpc
 

@@ -153,11 +153,15 @@ int main(int argc, char** argv) {
                                                        : ", auth token required")
             << std::endl;
   std::cout << "moend-registry listening on " << (*server)->address() << std::endl;
-  if (metrics_endpoint.server) std::cout << "moend-registry metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
+  if (metrics_endpoint.server) {
+    metrics_endpoint.server->SetHealthCheck([s = server->get()] { return s->Serving(); });
+    std::cout << "moend-registry metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
+  }
 
   const int sig = (*shutdown)->Wait();
   std::cout << "moend-registry: signal " << sig << ", shutting down"
             << std::endl;
+  if (metrics_endpoint.server) metrics_endpoint.server->SetHealthCheck(nullptr);
   (*server)->Shutdown(absl::Seconds(5));
   (*registry)->Shutdown();
   return 0;

@@ -204,6 +204,12 @@ void RegistryServer::Shutdown(absl::Duration grace) {
   server_->Wait();
 }
 
+bool RegistryServer::Serving() const {
+  // A shut-down grpc::Server must not be called (its in-process channel
+  // crashes); callers stop asking before Shutdown (MetricsServer::SetHealthCheck).
+  return !shut_down_ && rpc::ServingInProcess(server_.get(), kServiceName);
+}
+
 RegistryServer::~RegistryServer() { Shutdown(); }
 
 }  // namespace moend::registry

@@ -97,6 +97,9 @@ class RegistryServer {
   // "host:port" with the port actually bound.
   const std::string& address() const { return address_; }
   int port() const { return port_; }
+  // The service's health through an in-process call (rpc::ServingInProcess);
+  // false once Shutdown began. Not to be called while Shutdown runs.
+  bool Serving() const;
   // Stops accepting calls, ends watch streams, and waits up to `grace` for
   // calls in flight. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(2));
@@ -107,7 +110,7 @@ class RegistryServer {
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
   int port_ = 0;
-  bool shut_down_ = false;
+  std::atomic<bool> shut_down_{false};
 };
 
 }  // namespace moend::registry

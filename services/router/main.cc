@@ -159,12 +159,14 @@ int main(int argc, char** argv) {
   }
   std::cout << "moend-router listening on " << (*server)->address() << std::endl;
   if (metrics_endpoint.server) {
+    metrics_endpoint.server->SetHealthCheck([s = server->get()] { return s->Serving(); });
     std::cout << "moend-router metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
   }
 
   const int sig = (*shutdown)->Wait();
   std::cout << "moend-router: signal " << sig << ", shutting down"
             << std::endl;
+  if (metrics_endpoint.server) metrics_endpoint.server->SetHealthCheck(nullptr);
   (*server)->Shutdown(absl::Seconds(5));
   (*router)->Shutdown();
   return 0;

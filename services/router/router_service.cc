@@ -203,6 +203,12 @@ absl::StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(
   return server;
 }
 
+bool RouterServer::Serving() const {
+  // A shut-down grpc::Server must not be called (its in-process channel
+  // crashes); callers stop asking before Shutdown (MetricsServer::SetHealthCheck).
+  return !shut_down_ && rpc::ServingInProcess(server_.get(), kServiceName);
+}
+
 RouterServer::~RouterServer() { Shutdown(); }
 
 void RouterServer::Shutdown(absl::Duration grace) {

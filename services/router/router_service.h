@@ -3,6 +3,7 @@
 #ifndef MOEND_SERVICES_ROUTER_ROUTER_SERVICE_H_
 #define MOEND_SERVICES_ROUTER_ROUTER_SERVICE_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -76,6 +77,9 @@ class RouterServer {
   ~RouterServer();  // Shutdown()
 
   // "host:port" with the port actually bound.
+  // The service's health through an in-process call (rpc::ServingInProcess);
+  // false once Shutdown began. Not to be called while Shutdown runs.
+  bool Serving() const;
   const std::string& address() const { return address_; }
   int port() const { return port_; }
 
@@ -89,7 +93,7 @@ class RouterServer {
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
   int port_ = 0;
-  bool shut_down_ = false;
+  std::atomic<bool> shut_down_{false};
 };
 
 }  // namespace moend::router

@@ -133,6 +133,8 @@ TEST(NodeTest, GeneratesOverTheRoutersPlanAndFollowsNewCalibrations) {
   }
 
   const std::string scraped = testing::HttpGet(metrics, "/metrics");
+  EXPECT_NE(testing::HttpGet(metrics, "/healthz").find("200 OK\r\n"), std::string::npos)
+      << "the node's /healthz (its health service, in process)";
   EXPECT_EQ(Metric(scraped, "moend_node_plan_version"), 1.0) << scraped;
   EXPECT_NEAR(Metric(scraped, "moend_node_plan_ratio"), 8.0, 0.05) << scraped;
   // The last finished request was the full-cache one.

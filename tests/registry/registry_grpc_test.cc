@@ -3,11 +3,13 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "services/common/process.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_client.h"
 #include "services/registry/registry_service.h"
 #include "tests/registry/registry_test_util.h"
 #include "tests/storage/temp_dir.h"
+#include "tests/util/child_process.h"
 
 namespace moend::registry {
 namespace {
@@ -45,6 +47,29 @@ class RegistryGrpcTest : public ::testing::Test {
   std::unique_ptr<RegistryServer> server_;
   std::unique_ptr<RegistryClient> client_;
 };
+
+// GET /healthz on the metrics port follows the gRPC health service (asked in
+// process): the probe for servers whose gRPC port speaks TLS only.
+TEST_F(RegistryGrpcTest, HealthzFollowsTheHealthServiceThroughShutdown) {
+  auto metrics = rpc::MetricsServer::Start("127.0.0.1:0", std::make_shared<prometheus::Registry>());
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  const std::string addr = (*metrics)->address();
+  EXPECT_NE(moend::testing::HttpGet(addr, "/healthz").find("503 Service Unavailable"), std::string::npos)
+      << "no check set yet";
+  EXPECT_TRUE(server_->Serving());
+  (*metrics)->SetHealthCheck([s = server_.get()] { return s->Serving(); });
+  const std::string serving = moend::testing::HttpGet(addr, "/healthz");
+  EXPECT_NE(serving.find("200 OK"), std::string::npos) << serving;
+  EXPECT_NE(serving.find("\r\n\r\nSERVING\n"), std::string::npos) << serving;
+
+  server_->Shutdown();
+  EXPECT_FALSE(server_->Serving());
+  const std::string down = moend::testing::HttpGet(addr, "/healthz");
+  EXPECT_NE(down.find("503 Service Unavailable"), std::string::npos) << down;
+  EXPECT_NE(down.find("NOT_SERVING"), std::string::npos) << down;
+  (*metrics)->SetHealthCheck(nullptr);
+  EXPECT_NE(moend::testing::HttpGet(addr, "/healthz").find("503"), std::string::npos);
+}
 
 TEST_F(RegistryGrpcTest, WorkersCalibrateAJobEndToEnd) {
   auto model = client_->RegisterModelFromFile("tinycode", TinyConfigPath());

@@ -103,6 +103,8 @@ TEST(RouterLoopbackTest, SolveWatchAndNewVersionAcrossRealBinaries) {
   EXPECT_THAT(scrape, HasSubstr("moend_router_watch_streams 1"));
   EXPECT_THAT(scrape, HasSubstr("moend_router_plan_version{model=\"tinycode\"} 2"));
   EXPECT_THAT(scrape, HasSubstr("moend_router_solve_seconds_count{solver=\"exact\"} 2"));
+  // The HTTP probe for TLS deployments: the router's health service, in process.
+  EXPECT_THAT(testing::HttpGet(metrics, "/healthz"), HasSubstr("200 OK\r\n"));
 
   // SIGTERM: the open stream ends with UNAVAILABLE and the router exits 0.
   const int status = stack.router().Signal(SIGTERM, absl::Seconds(30));

@@ -592,6 +592,23 @@ TEST_F(SecurityTest, BoundWorkerIdsMustBeNamesOfTheClientCertificate) {
   EXPECT_TRUE((*other)->ListJobs("tinycode").ok());
 }
 
+TEST_F(SecurityTest, HealthzOnTheMetricsPortAnswersForATlsOnlyServer) {
+  // What a Kubernetes httpGet probe sees where its gRPC probe cannot connect
+  // (TLS only, client certificates, token on reads too).
+  std::vector<std::string> flags = TlsServerFlags(/*client_ca=*/true);
+  for (const char* f : {"--auth-reads", "--metrics", "127.0.0.1:0"}) flags.push_back(f);
+  const std::string addr = StartRegistry("healthz", flags);
+  ASSERT_FALSE(addr.empty()) << Logs();
+  std::string metrics = procs_.back()->WaitForLine("metrics on http://", kStartup);
+  ASSERT_FALSE(metrics.empty()) << Logs();
+  metrics = metrics.substr(0, metrics.find('/'));
+  std::string ok = testing::HttpGet(metrics, "/healthz");
+  EXPECT_NE(ok.find("200 OK"), std::string::npos) << ok;
+  EXPECT_NE(ok.find("SERVING"), std::string::npos) << ok;
+  EXPECT_NE(testing::HttpGet(metrics, "/nothing").find("404"), std::string::npos);
+
+}
+
 // ---- defaults ---------------------------------------------------------------
 
 TEST_F(SecurityTest, PlaintextDefaultsServeHealthAndReflectionAndNeedNoToken) {
