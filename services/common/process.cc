@@ -1,6 +1,7 @@
 #include "services/common/process.h"
 
 #include <arpa/inet.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -139,6 +140,29 @@ void MetricsServer::Serve() {
                                 body.size(), "\r\nConnection: close\r\n\r\n", body));
     ::close(conn);
   }
+}
+
+MemoryTrimmer::MemoryTrimmer(absl::Duration period, size_t slack) {
+  // Blocks of 256 KiB and more come from mmap and go back on free. glibc's
+  // default threshold rises to the largest block freed so far (up to 32 MiB),
+  // after which a burst of large requests is served from, and fragments, the
+  // arenas that malloc_trim can only partly give back.
+  mallopt(M_MMAP_THRESHOLD, 256 << 10);
+  thread_ = std::thread([this, period, slack] {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!wake_.wait_for(lock, absl::ToChronoNanoseconds(period), [this] { return stop_; })) {
+      if (mallinfo2().fordblks > slack) malloc_trim(0);
+    }
+  });
+}
+
+MemoryTrimmer::~MemoryTrimmer() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
 }
 
 absl::StatusOr<MetricsEndpoint> ServeMetrics(const std::string& address,

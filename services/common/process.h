@@ -4,6 +4,8 @@
 #define MOEND_SERVICES_COMMON_PROCESS_H_
 
 #include <atomic>
+#include <condition_variable>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -11,6 +13,7 @@
 #include <thread>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "prometheus/registry.h"
 
 namespace moend::rpc {
@@ -63,6 +66,26 @@ class MetricsServer {
   std::mutex health_mu_;
   std::function<bool()> health_;  // guarded by health_mu_
   std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// Gives freed heap memory back to the kernel: fixes glibc's mmap threshold at
+// 256 KiB (process-wide), and every `period`, when the arenas hold more than
+// `slack` bytes free, calls malloc_trim(0). Without it a server that refused
+// a burst of large requests (gRPC buffers them in slices across per-thread
+// arenas) keeps their pages resident at its high-water mark. One per process;
+// stops (joins) on destruction.
+class MemoryTrimmer {
+ public:
+  explicit MemoryTrimmer(absl::Duration period = absl::Seconds(5), size_t slack = size_t{1} << 20);
+  ~MemoryTrimmer();
+  MemoryTrimmer(const MemoryTrimmer&) = delete;
+  MemoryTrimmer& operator=(const MemoryTrimmer&) = delete;
+
+ private:
+  std::mutex mu_;
+  std::condition_variable wake_;
+  bool stop_ = false;  // guarded by mu_
   std::thread thread_;
 };
 

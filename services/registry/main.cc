@@ -158,6 +158,7 @@ int main(int argc, char** argv) {
     std::cout << "moend-registry metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
   }
 
+  moend::rpc::MemoryTrimmer trimmer;  // refused large requests do not stay resident
   const int sig = (*shutdown)->Wait();
   std::cout << "moend-registry: signal " << sig << ", shutting down"
             << std::endl;

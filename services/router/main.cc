@@ -163,6 +163,7 @@ int main(int argc, char** argv) {
     std::cout << "moend-router metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
   }
 
+  moend::rpc::MemoryTrimmer trimmer;  // refused large requests do not stay resident
   const int sig = (*shutdown)->Wait();
   std::cout << "moend-router: signal " << sig << ", shutting down"
             << std::endl;
