@@ -12,10 +12,15 @@
 # kernels_gpu_bench in $build-variant), runs its CudaTest.* and times base and
 # variant side by side at batch 8 / 64k and 128k, every tuple, for each split
 # count in MOEND_SPLITS (default "0,12,24"; 0 = AttentionSplits()' choice).
-# MOEND_NCU=1 also profiles one decode launch of MOEND_NCU_TUPLE (default
-# 0.25/2/2) at batch 8 / 64k with Nsight Compute (clocks left alone), base and
-# variant: speed of light, warp states, scheduler, pipes, instruction mix,
-# occupancy, as text in $OUT/ncu_base.txt and ncu_variant.txt.
+# MOEND_NCU=1 also profiles one decode (attention + combine launch) of
+# MOEND_NCU_TUPLE (default 0.25/2/2) at batch 8 / 64k with Nsight Compute
+# (clocks left alone), base and variant: speed of light, warp states,
+# scheduler, pipes, instruction mix, occupancy, as text in $OUT/ncu_base.txt
+# and ncu_variant.txt.
+# The experiment prepared for issue 3's two open goals (docs/KERNELS.md,
+# "Known limits"), one call:
+#   MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_UNPACK=1 -DMOEND_ATTENTION_COMBINE=1" \
+#   MOEND_SPLITS=0,6,8,11,12,16,22,24,33 MOEND_NCU=1 bench/kernels/device_run.sh --quick --kernels-only
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1
 quick=() kernels_only=0
@@ -34,12 +39,12 @@ prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr") && \
   export LD_LIBRARY_PATH="$PWD/.devdeps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,temperature.gpu --format=csv | tee "$out/device.txt"
-configure() {  # build_dir extra-cuda-flags
+configure() {  # build_dir extra-cuda-flags [log]
   cmake -S . -B "$1" -G Ninja -DMOEND_CORE_ONLY=ON -DMOEND_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-    -DMOEND_BUILD_BENCHMARKS=ON -DCMAKE_CUDA_FLAGS="$2" "${prefix[@]}" >> "$out/build.log" 2>&1
+    -DMOEND_BUILD_BENCHMARKS=ON -DCMAKE_CUDA_FLAGS="$2" "${prefix[@]}" >> "${3:-$out/build.log}" 2>&1
 }
-build_targets() {  # build_dir
-  ninja -C "$1" -j"$jobs" kernels_test kernels_gpu_bench >> "$out/build.log" 2>&1
+build_targets() {  # build_dir [log]
+  ninja -C "$1" -j"$jobs" kernels_test kernels_gpu_bench >> "${2:-$out/build.log}" 2>&1
 }
 cuda_tests() {  # build_dir log: CudaTest.* with each case's error and the gtest summary
   "$1/tests/kernels_test" --gtest_filter='CudaTest.*' > "$2" 2>&1
@@ -48,16 +53,26 @@ cuda_tests() {  # build_dir log: CudaTest.* with each case's error and the gtest
   return $rc
 }
 start=$SECONDS
+vbuild="$build-variant"
+variant_pid=
+if [ -n "${MOEND_VARIANT_FLAGS:-}" ]; then
+  # The variant builds beside the base (the cores are shared; the two builds
+  # together take about as long as one after the other, without the wait).
+  rm -f "$vbuild/.built"
+  ( configure "$vbuild" "$MOEND_VARIANT_FLAGS" "$out/build_variant.log" &&
+      build_targets "$vbuild" "$out/build_variant.log" && touch "$vbuild/.built" ) &
+  variant_pid=$!
+fi
 configure "$build" "" || { tail -30 "$out/build.log"; exit 1; }
 build_targets "$build" || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
 echo "build ok ($((SECONDS - start)) s)"
 cuda_tests "$build" "$out/kernels_test.log"
 python3 bench/kernels/sdpa_peer.py "$build/bin/kernels_gpu_bench" "${quick[@]}" --out "$out/bench.md" > "$out/bench.log" 2>&1
 cat "$out/bench.md" 2>/dev/null || tail -20 "$out/bench.log"
-if [ -n "${MOEND_VARIANT_FLAGS:-}" ]; then
-  vbuild="$build-variant"
+if [ -n "$variant_pid" ]; then
+  wait "$variant_pid"
   echo "== variant: CUDA flags '$MOEND_VARIANT_FLAGS' ($((SECONDS - start)) s)"
-  if configure "$vbuild" "$MOEND_VARIANT_FLAGS" && build_targets "$vbuild"; then
+  if [ -f "$vbuild/.built" ]; then
     echo "variant build ok ($((SECONDS - start)) s)"
     if cuda_tests "$vbuild" "$out/variant_test.log"; then
       echo "variant CudaTest: PASS"
@@ -86,9 +101,12 @@ if [ -n "${MOEND_VARIANT_FLAGS:-}" ]; then
                  t["base", k] / t["variant", k], 100 * bw["variant", k] / copy["variant"]
         }
       }' "$out/variant.log" | tee "$out/variant_summary.txt"
+    # The peer for the ratios: SDPA's batch-8 times from the table above.
+    awk -F'|' '$2 ~ /^ 8 / && $4 ~ /1,16,16/ { print "SDPA fp16 batch 8" $3 ":" $9 "us" }' "$out/bench.md" |
+      tee -a "$out/variant_summary.txt"
   else
     echo "variant build FAILED"
-    grep -E "error|FAILED" -A3 "$out/build.log" | tail -40
+    grep -E "error|FAILED" -A3 "$out/build_variant.log" | tail -40
   fi
 fi
 if [ "${MOEND_NCU:-0}" = 1 ]; then
@@ -98,7 +116,8 @@ if [ "${MOEND_NCU:-0}" = 1 ]; then
     [ "$which" = variant ] && dir=$build-variant
     [ -x "$dir/bin/kernels_gpu_bench" ] && [ -n "$ncu_bin" ] || continue
     echo "== ncu $which ($((SECONDS - start)) s)"
-    timeout 180 "$ncu_bin" --clock-control none --kernel-name regex:AttentionKernel --launch-skip 3 --launch-count 1 \
+    timeout 180 "$ncu_bin" --clock-control none --kernel-name regex:'AttentionKernel|Combine' --launch-skip 6 \
+      --launch-count 2 \
       --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
       --section InstructionStats --section Occupancy --section LaunchStats --section MemoryWorkloadAnalysis \
       "$dir/bin/kernels_gpu_bench" --batch 8 --ctx 65536 --tuples "${MOEND_NCU_TUPLE:-0.25/2/2}" --no-compress \

@@ -29,6 +29,65 @@ __global__ void CombineKernel(const AttentionParams p) {
   p.out[item * p.out_item_stride + h * p.out_head_stride + d] = l > 0.0f ? o / l : 0.0f;
 }
 
+#ifndef MOEND_ATTENTION_COMBINE
+#define MOEND_ATTENTION_COMBINE 0
+#endif
+// MOEND_ATTENTION_COMBINE=1 (variant, unmeasured): the same merge with the
+// split statistics loaded once, in parallel (thread s takes splits s, s + D,
+// ...), their weights 2^{m_s - M} kept in shared memory, and each thread's
+// channel summed over the splits with independent loads: a handful of memory
+// round trips instead of about splits/2 (the loop above, unrolled by 4, has a
+// dependent global load chain of splits/4 steps per loop). Same weights, same
+// result up to the order of the float sums. Shared memory: splits + 2 floats.
+constexpr int kMaxFastCombineSplits = 8192;
+__global__ void CombineParallelKernel(const AttentionParams p) {
+  extern __shared__ float w_s[];  // [splits] weights, then [kWarpsMax] partials
+  const int r = blockIdx.x, item = r / p.num_heads, h = r % p.num_heads, d = threadIdx.x, D = p.head_dim;
+  const int lane = d % 32, warp = d / 32, warps = D / 32;
+  float* red = w_s + p.splits;  // [warps]
+  const float* part_o = p.workspace;
+  const float* part_ml = p.workspace + static_cast<int64_t>(p.items) * p.num_heads * p.splits * D;
+  const int64_t base = static_cast<int64_t>(r) * p.splits;
+  // M = max_s m_s.
+  float mx = -INFINITY;
+  for (int s = d; s < p.splits; s += D) {
+    const float m = part_ml[2 * (base + s)];
+    w_s[s] = m;
+    mx = fmaxf(mx, m);
+  }
+  mx = WarpMax(mx);
+  if (lane == 0) red[warp] = mx;
+  __syncthreads();
+  mx = red[0];
+  for (int w = 1; w < warps; ++w) mx = fmaxf(mx, red[w]);
+  __syncthreads();  // everyone has read red
+  // Weights and L = sum_s w_s l_s.
+  float l = 0.0f;
+  for (int s = d; s < p.splits; s += D) {
+    const float w = mx == -INFINITY ? 0.0f : exp2f(w_s[s] - mx);
+    w_s[s] = w;
+    l += w * part_ml[2 * (base + s) + 1];
+  }
+  l = WarpSum(l);
+  if (lane == 0) red[warp] = l;
+  __syncthreads();
+  l = 0.0f;
+  for (int w = 0; w < warps; ++w) l += red[w];
+  // o[d] = sum_s w_s o_s[d]: independent loads, 8 in flight per thread.
+  float o = 0.0f;
+  const float* po = part_o + base * D + d;
+  int s = 0;
+  for (; s + 8 <= p.splits; s += 8) {
+    float x[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) x[i] = po[static_cast<int64_t>(s + i) * D];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) o += w_s[s + i] * x[i];
+  }
+  for (; s < p.splits; ++s) o += w_s[s] * po[static_cast<int64_t>(s) * D];
+  p.out[item * p.out_item_stride + h * p.out_head_stride + d] = l > 0.0f ? o / l : 0.0f;
+}
+
 int SmCount() {
   static const int count = [] {
     int dev = 0, n = 0;
@@ -71,7 +130,12 @@ int LaunchAttention(const AttentionParams& p, void* stream) {
   const dim3 grid(p.splits, p.num_kv_heads * ((group + kMaxGroup - 1) / kMaxGroup), p.items);
   cudaError_t e = DispatchBits(p.kbits, [&](auto kb) { return LaunchAttentionKernel<decltype(kb)::value>(p, grid, s); });
   if (e != cudaSuccess) return e;
-  CombineKernel<<<p.items * p.num_heads, p.head_dim, 0, s>>>(p);
+  if (MOEND_ATTENTION_COMBINE && p.splits <= kMaxFastCombineSplits) {
+    const size_t smem = sizeof(float) * (p.splits + p.head_dim / 32);
+    CombineParallelKernel<<<p.items * p.num_heads, p.head_dim, smem, s>>>(p);
+  } else {
+    CombineKernel<<<p.items * p.num_heads, p.head_dim, 0, s>>>(p);
+  }
   return cudaGetLastError();
 }
 
