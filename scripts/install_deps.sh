@@ -6,7 +6,7 @@
 set -euo pipefail
 pkgs=(
   build-essential cmake ninja-build pkg-config git
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   librocksdb-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
   libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
   prometheus yamllint python3-yaml python3-grpcio python3-protobuf python3-grpc-tools openssl

@@ -26,7 +26,7 @@ constexpr char kUsage[] =
     "usage: moend-worker --registry HOST:PORT [--id NAME] [--models DIR] [--data-dir DIR]\n"
     "                    [--threads N] [--metrics HOST:PORT] [--exit-when-idle]\n"
     "  --registry     gRPC address of moend-registry (required)\n"
-    "  --id           worker id (default: hostname-pid)\n"
+    "  --id           worker id (default: the CN of --tls-client-cert, else hostname-pid)\n"
     "  --models       folder holding model folders by registered name (default: models)\n"
     "  --data-dir     relative dataset paths of jobs resolve here (default: .)\n"
     "  --threads      CPU threads for forward and calibration (default: all cores)\n"
@@ -67,7 +67,17 @@ int main(int argc, char** argv) {
   char host[256] = "worker";
   ::gethostname(host, sizeof(host) - 1);
   moend::worker::FleetWorkerOptions options;
-  options.worker_id = args->Optional("id").value_or(absl::StrCat(host, "-", ::getpid()));
+  // Default id: the client certificate's CN where there is one (what a
+  // registry with --bind-worker-ids accepts), else host-pid.
+  if (auto id = args->Optional("id")) {
+    options.worker_id = *id;
+  } else if (auto cert = args->Optional("tls-client-cert")) {
+    auto cn = moend::rpc::CertificateCommonName(*cert);
+    if (!cn.ok()) return Fail(cn.status());
+    options.worker_id = *cn;
+  } else {
+    options.worker_id = absl::StrCat(host, "-", ::getpid());
+  }
   options.models_dir = args->Optional("models").value_or("models");
   options.data_dir = args->Optional("data-dir").value_or(".");
   options.threads = static_cast<int>(*threads);

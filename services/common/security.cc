@@ -13,6 +13,9 @@
 #include "grpc/grpc_security_constants.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/support/client_interceptor.h"
+#include "openssl/bio.h"
+#include "openssl/pem.h"
+#include "openssl/x509.h"
 
 namespace moend::rpc {
 namespace {
@@ -147,6 +150,25 @@ grpc::Status TokenAuthorizer::Mutating(const grpc::ServerContextBase& context) c
 grpc::Status TokenAuthorizer::Read(const grpc::ServerContextBase& context) const {
   if (token_.empty() || !token_for_reads_) return grpc::Status::OK;
   return Check(context);
+}
+
+absl::StatusOr<std::string> CertificateCommonName(const std::string& file) {
+  MOEND_ASSIGN_OR_RETURN(std::string pem, ReadPem(file, "the certificate"));
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())),
+                                                &BIO_free);
+  std::unique_ptr<X509, decltype(&X509_free)> cert(
+      bio == nullptr ? nullptr : PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr), &X509_free);
+  if (cert == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("'", file, "' holds no PEM certificate"));
+  }
+  const X509_NAME* subject = X509_get_subject_name(cert.get());
+  const int at = subject == nullptr ? -1 : X509_NAME_get_index_by_NID(subject, NID_commonName, -1);
+  const ASN1_STRING* cn = at < 0 ? nullptr : X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subject, at));
+  if (cn == nullptr || ASN1_STRING_length(cn) <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("the certificate in '", file, "' has no subject CN"));
+  }
+  return std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(cn)),
+                     static_cast<size_t>(ASN1_STRING_length(cn)));
 }
 
 std::vector<std::string> PeerCertificateNames(const grpc::ServerContextBase& context) {

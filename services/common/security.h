@@ -144,6 +144,12 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> CreateChannel(
     const std::string& target, const ClientSecurity& security,
     const grpc::ChannelArguments& args = grpc::ChannelArguments());
 
+// The subject CN of the first certificate in the PEM file `file` (a worker's
+// default id under --bind-worker-ids). Errors name the file: NotFound /
+// PermissionDenied when it cannot be read, InvalidArgument when it holds no
+// PEM certificate or the certificate has no CN.
+absl::StatusOr<std::string> CertificateCommonName(const std::string& file);
+
 // The token in `file`, surrounding whitespace trimmed; an error naming the
 // file when it cannot be read or is empty.
 absl::StatusOr<std::string> ReadTokenFile(const std::string& file);

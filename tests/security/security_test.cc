@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
@@ -609,6 +610,24 @@ TEST_F(SecurityTest, HealthzOnTheMetricsPortAnswersForATlsOnlyServer) {
 
 }
 
+TEST_F(SecurityTest, CertificateCommonNameReadsTheSubjectCnOrNamesTheBadFile) {
+  auto worker = rpc::CertificateCommonName(certs_->worker_cert);
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  EXPECT_EQ(*worker, "worker-a");
+  auto client = rpc::CertificateCommonName(certs_->client_cert);
+  ASSERT_TRUE(client.ok()) << client.status();
+  EXPECT_EQ(*client, "client");
+  const std::string key_only = Path("key_only.pem");
+  std::ifstream in(certs_->worker_key);
+  std::ofstream(key_only) << in.rdbuf();
+  auto not_cert = rpc::CertificateCommonName(key_only);
+  EXPECT_TRUE(absl::IsInvalidArgument(not_cert.status())) << not_cert.status();
+  EXPECT_NE(not_cert.status().message().find("key_only.pem"), std::string::npos) << not_cert.status();
+  auto missing = rpc::CertificateCommonName(Path("missing-cert.pem"));
+  EXPECT_FALSE(missing.ok());
+  EXPECT_NE(missing.status().message().find("missing-cert.pem"), std::string::npos) << missing.status();
+}
+
 // ---- defaults ---------------------------------------------------------------
 
 TEST_F(SecurityTest, PlaintextDefaultsServeHealthAndReflectionAndNeedNoToken) {
@@ -812,13 +831,15 @@ TEST_F(SecurityTest, SecureChainOfRegistryRouterNodeAndWorker) {
   ASSERT_TRUE(pending.ok() && pending->size() == 1);
   EXPECT_EQ(pending->front().shards_done, 0);
 
+  // No --id: the worker takes its certificate's CN ("client").
   ChildProcess worker(MOEND_WORKER_BIN,
-                      with({"--registry", reg, "--id", "client", "--models", kSrc + "/models",
+                      with({"--registry", reg, "--models", kSrc + "/models",
                             "--threads", "1", "--exit-when-idle"},
                            TlsClientFlags(true)),
                       Path("chain_worker.log"), std::vector<std::string>{"OMP_NUM_THREADS=1"});
   const int ctl_status = ctl->WaitExit(absl::Seconds(300));
   ASSERT_TRUE(WIFEXITED(ctl_status) && WEXITSTATUS(ctl_status) == 0) << Logs() << worker.Log();
+  EXPECT_NE(worker.Log().find("moend-worker client: serving registry"), std::string::npos) << worker.Log();
   auto calibrated = ReadSensitivityTable(out);
   ASSERT_TRUE(calibrated.ok()) << calibrated.status();
   EXPECT_EQ(calibrated->samples, 1);
