@@ -18,7 +18,7 @@ if grep -q "^MOEND_CUDA:STRING=OFF" build/CMakeCache.txt &&
   echo "== compiling the kernel variants (sm_90) in build-cuda-variant/"
   cmake -S . -B build-cuda-variant -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEND_CORE_ONLY=ON -DMOEND_CUDA=ON \
     -DCMAKE_CUDA_ARCHITECTURES=90 -DMOEND_BUILD_TESTS=OFF -DMOEND_BUILD_BENCHMARKS=OFF \
-    "-DCMAKE_CUDA_FLAGS=-DMOEND_ATTENTION_UNPACK=1 -DMOEND_ATTENTION_COMBINE=1" >/dev/null
+    "-DCMAKE_CUDA_FLAGS=-DMOEND_ATTENTION_UNPACK=1 -DMOEND_ATTENTION_COMBINE=1 -DMOEND_ATTENTION_WAVES=1" >/dev/null
   cmake --build build-cuda-variant -j "${MOEND_BUILD_JOBS:-$(nproc)}" --target moend_kernels
 fi
 ctest --test-dir build --output-on-failure -j "$(nproc)" "$@"

@@ -19,7 +19,7 @@
 # and ncu_variant.txt.
 # The experiment prepared for issue 3's two open goals (docs/KERNELS.md,
 # "Known limits"), one call:
-#   MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_UNPACK=1 -DMOEND_ATTENTION_COMBINE=1" \
+#   MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_UNPACK=1 -DMOEND_ATTENTION_COMBINE=1 -DMOEND_ATTENTION_WAVES=1" \
 #   MOEND_SPLITS=0,6,8,11,12,16,22,24,33 MOEND_NCU=1 bench/kernels/device_run.sh --quick --kernels-only
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit 1

@@ -108,10 +108,20 @@ int AttentionUnits(const HeadCacheView& h, int tail_len) {
          (tail_len + 31) / 32;
 }
 
+#ifndef MOEND_ATTENTION_WAVES
+#define MOEND_ATTENTION_WAVES 0
+#endif
+// MOEND_ATTENTION_WAVES=W > 0 (variant, unmeasured): as many splits as fill
+// W waves of resident blocks (kMinBlocksPerSm per SM), rounded down so that
+// the last wave is not a sliver; 0: about 8 blocks per SM (the default,
+// 2.67 waves at batch 8). docs/KERNELS.md, "Known limits".
 int AttentionSplits(int items, int num_heads, int num_kv_heads, int max_units) {
   const int group = num_heads / num_kv_heads;
   const int64_t base = static_cast<int64_t>(items) * num_kv_heads * ((group + kMaxGroup - 1) / kMaxGroup);
-  const int64_t want = (8LL * SmCount() + base - 1) / base;
+  const int64_t want = MOEND_ATTENTION_WAVES > 0
+                           ? std::max<int64_t>(1, int64_t{MOEND_ATTENTION_WAVES} *
+                                                      attention_detail::kMinBlocksPerSm * SmCount() / base)
+                           : (8LL * SmCount() + base - 1) / base;
   const int64_t cap = std::max(1, max_units / kWarps);
   return static_cast<int>(std::max<int64_t>(1, std::min(want, cap)));
 }
