@@ -89,16 +89,23 @@ if [ -n "$variant_pid" ]; then
     awk '
       $2 == "device" { for (i = 3; i <= NF; ++i) if ($i ~ /^copy_tbps=/) copy[$1] = substr($i, 11) }
       $2 == "decode" {
-        key = $4 " " $5 " " $NF; us = $6; tb = $8; sub(/us=/, "", us); sub(/tbps=/, "", tb)
-        t[$1, key] = us; bw[$1, key] = tb; if ($1 == "base") order[++n] = key
+        us = $6; tb = $8; sub(/us=/, "", us); sub(/tbps=/, "", tb)
+        used = ""; asked = ""
+        for (i = 9; i <= NF; ++i) {
+          if ($i ~ /^splits=/) used = substr($i, 8)
+          if ($i ~ /^asked=/) asked = substr($i, 7)
+        }
+        key = $4 " " $5 " asked=" asked
+        t[$1, key] = us; bw[$1, key] = tb; sp[$1, key] = used; if ($1 == "base") order[++n] = key
       }
       END {
-        printf "%-44s %10s %10s %8s %9s\n", "batch=8 case (ctx tuple splits)", "base us", "variant us", "speedup", "var %copy"
+        printf "%-44s %6s %9s %6s %10s %8s %9s\n", "batch=8 case (ctx tuple asked splits)", "base", "base us",
+               "var", "variant us", "speedup", "var %copy"
         for (i = 1; i <= n; ++i) {
           k = order[i]
-          if (t["variant", k] == "") { printf "%-44s %10s %10s\n", k, t["base", k], "missing"; continue }
-          printf "%-44s %10.1f %10.1f %7.2fx %8.0f%%\n", k, t["base", k], t["variant", k],
-                 t["base", k] / t["variant", k], 100 * bw["variant", k] / copy["variant"]
+          if (t["variant", k] == "") { printf "%-44s %6s %9s %6s %10s\n", k, sp["base", k], t["base", k], "-", "missing"; continue }
+          printf "%-44s %6s %9.1f %6s %10.1f %7.2fx %8.0f%%\n", k, sp["base", k], t["base", k], sp["variant", k],
+                 t["variant", k], t["base", k] / t["variant", k], 100 * bw["variant", k] / copy["variant"]
         }
       }' "$out/variant.log" | tee "$out/variant_summary.txt"
     # The peer for the ratios: SDPA's batch-8 times from the table above.

@@ -200,9 +200,10 @@ int BenchDecode(int batch, int64_t ctx, const CompressionTuple& t, int iters, in
     }
   }
   const double med = Median(us);
-  std::printf("RESULT decode batch=%d ctx=%lld tuple=%s us=%.2f bytes=%lld tbps=%.3f splits=%d\n", batch,
-              static_cast<long long>(ctx), moend::ToString(t).c_str(), med, static_cast<long long>(one),
-              one / (med * 1e-6) / 1e12, splits);
+  // splits: the count used; asked: --splits' value (0 = AttentionSplits' choice).
+  std::printf("RESULT decode batch=%d ctx=%lld tuple=%s us=%.2f bytes=%lld tbps=%.3f splits=%d asked=%d\n",
+              batch, static_cast<long long>(ctx), moend::ToString(t).c_str(), med, static_cast<long long>(one),
+              one / (med * 1e-6) / 1e12, splits, splits_override);
   std::fflush(stdout);
   cudaFree(q);
   cudaFree(out);
