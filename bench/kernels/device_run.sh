@@ -33,7 +33,7 @@ for a in "$@"; do
 done
 out=${OUT:-/tmp/moend-out}
 mkdir -p "$out"
-build=/tmp/moend-gpu-build
+build=${MOEND_GPU_BUILD:-/tmp/moend-gpu-build}  # and $build-variant
 jobs=$(nproc)
 prefix=()
 [ -d .devdeps/usr ] && prefix=(-DCMAKE_PREFIX_PATH="$PWD/.devdeps/usr") && \

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# bench/kernels/device_run.sh is the one call a short GPU lease makes; a
+# broken script wastes that lease. This runs it on this machine with a stubbed
+# toolchain (cmake, ninja, nvidia-smi, ncu, and builds whose "binaries" print
+# fixed RESULT lines, the variant picking other splits for --splits 0) and
+# checks the flow and the base-vs-variant table: both builds, both test runs,
+# rows keyed on the split count asked for, the speedups, and ncu's arguments.
+set -euo pipefail
+src=$(cd "$(dirname "$0")/../.." && pwd)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+mkdir -p "$tmp/bin"
+cat > "$tmp/bin/cmake" <<'STUB'
+#!/bin/bash
+while [ $# -gt 0 ]; do [ "$1" = "-B" ] && mkdir -p "$2"; shift; done
+STUB
+cat > "$tmp/bin/ninja" <<'STUB'
+#!/bin/bash
+dir=$2
+mkdir -p "$dir/bin" "$dir/tests"
+auto=33 us=70; [[ "$dir" == *-variant ]] && auto=12 us=50
+cat > "$dir/bin/kernels_gpu_bench" <<BENCH
+#!/bin/bash
+echo 'RESULT device name="stub" sms=132 copy_tbps=3.000'
+splits=0 ctxs=65536
+while [ \$# -gt 0 ]; do case \$1 in --splits) splits=\$2 ;; --ctx) ctxs=\$2 ;; esac; shift; done
+for c in \${ctxs//,/ }; do for s in \${splits//,/ }; do
+  u=\$s; [ "\$s" = 0 ] && u=$auto
+  echo "RESULT decode batch=8 ctx=\$c tuple=(0.25,2,2) us=\$(( $us + u )).0 bytes=1 tbps=1.500 splits=\$u asked=\$s"
+done; done
+BENCH
+printf '#!/bin/bash\necho "[  PASSED  ] 7 tests."\n' > "$dir/tests/kernels_test"
+chmod +x "$dir/bin/kernels_gpu_bench" "$dir/tests/kernels_test"
+STUB
+printf '#!/bin/bash\necho "name, driver_version"\necho "stub GPU, 0"\n' > "$tmp/bin/nvidia-smi"
+printf '#!/bin/bash\necho "ncu $*"\n' > "$tmp/bin/ncu"
+printf '#!/bin/bash\nexit 1\n' > "$tmp/bin/python3"  # no torch here: the SDPA table is skipped
+chmod +x "$tmp/bin/"*
+out=$(cd "$src" && PATH="$tmp/bin:$PATH" OUT="$tmp/out" MOEND_GPU_BUILD="$tmp/build" \
+  MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_WAVES=1" MOEND_SPLITS=0,12 MOEND_NCU=1 \
+  bash bench/kernels/device_run.sh --quick --kernels-only 2>&1)
+fail() { echo "FAIL: $1"; echo "$out"; exit 1; }
+grep -q "build ok" <<<"$out" || fail "no base build"
+grep -q "variant build ok" <<<"$out" || fail "no variant build"
+grep -q "variant CudaTest: PASS" <<<"$out" || fail "variant tests not run"
+# asked 0: base 33 splits (103 us) vs variant 12 (62 us); asked 12: 82 vs 62.
+grep -Eq "ctx=65536 tuple=\(0.25,2,2\) asked=0 +33 +103.0 +12 +62.0 +1.66x" <<<"$out" || fail "asked=0 row"
+grep -Eq "ctx=131072 tuple=\(0.25,2,2\) asked=12 +12 +82.0 +12 +62.0 +1.32x" <<<"$out" || fail "asked=12 row"
+grep -q "missing" <<<"$out" && fail "a variant row is missing"
+grep -q "regex:AttentionKernel|Combine --launch-skip 6 --launch-count 2" "$tmp/out/ncu_variant.txt" ||
+  fail "ncu not run on the variant with the decode kernels' filter"
+echo "device_run.sh dry run: 1 passed, 0 failed"
