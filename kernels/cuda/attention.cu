@@ -38,10 +38,10 @@ __global__ void CombineKernel(const AttentionParams p) {
 // channel summed over the splits with independent loads: a handful of memory
 // round trips instead of about splits/2 (the loop above, unrolled by 4, has a
 // dependent global load chain of splits/4 steps per loop). Same weights, same
-// result up to the order of the float sums. Shared memory: splits + 2 floats.
+// result up to the order of the float sums. Shared memory: splits + D/32 floats.
 constexpr int kMaxFastCombineSplits = 8192;
 __global__ void CombineParallelKernel(const AttentionParams p) {
-  extern __shared__ float w_s[];  // [splits] weights, then [kWarpsMax] partials
+  extern __shared__ float w_s[];  // [splits] weights, then [D/32] per-warp partials
   const int r = blockIdx.x, item = r / p.num_heads, h = r % p.num_heads, d = threadIdx.x, D = p.head_dim;
   const int lane = d % 32, warp = d / 32, warps = D / 32;
   float* red = w_s + p.splits;  // [warps]

@@ -88,7 +88,7 @@ __device__ __forceinline__ void StaticFor(F&& f) {
   StaticForImpl(f, std::make_integer_sequence<int, N>{});
 }
 
-__device__ __forceinline__ uint32_t Perm(uint32_t x, uint32_t y, uint32_t sel) { return __byte_perm(x, y, sel); }
+using unpack::BytePerm;
 __device__ __forceinline__ uint32_t H2Bits(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 __device__ __forceinline__ __half2 BitsH2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
 __device__ __forceinline__ uint32_t PackF2(float lo, float hi) { return H2Bits(__floats2half2_rn(lo, hi)); }
@@ -116,7 +116,7 @@ using unpack::PairCh;
 // fp16 pair (channel lo, channel hi) from fp16 words (word i = channels 2i, 2i+1).
 template <int LO, int HI>
 __device__ __forceinline__ uint32_t HalfPair(const uint32_t* w) {
-  return Perm(w[LO / 2], w[HI / 2], ((LO & 1) ? 0x32u : 0x10u) | (((HI & 1) ? 0x76u : 0x54u) << 8));
+  return BytePerm(w[LO / 2], w[HI / 2], ((LO & 1) ? 0x32u : 0x10u) | (((HI & 1) ? 0x76u : 0x54u) << 8));
 }
 
 // ---- V side: thread g of the warp owns channels [Dpt*g, Dpt*g + Dpt), Dpt = D/8;
@@ -126,7 +126,7 @@ __device__ __forceinline__ uint32_t HalfPair(const uint32_t* w) {
 template <int VB, int C>
 __device__ __forceinline__ uint32_t VMagic(const uint32_t* wa, const uint32_t* wb) {
   if constexpr (VB == 16) {
-    return Perm(wa[C / 2], wb[C / 2], (C % 2) ? 0x7632u : 0x5410u);
+    return BytePerm(wa[C / 2], wb[C / 2], (C % 2) ? 0x7632u : 0x5410u);
   } else {
     return unpack::VMagic<VB, C>(wa, wb);
   }
@@ -347,7 +347,7 @@ __device__ __forceinline__ void ProcessUnit(const UnitSrc& src, const uint32_t (
     const uint32_t y00 = __shfl_sync(0xffffffffu, pk[kk][0], src0), y01 = __shfl_sync(0xffffffffu, pk[kk][1], src0);
     const uint32_t y10 = __shfl_sync(0xffffffffu, pk[kk][0], src1), y11 = __shfl_sync(0xffffffffu, pk[kk][1], src1);
     const uint32_t x0 = odd ? y01 : y00, x1 = odd ? y11 : y10;  // (p[2t], p[2t+8]), (p[2t+1], p[2t+9]) of head g
-    const uint32_t b0 = Perm(x0, x1, 0x5410u), b1 = Perm(x0, x1, 0x7632u);
+    const uint32_t b0 = BytePerm(x0, x1, 0x5410u), b1 = BytePerm(x0, x1, 0x7632u);
     const int v0 = 4 * kk;  // vi of tokens 2t, 2t+1, 2t+8, 2t+9
     uint32_t s01 = 0, m01 = 0, s89 = 0, m89 = 0;
     if constexpr (VK < 16) {

@@ -94,43 +94,51 @@ MOEND_HOST_DEVICE uint32_t BytePerm(uint32_t x, uint32_t y, uint32_t sel) {
 #endif
 }
 
-// K: magic pair J of a thread's packed row (words w: its Cpt channels, code
-// of channel c at bit KB*c, little endian); KB in {2, 4, 8}. Its bit position
-// is KPairP<KB, J>().
+// Where packed codes sit, for 2 and 4 bits (8-bit pairs are one byte
+// permute): a 16-bit half holds n = 16/bits codes.
+// K: pair J of a thread's packed row (words w: its Cpt channels, code of
+// channel c at bit bits*c, little endian) is code J % n of both halves of
+// word J / n: channels (Lo(J), Hi(J)) of PairCh.
+constexpr int KWord(int bits, int j) { return j / (16 / bits); }
+constexpr int KPos(int bits, int j) { return bits * (j % (16 / bits)); }
+
+// K: magic pair J of a thread's packed row; KB in {2, 4, 8}. Its bit
+// position is KPairP<KB, J>().
 template <int KB, int J, bool kLight = kShiftLight>
 MOEND_HOST_DEVICE uint32_t KMagic(const uint32_t* w) {
-  if constexpr (KB == 2) {
-    return MagicAt<2, 2 * (J % 8), kLight>(w[J / 8]);
-  } else if constexpr (KB == 4) {
-    return MagicAt<4, 4 * (J % 4), kLight>(w[J / 4]);
-  } else {
-    static_assert(KB == 8);
+  if constexpr (KB == 8) {
     return BytePerm(w[J / 2], 0x64646464u, (J % 2) ? 0x4341u : 0x4240u);
+  } else {
+    return MagicAt<KB, KPos(KB, J), kLight>(w[KWord(KB, J)]);
   }
 }
 template <int KB, int J, bool kLight = kShiftLight>
 constexpr int KPairP() {
-  return KB == 2 ? CodeSlot<kLight>(2, 2 * (J % 8)).p : KB == 4 ? CodeSlot<kLight>(4, 4 * (J % 4)).p : 0;
+  return KB == 8 ? 0 : CodeSlot<kLight>(KB, KPos(KB, J)).p;
 }
 
 // V: thread g owns Dpt = D/8 consecutive channels; wa, wb are the packed
-// words of those channels for two tokens a, b. Magic pair of channel C
-// (relative) for (token a, token b); VB in {2, 4, 8}. Its bit position is
-// VPairP<VB, C>().
+// words of those channels for two tokens a, b. Channel C is code C % n of
+// the low (C % 2n < n) or high half of word C / 2n; the pair (token a,
+// token b) is that half of both words side by side.
+constexpr int VWord(int bits, int c) { return c / (32 / bits); }
+constexpr bool VLow(int bits, int c) { return c % (32 / bits) < 16 / bits; }
+constexpr int VPos(int bits, int c) { return bits * (c % (16 / bits)); }
+
+// V: magic pair of channel C for (token a, token b); VB in {2, 4, 8}. Its
+// bit position is VPairP<VB, C>().
 template <int VB, int C, bool kLight = kShiftLight>
 MOEND_HOST_DEVICE uint32_t VMagic(const uint32_t* wa, const uint32_t* wb) {
-  if constexpr (VB == 2) {
-    return MagicAt<2, 2 * (C % 8), kLight>(BytePerm(wa[C / 16], wb[C / 16], (C % 16) < 8 ? 0x5410u : 0x7632u));
-  } else if constexpr (VB == 4) {
-    return MagicAt<4, 4 * (C % 4), kLight>(BytePerm(wa[C / 8], wb[C / 8], (C % 8) < 4 ? 0x5410u : 0x7632u));
-  } else {
-    static_assert(VB == 8);
+  if constexpr (VB == 8) {
     return (BytePerm(wa[C / 4], wb[C / 4], (C % 4) | ((4 + C % 4) << 8)) & 0x00ff00ffu) | 0x64006400u;
+  } else {
+    constexpr int k = VWord(VB, C);
+    return MagicAt<VB, VPos(VB, C), kLight>(BytePerm(wa[k], wb[k], VLow(VB, C) ? 0x5410u : 0x7632u));
   }
 }
 template <int VB, int C, bool kLight = kShiftLight>
 constexpr int VPairP() {
-  return VB == 2 ? CodeSlot<kLight>(2, 2 * (C % 8)).p : VB == 4 ? CodeSlot<kLight>(4, 4 * (C % 4)).p : 0;
+  return VB == 8 ? 0 : CodeSlot<kLight>(VB, VPos(VB, C)).p;
 }
 
 }  // namespace moend::kernels::cuda::unpack
