@@ -20,6 +20,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "core/compression.h"
 #include "kernels/cuda/launch.h"
 
@@ -327,19 +330,14 @@ bool ParseList(const char* s, std::vector<int64_t>* out) {
 // "0.25/2/2,1/16/16" -> tuples, each valid for the grid (core ValidateTuple).
 bool ParseTuples(const char* s, std::vector<CompressionTuple>* out) {
   out->clear();
-  while (*s) {
-    char* end = nullptr;
+  for (absl::string_view item : absl::StrSplit(s, ',', absl::SkipEmpty())) {
+    const std::vector<absl::string_view> f = absl::StrSplit(item, '/');
     CompressionTuple t;
-    t.keep = std::strtod(s, &end);
-    if (end == s || *end != '/') return false;
-    const char* b = end + 1;
-    t.kbits = static_cast<int>(std::strtol(b, &end, 10));
-    if (end == b || *end != '/') return false;
-    b = end + 1;
-    t.vbits = static_cast<int>(std::strtol(b, &end, 10));
-    if (end == b || (*end != ',' && *end != '\0') || !moend::ValidateTuple(t).ok()) return false;
+    if (f.size() != 3 || !absl::SimpleAtod(f[0], &t.keep) || !absl::SimpleAtoi(f[1], &t.kbits) ||
+        !absl::SimpleAtoi(f[2], &t.vbits) || !moend::ValidateTuple(t).ok()) {
+      return false;
+    }
     out->push_back(t);
-    s = *end ? end + 1 : end;
   }
   return !out->empty();
 }

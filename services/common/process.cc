@@ -122,13 +122,16 @@ void MetricsServer::Serve() {
       if (n <= 0) break;
       request.append(buf, static_cast<size_t>(n));
     }
+    auto is_get = [&request](const std::string& path) {
+      return request.rfind("GET " + path + " ", 0) == 0 || request.rfind("GET " + path + "?", 0) == 0;
+    };
     std::string status = "404 Not Found", body = "not found\n";
-    if (request.rfind("GET /healthz ", 0) == 0 || request.rfind("GET /healthz?", 0) == 0) {
+    if (is_get("/healthz")) {
       std::lock_guard<std::mutex> lock(health_mu_);
       const bool serving = health_ && health_();
       status = serving ? "200 OK" : "503 Service Unavailable";
       body = serving ? "SERVING\n" : "NOT_SERVING\n";
-    } else if (request.rfind("GET /metrics ", 0) == 0 || request.rfind("GET /metrics?", 0) == 0) {
+    } else if (is_get("/metrics")) {
       std::ostringstream out;
       prometheus::TextSerializer().Serialize(out, metrics_->Collect());
       status = "200 OK";

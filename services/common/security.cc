@@ -16,6 +16,7 @@
 #include "openssl/bio.h"
 #include "openssl/pem.h"
 #include "openssl/x509.h"
+#include "services/common/grpc_status.h"
 
 namespace moend::rpc {
 namespace {
@@ -188,15 +189,15 @@ grpc::Status WorkerIdentity::Check(const grpc::ServerContextBase& context, absl:
   if (!bound_) return grpc::Status::OK;
   const std::vector<std::string> names = PeerCertificateNames(context);
   if (std::find(names.begin(), names.end(), worker_id) != names.end()) return grpc::Status::OK;
-  // Quoted names are capped so that a huge id cannot blow the status trailer.
-  auto quoted = [](absl::string_view s) { return absl::StrCat("'", s.substr(0, 128), s.size() > 128 ? "...'" : "'"); };
+  // The client's id goes last: ToGrpcStatus caps the message, and a huge id
+  // must not push out the explanation.
   std::string listed;
-  for (const std::string& n : names) absl::StrAppend(&listed, listed.empty() ? "" : ", ", quoted(n));
-  return grpc::Status(
-      grpc::StatusCode::PERMISSION_DENIED,
-      absl::StrCat("worker id ", quoted(worker_id), " is not a name of this client's certificate (",
-                   names.empty() ? "no verified client certificate" : absl::StrCat("it names ", listed),
-                   "); this registry binds worker ids to client certificates (--bind-worker-ids)"));
+  for (const std::string& n : names) absl::StrAppend(&listed, listed.empty() ? "'" : ", '", n, "'");
+  return ToGrpcStatus(absl::PermissionDeniedError(absl::StrCat(
+      "this registry binds worker ids to client certificates (--bind-worker-ids) and the caller's "
+      "certificate names ",
+      names.empty() ? "nothing (no verified client certificate)" : listed, ": worker id '", worker_id,
+      "' is not a name of this client's certificate")));
 }
 
 absl::StatusOr<ServerSecuritySetup> LoadServerSecurity(const ServerSecurity& security) {

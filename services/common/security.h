@@ -99,7 +99,6 @@ class WorkerIdentity {
 
   // OK, or PERMISSION_DENIED naming the id and the certificate's names.
   grpc::Status Check(const grpc::ServerContextBase& context, absl::string_view worker_id) const;
-  bool bound() const { return bound_; }
 
  private:
   bool bound_ = false;

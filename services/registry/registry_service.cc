@@ -28,6 +28,12 @@ RegistryService::RegistryService(Registry* registry, absl::Duration watch_poll,
       workers_(workers),
       max_watch_streams_(max_watch_streams) {}
 
+grpc::Status RegistryService::AuthorizeWorker(const grpc::ServerContext& context,
+                                              const std::string& worker_id) const {
+  if (grpc::Status auth = auth_.Mutating(context); !auth.ok()) return auth;
+  return workers_.Check(context, worker_id);
+}
+
 grpc::Status RegistryService::RegisterModel(grpc::ServerContext* context,
                                             const v1::RegisterModelRequest* req, v1::Model* resp) {
   if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
@@ -82,8 +88,7 @@ grpc::Status RegistryService::ListJobs(grpc::ServerContext* context, const v1::L
 grpc::Status RegistryService::LeaseShard(grpc::ServerContext* context,
                                          const v1::LeaseShardRequest* req,
                                          v1::LeaseShardResponse* resp) {
-  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
-  if (grpc::Status id = workers_.Check(*context, req->worker_id()); !id.ok()) return id;
+  if (grpc::Status auth = AuthorizeWorker(*context, req->worker_id()); !auth.ok()) return auth;
   auto lease = registry_->LeaseShard(req->worker_id(), req->job_id(), req->model());
   if (!lease.ok()) return ToGrpcStatus(lease.status());
   resp->set_granted(lease->has_value());
@@ -94,8 +99,7 @@ grpc::Status RegistryService::LeaseShard(grpc::ServerContext* context,
 grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context,
                                         const v1::HeartbeatRequest* req,
                                         v1::HeartbeatResponse* resp) {
-  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
-  if (grpc::Status id = workers_.Check(*context, req->worker_id()); !id.ok()) return id;
+  if (grpc::Status auth = AuthorizeWorker(*context, req->worker_id()); !auth.ok()) return auth;
   auto expiry = registry_->Heartbeat(req->lease_id(), req->worker_id());
   if (!expiry.ok()) return ToGrpcStatus(expiry.status());
   resp->set_expiry_unix_micros(absl::ToUnixMicros(*expiry));
@@ -105,8 +109,7 @@ grpc::Status RegistryService::Heartbeat(grpc::ServerContext* context,
 grpc::Status RegistryService::ReportShard(grpc::ServerContext* context,
                                           const v1::ReportShardRequest* req,
                                           v1::ReportShardResponse* resp) {
-  if (grpc::Status auth = auth_.Mutating(*context); !auth.ok()) return auth;
-  if (grpc::Status id = workers_.Check(*context, req->worker_id()); !id.ok()) return id;
+  if (grpc::Status auth = AuthorizeWorker(*context, req->worker_id()); !auth.ok()) return auth;
   auto result = registry_->ReportShard(FromProto(*req));
   if (!result.ok()) return ToGrpcStatus(result.status());
   *resp = ToProto(*result);

@@ -57,6 +57,10 @@ class RegistryService final : public v1::Registry::Service {
                                   grpc::ServerWriter<v1::ModelVersionEvent>*) override;
 
  private:
+  // The token check of a mutating call, then whether the caller may act for
+  // `worker_id` (LeaseShard, Heartbeat, ReportShard).
+  grpc::Status AuthorizeWorker(const grpc::ServerContext& context, const std::string& worker_id) const;
+
   Registry* const registry_;
   const absl::Duration watch_poll_;
   const rpc::TokenAuthorizer auth_;
