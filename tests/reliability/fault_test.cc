@@ -13,6 +13,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -226,15 +227,32 @@ std::string FillDisk(const std::string& dir) {
   return path;
 }
 
+// A fresh temporary folder with a tmpfs of `bytes` on it (a disk that really
+// fills up), unmounted before the folder is removed. Needs MountSandbox::Enter.
+class SmallDisk {
+ public:
+  explicit SmallDisk(int64_t bytes) : path_(dir_.Sub("disk")) {
+    fs::create_directories(path_);
+    error_ = MountSandbox::MountTmpfs(path_, bytes);
+    if (error_.empty()) unmount_.emplace(path_);
+  }
+  const std::string& path() const { return path_; }
+  const std::string& error() const { return error_; }  // "" when mounted
+
+ private:
+  TempDir dir_;
+  std::string path_;
+  std::string error_;
+  std::optional<testing::ScopedUnmount> unmount_;
+};
+
 TEST(FaultTest, FullDiskRefusesWritesClearlyAndResumesWithNothingLost) {
   if (std::string why = MountSandbox::Enter(); !why.empty()) {
     GTEST_SKIP() << "cannot make a private mount namespace for a real full disk: " << why;
   }
-  TempDir dir;
-  const std::string disk = dir.Sub("disk");
-  fs::create_directories(disk);
-  ASSERT_EQ(MountSandbox::MountTmpfs(disk, 64 << 20), "");
-  testing::ScopedUnmount unmount(disk);
+  SmallDisk small(64 << 20);
+  ASSERT_EQ(small.error(), "");
+  const std::string& disk = small.path();
   const std::string db = disk + "/db";
   constexpr int64_t kSamples = 12;  // x 3 layer ranges = 36 shards
   std::string job_id;
@@ -303,11 +321,9 @@ TEST(FaultTest, StoreWithConcurrentWritersOnAFullDiskLosesNothingAcknowledged) {
   if (std::string why = MountSandbox::Enter(); !why.empty()) {
     GTEST_SKIP() << "cannot make a private mount namespace for a real full disk: " << why;
   }
-  TempDir dir;
-  const std::string disk = dir.Sub("store_disk");
-  fs::create_directories(disk);
-  ASSERT_EQ(MountSandbox::MountTmpfs(disk, 24 << 20), "");
-  testing::ScopedUnmount unmount(disk);
+  SmallDisk small(24 << 20);
+  ASSERT_EQ(small.error(), "");
+  const std::string& disk = small.path();
   const std::string db = disk + "/db";
   auto value_of = [](const std::string& key) { return key + std::string(16 << 10, 'v'); };
 
