@@ -43,6 +43,19 @@ TEST(CompressionTest, LayerBytesMatchesDesignFormulaByHand) {
   EXPECT_EQ(LayerBytes(shape, {0.25, 2, 4}, 3840), 2 * (k + v + window));
 }
 
+TEST(CompressionTest, DesignDocWorkedExampleOfTheShippedModel) {
+  // docs/DESIGN.md section 2.11, computed by hand there: 12 layers, 2 KV
+  // heads, D 64, c = 3840.
+  const KvShape shape{2, 64};
+  const int64_t c = 3840;
+  EXPECT_EQ(FullLayerBytes(shape, c), 1966080);
+  EXPECT_EQ(LayerBytes(shape, {0.25, 4, 4}, c), 2 * (38144 + 38080 + 8192));
+  EXPECT_EQ(LayerBytes(shape, {1.0, 2, 4}, c), 2 * (91392 + 152320 + 8192));
+  EXPECT_EQ(LayerBytes(shape, {0.0625, 2, 2}, c), 39520);           // the cheapest tuple
+  EXPECT_EQ(12 * LayerBytes(shape, {0.0625, 16, 16}, c), 1658880);  // 1d's floor
+  EXPECT_EQ(12 * LayerBytes(shape, {1.0, 2, 2}, c), 4583424);       // 2d's floor
+}
+
 TEST(CompressionTest, ShortPrefixesKeepOnlyTheWindow) {
   EXPECT_EQ(CandidateTokens(10), 0);
   EXPECT_EQ(WindowTokens(10), 10);
