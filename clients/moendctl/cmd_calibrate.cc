@@ -33,7 +33,7 @@ constexpr char kUsage[] =
     "                          [--reuse] [--tls-ca FILE [--tls-client-cert FILE\n"
     "                          --tls-client-key FILE]] [--auth-token-file FILE]\n"
     "Measures s[layer][tuple] over the first N sequences of FILE (concatenated\n"
-    "sequences of --seq-len bytes; default: all of them) for the 112-tuple grid\n"
+    "sequences of --seq-len tokens; default: all of them) for the 112-tuple grid\n"
     "and writes the sensitivity table JSON to --out. Without --registry it runs\n"
     "here; with it, it registers the model (named after its folder), submits a\n"
     "job that the registry's workers (moend-worker) shard among themselves, and\n"
@@ -41,7 +41,11 @@ constexpr char kUsage[] =
     "absolute path is sent). --reuse returns the model's stored table instead\n"
     "when the registry already has one. --tls-ca connects to the registry with\n"
     "TLS (verified by that PEM CA), --tls-client-cert/--tls-client-key present a\n"
-    "client certificate, --auth-token-file sends the registry's bearer token.\n";
+    "client certificate, --auth-token-file sends the registry's bearer token.\n"
+    "FILE holds one token per byte, or token ids in moend's token-id format (the\n"
+    "8 bytes 0x93 'MOETOK' 0x01, then uint32 little-endian ids; written by\n"
+    "scripts/make_synthetic_model.py --tokens): ids must be in the model's\n"
+    "vocabulary.\n";
 
 #ifdef MOEND_WITH_REGISTRY
 // Submits the calibration to a registry and waits for the merged table,
@@ -168,8 +172,8 @@ int RunCalibrate(int argc, char** argv) {
   }
   auto model = Model::Load(*model_dir, ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
-  auto sequences =
-      worker::LoadCalibrationSequences(*data, *seq_len, 0, *samples > 0 ? *samples : -1);
+  auto sequences = worker::LoadCalibrationSequences(*data, *seq_len, 0, *samples > 0 ? *samples : -1,
+                                                    (*model)->config().vocab_size);
   if (!sequences.ok()) return Fail(sequences.status());
   const int64_t count = static_cast<int64_t>(sequences->size());
 
