@@ -14,7 +14,6 @@
 #include "kernels/dequantize.h"
 #ifdef MOEND_WITH_CUDA
 #include "worker/gpu_calibrator.h"
-#include "worker/gpu_model.h"
 #endif
 
 namespace moend::worker {
@@ -187,7 +186,7 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
   std::unique_ptr<GpuCalibrator> calibrator;
   MOEND_ASSIGN_OR_RETURN(const kernels::Backend backend, kernels::ResolveBackend(options.backend));
   if (backend == kernels::Backend::kCuda) {
-    MOEND_ASSIGN_OR_RETURN(gpu_model, GpuModel::Create(model));
+    MOEND_ASSIGN_OR_RETURN(gpu_model, GpuModel::Create(model, {.precision = options.gpu_forward}));
     MOEND_ASSIGN_OR_RETURN(calibrator, GpuCalibrator::Create());
     measure_sequence = [&](std::span<const int32_t> seq) {
       return gpu_model->Prefill(seq, layer_end, [&](const LayerActivations& a) {

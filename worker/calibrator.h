@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "kernels/backend.h"
 #include "kernels/kv_compress.h"
+#include "worker/gpu_model.h"  // GpuForwardPrecision (the header needs no CUDA)
 
 namespace moend::worker {
 
@@ -33,6 +34,9 @@ struct CalibrationOptions {
   int64_t probe_tokens = 256;
   // Backend of the compression kernels (scores, selection, quantization).
   kernels::Backend backend = kernels::Backend::kAuto;
+  // CalibrateLayers on the CUDA backend: the GPU forward's arithmetic
+  // (worker/gpu_model.h). The CPU forward is always float32.
+  GpuForwardPrecision gpu_forward = GpuForwardPrecision::kBf16;
 };
 
 // s(tuple) for one layer of one sequence: x holds the layer's q/k/v for all n

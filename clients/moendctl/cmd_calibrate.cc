@@ -27,6 +27,7 @@ int Fail(const absl::Status& s) { return FailWith("calibrate", s); }
 constexpr char kUsage[] =
     "usage: moendctl calibrate --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256] [--threads N]\n"
+    "                          [--gpu-forward bf16|fp32]\n"
     "       moendctl calibrate --registry HOST:PORT --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256]\n"
     "                          [--samples-per-shard 1] [--layers-per-shard L] [--timeout 3600]\n"
@@ -45,7 +46,8 @@ constexpr char kUsage[] =
     "FILE holds one token per byte, or token ids in moend's token-id format (the\n"
     "8 bytes 0x93 'MOETOK' 0x01, then uint32 little-endian ids; written by\n"
     "scripts/make_synthetic_model.py --tokens): ids must be in the model's\n"
-    "vocabulary.\n";
+    "vocabulary. On a GPU the forward runs in BF16 (tensor cores, fp32\n"
+    "accumulation; the default) or fp32 (--gpu-forward fp32, the CPU's arithmetic).\n";
 
 #ifdef MOEND_WITH_REGISTRY
 // Submits the calibration to a registry and waits for the merged table,
@@ -140,7 +142,7 @@ int RunCalibrate(int argc, char** argv) {
                           WithClientSecurityFlags({"model", "data", "out", "seq-len", "samples",
                                                    "probes", "threads", "registry",
                                                    "samples-per-shard", "layers-per-shard",
-                                                   "timeout"}),
+                                                   "timeout", "gpu-forward"}),
                           {"reuse"});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {
@@ -157,6 +159,11 @@ int RunCalibrate(int argc, char** argv) {
   for (const absl::Status& s : {model_dir.status(), data.status(), out.status(), seq_len.status(),
                                 samples.status(), probes.status(), threads.status()}) {
     if (!s.ok()) return Fail(s);
+  }
+  const std::string gpu_forward = args->Optional("gpu-forward").value_or("bf16");
+  if (gpu_forward != "bf16" && gpu_forward != "fp32") {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--gpu-forward '", gpu_forward, "' is not one of bf16, fp32")));
   }
   if (*seq_len <= *probes) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
@@ -179,6 +186,8 @@ int RunCalibrate(int argc, char** argv) {
 
   worker::CalibrationOptions options;
   options.probe_tokens = *probes;
+  options.gpu_forward =
+      gpu_forward == "fp32" ? worker::GpuForwardPrecision::kFloat32 : worker::GpuForwardPrecision::kBf16;
   const ModelConfig& cfg = (*model)->config();
   ProgressBar bar(absl::StrCat("calibrating ", (*model)->name(), " (", cfg.num_layers,
                                " layers x ", options.tuples.size(), " tuples)"));
