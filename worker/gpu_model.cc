@@ -26,17 +26,14 @@
 namespace moend::worker {
 namespace {
 
-// Scores held at a time: blocks of queries are sized so that
-// [heads, rows, keys] fits in this many floats (256 MiB).
-constexpr int64_t kScoreFloats = int64_t{64} << 20;
 // Floats staged per host-to-device copy when converting weights to BF16.
 constexpr int64_t kStageFloats = int64_t{16} << 20;
 
 // Queries per attention block for n tokens and `heads` heads at a time: all of
-// them when heads * n^2 scores fit, else a multiple of 64.
-int64_t QueryBlock(int64_t n, int64_t heads) {
-  if (heads * n * n <= kScoreFloats) return n;
-  return std::max<int64_t>(64, kScoreFloats / (heads * n) / 64 * 64);
+// them when heads * n^2 scores fit in `budget` floats, else a multiple of 64.
+int64_t QueryBlock(int64_t n, int64_t heads, int64_t budget) {
+  if (heads * n * n <= budget) return n;
+  return std::max<int64_t>(64, budget / (heads * n) / 64 * 64);
 }
 
 struct DeviceLayer {
@@ -160,7 +157,7 @@ struct GpuModel::Impl {
     const int64_t h = config.num_heads, d = config.head_dim, group = config.num_heads / config.num_kv_heads;
     const float scale = 1.0f / std::sqrt(static_cast<float>(d));
     const int64_t heads_at_once = bf16() ? group : 1;
-    const int64_t block = QueryBlock(n, heads_at_once);
+    const int64_t block = QueryBlock(n, heads_at_once, options.attention_score_bytes / 4);
     for (int64_t q0 = 0; q0 < n; q0 += block) {
       const int64_t rows = std::min(block, n - q0), keys = q0 + rows;  // causal: keys [0, q0 + rows)
       for (int64_t head = 0; head < h; head += heads_at_once) {
@@ -201,12 +198,13 @@ struct GpuModel::Impl {
     MOEND_RETURN_IF_ERROR(v.Reserve(hkv * n * d * 4));
     MOEND_RETURN_IF_ERROR(attn.Reserve(n * h * d * elem()));
     MOEND_RETURN_IF_ERROR(gu.Reserve(n * 2 * inter * 4));
-    MOEND_RETURN_IF_ERROR(scores.Reserve(heads_at_once * QueryBlock(n, heads_at_once) * n * 4));
+    const int64_t block = QueryBlock(n, heads_at_once, options.attention_score_bytes / 4);
+    MOEND_RETURN_IF_ERROR(scores.Reserve(heads_at_once * block * n * 4));
     if (bf16()) {
       MOEND_RETURN_IF_ERROR(q16.Reserve(h * n * d * 2));
       MOEND_RETURN_IF_ERROR(k16.Reserve(hkv * n * d * 2));
       MOEND_RETURN_IF_ERROR(v16.Reserve(hkv * n * d * 2));
-      MOEND_RETURN_IF_ERROR(p.Reserve(heads_at_once * QueryBlock(n, heads_at_once) * n * 2));
+      MOEND_RETURN_IF_ERROR(p.Reserve(heads_at_once * block * n * 2));
       MOEND_RETURN_IF_ERROR(act.Reserve(n * inter * 2));
     }
     if (with_logits) MOEND_RETURN_IF_ERROR(logits.Reserve(n * c.vocab_size * 4));
@@ -308,6 +306,10 @@ GpuModel::~GpuModel() = default;
 absl::StatusOr<std::unique_ptr<GpuModel>> GpuModel::Create(const Model& model, const GpuModelOptions& options) {
   if (!kernels::CudaDeviceAvailable()) {
     return absl::FailedPreconditionError(absl::StrCat("GPU model: ", kernels::CudaUnavailableReason()));
+  }
+  if (options.attention_score_bytes < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("GPU model: attention_score_bytes ",
+                                                   options.attention_score_bytes, " must be positive"));
   }
   auto impl = std::make_unique<Impl>();
   impl->config = model.config();

@@ -17,7 +17,7 @@
 //    residual stream, RMSNorm, bias, RoPE, softmax, SiLU and the q/k/v handed
 //    to callbacks stay fp32. Attention materializes the scores of a block of
 //    queries of all heads of one KV head at a time (strided-batched GEMMs, at
-//    most 256 MiB of fp32 scores).
+//    most GpuModelOptions::attention_score_bytes of fp32 scores).
 //  - kFloat32: fp32 weights, cuBLAS SGEMMs in plain fp32 (CUBLAS_DEFAULT_MATH,
 //    no TF32), attention per query head; matches the CPU forward to float32
 //    rounding.
@@ -55,6 +55,9 @@ struct GpuModelOptions {
   // Time the attention of each layer with CUDA events (GpuModelStats); the
   // events are read once at the end of each call.
   bool profile = false;
+  // Attention scores held at a time, bytes (fp32 [heads, rows, keys] of one
+  // block of queries; blocks are a multiple of 64 queries, at least 64).
+  int64_t attention_score_bytes = int64_t{256} << 20;
 };
 
 // Of the last Forward / Prefill call, with GpuModelOptions::profile.
@@ -67,7 +70,7 @@ class GpuModel {
   // Uploads `model`'s weights to the current device (fp32, or converted to
   // BF16 on the device through a staging buffer) and creates the cuBLAS handle
   // and stream. `model` is not referenced afterwards. FailedPrecondition when
-  // no CUDA device can be used.
+  // no CUDA device can be used; InvalidArgument for a score budget below 1.
   static absl::StatusOr<std::unique_ptr<GpuModel>> Create(const Model& model,
                                                           const GpuModelOptions& options = {});
   ~GpuModel();

@@ -125,7 +125,10 @@ __global__ void CausalSoftmaxKernel(float* s, int64_t rows, int64_t keys, int64_
 }
 
 // One warp per row of `heads * rows`: online max and sum, then the
-// normalized row (and zeros past the causal end) as BF16.
+// normalized row (and zeros past the causal end) as BF16. Lanes take V
+// consecutive keys at a time (V = 4: float4 loads and 8-byte stores, for
+// rows whose key count is a multiple of 4).
+template <int V>
 __global__ void CausalSoftmaxBf16Kernel(const float* s, int64_t total_rows, int64_t rows, int64_t keys, int64_t q0,
                                         uint16_t* p) {
   const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.x / 32;
@@ -133,20 +136,46 @@ __global__ void CausalSoftmaxBf16Kernel(const float* s, int64_t total_rows, int6
   if (row >= total_rows) return;
   const int64_t len = q0 + row % rows + 1;
   const float* x = s + row * keys;
-  float m = -INFINITY, sum = 0.0f;
-  for (int64_t j = lane; j < len; j += 32) {
-    const float v = x[j];
-    if (v > m) {
-      sum = sum * expf(m - v) + 1.0f;
-      m = v;
+  auto load = [&](int64_t j, float (&v)[V]) {
+    if constexpr (V == 4) {
+      const float4 f = *reinterpret_cast<const float4*>(x + j);
+      v[0] = f.x, v[1] = f.y, v[2] = f.z, v[3] = f.w;
     } else {
-      sum += expf(v - m);
+      v[0] = x[j];
+    }
+  };
+  float m = -INFINITY, sum = 0.0f;
+#pragma unroll 4
+  for (int64_t j = int64_t{lane} * V; j < len; j += 32 * V) {
+    float v[V];
+    load(j, v);
+#pragma unroll
+    for (int e = 0; e < V; ++e) {
+      if (j + e >= len) break;
+      if (v[e] > m) {
+        sum = sum * expf(m - v[e]) + 1.0f;
+        m = v[e];
+      } else {
+        sum += expf(v[e] - m);
+      }
     }
   }
   const float row_max = WarpMax(m);  // finite: len >= 1
   const float inv = 1.0f / WarpSum(m == -INFINITY ? 0.0f : sum * expf(m - row_max));
   uint16_t* out = p + row * keys;
-  for (int64_t j = lane; j < keys; j += 32) Store(out + j, j < len ? expf(x[j] - row_max) * inv : 0.0f);
+#pragma unroll 4
+  for (int64_t j = int64_t{lane} * V; j < keys; j += 32 * V) {
+    float v[V];
+    if (j < len) load(j, v);
+    uint16_t b[V];
+#pragma unroll
+    for (int e = 0; e < V; ++e) Store(b + e, j + e < len ? expf(v[e] - row_max) * inv : 0.0f);
+    if constexpr (V == 4) {
+      *reinterpret_cast<uint2*>(out + j) = make_uint2(b[0] | uint32_t{b[1]} << 16, b[2] | uint32_t{b[3]} << 16);
+    } else {
+      out[j] = b[0];
+    }
+  }
 }
 
 // out[t * out_stride + j] = silu(gate) * up; out may be gu itself (in place
@@ -216,8 +245,14 @@ int LaunchCausalSoftmaxBf16(const float* s, int64_t heads, int64_t rows, int64_t
                             void* stream) {
   if (q0 + rows > keys || rows < 1) return cudaErrorInvalidValue;
   const unsigned blocks = static_cast<unsigned>((heads * rows + kRowsPerBlock - 1) / kRowsPerBlock);
-  CausalSoftmaxBf16Kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(s, heads * rows, rows, keys,
-                                                                                       q0, p);
+  const bool vec = keys % 4 == 0 && reinterpret_cast<uintptr_t>(s) % 16 == 0 && reinterpret_cast<uintptr_t>(p) % 8 == 0;
+  if (vec) {
+    CausalSoftmaxBf16Kernel<4><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(s, heads * rows, rows,
+                                                                                          keys, q0, p);
+  } else {
+    CausalSoftmaxBf16Kernel<1><<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(s, heads * rows, rows,
+                                                                                          keys, q0, p);
+  }
   return cudaGetLastError();
 }
 

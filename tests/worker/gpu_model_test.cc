@@ -188,7 +188,9 @@ TEST_F(GpuModelTest, ForwardMatchesCpuForward) {
 
 TEST_F(GpuModelTest, Bf16ForwardTracksFloat32Forward) {
   const ModelConfig& c = model_->config();
-  for (const auto& [offset, n] : {std::pair<size_t, size_t>{0, 300}, std::pair<size_t, size_t>{200000, 4096}}) {
+  // 301 tokens: rows of 301 scores take the softmax's scalar path, 4096 its
+  // float4 path.
+  for (const auto& [offset, n] : {std::pair<size_t, size_t>{0, 301}, std::pair<size_t, size_t>{200000, 4096}}) {
     SCOPED_TRACE(absl::StrCat(n, " tokens"));
     const std::vector<int32_t> tokens = Heldout(offset, n);
     std::vector<Captured> acts32, acts16;
@@ -231,6 +233,39 @@ TEST_F(GpuModelTest, Bf16ForwardTracksFloat32Forward) {
     }
     std::printf("%zu tokens: BF16 vs fp32 q/k/v worst per-layer relative RMS %.3g\n", n, worst);
   }
+}
+
+// Attention in blocks of 64 queries (a 64 KiB score budget; 5 blocks at 301
+// tokens, the last one 45 queries) against all queries at once: the same
+// products over other shapes. fp32: logits within 1e-4 absolute (float32
+// summation order). BF16: within 1e-3 relative RMS (a summation-order
+// difference flips a BF16 rounding of ~1e-4 of the elements by one unit,
+// 2^-8; the BF16-vs-fp32 distance is 1.6e-3).
+TEST_F(GpuModelTest, AttentionInQueryBlocksMatchesAllQueriesAtOnce) {
+  const ModelConfig& c = model_->config();
+  const std::vector<int32_t> tokens = Heldout(1000, 301);
+  for (GpuForwardPrecision precision : {GpuForwardPrecision::kFloat32, GpuForwardPrecision::kBf16}) {
+    SCOPED_TRACE(precision == GpuForwardPrecision::kBf16 ? "bf16" : "fp32");
+    auto blocked = GpuModel::Create(*model_, {.precision = precision, .attention_score_bytes = 64 << 10});
+    ASSERT_TRUE(blocked.ok()) << blocked.status();
+    GpuModel& whole = precision == GpuForwardPrecision::kBf16 ? *bf16_ : *gpu_;
+    std::vector<Captured> acts_whole, acts_blocked;
+    std::vector<float> logits_whole, logits_blocked;
+    ASSERT_NO_FATAL_FAILURE(RunCapturing(whole, tokens, c, acts_whole, logits_whole));
+    ASSERT_NO_FATAL_FAILURE(RunCapturing(**blocked, tokens, c, acts_blocked, logits_blocked));
+    const double rel = RelativeRms(logits_blocked, logits_whole);
+    const Diff d = Compare(logits_blocked.data(), logits_whole.data(), logits_whole.size(), 1e-4, 0.0);
+    std::printf("blocked vs whole attention: logits relative RMS %.3g, max |diff| %.3g\n", rel, d.max_abs);
+    if (precision == GpuForwardPrecision::kFloat32) {
+      EXPECT_LE(d.max_abs, 1e-4);
+    } else {
+      EXPECT_LE(rel, 1e-3);
+    }
+    // Layer 0's q/k/v come before any attention: identical.
+    EXPECT_EQ(acts_blocked[0].k, acts_whole[0].k);
+  }
+  auto bad = GpuModel::Create(*model_, {.attention_score_bytes = 0});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
 }
 
 TEST_F(GpuModelTest, RejectsBadTokensAndLayerRanges) {
