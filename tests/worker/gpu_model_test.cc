@@ -351,9 +351,26 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   ExpectCloseGrid(*gpu, *cpu, o, "CalibrateLayers cuda vs reference", /*fp16_vs_fp32=*/true);
 
+  // The BF16 forward's table against the fp32 forward's (same GPU grid).
+  o.backend = Backend::kCuda;
+  o.gpu_forward = GpuForwardPrecision::kBf16;
+  auto bf16 = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  for (size_t l = 0; l < bf16->size(); ++l) EXPECT_EQ((*bf16)[l][RefIndex(o)], 0.0) << "layer " << l;
+  auto agreement = CompareSensitivities(*bf16, *gpu);
+  ASSERT_TRUE(agreement.ok()) << agreement.status();
+  std::printf("BF16 vs fp32 forward (same GPU grid, 2 x 4096): Spearman %.6f, median relative difference %.3g, "
+              "worst %.3g (layer %lld %s)\n",
+              agreement->spearman, agreement->median_relative, agreement->worst_relative,
+              static_cast<long long>(agreement->worst_layer),
+              ToString(o.tuples[static_cast<size_t>(agreement->worst_tuple)]).c_str());
+  EXPECT_GE(agreement->spearman, 0.99);
+  EXPECT_LE(agreement->median_relative, 2e-2);
+  EXPECT_LE(agreement->worst_relative, 0.15);
+  o.gpu_forward = GpuForwardPrecision::kFloat32;
+
   // The forward's own share: CPU forward + the same GPU grid (MeasureLayer
   // on the CUDA backend), what CalibrateLayers did before the GPU forward.
-  o.backend = Backend::kCuda;
   std::vector<std::vector<double>> cpu_forward(static_cast<size_t>(c.num_layers),
                                                std::vector<double>(o.tuples.size(), 0.0));
   for (const std::vector<int32_t>& seq : *seqs) {
@@ -381,31 +398,6 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
       EXPECT_NEAR((*part)[l][t], (*whole)[l + 3][t], 1e-9 * (*whole)[l + 3][t]) << ToString(o.tuples[t]);
     }
   }
-}
-
-TEST_F(GpuModelTest, Bf16CalibrationTracksFloat32Calibration) {
-  const ModelConfig& c = model_->config();
-  auto seqs = LoadCalibrationSequences(kSrc + "/data/calibration.bin", 4096, 0, 2);
-  ASSERT_TRUE(seqs.ok()) << seqs.status();
-  CalibrationOptions o;  // the 112-tuple grid, 256 probes
-  o.backend = Backend::kCuda;
-  o.gpu_forward = GpuForwardPrecision::kBf16;
-  auto bf16 = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
-  ASSERT_TRUE(bf16.ok()) << bf16.status();
-  o.gpu_forward = GpuForwardPrecision::kFloat32;
-  auto fp32 = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
-  ASSERT_TRUE(fp32.ok()) << fp32.status();
-  for (size_t l = 0; l < bf16->size(); ++l) EXPECT_EQ((*bf16)[l][RefIndex(o)], 0.0) << "layer " << l;
-  auto agreement = CompareSensitivities(*bf16, *fp32);
-  ASSERT_TRUE(agreement.ok()) << agreement.status();
-  std::printf("BF16 vs fp32 forward (same GPU grid, 2 x 4096): Spearman %.6f, median relative difference %.3g, "
-              "worst %.3g (layer %lld %s)\n",
-              agreement->spearman, agreement->median_relative, agreement->worst_relative,
-              static_cast<long long>(agreement->worst_layer),
-              ToString(o.tuples[static_cast<size_t>(agreement->worst_tuple)]).c_str());
-  EXPECT_GE(agreement->spearman, 0.99);
-  EXPECT_LE(agreement->median_relative, 2e-2);
-  EXPECT_LE(agreement->worst_relative, 0.15);
 }
 
 }  // namespace
