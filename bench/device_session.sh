@@ -24,8 +24,10 @@
 #   bench/device_session.sh [--quick]
 # --quick (fits a 15-minute lease with its start): 8-minute deadline instead
 #   of 9.5, decode at 10 iterations a case, splits 0,8,12,33 instead of
-#   0,6,8,11,12,16,22,24,33, the kernels' CUDA tests only inside step 5, no
-#   CPU worker_test and no CPU-forward comparison.
+#   0,6,8,11,12,16,22,24,33, of the CUDA tests only gpu_model_test (the
+#   kernels' run inside step 5), no CPU worker_test and no CPU-forward
+#   comparison. Either way the steps run in this order and each gets what is
+#   left of the deadline, so a slow build cuts the decode experiment first.
 # At most 8 files come back from $OUT (session.log is this output); the rest
 # stays on the device under $OUT/more/logs/all. MOEND_SESSION_WORK (default
 # /tmp/moend-session) holds the builds and models; MOEND_SESSION_SECONDS
@@ -106,9 +108,9 @@ run_test() {  # name binary seconds [args]: prints its PASSED/FAILED summary
 }
 if [ "$built" = 1 ]; then
   run_test gpu_model_test "$base/tests/gpu_model_test" "$(box 150 150)" | tee "$out/tests.txt"
-  run_test gpu_calibrator_test "$base/tests/gpu_calibrator_test" "$(box 90 150)" | tee -a "$out/tests.txt"
-  # bench/kernels/device_run.sh runs the kernels' CUDA tests again (both builds) in step 5.
+  # bench/kernels/device_run.sh runs the kernels' CUDA tests (both builds) in step 5.
   if [ "$quick" = 0 ]; then
+    run_test gpu_calibrator_test "$base/tests/gpu_calibrator_test" "$(box 90 150)" | tee -a "$out/tests.txt"
     run_test kernels_cuda_test "$base/tests/kernels_test" "$(box 120 150)" --gtest_filter='CudaTest.*' |
       tee -a "$out/tests.txt"
     run_test worker_test "$base/tests/worker_test" "$(box 120 150)" | tee -a "$out/tests.txt"

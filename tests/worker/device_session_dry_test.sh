@@ -79,15 +79,15 @@ STUB
 printf '#!/bin/bash\necho "name, driver_version"\necho "stub GPU, 0"\n' > "$tmp/bin/nvidia-smi"
 printf '#!/bin/bash\necho "ncu $*" >> "$MOEND_DRY_CALLS"\necho "ncu $*"\n' > "$tmp/bin/ncu"
 chmod +x "$tmp/bin/"*
-run() {  # out-folder [env...]: the session in quick mode
-  local o=$1
-  shift
+run() {  # out-folder mode-argument [env...]: one session
+  local o=$1 mode=$2
+  shift 2
   (cd "$src" && env PATH="$tmp/bin:$PATH" OUT="$o" MOEND_SESSION_WORK="$tmp/work" "$@" \
-    bash bench/device_session.sh --quick 2>&1)
+    bash bench/device_session.sh $mode 2>&1)
 }
 fail() { echo "FAIL: $1"; echo "$out"; echo "--- calls"; cat "$calls"; exit 1; }
 
-out=$(run "$tmp/out")
+out=$(run "$tmp/out" --quick)
 grep -q "base build ok" <<<"$out" || fail "no base build"
 grep -q -- "-B $tmp/work/build -G Ninja -DMOEND_CORE_ONLY=ON -DMOEND_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90" "$calls" ||
   fail "base not configured as bench/kernels/device_run.sh configures it"
@@ -95,9 +95,9 @@ grep -q -- "-B $tmp/work/build-variant .*-DCMAKE_CUDA_FLAGS=-DMOEND_ATTENTION_UN
   "$calls" || fail "variant not configured with the three variant flags"
 grep -Eq "^ninja -C $tmp/work/build -j[0-9]+ gpu_model_test gpu_calibrator_test calibration_gpu_bench kernels_test kernels_gpu_bench$" \
   "$calls" || fail "base targets"
-grep -q "^gpu_model_test" "$calls" && grep -q "^gpu_calibrator_test" "$calls" || fail "worker CUDA tests not run"
+grep -q "^gpu_model_test" "$calls" || fail "the BF16 forward's tests not run"
 grep -q "^kernels_test --gtest_filter=CudaTest" "$calls" || fail "kernel CUDA tests not run"
-grep -q "^worker_test" "$calls" && fail "quick mode ran the CPU worker_test"
+grep -Eq "^(worker_test|gpu_calibrator_test)" "$calls" && fail "quick mode ran the CPU worker_test or gpu_calibrator_test"
 grep -q "make_synthetic_model.py --shape qwen2-7b --out $tmp/work/qwen2-7b --seed 1 .*--tokens $tmp/work/qwen2-7b-ids.bin --sequences 16 --seq-len 16384" \
   "$calls" || fail "7B generator arguments"
 grep -q "make_synthetic_model.py --shape qwen2-tiny" "$calls" || fail "qwen2-tiny not generated"
@@ -121,11 +121,20 @@ cmp -s <(printf '%s\n' "$out") "$tmp/out/session.log" || fail "session.log is no
 
 # The BF16 7B run fails: the fp32 forward on 2 sequences instead.
 : > "$calls"
-out=$(run "$tmp/out2" MOEND_DRY_FAIL_BF16=1)
+out=$(run "$tmp/out2" --quick MOEND_DRY_FAIL_BF16=1)
 grep -q "7B BF16 run FAILED (exit 1); fp32 forward on 2 sequences instead" <<<"$out" || fail "no fallback"
 grep -q "^calibration_gpu_bench --model $tmp/work/qwen2-7b .*--samples 2 --seq-len 16384 --gpu-forward fp32" "$calls" ||
   fail "fallback arguments"
 grep -q "qwen2-7b (fp32 forward): load 14.20 s; 2 x 16384 tokens" <<<"$out" || fail "fallback summary"
+# Without --quick: every CUDA test, the CPU worker_test, the whole sweep at 50 iterations.
+: > "$calls"
+out=$(run "$tmp/out3" "")
+for t in gpu_model_test gpu_calibrator_test worker_test "kernels_test --gtest_filter=CudaTest"; do
+  grep -q "^$t" "$calls" || fail "full mode did not run $t"
+done
+grep -q "^kernels_gpu_bench $tmp/work/build-variant .*--splits 0,6,8,11,12,16,22,24,33" "$calls" || fail "full sweep"
+grep -q "^kernels_gpu_bench .*--quick" "$calls" && fail "full mode ran the decode at 10 iterations"
+grep -q "^calibration_gpu_bench --model models/tinycode .*--cpu-samples 2" "$calls" || fail "full mode CPU-forward comparison"
 if (cd "$src" && bash bench/device_session.sh --fast > /dev/null 2>&1); then fail "an unknown argument was accepted"; fi
 [ -n "${MOEND_DRY_SHOW:-}" ] && echo "$out"
 echo "device_session.sh dry run: 1 passed, 0 failed"
