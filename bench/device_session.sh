@@ -178,8 +178,9 @@ awk '
       get("create_s"), get("peak_gpu_gib")
   }
   /^RESULT agreement / {
-    printf "%s: BF16 vs fp32 table over %s entries: Spearman %s, median relative difference %s, worst %s (layer %s %s)\n",
-      get("model"), get("entries"), get("spearman"), get("median_rel"), get("worst_rel"), get("worst_layer"), get("worst_tuple")
+    printf "%s: BF16 vs fp32 table over %s entries: Spearman %s, median relative difference %s, worst %s (layer:tuple %s), worst where s > 1e-6 %s (%s)\n",
+      get("model"), get("entries"), get("spearman"), get("median_rel"), get("worst_rel"), get("worst_at"),
+      get("worst_rel_above_1e-6"), get("worst_above_at")
   }' "$out/e2e_7b.log" "$out/agreement.log" 2>/dev/null
 [ -s "$out/decode.md" ] && cat "$out/decode.md"
 echo "done ($((SECONDS - start)) s)"

@@ -223,7 +223,8 @@ std::vector<double> Ranks(const std::vector<double>& v) {
 }  // namespace
 
 absl::StatusOr<SensitivityAgreement> CompareSensitivities(const std::vector<std::vector<double>>& a,
-                                                          const std::vector<std::vector<double>>& b) {
+                                                          const std::vector<std::vector<double>>& b,
+                                                          double min_reference) {
   if (a.size() != b.size() || b.empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("cannot compare tables of ", a.size(), " and ", b.size(), " layers"));
@@ -239,9 +240,11 @@ absl::StatusOr<SensitivityAgreement> CompareSensitivities(const std::vector<std:
       fa.push_back(a[l][t]);
       fb.push_back(b[l][t]);
       double r = 0;
-      if (b[l][t] > 0) {
+      if (b[l][t] > 0 && b[l][t] > min_reference) {
         r = std::fabs(a[l][t] - b[l][t]) / b[l][t];
         relative.push_back(r);
+      } else if (min_reference > 0) {
+        continue;
       } else if (a[l][t] != b[l][t]) {
         r = std::numeric_limits<double>::infinity();
       }

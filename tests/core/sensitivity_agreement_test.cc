@@ -57,6 +57,29 @@ TEST(SensitivityAgreementTest, TiesTakeTheirAverageRank) {
   EXPECT_NEAR(half->spearman, std::sqrt(3.0) / 2, 1e-12);
 }
 
+TEST(SensitivityAgreementTest, MinReferenceLeavesTinyErrorsOut) {
+  // 1e-8 -> 2e-8 moves by 100%; above the floor the worst is 0.1 (at (1, 0)).
+  const Table b = {{0.0, 1e-8, 0.5}, {2e-3, 0.3, 0.4}};
+  const Table a = {{0.0, 2e-8, 0.5}, {2.2e-3, 0.3, 0.4}};
+  auto all = CompareSensitivities(a, b);
+  ASSERT_TRUE(all.ok());
+  EXPECT_NEAR(all->worst_relative, 1.0, 1e-12);
+  EXPECT_EQ(all->worst_tuple, 1);
+  auto floor = CompareSensitivities(a, b, 1e-6);
+  ASSERT_TRUE(floor.ok());
+  EXPECT_NEAR(floor->worst_relative, 0.1, 1e-12);
+  EXPECT_EQ(floor->worst_layer, 1);
+  EXPECT_EQ(floor->worst_tuple, 0);
+  EXPECT_EQ(floor->spearman, all->spearman);  // ranks use every entry
+  // A zero reference below the floor is left out, not infinitely far.
+  auto zero = CompareSensitivities({{1e-9, 0.5}}, {{0.0, 0.5}}, 1e-6);
+  ASSERT_TRUE(zero.ok());
+  EXPECT_EQ(zero->worst_relative, 0.0);
+  auto none = CompareSensitivities({{1e-9}}, {{1e-9}}, 1e-6);
+  ASSERT_TRUE(none.ok());
+  EXPECT_EQ(none->worst_layer, -1);
+}
+
 TEST(SensitivityAgreementTest, ZeroReferenceAndBadShapes) {
   auto r = CompareSensitivities({{0.0, 1e-9}}, {{0.0, 0.0}});
   ASSERT_TRUE(r.ok());

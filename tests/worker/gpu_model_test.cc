@@ -22,8 +22,14 @@
 //   argmax equal at >= 98% of positions;
 //   q, k, v: relative RMS difference <= 1.5e-2 in every layer;
 //   the calibration table (2 sequences, 12 layers x 112 tuples): Spearman
-//   rank correlation >= 0.99, median relative difference <= 2e-2, worst
-//   <= 0.15 (the smallest s, of 8-bit tuples, move most), (1,16,16) 0.
+//   rank correlation >= 0.999, median relative difference <= 1e-2, worst
+//   relative difference <= 0.25 over the entries with s > 1e-6, (1,16,16) 0.
+//   The same emulation fed to the CPU calibrator gave Spearman 0.99997,
+//   median 2.6e-3, worst 0.081 where s > 1e-6. Below that, s of keep-1
+//   tuples with an 8-bit side (1e-8..3e-7: output errors of 0.01-0.05%) moved
+//   by up to 69% (layer 8, (1,8,16)): at 8 bits the error is dominated by the
+//   fp16 rounding of each group's scale and min, which any perturbation of
+//   the inputs redraws. Those entries are printed, not bounded.
 #include "worker/gpu_model.h"
 
 #include <cuda_runtime.h>
@@ -358,15 +364,19 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
   ASSERT_TRUE(bf16.ok()) << bf16.status();
   for (size_t l = 0; l < bf16->size(); ++l) EXPECT_EQ((*bf16)[l][RefIndex(o)], 0.0) << "layer " << l;
   auto agreement = CompareSensitivities(*bf16, *gpu);
+  auto above = CompareSensitivities(*bf16, *gpu, 1e-6);
   ASSERT_TRUE(agreement.ok()) << agreement.status();
+  ASSERT_TRUE(above.ok()) << above.status();
   std::printf("BF16 vs fp32 forward (same GPU grid, 2 x 4096): Spearman %.6f, median relative difference %.3g, "
-              "worst %.3g (layer %lld %s)\n",
+              "worst %.3g (layer %lld %s), worst where s > 1e-6 %.3g (layer %lld %s)\n",
               agreement->spearman, agreement->median_relative, agreement->worst_relative,
               static_cast<long long>(agreement->worst_layer),
-              ToString(o.tuples[static_cast<size_t>(agreement->worst_tuple)]).c_str());
-  EXPECT_GE(agreement->spearman, 0.99);
-  EXPECT_LE(agreement->median_relative, 2e-2);
-  EXPECT_LE(agreement->worst_relative, 0.15);
+              ToString(o.tuples[static_cast<size_t>(agreement->worst_tuple)]).c_str(), above->worst_relative,
+              static_cast<long long>(above->worst_layer),
+              ToString(o.tuples[static_cast<size_t>(std::max<int64_t>(above->worst_tuple, 0))]).c_str());
+  EXPECT_GE(agreement->spearman, 0.999);
+  EXPECT_LE(agreement->median_relative, 1e-2);
+  EXPECT_LE(above->worst_relative, 0.25);
   o.gpu_forward = GpuForwardPrecision::kFloat32;
 
   // The forward's own share: CPU forward + the same GPU grid (MeasureLayer
