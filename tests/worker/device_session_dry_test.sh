@@ -15,6 +15,7 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir -p "$tmp/bin"
+export MOEND_DRY_STUBS=$src/tests/util
 calls=$tmp/calls.log
 export MOEND_DRY_CALLS=$calls
 cat > "$tmp/bin/cmake" <<'STUB'
@@ -27,18 +28,7 @@ cat > "$tmp/bin/ninja" <<'STUB'
 echo "ninja $*" >> "$MOEND_DRY_CALLS"
 dir=$2
 mkdir -p "$dir/bin" "$dir/tests"
-auto=33 us=70; [[ "$dir" == *-variant ]] && auto=12 us=50
-cat > "$dir/bin/kernels_gpu_bench" <<BENCH
-#!/bin/bash
-echo "kernels_gpu_bench $dir \$*" >> "$MOEND_DRY_CALLS"
-echo 'RESULT device name="stub" sms=132 copy_tbps=4.000'
-splits=0 ctxs=65536
-while [ \$# -gt 0 ]; do case \$1 in --splits) splits=\$2 ;; --ctx) ctxs=\$2 ;; esac; shift; done
-for c in \${ctxs//,/ }; do for s in \${splits//,/ }; do
-  u=\$s; [ "\$s" = 0 ] && u=$auto
-  echo "RESULT decode batch=8 ctx=\$c tuple=(0.25,2,2) us=\$(( $us + u )).0 bytes=1 tbps=1.500 splits=\$u asked=\$s"
-done; done
-BENCH
+cp "$MOEND_DRY_STUBS/stub_kernels_gpu_bench.sh" "$dir/bin/kernels_gpu_bench"
 for t in kernels_test gpu_model_test gpu_calibrator_test worker_test; do
   printf '#!/bin/bash\necho "%s $*" >> "$MOEND_DRY_CALLS"\necho "[  PASSED  ] 5 tests."\n' "$t" > "$dir/tests/$t"
 done
