@@ -243,6 +243,7 @@ void ToFloat32(const TensorView& t, float* out) {
       std::memcpy(out, t.data, static_cast<size_t>(n) * 4);
       break;
     case DType::kBF16:
+#pragma omp parallel for if (n > (int64_t{1} << 20))
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, t.data + 2 * i, 2);
@@ -251,6 +252,7 @@ void ToFloat32(const TensorView& t, float* out) {
       }
       break;
     case DType::kF16:
+#pragma omp parallel for if (n > (int64_t{1} << 20))
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
         std::memcpy(&h, t.data + 2 * i, 2);

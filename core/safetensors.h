@@ -70,7 +70,7 @@ class Checkpoint {
 };
 
 // Widens `t` to float32 into `out` (t.num_elements() floats). BF16 and F16
-// convert exactly.
+// convert exactly; large tensors on all OpenMP threads.
 void ToFloat32(const TensorView& t, float* out);
 
 }  // namespace moend

@@ -1,5 +1,6 @@
 #include "core/sensitivity_table.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -199,6 +200,77 @@ absl::StatusOr<SensitivityTable> ReadSensitivityTable(const std::string& path) {
 absl::Status WriteSensitivityTable(const SensitivityTable& table, const std::string& path) {
   MOEND_RETURN_IF_ERROR(table.Validate());
   return WriteFileAtomic(path, SensitivityTableToJson(table));
+}
+
+namespace {
+
+// Ranks 1..n of `v`, ties at their average rank.
+std::vector<double> Ranks(const std::vector<double>& v) {
+  std::vector<size_t> order(v.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::sort(order.begin(), order.end(), [&](size_t x, size_t y) { return v[x] < v[y]; });
+  std::vector<double> rank(v.size());
+  for (size_t i = 0; i < order.size();) {
+    size_t j = i;
+    while (j + 1 < order.size() && v[order[j + 1]] == v[order[i]]) ++j;
+    const double avg = (static_cast<double>(i) + static_cast<double>(j)) / 2 + 1;
+    for (size_t t = i; t <= j; ++t) rank[order[t]] = avg;
+    i = j + 1;
+  }
+  return rank;
+}
+
+}  // namespace
+
+absl::StatusOr<SensitivityAgreement> CompareSensitivities(const std::vector<std::vector<double>>& a,
+                                                          const std::vector<std::vector<double>>& b,
+                                                          double min_reference) {
+  if (a.size() != b.size() || b.empty()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot compare tables of ", a.size(), " and ", b.size(), " layers"));
+  }
+  std::vector<double> fa, fb, relative;
+  SensitivityAgreement out;
+  for (size_t l = 0; l < b.size(); ++l) {
+    if (a[l].size() != b[l].size() || b[l].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("layer ", l, " has ", a[l].size(), " and ", b[l].size(),
+                                                     " tuples"));
+    }
+    for (size_t t = 0; t < b[l].size(); ++t) {
+      fa.push_back(a[l][t]);
+      fb.push_back(b[l][t]);
+      double r = 0;
+      if (b[l][t] > 0 && b[l][t] > min_reference) {
+        r = std::fabs(a[l][t] - b[l][t]) / b[l][t];
+        relative.push_back(r);
+      } else if (min_reference > 0) {
+        continue;
+      } else if (a[l][t] != b[l][t]) {
+        r = std::numeric_limits<double>::infinity();
+      }
+      if (r > out.worst_relative || out.worst_layer < 0) {
+        out.worst_relative = r;
+        out.worst_layer = static_cast<int64_t>(l);
+        out.worst_tuple = static_cast<int64_t>(t);
+      }
+    }
+  }
+  out.entries = static_cast<int64_t>(fa.size());
+  if (!relative.empty()) {
+    std::nth_element(relative.begin(), relative.begin() + relative.size() / 2, relative.end());
+    out.median_relative = relative[relative.size() / 2];
+  }
+  const std::vector<double> ra = Ranks(fa), rb = Ranks(fb);
+  const double mean = (static_cast<double>(ra.size()) + 1) / 2;  // of either rank vector
+  double sab = 0, saa = 0, sbb = 0;
+  for (size_t i = 0; i < ra.size(); ++i) {
+    sab += (ra[i] - mean) * (rb[i] - mean);
+    saa += (ra[i] - mean) * (ra[i] - mean);
+    sbb += (rb[i] - mean) * (rb[i] - mean);
+  }
+  // All entries tied on a side: the orders agree only if both are constant.
+  out.spearman = saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : (saa == sbb ? 1.0 : 0.0);
+  return out;
 }
 
 }  // namespace moend

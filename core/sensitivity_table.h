@@ -40,6 +40,27 @@ std::string SensitivityTableToJson(const SensitivityTable& table);
 absl::StatusOr<SensitivityTable> ReadSensitivityTable(const std::string& path);
 absl::Status WriteSensitivityTable(const SensitivityTable& table, const std::string& path);
 
+// How far s values `a` move from a reference `b` of the same shape
+// ([layers][tuples]), over all (layer, tuple) entries.
+struct SensitivityAgreement {
+  int64_t entries = 0;
+  // Spearman rank correlation (Pearson correlation of the ranks, ties at their
+  // average rank); 1 for identical orders.
+  double spearman = 0;
+  // |a - b| / b over the entries with b > min_reference (and b > 0; with
+  // min_reference 0 an entry with b == 0 and a != 0 counts as infinitely
+  // far); its median and its maximum, and where that is (-1: no entry).
+  double median_relative = 0;
+  double worst_relative = 0;
+  int64_t worst_layer = -1, worst_tuple = -1;
+};
+// min_reference leaves out of the relative differences the errors too small
+// to matter to a plan (s of 1e-7 is a 0.03% output error), whose relative
+// change can be large. InvalidArgument when the shapes differ or are empty.
+absl::StatusOr<SensitivityAgreement> CompareSensitivities(const std::vector<std::vector<double>>& a,
+                                                          const std::vector<std::vector<double>>& b,
+                                                          double min_reference = 0);
+
 }  // namespace moend
 
 #endif  // MOEND_CORE_SENSITIVITY_TABLE_H_

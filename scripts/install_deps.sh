@@ -9,13 +9,13 @@ pkgs=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libssl-dev
   librocksdb-dev libabsl-dev prometheus-cpp-dev nlohmann-json3-dev
   libopenblas-openmp-dev libgtest-dev libgmock-dev libbenchmark-dev
-  prometheus yamllint python3-yaml python3-grpcio python3-protobuf python3-grpc-tools openssl
+  prometheus yamllint python3-yaml python3-grpcio python3-protobuf python3-grpc-tools python3-numpy openssl
   clang-14 libclang-rt-14-dev libomp-14-dev
 )
 for arg in "$@"; do
   case "$arg" in
-    --bench) pkgs+=(python3-torch python3-numpy) ;;
-    --report) pkgs+=(python3-matplotlib python3-numpy) ;;
+    --bench) pkgs+=(python3-torch) ;;
+    --report) pkgs+=(python3-matplotlib) ;;
     *) echo "install_deps.sh: unknown option $arg (known: --bench --report)" >&2; exit 2 ;;
   esac
 done

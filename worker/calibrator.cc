@@ -6,15 +6,14 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "core/file_util.h"
 #include "core/status_macros.h"
+#include "core/token_file.h"
 #include "core/gemm.h"
 #include "core/partial_attention.h"
 #include "kernels/compressed_cache.h"
 #include "kernels/dequantize.h"
 #ifdef MOEND_WITH_CUDA
 #include "worker/gpu_calibrator.h"
-#include "worker/gpu_model.h"
 #endif
 
 namespace moend::worker {
@@ -36,7 +35,9 @@ DenseHead Densify(const CompressedLayer& layer, int64_t h) {
   return out;
 }
 
-absl::Status ValidateOptions(const CalibrationOptions& o) {
+}  // namespace
+
+absl::Status ValidateCalibrationOptions(const CalibrationOptions& o) {
   if (o.probe_tokens < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("probe_tokens ", o.probe_tokens, " must be at least 1"));
@@ -53,11 +54,9 @@ absl::Status ValidateOptions(const CalibrationOptions& o) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
 absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
                                                  const CalibrationOptions& options) {
-  MOEND_RETURN_IF_ERROR(ValidateOptions(options));
+  MOEND_RETURN_IF_ERROR(ValidateCalibrationOptions(options));
   const int64_t n = x.tokens, probes = options.probe_tokens;
   const int64_t c = n - probes;
   if (c < 1) {
@@ -156,7 +155,7 @@ absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
 absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
     const Model& model, std::span<const std::vector<int32_t>> sequences, int64_t layer_begin,
     int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress) {
-  MOEND_RETURN_IF_ERROR(ValidateOptions(options));
+  MOEND_RETURN_IF_ERROR(ValidateCalibrationOptions(options));
   const ModelConfig& cfg = model.config();
   if (layer_begin < 0 || layer_end > cfg.num_layers || layer_begin >= layer_end) {
     return absl::InvalidArgumentError(absl::StrCat("layer range [", layer_begin, ", ", layer_end,
@@ -187,7 +186,7 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
   std::unique_ptr<GpuCalibrator> calibrator;
   MOEND_ASSIGN_OR_RETURN(const kernels::Backend backend, kernels::ResolveBackend(options.backend));
   if (backend == kernels::Backend::kCuda) {
-    MOEND_ASSIGN_OR_RETURN(gpu_model, GpuModel::Create(model));
+    MOEND_ASSIGN_OR_RETURN(gpu_model, GpuModel::Create(model, {.precision = options.gpu_forward}));
     MOEND_ASSIGN_OR_RETURN(calibrator, GpuCalibrator::Create());
     measure_sequence = [&](std::span<const int32_t> seq) {
       return gpu_model->Prefill(seq, layer_end, [&](const LayerActivations& a) {
@@ -220,29 +219,30 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
 }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> LoadCalibrationSequences(
-    const std::string& path, int64_t seq_len, int64_t sample_begin, int64_t sample_end) {
+    const std::string& path, int64_t seq_len, int64_t sample_begin, int64_t sample_end,
+    int64_t vocab_size) {
   if (seq_len < 1) return absl::InvalidArgumentError("sequence length must be positive");
-  MOEND_ASSIGN_OR_RETURN(std::string bytes, ReadFile(path));
-  const int64_t available = static_cast<int64_t>(bytes.size()) / seq_len;
+  MOEND_ASSIGN_OR_RETURN(const std::vector<int32_t> ids, ReadTokenFile(path));
+  const int64_t available = static_cast<int64_t>(ids.size()) / seq_len;
   if (sample_end < 0) sample_end = available;
   if (sample_begin < 0 || sample_end <= sample_begin) {
     return absl::InvalidArgumentError(absl::StrCat("sample range [", sample_begin, ", ",
                                                    sample_end, ") is empty (", path, " holds ",
                                                    available, " sequences of ", seq_len,
-                                                   " bytes)"));
+                                                   " tokens)"));
   }
   if (sample_end > available) {
     return absl::OutOfRangeError(absl::StrCat(path, " holds ", available, " sequences of ",
-                                              seq_len, " bytes; samples up to ", sample_end,
+                                              seq_len, " tokens; samples up to ", sample_end,
                                               " were asked for"));
   }
   std::vector<std::vector<int32_t>> out;
   for (int64_t i = sample_begin; i < sample_end; ++i) {
-    std::vector<int32_t> seq(static_cast<size_t>(seq_len));
-    for (int64_t j = 0; j < seq_len; ++j) {
-      seq[static_cast<size_t>(j)] = static_cast<unsigned char>(bytes[i * seq_len + j]);
+    const auto first = ids.begin() + i * seq_len;
+    std::vector<int32_t>& seq = out.emplace_back(first, first + seq_len);
+    if (vocab_size > 0) {
+      MOEND_RETURN_IF_ERROR(CheckTokenIds(seq, vocab_size, absl::StrCat(path, ", sequence ", i)));
     }
-    out.push_back(std::move(seq));
   }
   return out;
 }

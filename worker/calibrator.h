@@ -22,6 +22,7 @@
 #include "core/model.h"
 #include "kernels/backend.h"
 #include "kernels/kv_compress.h"
+#include "worker/gpu_model.h"  // GpuForwardPrecision (the header needs no CUDA)
 
 namespace moend::worker {
 
@@ -33,6 +34,9 @@ struct CalibrationOptions {
   int64_t probe_tokens = 256;
   // Backend of the compression kernels (scores, selection, quantization).
   kernels::Backend backend = kernels::Backend::kAuto;
+  // CalibrateLayers on the CUDA backend: the GPU forward's arithmetic
+  // (worker/gpu_model.h). The CPU forward is always float32.
+  GpuForwardPrecision gpu_forward = GpuForwardPrecision::kBf16;
 };
 
 // s(tuple) for one layer of one sequence: x holds the layer's q/k/v for all n
@@ -51,12 +55,20 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
     const Model& model, std::span<const std::vector<int32_t>> sequences, int64_t layer_begin,
     int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress = nullptr);
 
-// Sequences [sample_begin, sample_end) of `seq_len` bytes each from a file of
-// concatenated calibration sequences (one token per byte). OutOfRange when the
-// file is too short, naming how many sequences it holds. sample_end < 0 means
-// every whole sequence in the file.
+// Sequences [sample_begin, sample_end) of `seq_len` tokens each from a file of
+// concatenated calibration sequences: moend's token-id format (uint32 ids
+// after an 8-byte header, core/token_file.h) or any other file as one token
+// per byte. OutOfRange when the file is too short, naming how many sequences
+// it holds. sample_end < 0 means every whole sequence in the file. With
+// vocab_size > 0, an id outside [0, vocab_size) in the selected sequences is
+// InvalidArgument naming the file, the sequence and the position.
 absl::StatusOr<std::vector<std::vector<int32_t>>> LoadCalibrationSequences(
-    const std::string& path, int64_t seq_len, int64_t sample_begin, int64_t sample_end);
+    const std::string& path, int64_t seq_len, int64_t sample_begin, int64_t sample_end,
+    int64_t vocab_size = 0);
+
+// The checks both calibrators (CPU and GPU) make of `options`: probe_tokens
+// >= 1, a non-empty grid of valid tuples that includes (1,16,16).
+absl::Status ValidateCalibrationOptions(const CalibrationOptions& options);
 
 }  // namespace moend::worker
 

@@ -79,7 +79,8 @@ absl::Status FleetWorker::ProcessLease(const registry::Lease& lease) {
   if (data.is_relative()) data = std::filesystem::path(options_.data_dir) / data;
   MOEND_ASSIGN_OR_RETURN(auto sequences,
                          LoadCalibrationSequences(data.string(), lease.spec.seq_len,
-                                                  shard.sample_begin, shard.sample_end));
+                                                  shard.sample_begin, shard.sample_end,
+                                                  model->config().vocab_size));
   CalibrationOptions options;
   options.tuples = lease.spec.tuples;
   options.probe_tokens = lease.spec.seq_len - lease.spec.compression_point;

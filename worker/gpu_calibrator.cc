@@ -474,18 +474,7 @@ struct GpuCalibrator::Impl {
 
   // Shapes + validation shared by both entries; x's pointers are not read.
   absl::Status SetShape(const LayerTensors& x, const CalibrationOptions& o) {
-    if (o.probe_tokens < 1) {
-      return absl::InvalidArgumentError(absl::StrCat("probe_tokens ", o.probe_tokens, " must be at least 1"));
-    }
-    if (o.tuples.empty()) return absl::InvalidArgumentError("no tuples to calibrate");
-    bool has_reference = false;
-    for (const CompressionTuple& t : o.tuples) {
-      MOEND_RETURN_IF_ERROR(ValidateTuple(t));
-      has_reference |= t == CompressionTuple{1.0, 16, 16};
-    }
-    if (!has_reference) {
-      return absl::InvalidArgumentError("the tuple grid must include (1,16,16), the reference");
-    }
+    MOEND_RETURN_IF_ERROR(ValidateCalibrationOptions(o));
     n = x.tokens;
     probes = o.probe_tokens;
     c = n - probes;

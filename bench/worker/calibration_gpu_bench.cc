@@ -10,14 +10,21 @@
 // Prints one RESULT line per shape and entry.
 //
 // End to end (--model): worker::CalibrateLayers on the CUDA backend over
-// --samples sequences of --seq-len tokens from --data, every layer, the full
-// default grid: GPU forward (worker/gpu_model.h) + GPU calibrator, after one
-// warm-up sequence (CUDA context, module loading). Then the same work as an
-// explicit loop to split it into GpuModel creation, forward and grid time,
-// and (--cpu-samples N, default 2; 0 skips) the previous path, CPU forward +
-// GPU grid from host arrays, on N sequences.
+// --samples sequences of --seq-len tokens from --data (bytes or token ids,
+// core/token_file.h), every layer, the full default grid: GPU forward
+// (worker/gpu_model.h, --gpu-forward bf16 (default) or fp32) + GPU
+// calibrator, after one warm-up sequence (CUDA context, module loading). Then
+// the same work as an explicit loop over the first --split-samples sequences
+// (default: all) to split it into GpuModel creation, forward (and its
+// attention) and grid time; --compare-fp32 also calibrates with the fp32
+// forward and prints how far the table moves (Spearman, relative
+// differences); --cpu-samples N (default 2; 0 skips) times the previous path,
+// CPU forward + GPU grid from host arrays, on N sequences.
 //   calibration_gpu_bench --model DIR --data FILE [--samples 16] [--seq-len 4096] [--cpu-samples 2]
-// Prints RESULT e2e (and RESULT e2e_cpu_forward).
+//                         [--gpu-forward bf16|fp32] [--split-samples N] [--compare-fp32]
+// Prints RESULT e2e (and RESULT agreement, RESULT e2e_cpu_forward). Device
+// memory is the device-wide use (cudaMemGetInfo) at its highest, read after
+// every sequence while the GpuModel and calibrator hold their buffers.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -29,7 +36,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/model.h"
+#include "core/sensitivity_table.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/launch.h"
 #include "worker/calibrator.h"
@@ -139,19 +148,24 @@ struct EndToEnd {
   int64_t samples = 16;
   int64_t seq_len = 4096;
   int64_t cpu_samples = 2;
+  int64_t split_samples = -1;  // all
+  moend::worker::GpuForwardPrecision forward = moend::worker::GpuForwardPrecision::kBf16;
+  bool compare_fp32 = false;
 };
 
 double Seconds(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
 }
 
-// max over (layer, tuple) of |a - b| / b (b > 0).
-double WorstRelative(const std::vector<std::vector<double>>& a, const std::vector<std::vector<double>>& b) {
-  double worst = 0;
-  for (size_t l = 0; l < b.size(); ++l)
-    for (size_t t = 0; t < b[l].size(); ++t)
-      if (b[l][t] > 0) worst = std::max(worst, std::fabs(a[l][t] - b[l][t]) / b[l][t]);
-  return worst;
+// Device-wide memory in use now, GiB.
+double UsedGib() {
+  size_t free = 0, total = 0;
+  if (cudaMemGetInfo(&free, &total) != cudaSuccess) return -1;
+  return static_cast<double>(total - free) / (1 << 30);
+}
+
+const char* Name(moend::worker::GpuForwardPrecision p) {
+  return p == moend::worker::GpuForwardPrecision::kBf16 ? "bf16" : "fp32";
 }
 
 int RunEndToEnd(const EndToEnd& e) {
@@ -160,63 +174,101 @@ int RunEndToEnd(const EndToEnd& e) {
     std::fprintf(stderr, "%s\n", s.ToString().c_str());
     return 1;
   };
+  const double context_gib = UsedGib();
+  auto t0 = Clock::now();
   auto model = moend::Model::Load(e.model_dir);
   if (!model.ok()) return fail(model.status());
-  auto seqs = moend::worker::LoadCalibrationSequences(e.data, e.seq_len, 0, e.samples);
-  if (!seqs.ok()) return fail(seqs.status());
+  const double load_s = Seconds(t0);
   const moend::ModelConfig& cfg = (*model)->config();
+  auto seqs = moend::worker::LoadCalibrationSequences(e.data, e.seq_len, 0, e.samples, cfg.vocab_size);
+  if (!seqs.ok()) return fail(seqs.status());
   const int64_t layers = cfg.num_layers;
   CalibrationOptions o;  // the 112-tuple grid, 256 probes
   o.backend = moend::kernels::Backend::kCuda;
+  o.gpu_forward = e.forward;
+  double peak_gib = 0;
+  auto track_memory = [&](int64_t, int64_t) { peak_gib = std::max(peak_gib, UsedGib()); };
 
   // Warm-up: one sequence (CUDA context, cuBLAS and module loading).
-  auto t0 = Clock::now();
+  t0 = Clock::now();
   auto warm = moend::worker::CalibrateLayers(**model, std::span(seqs->data(), 1), 0, layers, o);
   if (!warm.ok()) return fail(warm.status());
   const double cold_s = Seconds(t0);
 
   // The headline: CalibrateLayers end to end (GpuModel and calibrator creation included).
   t0 = Clock::now();
-  auto e2e = moend::worker::CalibrateLayers(**model, *seqs, 0, layers, o);
+  auto e2e = moend::worker::CalibrateLayers(**model, *seqs, 0, layers, o, track_memory);
   if (!e2e.ok()) return fail(e2e.status());
   const double total_s = Seconds(t0);
 
-  // The same work split up: creation, then per sequence the forward with the
-  // grid timed inside the layer callback (MeasureDeviceLayer is synchronous).
+  // The same work split up on the first `split` sequences: creation, then per
+  // sequence the forward with the grid timed inside the layer callback
+  // (MeasureDeviceLayer is synchronous) and the attention by CUDA events.
+  const int64_t split = e.split_samples < 0 ? e.samples : std::min(e.split_samples, e.samples);
   t0 = Clock::now();
-  auto gpu_model = moend::worker::GpuModel::Create(**model);
+  auto gpu_model = moend::worker::GpuModel::Create(**model, {.precision = e.forward, .profile = true});
   if (!gpu_model.ok()) return fail(gpu_model.status());
   const double create_s = Seconds(t0);
   auto cal = GpuCalibrator::Create();
   if (!cal.ok()) return fail(cal.status());
   std::vector<std::vector<double>> sum(static_cast<size_t>(layers), std::vector<double>(o.tuples.size(), 0.0));
-  double grid_s = 0;
+  double grid_s = 0, attention_s = 0;
   t0 = Clock::now();
-  for (const std::vector<int32_t>& seq : *seqs) {
-    absl::Status st = (*gpu_model)->Prefill(seq, layers, [&](const moend::LayerActivations& a) -> absl::Status {
+  for (int64_t i = 0; i < split; ++i) {
+    absl::Status st = (*gpu_model)->Prefill((*seqs)[static_cast<size_t>(i)], layers,
+                                            [&](const moend::LayerActivations& a) -> absl::Status {
       LayerTensors x{a.q, a.k, a.v, cfg.num_heads, cfg.num_kv_heads, a.tokens, cfg.head_dim};
       const auto g0 = Clock::now();
       auto s = (*cal)->MeasureDeviceLayer(x, o);
       grid_s += Seconds(g0);
       if (!s.ok()) return s.status();
-      for (size_t t = 0; t < s->size(); ++t) sum[static_cast<size_t>(a.layer)][t] += (*s)[t] / e.samples;
+      for (size_t t = 0; t < s->size(); ++t) sum[static_cast<size_t>(a.layer)][t] += (*s)[t] / split;
       return absl::OkStatus();
     });
     if (!st.ok()) return fail(st);
+    attention_s += (*gpu_model)->last_stats().attention_ms / 1e3;
+    track_memory(0, 0);
   }
   const double loop_s = Seconds(t0);
-  std::printf("RESULT e2e model=%s samples=%lld seq_len=%lld layers=%lld tuples=%zu total_s=%.3f "
-              "create_s=%.4f forward_s=%.3f grid_s=%.3f cold_first_sample_s=%.3f\n",
-              (*model)->name().c_str(), static_cast<long long>(e.samples), static_cast<long long>(e.seq_len),
-              static_cast<long long>(layers), o.tuples.size(), total_s, create_s, loop_s - grid_s, grid_s,
-              cold_s);
-  std::printf("e2e check: split loop vs CalibrateLayers worst relative difference %.3g; s(0.5,4,4) of layer 0 "
-              "%.3e\n",
-              WorstRelative(sum, *e2e), [&] {
-                for (size_t t = 0; t < o.tuples.size(); ++t)
-                  if (o.tuples[t] == moend::CompressionTuple{0.5, 4, 4}) return (*e2e)[0][t];
-                return -1.0;
-              }());
+  const double per = static_cast<double>(split);
+  std::printf("RESULT e2e model=%s forward=%s samples=%lld seq_len=%lld layers=%lld tuples=%zu load_s=%.2f "
+              "total_s=%.3f per_sample_s=%.3f create_s=%.3f split_samples=%lld forward_per_sample_s=%.3f "
+              "attention_per_sample_s=%.3f grid_per_sample_s=%.3f cold_first_sample_s=%.3f peak_gpu_gib=%.2f "
+              "context_gib=%.2f\n",
+              (*model)->name().c_str(), Name(e.forward), static_cast<long long>(e.samples),
+              static_cast<long long>(e.seq_len), static_cast<long long>(layers), o.tuples.size(), load_s, total_s,
+              total_s / static_cast<double>(e.samples), create_s, static_cast<long long>(split),
+              (loop_s - grid_s) / per, attention_s / per, grid_s / per, cold_s, peak_gib, context_gib);
+  if (split == e.samples) {
+    auto check = moend::CompareSensitivities(sum, *e2e);
+    if (!check.ok()) return fail(check.status());
+    std::printf("e2e check: split loop vs CalibrateLayers worst relative difference %.3g\n", check->worst_relative);
+  }
+
+  if (e.compare_fp32 && e.forward != moend::worker::GpuForwardPrecision::kFloat32) {
+    CalibrationOptions o32 = o;
+    o32.gpu_forward = moend::worker::GpuForwardPrecision::kFloat32;
+    t0 = Clock::now();
+    auto fp32 = moend::worker::CalibrateLayers(**model, *seqs, 0, layers, o32);
+    if (!fp32.ok()) return fail(fp32.status());
+    const double fp32_s = Seconds(t0);
+    // All entries, and those with s above 1e-6 (a 0.1% output error), the
+    // ones a plan trades: the tiny 8-bit errors move most.
+    auto agree = moend::CompareSensitivities(*e2e, *fp32);
+    auto above = moend::CompareSensitivities(*e2e, *fp32, 1e-6);
+    if (!agree.ok()) return fail(agree.status());
+    if (!above.ok()) return fail(above.status());
+    auto where = [&](const moend::SensitivityAgreement& a) {
+      return a.worst_tuple < 0 ? std::string("-")
+                               : absl::StrCat(a.worst_layer, ":",
+                                              moend::ToString(o.tuples[static_cast<size_t>(a.worst_tuple)]));
+    };
+    std::printf("RESULT agreement model=%s forward=%s reference=fp32 entries=%lld spearman=%.6f median_rel=%.4g "
+                "worst_rel=%.4g worst_at=%s worst_rel_above_1e-6=%.4g worst_above_at=%s fp32_total_s=%.3f\n",
+                (*model)->name().c_str(), Name(e.forward), static_cast<long long>(agree->entries), agree->spearman,
+                agree->median_relative, agree->worst_relative, where(*agree).c_str(), above->worst_relative,
+                where(*above).c_str(), fp32_s);
+  }
 
   // The previous path: CPU forward, grid on the GPU from host arrays.
   if (e.cpu_samples > 0) {
@@ -268,10 +320,19 @@ int main(int argc, char** argv) {
       e2e.seq_len = std::max(1, std::atoi(argv[++i]));
     } else if (std::strcmp(argv[i], "--cpu-samples") == 0 && i + 1 < argc) {
       e2e.cpu_samples = std::max(0, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--split-samples") == 0 && i + 1 < argc) {
+      e2e.split_samples = std::max(1, std::atoi(argv[++i]));
+    } else if (std::strcmp(argv[i], "--gpu-forward") == 0 && i + 1 < argc &&
+               (std::strcmp(argv[i + 1], "bf16") == 0 || std::strcmp(argv[i + 1], "fp32") == 0)) {
+      e2e.forward = std::strcmp(argv[++i], "bf16") == 0 ? moend::worker::GpuForwardPrecision::kBf16
+                                                        : moend::worker::GpuForwardPrecision::kFloat32;
+    } else if (std::strcmp(argv[i], "--compare-fp32") == 0) {
+      e2e.compare_fp32 = true;
     } else {
       std::fprintf(stderr,
                    "usage: %s [--reps N] [--exact] [--profile]\n"
-                   "       %s --model DIR --data FILE [--samples 16] [--seq-len 4096] [--cpu-samples 2]\n",
+                   "       %s --model DIR --data FILE [--samples 16] [--seq-len 4096] [--cpu-samples 2]\n"
+                   "          [--gpu-forward bf16|fp32] [--split-samples N] [--compare-fp32]\n",
                    argv[0], argv[0]);
       return 2;
     }

@@ -27,13 +27,14 @@ int Fail(const absl::Status& s) { return FailWith("calibrate", s); }
 constexpr char kUsage[] =
     "usage: moendctl calibrate --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256] [--threads N]\n"
+    "                          [--gpu-forward bf16|fp32]\n"
     "       moendctl calibrate --registry HOST:PORT --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256]\n"
     "                          [--samples-per-shard 1] [--layers-per-shard L] [--timeout 3600]\n"
     "                          [--reuse] [--tls-ca FILE [--tls-client-cert FILE\n"
     "                          --tls-client-key FILE]] [--auth-token-file FILE]\n"
     "Measures s[layer][tuple] over the first N sequences of FILE (concatenated\n"
-    "sequences of --seq-len bytes; default: all of them) for the 112-tuple grid\n"
+    "sequences of --seq-len tokens; default: all of them) for the 112-tuple grid\n"
     "and writes the sensitivity table JSON to --out. Without --registry it runs\n"
     "here; with it, it registers the model (named after its folder), submits a\n"
     "job that the registry's workers (moend-worker) shard among themselves, and\n"
@@ -41,7 +42,12 @@ constexpr char kUsage[] =
     "absolute path is sent). --reuse returns the model's stored table instead\n"
     "when the registry already has one. --tls-ca connects to the registry with\n"
     "TLS (verified by that PEM CA), --tls-client-cert/--tls-client-key present a\n"
-    "client certificate, --auth-token-file sends the registry's bearer token.\n";
+    "client certificate, --auth-token-file sends the registry's bearer token.\n"
+    "FILE holds one token per byte, or token ids in moend's token-id format (the\n"
+    "8 bytes 0x93 'MOETOK' 0x01, then uint32 little-endian ids; written by\n"
+    "scripts/make_synthetic_model.py --tokens): ids must be in the model's\n"
+    "vocabulary. On a GPU the forward runs in BF16 (tensor cores, fp32\n"
+    "accumulation; the default) or fp32 (--gpu-forward fp32, the CPU's arithmetic).\n";
 
 #ifdef MOEND_WITH_REGISTRY
 // Submits the calibration to a registry and waits for the merged table,
@@ -136,7 +142,7 @@ int RunCalibrate(int argc, char** argv) {
                           WithClientSecurityFlags({"model", "data", "out", "seq-len", "samples",
                                                    "probes", "threads", "registry",
                                                    "samples-per-shard", "layers-per-shard",
-                                                   "timeout"}),
+                                                   "timeout", "gpu-forward"}),
                           {"reuse"});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {
@@ -154,6 +160,11 @@ int RunCalibrate(int argc, char** argv) {
                                 samples.status(), probes.status(), threads.status()}) {
     if (!s.ok()) return Fail(s);
   }
+  const std::string gpu_forward = args->Optional("gpu-forward").value_or("bf16");
+  if (gpu_forward != "bf16" && gpu_forward != "fp32") {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("--gpu-forward '", gpu_forward, "' is not one of bf16, fp32")));
+  }
   if (*seq_len <= *probes) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
         "--seq-len ", *seq_len, " must exceed --probes ", *probes, " (the compression point is "
@@ -168,13 +179,15 @@ int RunCalibrate(int argc, char** argv) {
   }
   auto model = Model::Load(*model_dir, ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
-  auto sequences =
-      worker::LoadCalibrationSequences(*data, *seq_len, 0, *samples > 0 ? *samples : -1);
+  auto sequences = worker::LoadCalibrationSequences(*data, *seq_len, 0, *samples > 0 ? *samples : -1,
+                                                    (*model)->config().vocab_size);
   if (!sequences.ok()) return Fail(sequences.status());
   const int64_t count = static_cast<int64_t>(sequences->size());
 
   worker::CalibrationOptions options;
   options.probe_tokens = *probes;
+  options.gpu_forward =
+      gpu_forward == "fp32" ? worker::GpuForwardPrecision::kFloat32 : worker::GpuForwardPrecision::kBf16;
   const ModelConfig& cfg = (*model)->config();
   ProgressBar bar(absl::StrCat("calibrating ", (*model)->name(), " (", cfg.num_layers,
                                " layers x ", options.tuples.size(), " tuples)"));

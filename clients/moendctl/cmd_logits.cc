@@ -1,4 +1,4 @@
-// moendctl logits / predict: the CPU forward pass of a model on a byte file.
+// moendctl logits / predict: the CPU forward pass of a model on a token or byte file.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -14,6 +14,7 @@
 #include "clients/moendctl/output.h"
 #include "core/file_util.h"
 #include "core/model.h"
+#include "core/token_file.h"
 
 namespace moend::ctl {
 namespace {
@@ -55,8 +56,9 @@ int RunLogits(int argc, char** argv) {
   if (args->help()) {
     std::printf(
         "usage: moendctl logits --model DIR --input FILE --out FILE [--threads N]\n"
-        "Runs the forward pass over every byte of FILE (one token per byte) and writes\n"
-        "float32 little-endian logits [n, vocab] to --out.\n");
+        "Runs the forward pass over every token of FILE (one token per byte, or token\n"
+        "ids in moend's token-id format: the 8 bytes 0x93 'MOETOK' 0x01, then uint32\n"
+        "little-endian ids) and writes float32 little-endian logits [n, vocab] to --out.\n");
     return kExitOk;
   }
   auto model_dir = args->Required("model");
@@ -68,8 +70,9 @@ int RunLogits(int argc, char** argv) {
   }
   auto model = Model::Load(*model_dir, ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
-  auto tokens = ReadByteTokens(*input, 0, 0);
+  auto tokens = ReadTokenFile(*input);
   if (!tokens.ok()) return Fail(tokens.status());
+  if (tokens->empty()) return Fail(absl::InvalidArgumentError(absl::StrCat(*input, " holds no tokens")));
   auto logits = (*model)->Forward(*tokens);
   if (!logits.ok()) return Fail(logits.status());
   absl::Status written = WriteFileAtomic(

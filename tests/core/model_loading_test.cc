@@ -6,6 +6,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -389,6 +390,27 @@ TEST_F(ModelLoadingTest, NonFiniteWeightsAreAnError) {
   auto m = Model::Load(dir);
   ASSERT_FALSE(m.ok());
   ExpectContains(m.status(), "model.norm.weight");
+  ExpectContains(m.status(), "non-finite value at element 2");
+}
+
+TEST_F(ModelLoadingTest, NonFiniteWeightsOfLargeTensorsNameTheFirstElement) {
+  // 40000 x 32 embedding rows: above the 2^20 elements from which threads
+  // share the conversion and the check. Infinities at 1000003 and 1200000:
+  // the first is reported, whichever thread sees it.
+  constexpr int64_t kVocab = 40000;
+  const std::string dir = WriteTiny({.tied = true, .dtype = "BF16"}, "m", [](std::map<std::string, RawTensor>& t) {
+    std::vector<float> values(kVocab * 32, 0.5f);
+    values[1000003] = -std::numeric_limits<float>::infinity();
+    values[1200000] = std::numeric_limits<float>::infinity();
+    t["model.embed_tokens.weight"] = {"BF16", {kVocab, 32}, EncodeAs("BF16", values)};
+  });
+  json config = TinyConfig({.tied = true});
+  config["vocab_size"] = kVocab;
+  ASSERT_TRUE(WriteFileAtomic((fs::path(dir) / "config.json").string(), config.dump()).ok());
+  auto m = Model::Load(dir);
+  ASSERT_FALSE(m.ok());
+  EXPECT_EQ(m.status().code(), absl::StatusCode::kDataLoss);
+  ExpectContains(m.status(), "model.embed_tokens.weight holds a non-finite value at element 1000003");
 }
 
 TEST_F(ModelLoadingTest, MissingCheckpointIsNotFound) {

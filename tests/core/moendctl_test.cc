@@ -48,6 +48,11 @@ TEST(MoendctlTest, BadUsageExitsTwoWithAMessage) {
                          kSrc + "/data/calibration.bin", "--out", "/dev/null", "--seq-len", "100"});
   EXPECT_EQ(probes.exit_code, 2);
   EXPECT_NE(probes.output.find("must exceed --probes"), std::string::npos) << probes.output;
+  CtlRun precision = Moendctl({"calibrate", "--model", kSrc + "/models/tinycode", "--data",
+                               kSrc + "/data/calibration.bin", "--out", "/dev/null", "--gpu-forward", "fp16"});
+  EXPECT_EQ(precision.exit_code, 2);
+  EXPECT_NE(precision.output.find("--gpu-forward 'fp16' is not one of bf16, fp32"), std::string::npos)
+      << precision.output;
 }
 
 TEST(MoendctlTest, FailedOperationsExitOne) {

@@ -8,12 +8,12 @@ import os
 import shutil
 import sys
 
-# Debian package of each tool and module the deploy/python tests use; all are
+# Debian package of each tool and module the Python tests use; all are
 # in scripts/install_deps.sh.
 PACKAGES = {
     "promtool": "prometheus", "yamllint": "yamllint", "yaml": "python3-yaml",
     "grpc": "python3-grpcio", "google.protobuf": "python3-protobuf",
-    "grpc_tools": "python3-grpc-tools",
+    "grpc_tools": "python3-grpc-tools", "numpy": "python3-numpy",
 }
 
 

@@ -1,10 +1,14 @@
 #include "worker/calibrator.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cmath>
+#include <filesystem>
 #include <random>
 
+#include "core/file_util.h"
+#include "core/token_file.h"
 #include "kernels/attention.h"
 #include "kernels/kv_compress.h"
 #include "tests/worker/random_layer.h"
@@ -132,6 +136,37 @@ TEST(CalibratorTest, LoadCalibrationSequencesNamesWhatTheFileHolds) {
   auto too_many = LoadCalibrationSequences(path, 4096, 0, 17);
   EXPECT_EQ(too_many.status().code(), absl::StatusCode::kOutOfRange);
   EXPECT_NE(too_many.status().message().find("holds 16 sequences"), std::string::npos);
+}
+
+TEST(CalibratorTest, LoadCalibrationSequencesReadsTokenIdFilesAndChecksTheVocabulary) {
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("calibration_ids_" + std::to_string(::getpid()) + ".bin"))
+          .string();
+  // 3 sequences of 4 ids and 2 spare ids; id 152064 sits in sequence 2.
+  const std::vector<int32_t> ids = {0, 300, 152063, 7, 1, 2, 3, 4, 9, 152064, 8, 8, 5, 5};
+  ASSERT_TRUE(WriteFileAtomic(path, EncodeTokenFile(ids)).ok());
+  auto first_two = LoadCalibrationSequences(path, 4, 0, 2, 152064);
+  ASSERT_TRUE(first_two.ok()) << first_two.status();
+  EXPECT_EQ(*first_two, (std::vector<std::vector<int32_t>>{{0, 300, 152063, 7}, {1, 2, 3, 4}}));
+  auto all = LoadCalibrationSequences(path, 4, 0, -1, 0);  // vocabulary unchecked
+  ASSERT_TRUE(all.ok()) << all.status();
+  EXPECT_EQ(all->size(), 3u);
+  auto bad = LoadCalibrationSequences(path, 4, 1, 3, 152064);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find(path + ", sequence 2: token id 152064 at position 1 is outside"),
+            std::string::npos)
+      << bad.status();
+  auto too_many = LoadCalibrationSequences(path, 4, 0, 4, 152064);
+  EXPECT_EQ(too_many.status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_NE(too_many.status().message().find("holds 3 sequences of 4 tokens"), std::string::npos)
+      << too_many.status();
+  // A byte file checked against a vocabulary smaller than 256.
+  ASSERT_TRUE(WriteFileAtomic(path, std::string("ab\xc8" "d", 4)).ok());
+  auto bytes = LoadCalibrationSequences(path, 2, 0, -1, 200);
+  EXPECT_EQ(bytes.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bytes.status().message().find("sequence 1: token id 200 at position 0"), std::string::npos)
+      << bytes.status();
+  std::filesystem::remove(path);
 }
 
 }  // namespace

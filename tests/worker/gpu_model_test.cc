@@ -1,14 +1,35 @@
 // The GPU forward (worker/gpu_model.h) against the CPU forward (Model::Forward)
-// on the shipped model, and CalibrateLayers on the CUDA backend (GPU forward +
-// GPU calibrator) against the CPU backend.
+// on the shipped model, its BF16 path against its fp32 path, and
+// CalibrateLayers on the CUDA backend (GPU forward + GPU calibrator) against
+// the CPU backend.
 //
-// Tolerances (both forwards are float32; they differ in summation order, in
-// exp/sin/cos ulps and in the CPU's polynomial exp):
+// Tolerances, fp32 path vs CPU (both float32; they differ in summation order,
+// in exp/sin/cos ulps and in the CPU's polynomial exp):
 //   logits: max |gpu - cpu| <= 2e-3 over all positions and the vocabulary;
 //   q, k, v of every layer: |gpu - cpu| <= 1e-3 + 1e-3 * |cpu| per element;
 //   s(layer, tuple): |s_gpu - s_cpu| <= 2e-2 * s_cpu + 1e-8, the GPU
 //   calibrator's own tolerance against the CPU calibrator
 //   (tests/worker/gpu_calibrator_test.cc explains it); (1,16,16) exactly 0.
+// BF16 path vs fp32 path (the BF16 path rounds weights and every matrix
+// product's activation operand to BF16, 8 significant bits: a relative error
+// of up to 2^-9 per rounding, summed over 12 layers). A float32 numpy
+// emulation of exactly those roundings on the CPU (2026-12-04, heldout bytes
+// at offsets 0 and 200000) gave: logits relative RMS difference 1.6e-3 (300
+// tokens) and 1.9e-3 (1024), max |difference| 0.087 and 0.153 for max |logit|
+// 17.8 and 18.8, argmax equal at 100% and 99.9% of positions; q/k/v relative
+// RMS difference per layer at most 4.3e-3. The bounds leave 3-6x room:
+//   logits: relative RMS <= 1e-2, max |difference| <= 0.05 max |logit|,
+//   argmax equal at >= 98% of positions;
+//   q, k, v: relative RMS difference <= 1.5e-2 in every layer;
+//   the calibration table (2 sequences, 12 layers x 112 tuples): Spearman
+//   rank correlation >= 0.999, median relative difference <= 1e-2, worst
+//   relative difference <= 0.25 over the entries with s > 1e-6, (1,16,16) 0.
+//   The same emulation fed to the CPU calibrator gave Spearman 0.99997,
+//   median 2.6e-3, worst 0.081 where s > 1e-6. Below that, s of keep-1
+//   tuples with an 8-bit side (1e-8..3e-7: output errors of 0.01-0.05%) moved
+//   by up to 69% (layer 8, (1,8,16)): at 8 bits the error is dominated by the
+//   fp16 rounding of each group's scale and min, which any perturbation of
+//   the inputs redraws. Those entries are printed, not bounded.
 #include "worker/gpu_model.h"
 
 #include <cuda_runtime.h>
@@ -26,6 +47,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/file_util.h"
+#include "core/sensitivity_table.h"
 #include "kernels/backend.h"
 #include "worker/calibrator.h"
 
@@ -48,9 +70,12 @@ class GpuModelTest : public ::testing::Test {
     auto model = Model::Load(kSrc + "/models/tinycode");
     ASSERT_TRUE(model.ok()) << model.status();
     model_ = std::move(*model);
-    auto gpu = GpuModel::Create(*model_);
+    auto gpu = GpuModel::Create(*model_, {.precision = GpuForwardPrecision::kFloat32});
     ASSERT_TRUE(gpu.ok()) << gpu.status();
     gpu_ = std::move(*gpu);
+    auto bf16 = GpuModel::Create(*model_, {.precision = GpuForwardPrecision::kBf16, .profile = true});
+    ASSERT_TRUE(bf16.ok()) << bf16.status();
+    bf16_ = std::move(*bf16);
   }
 
   // `n` tokens of data/heldout_code.bin from byte `offset` (one token a byte).
@@ -65,9 +90,43 @@ class GpuModelTest : public ::testing::Test {
     return tokens;
   }
 
+  // Every layer's q, k, v (copied to the host) and the logits of `gpu`.
+  static void RunCapturing(GpuModel& gpu, const std::vector<int32_t>& tokens, const ModelConfig& c,
+                           std::vector<Captured>& acts, std::vector<float>& logits) {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    const int64_t q_count = c.num_heads * n * c.head_dim, kv_count = c.num_kv_heads * n * c.head_dim;
+    acts.assign(static_cast<size_t>(c.num_layers), Captured{});
+    auto out = gpu.Forward(tokens, [&](const LayerActivations& a) -> absl::Status {
+      EXPECT_EQ(a.tokens, n);
+      Captured& got = acts[static_cast<size_t>(a.layer)];
+      got.q.resize(static_cast<size_t>(q_count));
+      got.k.resize(static_cast<size_t>(kv_count));
+      got.v.resize(static_cast<size_t>(kv_count));
+      for (auto [dst, src, count] : {std::tuple{got.q.data(), a.q, q_count}, std::tuple{got.k.data(), a.k, kv_count},
+                                     std::tuple{got.v.data(), a.v, kv_count}}) {
+        const cudaError_t e = cudaMemcpy(dst, src, static_cast<size_t>(count) * 4, cudaMemcpyDeviceToHost);
+        if (e != cudaSuccess) return absl::InternalError(cudaGetErrorString(e));
+      }
+      return absl::OkStatus();
+    });
+    ASSERT_TRUE(out.ok()) << out.status();
+    logits = std::move(*out);
+  }
+
   std::unique_ptr<Model> model_;
-  std::unique_ptr<GpuModel> gpu_;
+  std::unique_ptr<GpuModel> gpu_;   // fp32
+  std::unique_ptr<GpuModel> bf16_;  // BF16, profiled
 };
+
+// sqrt(sum (a - b)^2 / sum b^2)
+double RelativeRms(const std::vector<float>& a, const std::vector<float>& b) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    num += (static_cast<double>(a[i]) - b[i]) * (static_cast<double>(a[i]) - b[i]);
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return std::sqrt(num / den);
+}
 
 // max |a - b| and, when it exceeds atol + rtol * |b| anywhere, the first such index.
 struct Diff {
@@ -104,23 +163,11 @@ TEST_F(GpuModelTest, ForwardMatchesCpuForward) {
       got.v.assign(a.v, a.v + kv_count);
     });
     ASSERT_TRUE(cpu.ok()) << cpu.status();
-    auto gpu = gpu_->Forward(tokens, [&](const LayerActivations& a) -> absl::Status {
-      EXPECT_EQ(a.tokens, static_cast<int64_t>(n));
-      Captured& got = gpu_acts[static_cast<size_t>(a.layer)];
-      got.q.resize(static_cast<size_t>(q_count));
-      got.k.resize(static_cast<size_t>(kv_count));
-      got.v.resize(static_cast<size_t>(kv_count));
-      for (auto [dst, src, count] : {std::tuple{got.q.data(), a.q, q_count}, std::tuple{got.k.data(), a.k, kv_count},
-                                     std::tuple{got.v.data(), a.v, kv_count}}) {
-        const cudaError_t e = cudaMemcpy(dst, src, static_cast<size_t>(count) * 4, cudaMemcpyDeviceToHost);
-        if (e != cudaSuccess) return absl::InternalError(cudaGetErrorString(e));
-      }
-      return absl::OkStatus();
-    });
-    ASSERT_TRUE(gpu.ok()) << gpu.status();
+    std::vector<float> gpu;
+    ASSERT_NO_FATAL_FAILURE(RunCapturing(*gpu_, tokens, c, gpu_acts, gpu));
 
-    ASSERT_EQ(gpu->size(), cpu->size());
-    const Diff logits = Compare(gpu->data(), cpu->data(), cpu->size(), 2e-3, 0.0);
+    ASSERT_EQ(gpu.size(), cpu->size());
+    const Diff logits = Compare(gpu.data(), cpu->data(), cpu->size(), 2e-3, 0.0);
     float largest = 0;
     for (float v : *cpu) largest = std::max(largest, std::fabs(v));
     std::printf("%zu tokens: logits max |gpu - cpu| %.3g (max |logit| %.3g)\n", n, logits.max_abs, largest);
@@ -145,39 +192,125 @@ TEST_F(GpuModelTest, ForwardMatchesCpuForward) {
   }
 }
 
+TEST_F(GpuModelTest, Bf16ForwardTracksFloat32Forward) {
+  const ModelConfig& c = model_->config();
+  // 301 tokens: rows of 301 scores take the softmax's scalar path, 4096 its
+  // float4 path.
+  for (const auto& [offset, n] : {std::pair<size_t, size_t>{0, 301}, std::pair<size_t, size_t>{200000, 4096}}) {
+    SCOPED_TRACE(absl::StrCat(n, " tokens"));
+    const std::vector<int32_t> tokens = Heldout(offset, n);
+    std::vector<Captured> acts32, acts16;
+    std::vector<float> logits32, logits16;
+    ASSERT_NO_FATAL_FAILURE(RunCapturing(*gpu_, tokens, c, acts32, logits32));
+    ASSERT_NO_FATAL_FAILURE(RunCapturing(*bf16_, tokens, c, acts16, logits16));
+    EXPECT_GT(bf16_->last_stats().attention_ms, 0.0);
+    EXPECT_EQ(gpu_->last_stats().attention_ms, 0.0);  // not profiled
+    ASSERT_EQ(logits16.size(), logits32.size());
+    float largest = 0;
+    double max_diff = 0;
+    int64_t same_argmax = 0;
+    const int64_t vocab = c.vocab_size;
+    for (size_t t = 0; t < n; ++t) {
+      const float* a = logits16.data() + t * vocab;
+      const float* b = logits32.data() + t * vocab;
+      for (int64_t i = 0; i < vocab; ++i) {
+        largest = std::max(largest, std::fabs(b[i]));
+        max_diff = std::max(max_diff, static_cast<double>(std::fabs(a[i] - b[i])));
+      }
+      same_argmax += std::max_element(a, a + vocab) - a == std::max_element(b, b + vocab) - b;
+    }
+    const double rel = RelativeRms(logits16, logits32);
+    const double agree = static_cast<double>(same_argmax) / static_cast<double>(n);
+    std::printf("%zu tokens: BF16 vs fp32 logits relative RMS %.3g, max |diff| %.3g (max |logit| %.3g), argmax "
+                "equal at %.4f of positions, attention %.2f ms\n",
+                n, rel, max_diff, largest, agree, bf16_->last_stats().attention_ms);
+    EXPECT_LE(rel, 1e-2);
+    EXPECT_LE(max_diff, 0.05 * largest);
+    EXPECT_GE(agree, 0.98);
+    double worst = 0;
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      const Captured &a = acts16[static_cast<size_t>(l)], &b = acts32[static_cast<size_t>(l)];
+      for (auto [name, x, y] : {std::tuple{"q", &a.q, &b.q}, std::tuple{"k", &a.k, &b.k}, std::tuple{"v", &a.v, &b.v}}) {
+        ASSERT_EQ(x->size(), y->size()) << "layer " << l << " " << name;
+        const double r = RelativeRms(*x, *y);
+        worst = std::max(worst, r);
+        EXPECT_LE(r, 1.5e-2) << "layer " << l << " " << name;
+      }
+    }
+    std::printf("%zu tokens: BF16 vs fp32 q/k/v worst per-layer relative RMS %.3g\n", n, worst);
+  }
+}
+
+// Attention in blocks of 64 queries (a 64 KiB score budget; 5 blocks at 301
+// tokens, the last one 45 queries) against all queries at once: the same
+// products over other shapes. fp32: logits within 1e-4 absolute (float32
+// summation order). BF16: within 1e-3 relative RMS (a summation-order
+// difference flips a BF16 rounding of ~1e-4 of the elements by one unit,
+// 2^-8; the BF16-vs-fp32 distance is 1.6e-3).
+TEST_F(GpuModelTest, AttentionInQueryBlocksMatchesAllQueriesAtOnce) {
+  const ModelConfig& c = model_->config();
+  const std::vector<int32_t> tokens = Heldout(1000, 301);
+  for (GpuForwardPrecision precision : {GpuForwardPrecision::kFloat32, GpuForwardPrecision::kBf16}) {
+    SCOPED_TRACE(precision == GpuForwardPrecision::kBf16 ? "bf16" : "fp32");
+    auto blocked = GpuModel::Create(*model_, {.precision = precision, .attention_score_bytes = 64 << 10});
+    ASSERT_TRUE(blocked.ok()) << blocked.status();
+    GpuModel& whole = precision == GpuForwardPrecision::kBf16 ? *bf16_ : *gpu_;
+    std::vector<Captured> acts_whole, acts_blocked;
+    std::vector<float> logits_whole, logits_blocked;
+    ASSERT_NO_FATAL_FAILURE(RunCapturing(whole, tokens, c, acts_whole, logits_whole));
+    ASSERT_NO_FATAL_FAILURE(RunCapturing(**blocked, tokens, c, acts_blocked, logits_blocked));
+    const double rel = RelativeRms(logits_blocked, logits_whole);
+    const Diff d = Compare(logits_blocked.data(), logits_whole.data(), logits_whole.size(), 1e-4, 0.0);
+    std::printf("blocked vs whole attention: logits relative RMS %.3g, max |diff| %.3g\n", rel, d.max_abs);
+    if (precision == GpuForwardPrecision::kFloat32) {
+      EXPECT_LE(d.max_abs, 1e-4);
+    } else {
+      EXPECT_LE(rel, 1e-3);
+    }
+    // Layer 0's q/k/v come before any attention: identical.
+    EXPECT_EQ(acts_blocked[0].k, acts_whole[0].k);
+  }
+  auto bad = GpuModel::Create(*model_, {.attention_score_bytes = 0});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+}
+
 TEST_F(GpuModelTest, RejectsBadTokensAndLayerRanges) {
   std::vector<int32_t> tokens = Heldout(0, 64);
-  tokens[10] = 256;  // vocab is 256
-  auto bad = gpu_->Forward(tokens);
-  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
-  EXPECT_NE(bad.status().message().find("position 10"), std::string::npos) << bad.status();
-  tokens[10] = -1;
-  EXPECT_EQ(gpu_->Forward(tokens).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(gpu_->Forward({}).status().code(), absl::StatusCode::kInvalidArgument);
-  tokens[10] = 65;
-  auto noop = [](const LayerActivations&) { return absl::OkStatus(); };
-  EXPECT_EQ(gpu_->Prefill(tokens, 13, noop).code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(gpu_->Prefill(tokens, -1, noop).code(), absl::StatusCode::kInvalidArgument);
-  // After the errors, the model still works.
-  EXPECT_TRUE(gpu_->Forward(tokens).ok());
+  for (GpuModel* gpu : {gpu_.get(), bf16_.get()}) {
+    tokens[10] = 256;  // vocab is 256
+    auto bad = gpu->Forward(tokens);
+    EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << bad.status();
+    EXPECT_NE(bad.status().message().find("position 10"), std::string::npos) << bad.status();
+    tokens[10] = -1;
+    EXPECT_EQ(gpu->Forward(tokens).status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(gpu->Forward({}).status().code(), absl::StatusCode::kInvalidArgument);
+    tokens[10] = 65;
+    auto noop = [](const LayerActivations&) { return absl::OkStatus(); };
+    EXPECT_EQ(gpu->Prefill(tokens, 13, noop).code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_EQ(gpu->Prefill(tokens, -1, noop).code(), absl::StatusCode::kInvalidArgument);
+    // After the errors, the model still works.
+    EXPECT_TRUE(gpu->Forward(tokens).ok());
+  }
 }
 
 TEST_F(GpuModelTest, PrefillStopsAtLayerEndAndOnCallbackError) {
   const std::vector<int32_t> tokens = Heldout(0, 128);
-  std::vector<int64_t> seen;
-  auto record = [&](const LayerActivations& a) {
-    seen.push_back(a.layer);
-    return absl::OkStatus();
-  };
-  ASSERT_TRUE(gpu_->Prefill(tokens, 5, record).ok());
-  EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2, 3, 4}));
-  seen.clear();
-  auto stop = gpu_->Forward(tokens, [&](const LayerActivations& a) {
-    seen.push_back(a.layer);
-    return a.layer == 2 ? absl::CancelledError("enough") : absl::OkStatus();
-  });
-  EXPECT_EQ(stop.status().code(), absl::StatusCode::kCancelled);
-  EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2}));
+  for (GpuModel* gpu : {gpu_.get(), bf16_.get()}) {
+    std::vector<int64_t> seen;
+    auto record = [&](const LayerActivations& a) {
+      seen.push_back(a.layer);
+      return absl::OkStatus();
+    };
+    ASSERT_TRUE(gpu->Prefill(tokens, 5, record).ok());
+    EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2, 3, 4}));
+    seen.clear();
+    auto stop = gpu->Forward(tokens, [&](const LayerActivations& a) {
+      seen.push_back(a.layer);
+      return a.layer == 2 ? absl::CancelledError("enough") : absl::OkStatus();
+    });
+    EXPECT_EQ(stop.status().code(), absl::StatusCode::kCancelled);
+    EXPECT_EQ(seen, (std::vector<int64_t>{0, 1, 2}));
+  }
 }
 
 size_t RefIndex(const CalibrationOptions& o) {
@@ -216,6 +349,7 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
   ASSERT_TRUE(seqs.ok()) << seqs.status();
   CalibrationOptions o;  // the 112-tuple grid, 256 probes
   o.backend = Backend::kCuda;
+  o.gpu_forward = GpuForwardPrecision::kFloat32;
   auto gpu = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   o.backend = Backend::kReference;
@@ -223,9 +357,30 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   ExpectCloseGrid(*gpu, *cpu, o, "CalibrateLayers cuda vs reference", /*fp16_vs_fp32=*/true);
 
+  // The BF16 forward's table against the fp32 forward's (same GPU grid).
+  o.backend = Backend::kCuda;
+  o.gpu_forward = GpuForwardPrecision::kBf16;
+  auto bf16 = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  for (size_t l = 0; l < bf16->size(); ++l) EXPECT_EQ((*bf16)[l][RefIndex(o)], 0.0) << "layer " << l;
+  auto agreement = CompareSensitivities(*bf16, *gpu);
+  auto above = CompareSensitivities(*bf16, *gpu, 1e-6);
+  ASSERT_TRUE(agreement.ok()) << agreement.status();
+  ASSERT_TRUE(above.ok()) << above.status();
+  std::printf("BF16 vs fp32 forward (same GPU grid, 2 x 4096): Spearman %.6f, median relative difference %.3g, "
+              "worst %.3g (layer %lld %s), worst where s > 1e-6 %.3g (layer %lld %s)\n",
+              agreement->spearman, agreement->median_relative, agreement->worst_relative,
+              static_cast<long long>(agreement->worst_layer),
+              ToString(o.tuples[static_cast<size_t>(agreement->worst_tuple)]).c_str(), above->worst_relative,
+              static_cast<long long>(above->worst_layer),
+              ToString(o.tuples[static_cast<size_t>(std::max<int64_t>(above->worst_tuple, 0))]).c_str());
+  EXPECT_GE(agreement->spearman, 0.999);
+  EXPECT_LE(agreement->median_relative, 1e-2);
+  EXPECT_LE(above->worst_relative, 0.25);
+  o.gpu_forward = GpuForwardPrecision::kFloat32;
+
   // The forward's own share: CPU forward + the same GPU grid (MeasureLayer
   // on the CUDA backend), what CalibrateLayers did before the GPU forward.
-  o.backend = Backend::kCuda;
   std::vector<std::vector<double>> cpu_forward(static_cast<size_t>(c.num_layers),
                                                std::vector<double>(o.tuples.size(), 0.0));
   for (const std::vector<int32_t>& seq : *seqs) {
