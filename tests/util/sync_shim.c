@@ -16,7 +16,8 @@
 //
 // Bytes written with write/pwrite/writev/pwritev to a watched file count as
 // unsynced until fsync or fdatasync of that descriptor returns 0 (taken
-// before the real call, so a write racing with it stays unsynced).
+// before the real call, so a write racing with it stays unsynced); a
+// descriptor closed before that moves them to closed_unsynced_bytes.
 // sync_file_range is counted but is no durability barrier (no metadata, no
 // device cache flush), so it syncs nothing here.
 #define _GNU_SOURCE
@@ -100,16 +101,17 @@ static int Synced(int fd, int (*call)(int)) {
   return rc;
 }
 
-#define REAL(name, type) \
-  static type real_##name = NULL; \
-  if (real_##name == NULL) real_##name = (type)dlsym(RTLD_NEXT, #name)
+// The next definition of `name` (libc's), looked up once.
+#define REAL(name)                                  \
+  static __typeof__(&name) real_##name = NULL;      \
+  if (real_##name == NULL) real_##name = (__typeof__(&name))dlsym(RTLD_NEXT, #name)
 
 static mode_t ModeArg(int flags, va_list ap) {
   return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
 }
 
 int open(const char* path, int flags, ...) {
-  REAL(open, int (*)(const char*, int, ...));
+  REAL(open);
   va_list ap;
   va_start(ap, flags);
   const mode_t mode = ModeArg(flags, ap);
@@ -120,7 +122,7 @@ int open(const char* path, int flags, ...) {
 }
 
 int open64(const char* path, int flags, ...) {
-  REAL(open64, int (*)(const char*, int, ...));
+  REAL(open64);
   va_list ap;
   va_start(ap, flags);
   const mode_t mode = ModeArg(flags, ap);
@@ -131,7 +133,7 @@ int open64(const char* path, int flags, ...) {
 }
 
 int openat(int dirfd, const char* path, int flags, ...) {
-  REAL(openat, int (*)(int, const char*, int, ...));
+  REAL(openat);
   va_list ap;
   va_start(ap, flags);
   const mode_t mode = ModeArg(flags, ap);
@@ -142,7 +144,7 @@ int openat(int dirfd, const char* path, int flags, ...) {
 }
 
 int openat64(int dirfd, const char* path, int flags, ...) {
-  REAL(openat64, int (*)(int, const char*, int, ...));
+  REAL(openat64);
   va_list ap;
   va_start(ap, flags);
   const mode_t mode = ModeArg(flags, ap);
@@ -155,58 +157,63 @@ int openat64(int dirfd, const char* path, int flags, ...) {
 int creat(const char* path, mode_t mode) { return open(path, O_CREAT | O_WRONLY | O_TRUNC, mode); }
 
 int close(int fd) {
-  REAL(close, int (*)(int));
-  if (fd >= 0 && fd < MAX_FDS) fd_watched[fd] = 0;  // its unsynced bytes stay unsynced
+  REAL(close);
+  if (fd >= 0 && fd < MAX_FDS && fd_watched[fd]) {
+    fd_watched[fd] = 0;  // bytes it did not sync stay unsynced
+    const uint64_t left = __atomic_exchange_n(&fd_unsynced[fd], 0, __ATOMIC_SEQ_CST);
+    __atomic_sub_fetch(&state->unsynced_bytes, left, __ATOMIC_SEQ_CST);
+    __atomic_add_fetch(&state->closed_unsynced_bytes, left, __ATOMIC_SEQ_CST);
+  }
   return real_close(fd);
 }
 
 ssize_t write(int fd, const void* buf, size_t n) {
-  REAL(write, ssize_t (*)(int, const void*, size_t));
+  REAL(write);
   const ssize_t r = real_write(fd, buf, n);
   Wrote(fd, r);
   return r;
 }
 
 ssize_t pwrite(int fd, const void* buf, size_t n, off_t off) {
-  REAL(pwrite, ssize_t (*)(int, const void*, size_t, off_t));
+  REAL(pwrite);
   const ssize_t r = real_pwrite(fd, buf, n, off);
   Wrote(fd, r);
   return r;
 }
 
 ssize_t pwrite64(int fd, const void* buf, size_t n, off64_t off) {
-  REAL(pwrite64, ssize_t (*)(int, const void*, size_t, off64_t));
+  REAL(pwrite64);
   const ssize_t r = real_pwrite64(fd, buf, n, off);
   Wrote(fd, r);
   return r;
 }
 
 ssize_t writev(int fd, const struct iovec* iov, int count) {
-  REAL(writev, ssize_t (*)(int, const struct iovec*, int));
+  REAL(writev);
   const ssize_t r = real_writev(fd, iov, count);
   Wrote(fd, r);
   return r;
 }
 
 ssize_t pwritev(int fd, const struct iovec* iov, int count, off_t off) {
-  REAL(pwritev, ssize_t (*)(int, const struct iovec*, int, off_t));
+  REAL(pwritev);
   const ssize_t r = real_pwritev(fd, iov, count, off);
   Wrote(fd, r);
   return r;
 }
 
 int fsync(int fd) {
-  REAL(fsync, int (*)(int));
+  REAL(fsync);
   return Synced(fd, real_fsync);
 }
 
 int fdatasync(int fd) {
-  REAL(fdatasync, int (*)(int));
+  REAL(fdatasync);
   return Synced(fd, real_fdatasync);
 }
 
 int sync_file_range(int fd, off64_t offset, off64_t nbytes, unsigned int flags) {
-  REAL(sync_file_range, int (*)(int, off64_t, off64_t, unsigned int));
+  REAL(sync_file_range);
   if (fd >= 0 && fd < MAX_FDS && fd_watched[fd]) {
     __atomic_add_fetch(&state->range_syncs, 1, __ATOMIC_SEQ_CST);
   }

@@ -12,7 +12,9 @@ extern "C" {
 struct SyncShimState {
   uint64_t wal_opens;       // watched WAL files opened
   uint64_t wal_bytes;       // bytes written to them
-  uint64_t unsynced_bytes;  // of those, not yet covered by fsync/fdatasync
+  uint64_t unsynced_bytes;  // of those, on open descriptors and not yet
+                            // covered by fsync/fdatasync
+  uint64_t closed_unsynced_bytes;  // of those, on descriptors closed unsynced
   uint64_t syncs;           // fsync/fdatasync calls on them that returned 0
   uint64_t range_syncs;     // sync_file_range calls on them (no durability)
 };
