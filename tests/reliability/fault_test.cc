@@ -272,6 +272,16 @@ class SmallDisk {
   std::optional<testing::ScopedUnmount> unmount_;
 };
 
+// In a full-disk test: enters the private mount namespace and mounts
+// SmallDisk `name` of `bytes`; skips the test, saying why, where that is not
+// possible.
+#define MOUNT_SMALL_DISK_OR_SKIP(name, bytes)                                                 \
+  if (std::string why = MountSandbox::Enter(); !why.empty()) {                                \
+    GTEST_SKIP() << "cannot make a private mount namespace for a real full disk: " << why;   \
+  }                                                                                           \
+  SmallDisk name(bytes);                                                                      \
+  ASSERT_EQ(name.error(), "")
+
 // The registry on a full disk. The write that meets it is a report (the
 // largest record a worker sends), made under a lease taken before the disk
 // filled: the default 112-tuple grid and shards of all 12 layers make each
@@ -280,11 +290,7 @@ class SmallDisk {
 // preallocation (1.1 x the 64 MiB write buffer), which therefore fails and
 // leaves no preallocated room for the report either.
 TEST(FaultTest, FullDiskRefusesWritesClearlyAndResumesWithNothingLost) {
-  if (std::string why = MountSandbox::Enter(); !why.empty()) {
-    GTEST_SKIP() << "cannot make a private mount namespace for a real full disk: " << why;
-  }
-  SmallDisk small(64 << 20);
-  ASSERT_EQ(small.error(), "");
+  MOUNT_SMALL_DISK_OR_SKIP(small, 64 << 20);
   const std::string& disk = small.path();
   const std::string db = disk + "/db";
   constexpr int64_t kSamples = 16;  // x 1 layer range = 16 shards
@@ -388,11 +394,7 @@ std::string WriteBallast(const std::string& path, int64_t bytes) {
 // written before the fault is bounded by counts (8 x 16 x 16 KiB = 2 MiB of a
 // 24 MiB disk), so a fast disk cannot fill itself with the store's own data.
 TEST(FaultTest, StoreWithConcurrentWritersOnAFullDiskLosesNothingAcknowledged) {
-  if (std::string why = MountSandbox::Enter(); !why.empty()) {
-    GTEST_SKIP() << "cannot make a private mount namespace for a real full disk: " << why;
-  }
-  SmallDisk small(24 << 20);
-  ASSERT_EQ(small.error(), "");
+  MOUNT_SMALL_DISK_OR_SKIP(small, 24 << 20);
   const std::string& disk = small.path();
   const std::string db = disk + "/db";
   auto value_of = [](const std::string& key) { return IncompressibleValue(key, 16 << 10); };
@@ -478,11 +480,7 @@ TEST(FaultTest, StoreWithConcurrentWritersOnAFullDiskLosesNothingAcknowledged) {
 // refused with the disk-full error and reads go on; once space is freed,
 // writes resume.
 TEST(FaultTest, StoreOnAFullDiskKeepsServingReadsWhileItCannotReopen) {
-  if (std::string why = MountSandbox::Enter(); !why.empty()) {
-    GTEST_SKIP() << "cannot make a private mount namespace for a real full disk: " << why;
-  }
-  SmallDisk small(8 << 20);
-  ASSERT_EQ(small.error(), "");
+  MOUNT_SMALL_DISK_OR_SKIP(small, 8 << 20);
   const std::string db = small.path() + "/db";
   auto store = storage::Store::Open({.path = db});
   ASSERT_TRUE(store.ok()) << store.status();
@@ -525,11 +523,7 @@ TEST(FaultTest, StoreOnAFullDiskKeepsServingReadsWhileItCannotReopen) {
 // with every acknowledged write. Freeing 2 MiB of a 16 MiB disk is enough:
 // opening does not first flush the WAL (about 12 MiB here) to a table file.
 TEST(FaultTest, StoreThatFillsItsOwnDiskOpensWithEverythingOnceSpaceIsFreed) {
-  if (std::string why = MountSandbox::Enter(); !why.empty()) {
-    GTEST_SKIP() << "cannot make a private mount namespace for a real full disk: " << why;
-  }
-  SmallDisk small(16 << 20);
-  ASSERT_EQ(small.error(), "");
+  MOUNT_SMALL_DISK_OR_SKIP(small, 16 << 20);
   const std::string& disk = small.path();
   const std::string db = disk + "/db";
   const std::string ballast[2] = {disk + "/ballast-1", disk + "/ballast-2"};

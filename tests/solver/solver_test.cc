@@ -81,9 +81,9 @@ SensitivityTable RandomTable(std::mt19937_64& rng, int num_layers, int num_tuple
   return t;
 }
 
-// Sensitivity tables shaped like the paper's 7B model: 28 layers, 4 KV heads,
-// head dim 128, default grid, c = 4096.
-SensitivityTable RealisticTable(std::mt19937_64& rng, int num_layers = 28) {
+// The shape of the paper's 7B model (4 KV heads, head dim 128, c = 4096, the
+// default grid), `num_layers` layers, no rows yet.
+SensitivityTable Shape7B(int num_layers) {
   SensitivityTable t;
   t.model = "synthetic-7b";
   t.num_layers = num_layers;
@@ -93,8 +93,17 @@ SensitivityTable RealisticTable(std::mt19937_64& rng, int num_layers = 28) {
   t.seq_len = 4096 + 256;
   t.samples = 16;
   t.tuples = TupleGrid::Default().Tuples();
+  return t;
+}
+
+// A rough error of quantizing to `b` bits, relative across bit widths.
+double BitsError(int b) { return b == 16 ? 0.0 : b == 8 ? 0.002 : b == 4 ? 0.03 : 0.25; }
+
+// Sensitivity tables shaped like the paper's 7B model (28 layers by default).
+SensitivityTable RealisticTable(std::mt19937_64& rng, int num_layers = 28) {
+  SensitivityTable t = Shape7B(num_layers);
   std::uniform_real_distribution<double> u(0.0, 1.0);
-  auto bits_err = [](int b) { return b == 16 ? 0.0 : b == 8 ? 0.002 : b == 4 ? 0.03 : 0.25; };
+  const auto bits_err = BitsError;
   for (int l = 0; l < num_layers; ++l) {
     const double evict = std::exp(4.0 * u(rng) - 3.0), k = std::exp(2.0 * u(rng) - 1.0),
                  v = std::exp(2.0 * u(rng) - 1.0);
@@ -367,16 +376,8 @@ double Uniform01(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11)
 // (shape 1) a per-layer eviction curve and a K-bits x eviction interaction.
 SensitivityTable Pinned7BTable(uint64_t seed, int shape) {
   std::mt19937_64 rng(seed);
-  SensitivityTable t;
-  t.model = "synthetic-7b";
-  t.num_layers = 28;
-  t.num_kv_heads = 4;
-  t.head_dim = 128;
-  t.compression_point = 4096;
-  t.seq_len = 4096 + 256;
-  t.samples = 16;
-  t.tuples = TupleGrid::Default().Tuples();
-  auto bits_err = [](int b) { return b == 16 ? 0.0 : b == 8 ? 0.002 : b == 4 ? 0.03 : 0.25; };
+  SensitivityTable t = Shape7B(28);
+  const auto bits_err = BitsError;
   for (int l = 0; l < t.num_layers; ++l) {
     const double evict = std::exp(4.0 * Uniform01(rng) - 3.0);
     const double k = std::exp(2.0 * Uniform01(rng) - 1.0);

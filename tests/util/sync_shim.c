@@ -70,11 +70,13 @@ static int IsWatchedWal(const char* path) {
   return p > name && strcmp(p, ".log") == 0;
 }
 
-static void Opened(int fd, const char* path) {
-  if (fd < 0 || fd >= MAX_FDS) return;
+// Notes what a successful open returned; returns `fd`.
+static int Opened(int fd, const char* path) {
+  if (fd < 0 || fd >= MAX_FDS) return fd;
   fd_watched[fd] = (unsigned char)IsWatchedWal(path);
   fd_unsynced[fd] = 0;
   if (fd_watched[fd]) __atomic_add_fetch(&state->wal_opens, 1, __ATOMIC_SEQ_CST);
+  return fd;
 }
 
 static void Wrote(int fd, ssize_t n) {
@@ -110,49 +112,30 @@ static mode_t ModeArg(int flags, va_list ap) {
   return (flags & (O_CREAT | O_TMPFILE)) ? (mode_t)va_arg(ap, int) : 0;
 }
 
-int open(const char* path, int flags, ...) {
-  REAL(open);
-  va_list ap;
-  va_start(ap, flags);
-  const mode_t mode = ModeArg(flags, ap);
-  va_end(ap);
-  const int fd = real_open(path, flags, mode);
-  Opened(fd, path);
-  return fd;
-}
-
-int open64(const char* path, int flags, ...) {
-  REAL(open64);
-  va_list ap;
-  va_start(ap, flags);
-  const mode_t mode = ModeArg(flags, ap);
-  va_end(ap);
-  const int fd = real_open64(path, flags, mode);
-  Opened(fd, path);
-  return fd;
-}
-
-int openat(int dirfd, const char* path, int flags, ...) {
-  REAL(openat);
-  va_list ap;
-  va_start(ap, flags);
-  const mode_t mode = ModeArg(flags, ap);
-  va_end(ap);
-  const int fd = real_openat(dirfd, path, flags, mode);
-  Opened(fd, path);  // RocksDB opens by absolute path; relative ones are not watched
-  return fd;
-}
-
-int openat64(int dirfd, const char* path, int flags, ...) {
-  REAL(openat64);
-  va_list ap;
-  va_start(ap, flags);
-  const mode_t mode = ModeArg(flags, ap);
-  va_end(ap);
-  const int fd = real_openat64(dirfd, path, flags, mode);
-  Opened(fd, path);
-  return fd;
-}
+// open, open64, openat, openat64: the real call, then Opened. RocksDB opens
+// by absolute path; a relative one (to a dirfd) is never watched.
+#define DEFINE_OPEN(name)                                   \
+  int name(const char* path, int flags, ...) {              \
+    REAL(name);                                             \
+    va_list ap;                                             \
+    va_start(ap, flags);                                    \
+    const mode_t mode = ModeArg(flags, ap);                 \
+    va_end(ap);                                             \
+    return Opened(real_##name(path, flags, mode), path);    \
+  }
+#define DEFINE_OPENAT(name)                                        \
+  int name(int dirfd, const char* path, int flags, ...) {          \
+    REAL(name);                                                    \
+    va_list ap;                                                    \
+    va_start(ap, flags);                                           \
+    const mode_t mode = ModeArg(flags, ap);                        \
+    va_end(ap);                                                    \
+    return Opened(real_##name(dirfd, path, flags, mode), path);    \
+  }
+DEFINE_OPEN(open)
+DEFINE_OPEN(open64)
+DEFINE_OPENAT(openat)
+DEFINE_OPENAT(openat64)
 
 int creat(const char* path, mode_t mode) { return open(path, O_CREAT | O_WRONLY | O_TRUNC, mode); }
 
