@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The long fuzzing run (CI runs each target for MOEND_FUZZ_SECONDS only).
+# The long fuzzing run (CI runs each target for MOEND_FUZZ_RUNS executions only).
 #   scripts/fuzz.sh [--seconds N] [target...]
 # Builds the libFuzzer targets of fuzz/ with clang into build-fuzz/, then runs
 # each target (default: all) for N seconds (default 600) on a work corpus in

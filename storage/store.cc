@@ -1,6 +1,7 @@
 #include "storage/store.h"
 
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <array>
@@ -50,8 +51,9 @@ absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {
     if (s.IsNoSpace() || absl::StrContains(s.ToString(), "No space left") ||
         absl::StrContains(s.ToString(), "File too large")) {
       return absl::ResourceExhaustedError(
-          absl::StrCat(msg, " (the disk is full; nothing was stored; writes resume once space "
-                            "is freed)"));
+          absl::StrCat(msg, " (the disk is full; nothing was stored; free at least 1 MiB on the "
+                            "disk that holds the store folder: a running store then resumes "
+                            "writes by itself)"));
     }
     return absl::UnavailableError(msg);
   }
@@ -73,6 +75,20 @@ class StderrLogger final : public rocksdb::Logger {
   }
 };
 
+// Free space below which a failed store does not try to reopen (see
+// RecoverIfFailed): an open writes a new WAL, MANIFEST and OPTIONS file,
+// about 40 KiB.
+constexpr uint64_t kReopenFreeBytes = 1 << 20;
+
+// Whether the file system holding `path` is writable with at least
+// kReopenFreeBytes free (true when that cannot be told).
+bool RoomToReopen(const std::string& path) {
+  struct statvfs fs;
+  if (::statvfs(path.c_str(), &fs) != 0) return true;
+  if (fs.f_flag & ST_RDONLY) return false;
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize >= kReopenFreeBytes;
+}
+
 // An open RocksDB with one handle per column (handles[0] is "default").
 struct OpenDb {
   std::unique_ptr<rocksdb::DB> db;
@@ -86,6 +102,12 @@ absl::StatusOr<OpenDb> OpenRocks(const std::string& path, bool create_if_missing
   db_options.paranoid_checks = true;
   db_options.info_log_level = rocksdb::InfoLogLevel::WARN_LEVEL;
   db_options.info_log = std::make_shared<StderrLogger>();
+  // Opening replays the WAL into memory and keeps it, instead of first
+  // flushing it to a table file: that flush needs about as much free space as
+  // the WAL holds, so a store that filled its disk with its own writes could
+  // not open again until that much was freed. Now opening needs only room for
+  // a new WAL, MANIFEST and OPTIONS file (well under kReopenFreeBytes).
+  db_options.avoid_flush_during_recovery = true;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   families.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
@@ -201,7 +223,9 @@ class RocksStore final : public Store {
   // After a failed write (disk full, folder made read-only): closes and
   // reopens the database, at most once a second, so that writes continue
   // once the cause is gone, without a restart. Reopening replays the WAL:
-  // every acknowledged write is still there, the failed one is not.
+  // every acknowledged write is still there, the failed one is not. While
+  // the file system is read-only or has less than kReopenFreeBytes free, the
+  // instance that failed is kept open instead, so that reads go on.
   absl::Status RecoverIfFailed() {
     {
       absl::MutexLock failed(&failure_mu_);
@@ -212,6 +236,7 @@ class RocksStore final : public Store {
     absl::WriterMutexLock lock(&mu_);
     absl::MutexLock failed(&failure_mu_);
     if (failed_.ok()) return absl::OkStatus();
+    if (open_.db && !RoomToReopen(path())) return failed_;
     if (open_.db) CloseRocks(open_);
     absl::StatusOr<OpenDb> reopened = OpenRocks(path(), /*create_if_missing=*/false);
     if (!reopened.ok()) {

@@ -1,7 +1,25 @@
 // The registry's durable key-value store: RocksDB with one column family per
 // kind of record. This is the only place RocksDB appears; callers see
-// absl::Status and plain strings. Every write is synced to the WAL before it is
-// acknowledged, so an acknowledged write survives a kill -9 of the process.
+// absl::Status and plain strings. Every write is synced to the WAL (fdatasync)
+// before it is acknowledged, so an acknowledged write survives a kill -9 of
+// the process and a crash of the machine (tests/storage/store_sync_test.cc).
+//
+// A full disk, whoever filled it (the store's own writes or another file):
+// - The write that meets it fails with ResourceExhausted: "writing N records
+//   to <folder>: ... No space left on device (the disk is full; nothing was
+//   stored; free at least 1 MiB on the disk that holds the store folder: a
+//   running store then resumes writes by itself)". It did not land; every
+//   write acknowledged before it did.
+// - Later writes fail fast with the same status. At most once a second a
+//   write checks the disk: with at least 1 MiB free (and the file system
+//   writable) the store closes and reopens the database, replaying the WAL,
+//   and writes go on; with less, it does not try, and keeps the instance that
+//   serves reads. Reads go on throughout, unless a reopen itself failed (then
+//   reads and writes return that failure until a later reopen succeeds).
+// - Open on a full disk fails with the same ResourceExhausted message. Opening
+//   does not first flush the WAL to a table file, so it needs room for a new
+//   WAL, MANIFEST and OPTIONS file only (tens of KiB), not as much as the WAL
+//   holds: freeing 1 MiB is enough for a store that filled its own disk.
 #ifndef MOEND_STORAGE_STORE_H_
 #define MOEND_STORAGE_STORE_H_
 
@@ -70,8 +88,9 @@ class Store {
   // Opens (creating when allowed) the database at options.path. Errors:
   // InvalidArgument for an empty path, FailedPrecondition when the path is not
   // a folder or another process holds the database, PermissionDenied for a
-  // read-only folder, DataLoss for a corrupt database, Unavailable for other
-  // I/O failures. Messages name the path.
+  // read-only folder, ResourceExhausted for a full disk (see above), DataLoss
+  // for a corrupt database, Unavailable for other I/O failures. Messages name
+  // the path.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
 
   virtual ~Store() = default;

@@ -46,11 +46,13 @@ configure() {  # build_dir extra-cuda-flags [log]
 build_targets() {  # build_dir [log]
   ninja -C "$1" -j"$jobs" kernels_test kernels_gpu_bench >> "${2:-$out/build.log}" 2>&1
 }
-cuda_tests() {  # build_dir log: CudaTest.* with each case's error and the gtest summary
+source bench/gtest_verdict.sh
+cuda_tests() {  # build_dir log name: CudaTest.* with each case's error, the gtest
+  # summary and a verdict line (PASS only when every test ran and passed)
   "$1/tests/kernels_test" --gtest_filter='CudaTest.*' > "$2" 2>&1
   local rc=$?
   grep -E "^\[  |decode|probe|Failure|Expected|Which|actual" "$2" | tail -60
-  return $rc
+  gtest_verdict "$3" "$2" "$rc"
 }
 start=$SECONDS
 vbuild="$build-variant"
@@ -66,7 +68,7 @@ fi
 configure "$build" "" || { tail -30 "$out/build.log"; exit 1; }
 build_targets "$build" || { grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
 echo "build ok ($((SECONDS - start)) s)"
-cuda_tests "$build" "$out/kernels_test.log"
+cuda_tests "$build" "$out/kernels_test.log" "CudaTest"
 python3 bench/kernels/sdpa_peer.py "$build/bin/kernels_gpu_bench" "${quick[@]}" --out "$out/bench.md" > "$out/bench.log" 2>&1
 cat "$out/bench.md" 2>/dev/null || tail -20 "$out/bench.log"
 if [ -n "$variant_pid" ]; then
@@ -74,11 +76,7 @@ if [ -n "$variant_pid" ]; then
   echo "== variant: CUDA flags '$MOEND_VARIANT_FLAGS' ($((SECONDS - start)) s)"
   if [ -f "$vbuild/.built" ]; then
     echo "variant build ok ($((SECONDS - start)) s)"
-    if cuda_tests "$vbuild" "$out/variant_test.log"; then
-      echo "variant CudaTest: PASS"
-    else
-      echo "variant CudaTest: FAIL (see variant_test.log)"
-    fi
+    cuda_tests "$vbuild" "$out/variant_test.log" "variant CudaTest"
     # Same cases, same process order for both builds; ratio = base us / variant us.
     cases=(--batch 8 --ctx "65536,131072" --splits "${MOEND_SPLITS:-0,12,24}" --no-compress "${quick[@]}")
     for which in base variant; do

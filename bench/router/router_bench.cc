@@ -12,7 +12,9 @@
 // --mode=soak: the reliability suite's load (tests/reliability/soak.sh):
 // SolvePlan at full rate for --seconds against the real binaries while
 // --streams WatchPlans streams are open and new tables land; fails on any
-// error, missed version or memory growth.
+// error, missed version or memory growth. With --calls=N the load is N calls
+// instead (every one counted, no warm-up window), --publishes tables land at
+// evenly spaced call counts, and --min_qps=Q fails a run slower than Q.
 //
 // --mode=watch: starts moend-registry and moend-router as child processes,
 // publishes a table, opens --streams WatchPlans streams (callback API, over
@@ -65,6 +67,8 @@ struct Flags {
   std::string solver = "exact";
   double ratio = 8;
   double publish_every = 5;  // soak: seconds between new tables
+  int64_t calls = 0;         // soak: > 0 = this many SolvePlan calls instead of --seconds
+  double min_qps = 0;        // soak: fail below this many calls per second
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -88,6 +92,8 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else if (name == "solver") f->solver = value;
     else if (name == "ratio") ok = absl::SimpleAtod(value, &f->ratio) && f->ratio >= 1;
     else if (name == "publish_every") ok = absl::SimpleAtod(value, &f->publish_every) && f->publish_every > 0;
+    else if (name == "calls") ok = absl::SimpleAtoi(value, &f->calls) && f->calls > 0;
+    else if (name == "min_qps") ok = absl::SimpleAtod(value, &f->min_qps) && f->min_qps >= 0;
     else {
       std::fprintf(stderr, "router_bench: unknown flag --%s\n", name.c_str());
       return false;
@@ -168,9 +174,12 @@ struct RoundResult {
 };
 
 // Drives `address` with the flags' load; latencies of calls that complete
-// inside the measured window (after a 1 s warm-up).
+// inside the measured window (after a 1 s warm-up). With flags.calls > 0:
+// exactly that many calls, all of them counted (seconds = the wall time they
+// took), and `completed` (if given) counts them as they finish.
 RoundResult RunLoad(const std::string& address, const v1::SolvePlanRequest& request,
-                    const Flags& flags, int round_id) {
+                    const Flags& flags, int round_id,
+                    std::atomic<int64_t>* completed = nullptr) {
   using Clock = std::chrono::steady_clock;
   struct Call {
     grpc::ClientContext context;
@@ -179,8 +188,17 @@ RoundResult RunLoad(const std::string& address, const v1::SolvePlanRequest& requ
     std::unique_ptr<grpc::ClientAsyncResponseReader<v1::Plan>> rpc;
     Clock::time_point start;
   };
-  const auto warm_end = Clock::now() + std::chrono::seconds(1);
-  const auto end = warm_end + std::chrono::microseconds(static_cast<int64_t>(flags.seconds * 1e6));
+  const bool counted = flags.calls > 0;
+  const auto load_start = Clock::now();
+  const auto warm_end = counted ? load_start : load_start + std::chrono::seconds(1);
+  const auto end = counted ? Clock::time_point::max()
+                           : warm_end + std::chrono::microseconds(static_cast<int64_t>(flags.seconds * 1e6));
+  std::atomic<int64_t> issued{0};
+  // Whether one more call may start: before `end`, or (counted) while fewer
+  // than flags.calls were issued.
+  auto may_issue = [&](Clock::time_point now) {
+    return counted ? issued.fetch_add(1) < flags.calls : now < end;
+  };
   std::vector<std::vector<float>> latencies(flags.threads);
   std::vector<int64_t> errors(flags.threads, 0);
   std::vector<std::thread> threads;
@@ -197,8 +215,8 @@ RoundResult RunLoad(const std::string& address, const v1::SolvePlanRequest& requ
         call->rpc = stub->AsyncSolvePlan(&call->context, request, &cq);
         call->rpc->Finish(&call->reply, &call->status, call);
       };
-      for (int i = 0; i < flags.depth; ++i) issue();
-      int in_flight = flags.depth;
+      int in_flight = 0;
+      for (int i = 0; i < flags.depth && may_issue(Clock::now()); ++i, ++in_flight) issue();
       void* tag;
       bool ok;
       while (in_flight > 0 && cq.Next(&tag, &ok)) {
@@ -214,7 +232,8 @@ RoundResult RunLoad(const std::string& address, const v1::SolvePlanRequest& requ
           }
         }
         delete call;
-        if (now < end) {
+        if (completed != nullptr) ++*completed;
+        if (may_issue(now)) {
           issue();
           ++in_flight;
         }
@@ -232,8 +251,9 @@ RoundResult RunLoad(const std::string& address, const v1::SolvePlanRequest& requ
     r.errors += errors[t];
   }
   std::sort(all.begin(), all.end());
-  r.calls = static_cast<int64_t>(all.size());
-  r.seconds = flags.seconds;
+  r.calls = static_cast<int64_t>(all.size()) + (counted ? r.errors : 0);
+  r.seconds = counted ? std::chrono::duration<double>(Clock::now() - load_start).count()
+                      : flags.seconds;
   if (!all.empty()) {
     r.p50_us = all[all.size() / 2];
     r.p99_us = all[std::min(all.size() - 1, all.size() * 99 / 100)];
@@ -340,10 +360,12 @@ class Tally {
   std::vector<int64_t> count_;
 };
 
+// A WatchPlans stream; one that ends before Cancel() adds to `ended` (if given).
 class StreamReader final : public grpc::ClientReadReactor<v1::Plan> {
  public:
-  StreamReader(v1::Router::Stub* stub, const v1::WatchPlansRequest& request, Tally* tally)
-      : tally_(tally) {
+  StreamReader(v1::Router::Stub* stub, const v1::WatchPlansRequest& request, Tally* tally,
+               std::atomic<int64_t>* ended = nullptr)
+      : tally_(tally), ended_(ended) {
     stub->async()->WatchPlans(&context_, &request, this);
     StartRead(&plan_);
     StartCall();
@@ -356,10 +378,14 @@ class StreamReader final : public grpc::ClientReadReactor<v1::Plan> {
   }
   void OnDone(const grpc::Status&) override {
     tally_->Remove(version_);
+    if (ended_ != nullptr && !cancelled_) ++*ended_;
     absl::MutexLock lock(&mu_);
     done_ = true;
   }
-  void Cancel() { context_.TryCancel(); }
+  void Cancel() {
+    cancelled_ = true;
+    context_.TryCancel();
+  }
   void WaitDone() {
     absl::MutexLock lock(&mu_);
     mu_.Await(absl::Condition(&done_));
@@ -369,6 +395,8 @@ class StreamReader final : public grpc::ClientReadReactor<v1::Plan> {
   grpc::ClientContext context_;
   v1::Plan plan_;
   Tally* tally_;
+  std::atomic<int64_t>* ended_;
+  std::atomic<bool> cancelled_{false};
   uint64_t version_ = 0;
   absl::Mutex mu_;
   bool done_ = false;
@@ -532,7 +560,10 @@ int RunWatch(const Flags& flags) {
 // new table lands every --publish_every seconds; every stream must receive
 // every version. Prints errors, p50/p99, propagation times and both servers'
 // RSS before and after; exits 1 if any call failed, any stream missed a
-// version, or the router's RSS grew by more than max(25%, 32 MiB).
+// version, or the router's RSS grew by more than max(25%, 32 MiB). With
+// --calls: a fixed amount of work instead (see the top of this file); every
+// failed call, failed publish and stream that ended early is an error, and a
+// rate below --min_qps fails the run.
 int RunSoak(const Flags& flags) {
   Stack stack;
   if (std::string error = stack.Start(); !error.empty()) {
@@ -550,9 +581,11 @@ int RunSoak(const Flags& flags) {
 
   const absl::Duration patience = absl::Seconds(120);
   Tally tally;
+  std::atomic<int64_t> streams_ended{0};
   std::vector<std::unique_ptr<StreamReader>> readers;
   for (int i = 0; i < flags.streams; ++i) {
-    readers.push_back(std::make_unique<StreamReader>(stubs[i % flags.channels].get(), watch, &tally));
+    readers.push_back(std::make_unique<StreamReader>(stubs[i % flags.channels].get(), watch, &tally,
+                                                     &streams_ended));
   }
   if (!tally.WaitFor(stack.version(), flags.streams, patience)) {
     return std::fprintf(stderr, "not every stream got its first plan\n"), 1;
@@ -560,23 +593,39 @@ int RunSoak(const Flags& flags) {
   // A short warm-up round (connections, plan cache), then the "before" RSS.
   Flags warm = flags;
   warm.seconds = 1;
-  RunLoad(stack.router_address(), solve, warm, 0);
+  warm.calls = flags.calls > 0 ? std::max<int64_t>(1, flags.calls / 20) : 0;
+  const RoundResult warm_load = RunLoad(stack.router_address(), solve, warm, 0);
   const ProcStatus router_before = ReadProcStatus(stack.router_pid());
   const ProcStatus registry_before = ReadProcStatus(stack.registry_pid());
-  std::printf("router_bench soak: %.0f s of SolvePlan (%d threads x %d in flight) + %d WatchPlans "
-              "streams over %d connections, a new table every %.1f s; ratio %g, solver %s\n",
-              flags.seconds, flags.threads, flags.depth, flags.streams, flags.channels,
-              flags.publish_every, flags.ratio, flags.solver.c_str());
+  const bool counted = flags.calls > 0;
+  if (counted) {
+    std::printf("router_bench soak: %lld SolvePlan calls (%d threads x %d in flight) + %d "
+                "WatchPlans streams over %d connections, %d new tables during the load; ratio %g, "
+                "solver %s\n",
+                static_cast<long long>(flags.calls), flags.threads, flags.depth, flags.streams,
+                flags.channels, flags.publishes, flags.ratio, flags.solver.c_str());
+  } else {
+    std::printf("router_bench soak: %.0f s of SolvePlan (%d threads x %d in flight) + %d WatchPlans "
+                "streams over %d connections, a new table every %.1f s; ratio %g, solver %s\n",
+                flags.seconds, flags.threads, flags.depth, flags.streams, flags.channels,
+                flags.publish_every, flags.ratio, flags.solver.c_str());
+  }
   std::fflush(stdout);
 
   // New calibrations land while the load runs; each must reach every stream.
   std::atomic<bool> stop{false};
   std::atomic<int64_t> publishes{0}, missed{0};
   std::atomic<double> worst_propagation_ms{0};
+  std::atomic<int64_t> completed{0};
   std::thread publisher([&] {
-    while (!stop) {
-      const absl::Time next = absl::Now() + absl::Seconds(flags.publish_every);
-      while (!stop && absl::Now() < next) absl::SleepFor(absl::Milliseconds(50));
+    for (int p = 1; !stop && (!counted || p <= flags.publishes); ++p) {
+      if (counted) {  // at evenly spaced call counts
+        const int64_t at = flags.calls * p / (flags.publishes + 1);
+        while (!stop && completed < at) absl::SleepFor(absl::Milliseconds(2));
+      } else {
+        const absl::Time next = absl::Now() + absl::Seconds(flags.publish_every);
+        while (!stop && absl::Now() < next) absl::SleepFor(absl::Milliseconds(50));
+      }
       if (stop) break;
       const absl::Time start = absl::Now();
       const uint64_t version = stack.Publish();
@@ -589,7 +638,10 @@ int RunSoak(const Flags& flags) {
       if (ms > worst_propagation_ms) worst_propagation_ms = ms;
     }
   });
-  const RoundResult load = RunLoad(stack.router_address(), solve, flags, 1);
+  const RoundResult load = RunLoad(stack.router_address(), solve, flags, 1, &completed);
+  if (counted) {  // the publishes due at the last call counts still land
+    while (publishes + missed < flags.publishes && !stop) absl::SleepFor(absl::Milliseconds(10));
+  }
   stop = true;
   publisher.join();
   const bool all_current = tally.WaitFor(stack.version(), flags.streams, patience);
@@ -598,9 +650,11 @@ int RunSoak(const Flags& flags) {
   for (auto& r : readers) r->Cancel();
   for (auto& r : readers) r->WaitDone();
 
-  std::printf("SolvePlan: %lld calls in %.0f s = %.0f QPS, errors %lld, p50 %.1f us, p99 %.1f us\n",
+  std::printf("SolvePlan: %lld calls in %.1f s = %.0f QPS, errors %lld (warm-up: %lld calls, %lld "
+              "errors), p50 %.1f us, p99 %.1f us\n",
               static_cast<long long>(load.calls), load.seconds, load.qps(),
-              static_cast<long long>(load.errors), load.p50_us, load.p99_us);
+              static_cast<long long>(load.errors), static_cast<long long>(warm_load.calls),
+              static_cast<long long>(warm_load.errors), load.p50_us, load.p99_us);
   std::printf("tables published during the load: %lld, each on all %d streams within %.0f ms "
               "(worst); missed: %lld; streams on the last version at the end: %s\n",
               static_cast<long long>(publishes.load()), flags.streams, worst_propagation_ms.load(),
@@ -615,7 +669,15 @@ int RunSoak(const Flags& flags) {
               static_cast<long long>(registry_after.threads));
   const int64_t growth_kb = router_after.rss_kb - router_before.rss_kb;
   const bool flat = growth_kb <= std::max<int64_t>(router_before.rss_kb / 4, 32 * 1024);
-  const bool ok = load.errors == 0 && load.calls > 0 && missed == 0 && all_current && flat;
+  const bool all_calls = !counted || load.calls == flags.calls;
+  const bool all_published = !counted || publishes == flags.publishes;
+  const bool fast_enough = load.qps() >= flags.min_qps;
+  std::printf("streams that ended during the load: %lld; calls %s; %s--min_qps %.0f\n",
+              static_cast<long long>(streams_ended.load()),
+              all_calls ? "all made" : "NOT all made", fast_enough ? "" : "BELOW ", flags.min_qps);
+  const bool ok = load.errors == 0 && warm_load.errors == 0 && load.calls > 0 && missed == 0 &&
+                  all_current && flat && streams_ended == 0 && all_calls && all_published &&
+                  fast_enough;
   std::printf("SOAK %s\n", ok ? "PASSED" : "FAILED");
   return ok ? 0 : 1;
 }
@@ -629,7 +691,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr,
                  "usage: router_bench [--mode=throughput|watch|soak] [--threads=4] [--depth=8] "
                  "[--seconds=5] [--rounds=2] [--streams=1000] [--channels=10] "
-                 "[--publishes=5] [--publish_every=5] [--solver=exact] [--ratio=8]\n");
+                 "[--publishes=5] [--publish_every=5] [--solver=exact] [--ratio=8] "
+                 "[--calls=N] [--min_qps=Q]\n");
     return 2;
   }
   if (flags.mode == "soak") return moend::router::RunSoak(flags);

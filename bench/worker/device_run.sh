@@ -32,11 +32,17 @@ ninja -C "$build" -j16 gpu_calibrator_test gpu_model_test worker_test calibratio
   grep -E "error|FAILED" -A3 "$out/build.log" | head -60; exit 1; }
 echo "build ok"
 if [ "$no_tests" = 0 ]; then
-  "$build/tests/gpu_calibrator_test" 2>&1 | tee "$out/gpu_calibrator_test.log" |
-    grep -E "^\[  |worst|Failure|Expected|Which|actual|  " | head -80
-  "$build/tests/gpu_model_test" 2>&1 | tee "$out/gpu_model_test.log" |
-    grep -E "^\[  |worst|max \||Failure|Expected|Which|actual|  " | head -80
-  "$build/tests/worker_test" 2>&1 | tail -3
+  source bench/gtest_verdict.sh
+  "$build/tests/gpu_calibrator_test" > "$out/gpu_calibrator_test.log" 2>&1
+  rc=$?
+  grep -E "^\[  |worst|Failure|Expected|Which|actual|  " "$out/gpu_calibrator_test.log" | head -80
+  gtest_verdict gpu_calibrator_test "$out/gpu_calibrator_test.log" "$rc"
+  "$build/tests/gpu_model_test" > "$out/gpu_model_test.log" 2>&1
+  rc=$?
+  grep -E "^\[  |worst|max \||Failure|Expected|Which|actual|  " "$out/gpu_model_test.log" | head -80
+  gtest_verdict gpu_model_test "$out/gpu_model_test.log" "$rc"
+  "$build/tests/worker_test" > "$out/worker_test.log" 2>&1
+  gtest_verdict worker_test "$out/worker_test.log" "$?"
 fi
 # The shipped model end to end: GPU forward + grid (RESULT e2e), and the CPU
 # forward + GPU grid path on 2 sequences for comparison (RESULT e2e_cpu_forward).

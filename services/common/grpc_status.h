@@ -18,13 +18,17 @@ namespace moend::rpc {
 // an unrelated "metadata size exceeds limit" instead of the real error).
 inline constexpr size_t kMaxStatusMessageBytes = 1024;
 
+// A longer message keeps its start and its end (which says what is allowed,
+// after the quoted input) and loses the middle: "<start>... (N bytes cut)
+// ...<end>".
 inline grpc::Status ToGrpcStatus(const absl::Status& s) {
   if (s.ok()) return grpc::Status::OK;
   std::string message(s.message());
   if (message.size() > kMaxStatusMessageBytes) {
-    const size_t omitted = message.size() - kMaxStatusMessageBytes;
-    message.resize(kMaxStatusMessageBytes);
-    message += absl::StrCat("... (", omitted, " more bytes)");
+    constexpr size_t kHead = kMaxStatusMessageBytes / 2, kTail = kMaxStatusMessageBytes / 2;
+    const size_t omitted = message.size() - kHead - kTail;
+    message = absl::StrCat(message.substr(0, kHead), "... (", omitted, " bytes cut) ...",
+                           message.substr(message.size() - kTail));
   }
   return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::move(message));
 }

@@ -20,7 +20,15 @@ cat > "$tmp/bin/ninja" <<'STUB'
 dir=$2
 mkdir -p "$dir/bin" "$dir/tests"
 cp "$MOEND_DRY_STUBS/stub_kernels_gpu_bench.sh" "$dir/bin/kernels_gpu_bench"
-printf '#!/bin/bash\necho "[  PASSED  ] 7 tests."\n' > "$dir/tests/kernels_test"
+cat > "$dir/tests/kernels_test" <<'TESTS'
+#!/bin/bash
+if [ -n "${MOEND_STUB_SKIP:-}" ]; then  # a machine where every CUDA test skips
+  printf 'x.cc:40: Skipped\nno CUDA device: stub\n[  SKIPPED ] CudaTest.A (0 ms)\n'
+  printf '[  PASSED  ] 0 tests.\n[  SKIPPED ] 7 tests, listed below:\n'
+else
+  echo "[  PASSED  ] 7 tests."
+fi
+TESTS
 chmod +x "$dir/bin/kernels_gpu_bench" "$dir/tests/kernels_test"
 STUB
 printf '#!/bin/bash\necho "name, driver_version"\necho "stub GPU, 0"\n' > "$tmp/bin/nvidia-smi"
@@ -40,4 +48,12 @@ grep -Eq "ctx=131072 tuple=\(0.25,2,2\) asked=12 +12 +82.0 +12 +62.0 +1.32x" <<<
 grep -q "missing" <<<"$out" && fail "a variant row is missing"
 grep -q "regex:AttentionKernel|Combine --launch-skip 6 --launch-count 2" "$tmp/out/ncu_variant.txt" ||
   fail "ncu not run on the variant with the decode kernels' filter"
-echo "device_run.sh dry run: 1 passed, 0 failed"
+# Every CUDA test skipped: the script must not call that a pass.
+skip_out=$(cd "$src" && PATH="$tmp/bin:$PATH" OUT="$tmp/out-skip" MOEND_GPU_BUILD="$tmp/build-skip" \
+  MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_WAVES=1" MOEND_SPLITS=0 MOEND_STUB_SKIP=1 \
+  bash bench/kernels/device_run.sh --quick --kernels-only 2>&1)
+out=$skip_out
+grep -q "CudaTest: PASS" <<<"$out" && fail "PASS printed although every CUDA test skipped"
+grep -q "^CudaTest: NOT RUN (7 skipped: no CUDA device: stub)" <<<"$out" || fail "no NOT RUN verdict"
+grep -q "^variant CudaTest: NOT RUN" <<<"$out" || fail "no NOT RUN verdict for the variant"
+echo "device_run.sh dry run: 2 passed, 0 failed"

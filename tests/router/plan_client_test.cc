@@ -13,6 +13,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/router/loopback_stack.h"
+#include "tests/util/wait.h"
 
 namespace moend::plan_client {
 namespace {
@@ -20,6 +21,7 @@ namespace {
 using ::testing::HasSubstr;
 using router::testing::LoopbackStack;
 using router::testing::MakeTable;
+using moend::testing::WaitUntil;
 
 constexpr absl::Duration kPatience = absl::Seconds(60);  // failure guard
 
@@ -51,7 +53,8 @@ TEST(PlanClientTest, ReconnectsAfterTheRouterIsKilledAndRestarted) {
   // kill -9 the router; the node keeps its plan.
   stack.DropRouter();
   ASSERT_EQ(stack.Publish(2), 2u);  // lands while no router runs
-  while ((*watch)->last_error().ok()) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_TRUE(WaitUntil([&] { return !(*watch)->last_error().ok(); }, kPatience))
+      << "the watch did not notice the router was gone";
   EXPECT_EQ((*watch)->last_error().code(), absl::StatusCode::kUnavailable)
       << (*watch)->last_error();
   EXPECT_EQ((*watch)->Current(), *first);
@@ -91,7 +94,8 @@ TEST(PlanClientTest, RouterErrorsShowInLastErrorWhileRetrying) {
   // The model has no table yet: NotFound, retried until a table lands.
   auto watch = (*client)->Watch("tinycode", Budget::Ratio(6), "exact");
   ASSERT_TRUE(watch.ok()) << watch.status();
-  while ((*watch)->last_error().ok()) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_TRUE(WaitUntil([&] { return !(*watch)->last_error().ok(); }, kPatience))
+      << "no error while the model has no table";
   EXPECT_EQ((*watch)->last_error().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string((*watch)->last_error().message()), HasSubstr("no sensitivity table"));
   EXPECT_EQ((*watch)->Current(), nullptr);
@@ -103,7 +107,8 @@ TEST(PlanClientTest, RouterErrorsShowInLastErrorWhileRetrying) {
   // An unknown model stays an error, with the router's message.
   auto ghost = (*client)->Watch("ghost", Budget::Ratio(6));
   ASSERT_TRUE(ghost.ok());
-  while ((*ghost)->last_error().ok()) absl::SleepFor(absl::Milliseconds(5));
+  ASSERT_TRUE(WaitUntil([&] { return !(*ghost)->last_error().ok(); }, kPatience))
+      << "no error for an unknown model";
   EXPECT_EQ((*ghost)->last_error().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(std::string((*ghost)->last_error().message()), HasSubstr("ghost"));
 }

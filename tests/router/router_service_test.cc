@@ -15,6 +15,7 @@
 #include "prometheus/registry.h"
 #include "services/router/plan_convert.h"
 #include "tests/router/router_test_util.h"
+#include "tests/util/wait.h"
 
 namespace moend::router {
 namespace {
@@ -166,7 +167,10 @@ TEST_F(RouterServiceTest, WatchPlansStreamsTheCurrentThenNewerPlans) {
   // The client cancels: the router drops the subscription.
   ctx->TryCancel();
   EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
-  while (Gauge(metrics_, "moend_router_watch_streams") != 0) absl::SleepFor(absl::Milliseconds(5));
+  EXPECT_TRUE(moend::testing::WaitUntil(
+      [&] { return Gauge(metrics_, "moend_router_watch_streams") == 0; }, absl::Seconds(60)))
+      << "the cancelled stream is still counted: "
+      << Gauge(metrics_, "moend_router_watch_streams");
 }
 
 TEST_F(RouterServiceTest, ShutdownEndsWatchStreamsWithUnavailable) {

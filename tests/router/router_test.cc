@@ -15,6 +15,7 @@
 #include "prometheus/registry.h"
 #include "services/router/lru_cache.h"
 #include "tests/router/router_test_util.h"
+#include "tests/util/wait.h"
 
 namespace moend::router {
 namespace {
@@ -333,9 +334,13 @@ TEST_F(RouterTest, WatcherRetriesAfterSourceErrors) {
   source_.Publish(MakeTable("tiny", 2));
   // The watcher sees version 2 once the feed is back but cannot read the
   // table; it must keep trying until the table is readable.
-  while (source_.failed_waits() < 3) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(moend::testing::WaitUntil([&] { return source_.failed_waits() >= 3; },
+                                        kPatience))
+      << "the watcher stopped waiting on the feed after " << source_.failed_waits() << " errors";
   const int calls = source_.get_table_calls();
-  while (source_.get_table_calls() < calls + 2) absl::SleepFor(absl::Milliseconds(1));
+  ASSERT_TRUE(moend::testing::WaitUntil([&] { return source_.get_table_calls() >= calls + 2; },
+                                        kPatience))
+      << "the watcher stopped retrying the table read";
   EXPECT_EQ(sink.versions(), std::vector<uint64_t>{1});
   source_.SetGetTableDown(false);
   ASSERT_NE(sink.WaitFor(2), nullptr);

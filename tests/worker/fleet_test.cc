@@ -91,9 +91,35 @@ TEST_F(FleetTest, SurvivesWorkerAndRegistryKillsAndMatchesLocalCalibration) {
   auto client = registry::RegistryClient::Connect(options);
   ASSERT_TRUE(client.ok()) << client.status();
 
-  // Kill a worker once work is flowing, then the registry.
+  // Kill a worker once work is flowing, while it holds a lease: it is
+  // stopped first (and a report it already sent given time to land), so that
+  // it cannot finish the shard between the check and the kill.
   ASSERT_TRUE(WaitShards(**client, 2, absl::Seconds(120))) << ctl.Log();
+  auto jobs = (*client)->ListJobs("tinycode");
+  ASSERT_TRUE(jobs.ok() && jobs->size() == 1);
+  const std::string job_id = jobs->front().spec.job_id;
+  int64_t cut_shard = -1;
+  for (int attempt = 0; attempt < 100 && cut_shard < 0; ++attempt) {
+    ASSERT_EQ(::kill(workers[0]->pid(), SIGSTOP), 0);
+    absl::SleepFor(absl::Milliseconds(500));
+    auto job = (*client)->GetJob(job_id, /*include_shards=*/true);
+    ASSERT_TRUE(job.ok()) << job.status();
+    for (const registry::Shard& shard : job->shards) {
+      if (shard.state == registry::ShardState::kLeased && shard.worker_id == "w0") {
+        cut_shard = shard.index;
+      }
+    }
+    if (cut_shard >= 0) {
+      EXPECT_EQ(job->state, registry::JobState::kRunning);
+      EXPECT_LT(job->shards_done, kSamples * 4);
+    } else {
+      ASSERT_EQ(::kill(workers[0]->pid(), SIGCONT), 0);
+      absl::SleepFor(absl::Milliseconds(100));
+    }
+  }
+  ASSERT_GE(cut_shard, 0) << "worker w0 never held a lease while the job ran";
   EXPECT_NE(workers[0]->Signal(SIGKILL, absl::Seconds(10)), -1);
+  // Then the registry, once more shards are done, while the job still runs.
   ASSERT_TRUE(WaitShards(**client, 4, absl::Seconds(120))) << ctl.Log();
   const int64_t before_kill = ShardsDone(**client);
   EXPECT_NE(registry->Signal(SIGKILL, absl::Seconds(10)), -1);
@@ -108,14 +134,20 @@ TEST_F(FleetTest, SurvivesWorkerAndRegistryKillsAndMatchesLocalCalibration) {
     if (after_restart < 0) absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_GE(after_restart, before_kill);
+  // Shards are only ever added, and each takes seconds: a job not done right
+  // after the restart was not done when the registry was killed.
+  EXPECT_LT(after_restart, kSamples * 4) << "the job had finished before the registry was killed";
 
   const int status = ctl.WaitExit(absl::Seconds(600));
   ASSERT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << ctl.Log();
   auto fleet = ReadSensitivityTable(table_path);
   ASSERT_TRUE(fleet.ok()) << fleet.status();
-  auto job = (*client)->ListJobs("tinycode");
-  ASSERT_TRUE(job.ok() && job->size() == 1);
-  EXPECT_EQ(job->front().shards_done, kSamples * 4);
+  auto job = (*client)->GetJob(job_id, /*include_shards=*/true);
+  ASSERT_TRUE(job.ok()) << job.status();
+  EXPECT_EQ(job->shards_done, kSamples * 4);
+  // The shard the killed worker held was leased again and done by another.
+  EXPECT_GE(job->shards[cut_shard].attempts, 2);
+  EXPECT_NE(job->shards[cut_shard].worker_id, "w0");
 
   // The same samples calibrated here, single-threaded like the workers.
   auto model = Model::Load(src + "/models/tinycode", ModelOptions{1});
