@@ -1,21 +1,43 @@
-// Reading a database that an older moend-registry wrote: the fixture
-// testdata/format0_db was written by testdata/make_registry_db.cc at commit
-// 24ea92c (format 0: moend.v1 RPC messages stored as records). Every value
-// checked here follows from that program's fixed inputs, not from the code
-// under test.
+// The registry's record format (services/registry/records.h): a database
+// that an older moend-registry wrote is read and migrated, a newer one is
+// refused. The fixture testdata/format0_db was written by
+// testdata/make_registry_db.cc at commit 24ea92c (format 0: moend.v1 RPC
+// messages stored as records). Every value checked here follows from that
+// program's fixed inputs, not from the code under test.
 #include <filesystem>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "moend/storage/v1/records.pb.h"
+#include "services/registry/records.h"
 #include "services/registry/registry.h"
 #include "storage/store.h"
+#include "tests/registry/forwarding_store.h"
 #include "tests/storage/temp_dir.h"
 
 namespace moend::registry {
 namespace {
 
 using ::moend::testing::TempDir;
+using storage::Column;
+
+// A store that fails every write after the first `ok_writes`, as a full disk
+// would.
+class FailingStore final : public testing::ForwardingStore {
+ public:
+  FailingStore(std::unique_ptr<storage::Store> inner, int ok_writes)
+      : ForwardingStore(std::move(inner)), ok_writes_(ok_writes) {}
+  absl::Status Write(const storage::WriteBatch& batch) override {
+    if (writes_++ >= ok_writes_) return absl::ResourceExhaustedError("disk full (injected)");
+    return ForwardingStore::Write(batch);
+  }
+  int writes() const { return writes_; }
+
+ private:
+  const int ok_writes_;
+  int writes_ = 0;
+};
 
 const absl::Time kT0 = absl::FromUnixSeconds(1'700'000'000);
 
@@ -40,14 +62,19 @@ class RegistryFormatTest : public ::testing::Test {
   }
   std::string db_path() const { return dir_.Sub("db"); }
 
-  std::unique_ptr<Registry> Open() {
+  std::unique_ptr<storage::Store> OpenStore() {
     auto store = storage::Store::Open({.path = db_path()});
     EXPECT_TRUE(store.ok()) << store.status();
-    if (!store.ok()) return nullptr;
+    return store.ok() ? std::move(store).value() : nullptr;
+  }
+
+  std::unique_ptr<Registry> Open() {
+    std::unique_ptr<storage::Store> store = OpenStore();
+    if (store == nullptr) return nullptr;
     RegistryOptions options;
     options.clock = &clock_;
     options.lease_duration = absl::Seconds(60);
-    auto r = Registry::Open(std::move(store).value(), options);
+    auto r = Registry::Open(std::move(store), options);
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? std::move(r).value() : nullptr;
   }
@@ -189,6 +216,137 @@ TEST_F(RegistryFormatTest, ReadsEveryRecordOfAFormat0Database) {
   std::unique_ptr<Registry> r = Open();
   ASSERT_NE(r, nullptr);
   ExpectFixtureContents(*r);
+}
+
+// After the migration every record decodes as format 1, including the runs
+// that no Registry call returns, and the job records no longer carry
+// format 0's per-report fields.
+TEST_F(RegistryFormatTest, MigratesEveryRecordToTheCurrentFormat) {
+  {
+    std::unique_ptr<storage::Store> store = OpenStore();
+    ASSERT_NE(store, nullptr);
+    EXPECT_EQ(*records::ReadFormat(*store), 0u);
+    ASSERT_TRUE(records::PrepareFormat(*store).ok());
+    EXPECT_EQ(*records::ReadFormat(*store), records::kFormatVersion);
+    EXPECT_EQ(records::kFormatVersion, 1u);
+
+    auto runs = store->Scan(Column::kRuns, "");
+    ASSERT_TRUE(runs.ok());
+    ASSERT_EQ(runs->size(), 2u);
+    auto job_run = records::DecodeRun((*runs)[0].value, (*runs)[0].key);
+    ASSERT_TRUE(job_run.ok()) << job_run.status();
+    EXPECT_EQ(job_run->run_id, "job-a");
+    EXPECT_EQ(job_run->model, "tinycode");
+    EXPECT_EQ(job_run->version, 2u);
+    EXPECT_EQ(job_run->samples, 4);
+    EXPECT_EQ(job_run->shards, 4);
+    EXPECT_EQ(job_run->completed, kT0 + absl::Seconds(11));
+    auto publish_run = records::DecodeRun((*runs)[1].value, (*runs)[1].key);
+    ASSERT_TRUE(publish_run.ok()) << publish_run.status();
+    EXPECT_EQ(publish_run->run_id, "publish-tinycode-1");
+    EXPECT_EQ(publish_run->version, 1u);
+    EXPECT_EQ(publish_run->samples, 16);
+    EXPECT_EQ(publish_run->shards, 0);
+    EXPECT_EQ(publish_run->completed, kT0 + absl::Seconds(2));
+
+    // Reports: job-000002's first and job-a's four.
+    auto reports = store->Scan(Column::kJobs, "report/");
+    ASSERT_TRUE(reports.ok());
+    ASSERT_EQ(reports->size(), 5u);
+    for (const storage::KeyValue& kv : *reports) {
+      auto part = records::DecodePartialTable(kv.value, kv.key);
+      ASSERT_TRUE(part.ok()) << part.status();
+      EXPECT_EQ(part->tuples, kTuples) << kv.key;
+    }
+    // Key order: "report/job-000002/..." sorts before "report/job-a/...".
+    auto b0 = records::DecodePartialTable((*reports)[0].value, (*reports)[0].key);
+    EXPECT_EQ((*reports)[0].key, "report/job-000002/00000000");
+    EXPECT_EQ(b0->samples, 1);
+    EXPECT_EQ(b0->s[3][2], Value(0, 3, 2));
+
+    for (const char* id : {"job-a", "job-000002"}) {
+      auto bytes = store->Get(Column::kJobs, records::JobKey(id));
+      ASSERT_TRUE(bytes.ok()) << bytes.status();
+      storage::v1::JobRecord record;
+      ASSERT_TRUE(record.ParseFromString(*bytes));
+      EXPECT_TRUE(record.GetReflection()->GetUnknownFields(record).empty())
+          << id << ": format 0's shards_done is still stored";
+      EXPECT_EQ(record.state(), std::string(id) == "job-a" ? storage::v1::JOB_STATE_DONE
+                                                           : storage::v1::JOB_STATE_PENDING);
+    }
+  }
+  // The migrated database reads the same, twice (no second migration).
+  for (int i = 0; i < 2; ++i) {
+    std::unique_ptr<Registry> r = Open();
+    ASSERT_NE(r, nullptr);
+    ExpectFixtureContents(*r);
+  }
+}
+
+// A migration cut short by a failed write leaves a database that still
+// opens as format 0, and the next open finishes the migration.
+TEST_F(RegistryFormatTest, AnInterruptedMigrationIsDoneAgainOnTheNextOpen) {
+  {
+    auto failing = std::make_unique<FailingStore>(OpenStore(), /*ok_writes=*/1);
+    // One record a batch: the two rewritten job records, then the format.
+    absl::Status s = records::MigrateFormat0(*failing, /*max_batch_bytes=*/1);
+    EXPECT_TRUE(absl::IsResourceExhausted(s)) << s;
+    EXPECT_EQ(failing->writes(), 2);
+    EXPECT_EQ(*records::ReadFormat(*failing), 0u);
+  }
+  std::unique_ptr<Registry> r = Open();
+  ASSERT_NE(r, nullptr);
+  ExpectFixtureContents(*r);
+  r.reset();
+  std::unique_ptr<storage::Store> store = OpenStore();
+  EXPECT_EQ(*records::ReadFormat(*store), records::kFormatVersion);
+}
+
+TEST_F(RegistryFormatTest, ANewerFormatIsRefusedAndLeftAsItIs) {
+  {
+    std::unique_ptr<storage::Store> store = OpenStore();
+    storage::v1::FormatRecord newer;
+    newer.set_version(records::kFormatVersion + 1);
+    ASSERT_TRUE(store->Put(Column::kMeta, records::kFormatKey, newer.SerializeAsString()).ok());
+  }
+  {
+    auto r = Registry::Open(OpenStore(), {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_TRUE(absl::IsFailedPrecondition(r.status())) << r.status();
+    EXPECT_NE(r.status().message().find("record format 2"), std::string::npos) << r.status();
+    EXPECT_NE(r.status().message().find(db_path()), std::string::npos) << r.status();
+    EXPECT_NE(r.status().message().find("reads formats 0 to 1"), std::string::npos)
+        << r.status();
+  }
+  std::unique_ptr<storage::Store> store = OpenStore();
+  EXPECT_EQ(*records::ReadFormat(*store), records::kFormatVersion + 1);
+  auto job = store->Get(Column::kJobs, records::JobKey("job-000002"));
+  storage::v1::JobRecord record;
+  ASSERT_TRUE(record.ParseFromString(*job));
+  EXPECT_EQ(record.state(), storage::v1::JOB_STATE_RUNNING) << "the record was rewritten";
+}
+
+TEST_F(RegistryFormatTest, AnUnreadableFormatRecordIsDataLoss) {
+  {
+    std::unique_ptr<storage::Store> store = OpenStore();
+    ASSERT_TRUE(store->Put(Column::kMeta, records::kFormatKey, "\xff\xff not a record").ok());
+  }
+  auto r = Registry::Open(OpenStore(), {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsDataLoss(r.status())) << r.status();
+  EXPECT_NE(r.status().message().find("meta/format"), std::string::npos) << r.status();
+}
+
+TEST(RegistryFormatNewTest, ANewDatabaseIsStampedWithTheCurrentFormat) {
+  TempDir dir;
+  {
+    auto store = storage::Store::Open({.path = dir.Sub("db")});
+    ASSERT_TRUE(store.ok());
+    auto r = Registry::Open(std::move(store).value(), {});
+    ASSERT_TRUE(r.ok()) << r.status();
+  }
+  auto store = storage::Store::Open({.path = dir.Sub("db")});
+  EXPECT_EQ(*records::ReadFormat(**store), records::kFormatVersion);
 }
 
 // The unfinished job goes on where it stopped: the shard that was pending
