@@ -34,7 +34,7 @@
 #include "services/registry/registry_client.h"
 #include "services/router/router.h"
 #include "services/router/router_service.h"
-#include "services/router/table_source.h"
+#include "services/router/registry_table_source.h"
 
 namespace {
 
