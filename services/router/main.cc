@@ -12,12 +12,6 @@
 // registry. --auth-token-file is the deployment's one bearer token: sent to
 // the registry on every call, and required from clients of the router only
 // with --auth-reads (the router has no mutating calls).
-#include <signal.h>
-#include <unistd.h>
-
-#include <cstdio>
-#include <cstdlib>
-#include <exception>
 #include <initializer_list>
 #include <iostream>
 #include <memory>
@@ -26,7 +20,6 @@
 #include <utility>
 
 #include "absl/time/time.h"
-#include "prometheus/registry.h"
 #include "services/common/process.h"
 #include "core/flags.h"
 #include "services/common/security.h"
@@ -110,64 +103,33 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  constexpr char kProgram[] = "moend-router";
   Flags flags;
   if (std::optional<int> exit_code = ParseFlags(argc, argv, &flags)) return *exit_code;
-
-  auto shutdown = moend::rpc::ShutdownSignal::Install();
-  if (!shutdown.ok()) {
-    std::cerr << "moend-router: " << shutdown.status() << "\n";
-    return 1;
-  }
-
-  auto metrics = std::make_shared<prometheus::Registry>();
-  moend::rpc::MetricsEndpoint metrics_endpoint;
-  if (!flags.metrics.empty()) {
-    auto endpoint = moend::rpc::ServeMetrics(flags.metrics, metrics);
-    if (!endpoint.ok()) {
-      std::cerr << "moend-router: " << endpoint.status().message() << "\n";
-      return 1;
-    }
-    metrics_endpoint = *std::move(endpoint);
-  }
+  auto process = moend::rpc::ServerMain::Start(kProgram, flags.metrics);
+  if (!process.ok()) return moend::rpc::ExitFailure(kProgram, process.status());
 
   // The registry may start after the router: do not wait for it here; the
   // first request for a model (and the watchers, with backoff) connect.
   auto client = moend::registry::RegistryClient::Connect(
       {.target = flags.registry, .rpc_timeout = absl::Seconds(10),
        .connect_timeout = absl::ZeroDuration(), .security = flags.registry_security});
-  if (!client.ok()) {
-    std::cerr << "moend-router: " << client.status() << "\n";
-    return 1;
-  }
+  if (!client.ok()) return moend::rpc::ExitFailure(kProgram, client.status());
   moend::router::RegistryTableSource source(client->get());
   auto router = moend::router::Router::Create(
-      {.tables = &source, .metrics = metrics.get(),
+      {.tables = &source, .metrics = (*process)->metrics().get(),
        .plan_cache_entries = static_cast<size_t>(flags.plan_cache_entries),
        .watch_poll = absl::Milliseconds(flags.watch_poll_ms)});
-  if (!router.ok()) {
-    std::cerr << "moend-router: " << router.status() << "\n";
-    return 1;
-  }
+  if (!router.ok()) return moend::rpc::ExitFailure(kProgram, router.status());
   auto server =
       moend::router::RouterServer::Start(router->get(),
                                          {.listen_address = flags.listen,
                                           .max_watch_streams = flags.max_watch_streams,
                                           .security = flags.server_security});
-  if (!server.ok()) {
-    std::cerr << "moend-router: " << server.status() << "\n";
-    return 1;
-  }
-  std::cout << "moend-router listening on " << (*server)->address() << std::endl;
-  if (metrics_endpoint.server) {
-    metrics_endpoint.server->SetHealthCheck([s = server->get()] { return s->Serving(); });
-    std::cout << "moend-router metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
-  }
+  if (!server.ok()) return moend::rpc::ExitFailure(kProgram, server.status());
 
   moend::rpc::MemoryTrimmer trimmer;  // refused large requests do not stay resident
-  const int sig = (*shutdown)->Wait();
-  std::cout << "moend-router: signal " << sig << ", shutting down"
-            << std::endl;
-  if (metrics_endpoint.server) metrics_endpoint.server->SetHealthCheck(nullptr);
+  (*process)->ServeUntilSignal((*server)->address(), [s = server->get()] { return s->Serving(); });
   (*server)->Shutdown(absl::Seconds(5));
   (*router)->Shutdown();
   return 0;
