@@ -34,6 +34,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: moend-router --registry HOST:PORT --listen HOST:PORT [--metrics HOST:PORT]\n"
     "                    [--plan-cache-entries N] [--watch-poll-ms N] [--max-watch-streams N]\n"
+    "                    [--solve-threads N]\n"
     "  --registry HOST:PORT      the registry to read tables from (required)\n"
     "  --listen HOST:PORT        gRPC address; port 0 picks a free port (default 127.0.0.1:7002)\n"
     "  --metrics HOST:PORT       serve Prometheus /metrics there (default: off)\n"
@@ -41,6 +42,8 @@ constexpr char kUsage[] =
     "  --watch-poll-ms N         long-poll timeout on the registry's change feed (default 2000)\n"
     "  --max-watch-streams N     WatchPlans streams open at once; more get RESOURCE_EXHAUSTED\n"
     "                            (default 20000)\n"
+    "  --solve-threads N         threads that fetch tables and solve on a plan-cache miss, off\n"
+    "                            the gRPC threads (default 4)\n"
     "  --tls-cert FILE           PEM server certificate chain: serve TLS only (default plaintext)\n"
     "  --tls-key FILE            PEM private key of --tls-cert\n"
     "  --tls-client-ca FILE      require client certificates signed by this PEM CA\n"
@@ -58,6 +61,7 @@ struct Flags {
   int64_t plan_cache_entries = 4096;
   int64_t watch_poll_ms = 2000;
   int64_t max_watch_streams = 20000;
+  int64_t solve_threads = 4;
   moend::rpc::ServerSecurity server_security;
   moend::rpc::ClientSecurity registry_security;
 };
@@ -70,7 +74,7 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
       "moend-router", kUsage, argc, argv,
       moend::rpc::WithFlags(moend::rpc::WithFlags({"registry", "listen", "metrics",
                                                    "plan-cache-entries", "watch-poll-ms",
-                                                   "max-watch-streams"},
+                                                   "max-watch-streams", "solve-threads"},
                                                   moend::rpc::kServerSecurityFlags),
                             moend::rpc::kClientSecurityFlags),
       {moend::rpc::kAuthReadsSwitch}, &exit_code);
@@ -85,8 +89,10 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
   for (const auto& [name, out] : std::initializer_list<std::pair<const char*, int64_t*>>{
            {"plan-cache-entries", &flags->plan_cache_entries},
            {"watch-poll-ms", &flags->watch_poll_ms},
-           {"max-watch-streams", &flags->max_watch_streams}}) {
-    absl::StatusOr<int64_t> v = args->IntInRange(name, *out, 1, 1 << 30);
+           {"max-watch-streams", &flags->max_watch_streams},
+           {"solve-threads", &flags->solve_threads}}) {
+    absl::StatusOr<int64_t> v =
+        args->IntInRange(name, *out, 1, out == &flags->solve_threads ? 1024 : 1 << 30);
     if (!v.ok()) {
       std::cerr << "moend-router: " << v.status().message() << "\n";
       return 2;
@@ -119,7 +125,8 @@ int main(int argc, char** argv) {
   auto router = moend::router::Router::Create(
       {.tables = &source, .metrics = (*process)->metrics().get(),
        .plan_cache_entries = static_cast<size_t>(flags.plan_cache_entries),
-       .watch_poll = absl::Milliseconds(flags.watch_poll_ms)});
+       .watch_poll = absl::Milliseconds(flags.watch_poll_ms),
+       .solve_threads = static_cast<int>(flags.solve_threads)});
   if (!router.ok()) return moend::rpc::ExitFailure(kProgram, router.status());
   auto server =
       moend::router::RouterServer::Start(router->get(),

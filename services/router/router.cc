@@ -242,6 +242,10 @@ struct Router::Impl {
         " plans to solve waiting (cold cache under load); retry shortly or use another router"));
   }
 
+  absl::Status Closing() const {
+    return absl::UnavailableError("the router is shutting down; ask another router");
+  }
+
   std::shared_ptr<ModelState> FindModel(const std::string& model) {
     absl::ReaderMutexLock lock(&models_mu);
     auto it = models.find(model);
@@ -346,6 +350,8 @@ struct Router::Impl {
   bool stopping = false;
   absl::flat_hash_map<std::string, std::shared_ptr<ModelState>> models;
   std::atomic<uint64_t> next_subscriber_id{1};
+  // Set by ~Router: the solves still waiting answer Closing() instead.
+  std::atomic<bool> closing{false};
   // Reset first by ~Router, which runs the solves still waiting.
   std::unique_ptr<WorkQueue> solves =
       std::make_unique<WorkQueue>(options.solve_threads, options.max_waiting_solves);
@@ -405,7 +411,8 @@ Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Router::~Router() {
   Shutdown();
-  impl_->solves.reset();  // runs the solves still waiting, with the router whole
+  impl_->closing = true;
+  impl_->solves.reset();  // waits for the solves running; the waiting ones answer Closing()
 }
 
 void Router::Shutdown() {
@@ -451,7 +458,10 @@ void Router::SolvePlanAsync(const PlanRequest& request, PlanDone done) {
     }
   }
   auto shared = std::make_shared<PlanDone>(std::move(done));
-  if (!impl_->PostSolve([this, request, shared] { std::move(*shared)(SolvePlan(request)); })) {
+  auto task = [this, request, shared] {
+    std::move(*shared)(impl_->closing ? impl_->Closing() : SolvePlan(request));
+  };
+  if (!impl_->PostSolve(std::move(task))) {
     std::move(*shared)(impl_->SolvesFull());
   }
 }
@@ -466,6 +476,7 @@ void Router::WatchPlansAsync(const WatchRequest& request, PlanCallback on_plan, 
   }
   auto shared = std::make_shared<WatchDone>(std::move(done));
   auto task = [this, request, on_plan = std::move(on_plan), shared]() mutable {
+    if (impl_->closing) return std::move(*shared)(impl_->Closing());
     std::move(*shared)(WatchPlans(request, std::move(on_plan)));
   };
   if (!impl_->PostSolve(std::move(task))) std::move(*shared)(impl_->SolvesFull());

@@ -97,7 +97,9 @@ class Router {
   // InvalidArgument when options.tables is null or a bound is out of range.
   // Starts the solve threads.
   static absl::StatusOr<std::unique_ptr<Router>> Create(RouterOptions options);
-  ~Router();  // Shutdown()
+  // Shutdown(); then waits for the solves running, and answers the ones
+  // still waiting with Unavailable.
+  ~Router();
 
   // The plan for `request`, from the cache or solved now. Errors:
   // - InvalidArgument: empty model, invalid budget (ratio NaN, infinite or
