@@ -397,7 +397,9 @@ int RunCold(const Flags& flags) {
       sum[with_cold][1] += r.p50_us;
       sum[with_cold][2] += r.p99_us;
       std::string cold_text = "-";
-      if (with_cold) cold_text = absl::StrCat(cold_calls.load(), " (", cold_errors.load(), " errors)");
+      if (with_cold) {
+        cold_text = absl::StrCat(cold_calls.load(), " (", cold_errors.load(), " errors)");
+      }
       std::printf("%-10s %5d %10.0f %10.1f %10.1f %8lld %12s\n", with_cold ? "+cold" : "alone",
                   round + 1, r.qps(), r.p50_us, r.p99_us, static_cast<long long>(r.errors),
                   cold_text.c_str());

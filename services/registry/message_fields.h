@@ -75,8 +75,10 @@ Enum StateFromNumber(int n) {
 #define MOEND_TO_N(f) ToMessage(v.f, m->mutable_##f());
 #define MOEND_TO_R(f) \
   for (const auto& e : v.f) ToMessage(e, m->add_##f());
-#define MOEND_TO_S(f, rows) \
-  for (const std::vector<double>& row : v.f) m->add_##rows()->mutable_s()->Add(row.begin(), row.end());
+#define MOEND_TO_S(f, rows)                    \
+  for (const std::vector<double>& row : v.f) { \
+    m->add_##rows()->mutable_s()->Add(row.begin(), row.end()); \
+  }
 #define MOEND_TO_E(f) \
   m->set_##f(static_cast<std::remove_cvref_t<decltype(m->f())>>(static_cast<int>(v.f) + 1));
 

@@ -20,8 +20,8 @@ template <typename Record>
 absl::StatusOr<Record> Parse(const std::string& bytes, const std::string& key) {
   Record r;
   if (!r.ParseFromString(bytes)) {
-    return absl::DataLossError(
-        absl::StrCat("stored record '", key, "' does not parse as a ", Record::descriptor()->name()));
+    return absl::DataLossError(absl::StrCat("stored record '", key, "' does not parse as a ",
+                                            Record::descriptor()->name()));
   }
   return r;
 }
@@ -70,7 +70,9 @@ absl::StatusOr<std::string> Reencode(Column c, const storage::KeyValue& kv) {
     case Column::kFeed: return Recode(&DecodeEvent, &EncodeEvent, v, where);
     case Column::kJobs:
       if (absl::StartsWith(kv.key, kJobPrefix)) return RecodeJob(v, where);
-      if (absl::StartsWith(kv.key, "shard/")) return Recode(&DecodeShard, &EncodeShard, v, where);
+      if (absl::StartsWith(kv.key, "shard/")) {
+        return Recode(&DecodeShard, &EncodeShard, v, where);
+      }
       if (absl::StartsWith(kv.key, "report/")) {
         return Recode(&DecodePartialTable, &EncodePartialTable, v, where);
       }
