@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <queue>
 #include <vector>
 
@@ -197,29 +198,32 @@ Choice SolveGreedy(const Problem& p) {
 // ---------------------------------------------------------------------------
 // exact: multiple-choice knapsack
 //
-// 1. Per layer, keep the Pareto items (bytes strictly increasing, s strictly
-//    decreasing; an item with more bytes and no less s is never needed, and
-//    ties in s go to fewer bytes).
-// 2. Lower convex hull per layer; merge the hull segments by slope. Walking
-//    them from the all-cheapest plan solves the LP relaxation; its multiplier
-//    lambda = -slope of the first segment that does not fit. Filling the
-//    budget along the same walk, then with single-layer upgrades into the
-//    leftover bytes, gives a feasible incumbent of value U.
-// 3. Lagrangian bound: for any lambda >= 0 and any plan x within budget B,
+// 1. Per layer, keep the Pareto items (ParetoItems: bytes strictly
+//    increasing, s strictly decreasing; an item with more bytes and no less s
+//    is never needed, and ties in s go to fewer bytes).
+// 2. Lower convex hull per layer (LowerHull); merge the hull segments by
+//    slope. Walking them from the all-cheapest plan solves the LP relaxation;
+//    its multiplier lambda = -slope of the first segment that does not fit
+//    (WalkHulls). Filling the budget along the same walk, then with
+//    single-layer upgrades into the leftover bytes (FillLeftover), gives a
+//    feasible incumbent of value U.
+// 3. Lagrangian bound (MakeLagrangianBound): for any lambda >= 0 and any plan
+//    x within budget B,
 //      sum s(x) >= sum_l (s_l(x_l) + lambda b_l(x_l)) - lambda B
 //              >= lower + (s_l(j) + lambda b_l(j) - h_l)   for x_l = j,
 //    h_l = min_j (s_lj + lambda b_lj), lower = sum_l h_l - lambda B. An item
 //    whose bound exceeds U is in no plan better than U and is dropped.
 // 4. A dynamic program over layers in index order whose states are the Pareto
 //    frontier (bytes, s) of partial plans, in exact integer bytes (no rounding
-//    to a unit). A dominated partial plan (no fewer bytes, no less s) is
-//    dropped: any completion of it is no better than the same completion of
-//    its dominator. A partial plan is pruned when it cannot fit the cheapest
-//    completion or when its s plus the LP bound of the remaining layers (over
-//    the items left, SuffixBound) exceeds U. The optimum's prefixes are never
-//    pruned (their bounds are <= the optimum <= U), so the last layer's
-//    frontier holds the optimum. First a beam-limited run of the same DP
-//    (16 states a layer) lowers U cheaply, which makes the exact run small.
+//    to a unit) (FrontierDp). A dominated partial plan (no fewer bytes, no
+//    less s) is dropped: any completion of it is no better than the same
+//    completion of its dominator. A partial plan is pruned when it cannot fit
+//    the cheapest completion or when its s plus the LP bound of the remaining
+//    layers (over the items left, SuffixBound) exceeds U. The optimum's
+//    prefixes are never pruned (their bounds are <= the optimum <= U), so the
+//    last layer's frontier holds the optimum (ExactSearch). First a
+//    beam-limited run of the same DP (BeamSearch, 16 states a layer) lowers U
+//    cheaply, which makes the exact run small.
 // Bounds compare with a relative slack of 1e-9, so rounding can only keep
 // more states, never drop the optimum. The state count is capped
 // (kMaxExactStates) so memory stays bounded on any input.
@@ -228,13 +232,6 @@ struct Item {
   int64_t bytes;
   double s;
   int tuple;
-};
-
-struct DpState {
-  int64_t bytes;
-  double s;
-  int32_t parent;  // index into the previous layer's states
-  int32_t item;    // index into the layer's items
 };
 
 // Pareto items of one layer: bytes strictly increasing, s strictly decreasing.
@@ -251,20 +248,37 @@ std::vector<Item> ParetoItems(std::vector<Item> items) {
   return out;
 }
 
-// Indices (into `items`, Pareto-sorted) of the lower convex hull.
-std::vector<int> LowerHull(const std::vector<Item>& items) {
-  std::vector<int> hull;
+// The lower convex hull of one layer's Pareto items and the slopes of its
+// segments.
+struct Hull {
+  std::vector<int> points;     // indices into the items, bytes increasing
+  std::vector<double> slopes;  // [i]: ds/db from points[i] to points[i + 1], < 0,
+                               // non-decreasing
+  int num_segments() const { return static_cast<int>(slopes.size()); }
+};
+
+Hull LowerHull(const std::vector<Item>& items) {
+  Hull hull;
+  std::vector<int>& points = hull.points;
   for (int i = 0; i < static_cast<int>(items.size()); ++i) {
-    while (hull.size() >= 2) {
-      const Item& o = items[hull[hull.size() - 2]];
-      const Item& a = items[hull.back()];
+    while (points.size() >= 2) {
+      const Item& o = items[points[points.size() - 2]];
+      const Item& a = items[points.back()];
       const Item& b = items[i];
       const double cross = static_cast<double>(a.bytes - o.bytes) * (b.s - o.s) -
                            (a.s - o.s) * static_cast<double>(b.bytes - o.bytes);
       if (cross > 0) break;
-      hull.pop_back();
+      points.pop_back();
     }
-    hull.push_back(i);
+    points.push_back(i);
+  }
+  double prev = -std::numeric_limits<double>::infinity();
+  for (size_t i = 0; i + 1 < points.size(); ++i) {
+    const Item& a = items[points[i]];
+    const Item& b = items[points[i + 1]];
+    // Convex in exact arithmetic; max() keeps rounding from reordering.
+    prev = std::max(prev, (b.s - a.s) / static_cast<double>(b.bytes - a.bytes));
+    hull.slopes.push_back(prev);
   }
   return hull;
 }
@@ -287,15 +301,10 @@ class SuffixBound {
       min_bytes_[l] = min_bytes_[l + 1] + items[l].front().bytes;
       base_s_[l] = base_s_[l + 1] + items[l].front().s;
       layer.clear();
-      const std::vector<int> hull = LowerHull(items[l]);
-      double prev = -std::numeric_limits<double>::infinity();
-      for (size_t i = 0; i + 1 < hull.size(); ++i) {
-        const Item& a = items[l][hull[i]];
-        const Item& b = items[l][hull[i + 1]];
-        const int64_t db = b.bytes - a.bytes;
-        // Convex in exact arithmetic; max() keeps rounding from reordering.
-        prev = std::max(prev, (b.s - a.s) / static_cast<double>(db));
-        layer.push_back({prev, db});
+      const Hull hull = LowerHull(items[l]);
+      for (int i = 0; i < hull.num_segments(); ++i) {
+        const int64_t db = items[l][hull.points[i + 1]].bytes - items[l][hull.points[i]].bytes;
+        layer.push_back({hull.slopes[i], db});
       }
       merged.resize(suffix.size() + layer.size());
       std::merge(suffix.begin(), suffix.end(), layer.begin(), layer.end(), merged.begin(),
@@ -342,160 +351,42 @@ class SuffixBound {
   std::vector<std::vector<Piece>> pieces_;  // [d]
 };
 
-struct DpResult {
-  bool found = false;
+// A plan as item indices into each layer's Pareto list, with its totals.
+struct Incumbent {
+  std::vector<int> pick;  // [layer] index into pareto[layer]
   double s = 0;
   int64_t bytes = 0;
-  std::vector<int> pick;  // item index into pareto[l] per layer
+
+  // Less s, ties: fewer bytes.
+  bool BetterThan(const Incumbent& other) const {
+    return s < other.s || (s == other.s && bytes < other.bytes);
+  }
 };
 
-// The least-s plan (ties: fewer bytes) among those whose every prefix bound
-// stays <= `limit`, found by a DP over layers in index order on the Pareto
-// frontier of (bytes, s). Items whose Lagrangian bound (`lower` plus the
-// item's reduced cost at `lambda`) exceeds the limit are left out, and so
-// are partial plans whose s plus the LP bound of the remaining layers (over
-// the items left) exceeds it. Every plan with s <= limit (less the rounding
-// slack the caller adds) survives.
-//
-// With beam_width > 0 it is a heuristic instead: each layer keeps only the
-// beam_width states with the least s + bound, which finds a good incumbent
-// fast.
-absl::StatusOr<DpResult> BoundedDp(const std::vector<std::vector<Item>>& pareto, int64_t budget,
-                                   double lambda, const std::vector<double>& h, double lower,
-                                   double limit, size_t beam_width = 0) {
+// Step 2: the LP relaxation's walk along the hull segments merged by slope,
+// from the all-cheapest plan. Each segment that fits the budget is taken; the
+// first one that does not fixes lambda and blocks its layer.
+struct HullWalk {
+  std::vector<int> pick;  // [layer] the hull point reached, as an index into pareto[layer]
+  int64_t bytes = 0;      // bytes of that plan, <= budget
+  double lambda = 0;      // -slope of the first segment that did not fit; 0 if all fit
+};
+
+HullWalk WalkHulls(const std::vector<std::vector<Item>>& pareto, int64_t budget) {
   const int num_layers = static_cast<int>(pareto.size());
-  int64_t min_total = 0;
-  for (const auto& items : pareto) min_total += items.front().bytes;
-  std::vector<std::vector<int>> kept(num_layers);  // item indices per layer
-  std::vector<std::vector<Item>> kept_items(num_layers);
-  for (int l = 0; l < num_layers; ++l) {
-    for (int j = 0; j < static_cast<int>(pareto[l].size()); ++j) {
-      const Item& it = pareto[l][j];
-      const double reduced_cost = it.s + lambda * static_cast<double>(it.bytes) - h[l];
-      if (lower + reduced_cost > limit) continue;
-      if (it.bytes - pareto[l].front().bytes > budget - min_total) break;
-      kept[l].push_back(j);
-      kept_items[l].push_back(it);
-    }
-    if (kept[l].empty()) return DpResult{};  // no plan within the limit
-  }
-  const SuffixBound bound(kept_items);
-
-  auto by_bytes = [](const DpState& a, const DpState& b) {
-    if (a.bytes != b.bytes) return a.bytes < b.bytes;
-    return a.s < b.s;
-  };
-  std::vector<std::vector<DpState>> states(num_layers + 1);
-  states[0].push_back({0, 0.0, -1, -1});
-  int64_t total_states = 1;
-  std::vector<DpState> next;
-  std::vector<size_t> runs;
-  for (int l = 0; l < num_layers; ++l) {
-    const std::vector<DpState>& cur = states[l];
-    next.clear();
-    runs.assign(1, 0);
-    for (int j : kept[l]) {
-      const Item& it = pareto[l][j];
-      const int64_t max_bytes = budget - bound.min_bytes(l + 1) - it.bytes;
-      for (int32_t i = 0; i < static_cast<int32_t>(cur.size()); ++i) {
-        const DpState& st = cur[i];
-        if (st.bytes > max_bytes) break;  // states are sorted by bytes
-        const int64_t nb = st.bytes + it.bytes;
-        const double ns = st.s + it.s;
-        if (ns + bound(l + 1, budget - nb) > limit) continue;
-        next.push_back({nb, ns, i, j});
-      }
-      runs.push_back(next.size());  // each item's run is sorted by bytes
-    }
-    // Merge the sorted runs pairwise.
-    while (runs.size() > 2) {
-      std::vector<size_t> merged_runs(1, 0);
-      for (size_t r = 0; r + 1 < runs.size(); r += 2) {
-        const size_t end = r + 2 < runs.size() ? runs[r + 2] : runs[r + 1];
-        std::inplace_merge(next.begin() + runs[r], next.begin() + runs[r + 1],
-                           next.begin() + end, by_bytes);
-        merged_runs.push_back(end);
-      }
-      runs.swap(merged_runs);
-    }
-    std::vector<DpState>& out = states[l + 1];
-    for (const DpState& st : next) {
-      if (out.empty() || st.s < out.back().s) out.push_back(st);
-    }
-    if (out.empty()) return DpResult{};
-    if (beam_width > 0 && out.size() > beam_width) {
-      std::vector<std::pair<double, size_t>> keyed;
-      keyed.reserve(out.size());
-      for (size_t i = 0; i < out.size(); ++i) {
-        keyed.push_back({out[i].s + bound(l + 1, budget - out[i].bytes), i});
-      }
-      std::nth_element(keyed.begin(), keyed.begin() + beam_width, keyed.end());
-      keyed.resize(beam_width);
-      std::sort(keyed.begin(), keyed.end(),
-                [](const auto& a, const auto& b) { return a.second < b.second; });
-      std::vector<DpState> kept_states;
-      for (const auto& k : keyed) kept_states.push_back(out[k.second]);
-      out.swap(kept_states);
-    }
-    total_states += static_cast<int64_t>(out.size());
-    if (total_states > kMaxExactStates) {
-      return absl::InternalError(absl::StrCat(
-          "exact solver: the search exceeded ", kMaxExactStates,
-          " states; the sensitivity table is pathological for the bound"));
-    }
-  }
-
-  // The frontier's last state has the least s; the strict filter above
-  // resolved ties in s to fewer bytes.
-  DpResult result;
-  result.found = true;
-  result.s = states[num_layers].back().s;
-  result.bytes = states[num_layers].back().bytes;
-  result.pick.resize(num_layers);
-  int32_t idx = static_cast<int32_t>(states[num_layers].size()) - 1;
-  for (int l = num_layers; l >= 1; --l) {
-    const DpState& st = states[l][idx];
-    result.pick[l - 1] = st.item;
-    idx = st.parent;
-  }
-  return result;
-}
-
-// The optimum over `layers` (candidate items per layer) within `budget`, as
-// item indices into the Pareto lists returned through `pareto`. The caller
-// has checked that the all-cheapest plan fits.
-absl::StatusOr<std::vector<int>> SolveKnapsack(std::vector<std::vector<Item>>& pareto,
-                                               int64_t budget) {
-  const int num_layers = static_cast<int>(pareto.size());
-  std::vector<int> pick(num_layers, 0);
-
-  int64_t min_total = 0, max_total = 0;
-  for (const auto& items : pareto) {
-    min_total += items.front().bytes;
-    max_total += items.back().bytes;
-  }
-  if (max_total <= budget) {  // every layer's least-s item fits
-    for (int l = 0; l < num_layers; ++l) pick[l] = static_cast<int>(pareto[l].size()) - 1;
-    return pick;
-  }
-
-  // 2. Hull segments, LP walk, incumbent.
   struct Segment {
     double slope;  // ds/db < 0
     int layer;
     int index;     // segment index within the layer's hull
   };
-  std::vector<std::vector<int>> hulls(num_layers);
+  std::vector<Hull> hulls(num_layers);
   std::vector<Segment> segments;
+  HullWalk walk;
   for (int l = 0; l < num_layers; ++l) {
+    walk.bytes += pareto[l].front().bytes;
     hulls[l] = LowerHull(pareto[l]);
-    double prev = -std::numeric_limits<double>::infinity();
-    for (int i = 0; i + 1 < static_cast<int>(hulls[l].size()); ++i) {
-      const Item& a = pareto[l][hulls[l][i]];
-      const Item& b = pareto[l][hulls[l][i + 1]];
-      // Convex in exact arithmetic; max() keeps rounding from reordering.
-      prev = std::max(prev, (b.s - a.s) / static_cast<double>(b.bytes - a.bytes));
-      segments.push_back({prev, l, i});
+    for (int i = 0; i < hulls[l].num_segments(); ++i) {
+      segments.push_back({hulls[l].slopes[i], l, i});
     }
   }
   std::sort(segments.begin(), segments.end(), [](const Segment& a, const Segment& b) {
@@ -505,77 +396,296 @@ absl::StatusOr<std::vector<int>> SolveKnapsack(std::vector<std::vector<Item>>& p
   });
   std::vector<int> hull_pos(num_layers, 0);
   std::vector<char> blocked(num_layers, 0);
-  int64_t used = min_total;
   double lambda = -1;
   for (const Segment& seg : segments) {
     if (blocked[seg.layer] || seg.index != hull_pos[seg.layer]) continue;
-    const std::vector<int>& hull = hulls[seg.layer];
-    const int64_t db = pareto[seg.layer][hull[seg.index + 1]].bytes -
-                       pareto[seg.layer][hull[seg.index]].bytes;
-    if (used + db <= budget) {
-      used += db;
+    const std::vector<int>& points = hulls[seg.layer].points;
+    const int64_t db =
+        pareto[seg.layer][points[seg.index + 1]].bytes - pareto[seg.layer][points[seg.index]].bytes;
+    if (walk.bytes + db <= budget) {
+      walk.bytes += db;
       ++hull_pos[seg.layer];
     } else {
       if (lambda < 0) lambda = -seg.slope;
       blocked[seg.layer] = 1;
     }
   }
-  if (lambda < 0) lambda = 0;  // unreachable: max_total > budget
-  for (int l = 0; l < num_layers; ++l) pick[l] = hulls[l][hull_pos[l]];
-  // Single-layer upgrades into the leftover bytes, best s gain first.
+  walk.lambda = lambda < 0 ? 0 : lambda;
+  walk.pick.resize(num_layers);
+  for (int l = 0; l < num_layers; ++l) walk.pick[l] = hulls[l].points[hull_pos[l]];
+  return walk;
+}
+
+// Step 2, continued: the walk's plan, filled up with single-layer upgrades
+// into the leftover bytes, best s gain first.
+Incumbent FillLeftover(const std::vector<std::vector<Item>>& pareto, int64_t budget,
+                       const HullWalk& walk) {
+  const int num_layers = static_cast<int>(pareto.size());
+  Incumbent inc;
+  inc.pick = walk.pick;
+  inc.bytes = walk.bytes;
   for (;;) {
     int best_layer = -1, best_item = -1;
     double best_gain = 0;
     for (int l = 0; l < num_layers; ++l) {
-      const Item& cur = pareto[l][pick[l]];
-      for (int j = pick[l] + 1; j < static_cast<int>(pareto[l].size()); ++j) {
-        if (pareto[l][j].bytes - cur.bytes > budget - used) break;
+      const Item& cur = pareto[l][inc.pick[l]];
+      for (int j = inc.pick[l] + 1; j < static_cast<int>(pareto[l].size()); ++j) {
+        if (pareto[l][j].bytes - cur.bytes > budget - inc.bytes) break;
         const double gain = cur.s - pareto[l][j].s;
         if (gain > best_gain) best_gain = gain, best_layer = l, best_item = j;
       }
     }
     if (best_layer < 0) break;
-    used += pareto[best_layer][best_item].bytes - pareto[best_layer][pick[best_layer]].bytes;
-    pick[best_layer] = best_item;
+    const Item& from = pareto[best_layer][inc.pick[best_layer]];
+    inc.bytes += pareto[best_layer][best_item].bytes - from.bytes;
+    inc.pick[best_layer] = best_item;
   }
-  double upper = 0;  // U, summed in layer order like the DP
-  for (int l = 0; l < num_layers; ++l) upper += pareto[l][pick[l]].s;
-  int64_t incumbent_bytes = used;
+  // Summed in layer order, like the DP.
+  for (int l = 0; l < num_layers; ++l) inc.s += pareto[l][inc.pick[l]].s;
+  return inc;
+}
 
-  // 3. Lagrangian bound and item reduction.
-  std::vector<double> h(num_layers);
+// Step 3: the Lagrangian bound at lambda. An item's bound is
+// lower + reduced_cost(l, item).
+struct LagrangianBound {
+  double lambda = 0;
+  std::vector<double> h;  // [layer] min over its items of s + lambda * bytes
+  double lower = 0;       // sum_l h_l - lambda * budget, a lower bound on every plan
+  double slack = 0;       // rounding slack for comparisons against the incumbent
+
+  double reduced_cost(int layer, const Item& it) const {
+    return it.s + lambda * static_cast<double>(it.bytes) - h[layer];
+  }
+};
+
+LagrangianBound MakeLagrangianBound(const std::vector<std::vector<Item>>& pareto, int64_t budget,
+                                    double lambda, double incumbent_s) {
+  const int num_layers = static_cast<int>(pareto.size());
+  LagrangianBound lb;
+  lb.lambda = lambda;
+  lb.h.resize(num_layers);
   double sum_h = 0;
   for (int l = 0; l < num_layers; ++l) {
     double m = std::numeric_limits<double>::infinity();
     for (const Item& it : pareto[l]) m = std::min(m, it.s + lambda * static_cast<double>(it.bytes));
-    h[l] = m;
+    lb.h[l] = m;
     sum_h += m;
   }
   const double lambda_budget = lambda * static_cast<double>(budget);
-  const double slack = 1e-9 * (std::abs(upper) + std::abs(sum_h) + lambda_budget) + 1e-300;
-  const double lower = sum_h - lambda_budget;  // the Lagrangian bound
-
-  // A beam search usually improves the incumbent a lot for little time.
-  MOEND_ASSIGN_OR_RETURN(const DpResult beam,
-                         BoundedDp(pareto, budget, lambda, h, lower, upper + slack, 16));
-  if (beam.found && (beam.s < upper || (beam.s == upper && beam.bytes < incumbent_bytes))) {
-    upper = beam.s;
-    incumbent_bytes = beam.bytes;
-    pick = beam.pick;
-  }
-
-  // 4. The bounded DP up to U: every plan with s <= U survives its pruning,
-  // so its best plan, or the incumbent if that is no worse, is the optimum.
-  MOEND_ASSIGN_OR_RETURN(const DpResult found,
-                         BoundedDp(pareto, budget, lambda, h, lower, upper + slack));
-  if (found.found && (found.s < upper || (found.s == upper && found.bytes < incumbent_bytes))) {
-    return found.pick;
-  }
-  return pick;
+  lb.slack = 1e-9 * (std::abs(incumbent_s) + std::abs(sum_h) + lambda_budget) + 1e-300;
+  lb.lower = sum_h - lambda_budget;
+  return lb;
 }
 
-// Exact over the tuples that `allowed` accepts in every layer; nullopt-like
-// empty Choice when some layer has no allowed tuple.
+// Step 4: the search space of the DP over layers in index order, shared by
+// the exact search and the beam heuristic. Its states are partial plans of
+// layers [0, l) on the Pareto frontier of (bytes, s), sorted by bytes. Items
+// whose Lagrangian bound exceeds `limit` are left out, and so are partial
+// plans whose s plus the LP bound of the remaining layers (over the items
+// left) exceeds it, or that cannot fit the cheapest completion.
+class FrontierDp {
+ public:
+  struct State {
+    int64_t bytes;
+    double s;
+    int32_t parent;  // index into the previous layer's states
+    int32_t item;    // index into the layer's Pareto items
+  };
+
+  FrontierDp(const std::vector<std::vector<Item>>& pareto, int64_t budget,
+             const LagrangianBound& lb, double limit)
+      : pareto_(pareto), budget_(budget), limit_(limit), kept_(pareto.size()),
+        bound_(KeptItems(pareto, budget, lb, limit, &kept_)) {}
+
+  int num_layers() const { return static_cast<int>(pareto_.size()); }
+  // False when some layer has no item within the limit: no plan is.
+  bool feasible() const {
+    return std::none_of(kept_.begin(), kept_.end(), [](const auto& k) { return k.empty(); });
+  }
+
+  // The frontier of partial plans of layers [0, l + 1) reached from `cur`,
+  // the frontier of layers [0, l). Ties in s go to fewer bytes.
+  void Extend(int l, const std::vector<State>& cur, std::vector<State>* out) {
+    next_.clear();
+    runs_.assign(1, 0);
+    for (int j : kept_[l]) {
+      const Item& it = pareto_[l][j];
+      const int64_t max_bytes = budget_ - bound_.min_bytes(l + 1) - it.bytes;
+      for (int32_t i = 0; i < static_cast<int32_t>(cur.size()); ++i) {
+        const State& st = cur[i];
+        if (st.bytes > max_bytes) break;  // states are sorted by bytes
+        const int64_t nb = st.bytes + it.bytes;
+        const double ns = st.s + it.s;
+        if (ns + bound_(l + 1, budget_ - nb) > limit_) continue;
+        next_.push_back({nb, ns, i, j});
+      }
+      runs_.push_back(next_.size());  // each item's run is sorted by bytes
+    }
+    // Merge the sorted runs pairwise.
+    auto by_bytes = [](const State& a, const State& b) {
+      if (a.bytes != b.bytes) return a.bytes < b.bytes;
+      return a.s < b.s;
+    };
+    while (runs_.size() > 2) {
+      std::vector<size_t> merged_runs(1, 0);
+      for (size_t r = 0; r + 1 < runs_.size(); r += 2) {
+        const size_t end = r + 2 < runs_.size() ? runs_[r + 2] : runs_[r + 1];
+        std::inplace_merge(next_.begin() + runs_[r], next_.begin() + runs_[r + 1],
+                           next_.begin() + end, by_bytes);
+        merged_runs.push_back(end);
+      }
+      runs_.swap(merged_runs);
+    }
+    out->clear();
+    for (const State& st : next_) {
+      if (out->empty() || st.s < out->back().s) out->push_back(st);
+    }
+  }
+
+  // s plus the LP bound of layers [d, L) within the bytes left.
+  double Bound(int d, const State& st) const { return st.s + bound_(d, budget_ - st.bytes); }
+
+ private:
+  // Fills kept[l] with the item indices of layer l within the limit and the
+  // budget, and returns their items for the suffix bound.
+  static std::vector<std::vector<Item>> KeptItems(const std::vector<std::vector<Item>>& pareto,
+                                                  int64_t budget, const LagrangianBound& lb,
+                                                  double limit,
+                                                  std::vector<std::vector<int>>* kept) {
+    const int num_layers = static_cast<int>(pareto.size());
+    int64_t min_total = 0;
+    for (const auto& items : pareto) min_total += items.front().bytes;
+    std::vector<std::vector<Item>> kept_items(num_layers);
+    for (int l = 0; l < num_layers; ++l) {
+      for (int j = 0; j < static_cast<int>(pareto[l].size()); ++j) {
+        const Item& it = pareto[l][j];
+        if (lb.lower + lb.reduced_cost(l, it) > limit) continue;
+        if (it.bytes - pareto[l].front().bytes > budget - min_total) break;
+        (*kept)[l].push_back(j);
+        kept_items[l].push_back(it);
+      }
+      // SuffixBound needs an item in every layer; an infeasible DP never asks.
+      if (kept_items[l].empty()) return {};
+    }
+    return kept_items;
+  }
+
+  const std::vector<std::vector<Item>>& pareto_;
+  int64_t budget_;
+  double limit_;
+  std::vector<std::vector<int>> kept_;  // [layer] item indices within the limit
+  SuffixBound bound_;
+  std::vector<State> next_;  // scratch of Extend
+  std::vector<size_t> runs_;
+};
+
+// The least-s plan (ties: fewer bytes) of the last frontier, traced back
+// through the parents.
+Incumbent Backtrack(const std::vector<std::vector<FrontierDp::State>>& states) {
+  const int num_layers = static_cast<int>(states.size()) - 1;
+  // The frontier's last state has the least s; Extend's strict filter
+  // resolved ties in s to fewer bytes.
+  Incumbent result;
+  result.s = states[num_layers].back().s;
+  result.bytes = states[num_layers].back().bytes;
+  result.pick.resize(num_layers);
+  int32_t idx = static_cast<int32_t>(states[num_layers].size()) - 1;
+  for (int l = num_layers; l >= 1; --l) {
+    const FrontierDp::State& st = states[l][idx];
+    result.pick[l - 1] = st.item;
+    idx = st.parent;
+  }
+  return result;
+}
+
+// The exact search: the least-s plan (ties: fewer bytes) among those whose
+// every prefix bound stays <= `limit`. Every plan with s <= limit (less the
+// rounding slack the caller adds) survives the pruning, so when the limit is
+// an incumbent's s this is the optimum. nullopt when no plan is within the
+// limit; Internal past kMaxExactStates.
+absl::StatusOr<std::optional<Incumbent>> ExactSearch(const std::vector<std::vector<Item>>& pareto,
+                                                     int64_t budget, const LagrangianBound& lb,
+                                                     double limit) {
+  FrontierDp dp(pareto, budget, lb, limit);
+  if (!dp.feasible()) return std::nullopt;
+  std::vector<std::vector<FrontierDp::State>> states(dp.num_layers() + 1);
+  states[0].push_back({0, 0.0, -1, -1});
+  int64_t total_states = 1;
+  for (int l = 0; l < dp.num_layers(); ++l) {
+    dp.Extend(l, states[l], &states[l + 1]);
+    if (states[l + 1].empty()) return std::nullopt;
+    total_states += static_cast<int64_t>(states[l + 1].size());
+    if (total_states > kMaxExactStates) {
+      return absl::InternalError(absl::StrCat(
+          "exact solver: the search exceeded ", kMaxExactStates,
+          " states; the sensitivity table is pathological for the bound"));
+    }
+  }
+  return Backtrack(states);
+}
+
+// A heuristic on the same search space: each layer keeps only the
+// `beam_width` states with the least s + bound, which finds a good incumbent
+// fast. At most beam_width states a layer, so no state limit applies.
+std::optional<Incumbent> BeamSearch(const std::vector<std::vector<Item>>& pareto, int64_t budget,
+                                    const LagrangianBound& lb, double limit, size_t beam_width) {
+  FrontierDp dp(pareto, budget, lb, limit);
+  if (!dp.feasible()) return std::nullopt;
+  std::vector<std::vector<FrontierDp::State>> states(dp.num_layers() + 1);
+  states[0].push_back({0, 0.0, -1, -1});
+  std::vector<std::pair<double, size_t>> keyed;
+  std::vector<FrontierDp::State> kept_states;
+  for (int l = 0; l < dp.num_layers(); ++l) {
+    std::vector<FrontierDp::State>& out = states[l + 1];
+    dp.Extend(l, states[l], &out);
+    if (out.empty()) return std::nullopt;
+    if (out.size() <= beam_width) continue;
+    keyed.clear();
+    for (size_t i = 0; i < out.size(); ++i) keyed.push_back({dp.Bound(l + 1, out[i]), i});
+    std::nth_element(keyed.begin(), keyed.begin() + beam_width, keyed.end());
+    keyed.resize(beam_width);
+    std::sort(keyed.begin(), keyed.end(),
+              [](const auto& a, const auto& b) { return a.second < b.second; });
+    kept_states.clear();
+    for (const auto& k : keyed) kept_states.push_back(out[k.second]);
+    out.swap(kept_states);
+  }
+  return Backtrack(states);
+}
+
+// The optimum over `pareto` (each layer's Pareto items, bytes increasing)
+// within `budget`, as an item index into pareto[l] per layer. The caller has
+// checked that the all-cheapest plan fits. Steps as in the comment above.
+absl::StatusOr<std::vector<int>> SolveKnapsack(const std::vector<std::vector<Item>>& pareto,
+                                               int64_t budget) {
+  const int num_layers = static_cast<int>(pareto.size());
+  int64_t max_total = 0;
+  for (const auto& items : pareto) max_total += items.back().bytes;
+  if (max_total <= budget) {  // every layer's least-s item fits
+    std::vector<int> pick(num_layers);
+    for (int l = 0; l < num_layers; ++l) pick[l] = static_cast<int>(pareto[l].size()) - 1;
+    return pick;
+  }
+  const HullWalk walk = WalkHulls(pareto, budget);
+  Incumbent best = FillLeftover(pareto, budget, walk);
+  const LagrangianBound lb = MakeLagrangianBound(pareto, budget, walk.lambda, best.s);
+  // A beam search usually improves the incumbent a lot for little time,
+  // which makes the exact search small.
+  constexpr size_t kBeamWidth = 16;
+  const std::optional<Incumbent> beam =
+      BeamSearch(pareto, budget, lb, best.s + lb.slack, kBeamWidth);
+  if (beam && beam->BetterThan(best)) best = *beam;
+  // Every plan with s <= U survives the exact search's pruning, so its best
+  // plan, or the incumbent if that is no worse, is the optimum.
+  MOEND_ASSIGN_OR_RETURN(const std::optional<Incumbent> found,
+                         ExactSearch(pareto, budget, lb, best.s + lb.slack));
+  if (found && found->BetterThan(best)) return found->pick;
+  return best.pick;
+}
+
+// Exact over the tuples that `allowed` accepts in every layer. InvalidArgument
+// when some layer has no allowed tuple (only 2d can: it allows keep 1 only);
+// ResourceExhausted when the cheapest allowed plan exceeds the budget.
 template <typename Allowed>
 absl::StatusOr<Choice> SolveExactOver(const Problem& p, const Budget& budget, SolverKind kind,
                                       Allowed allowed) {

@@ -26,8 +26,8 @@
 namespace moend::storage {
 namespace {
 
-constexpr std::array<std::string_view, kNumColumns> kColumnNames = {"models", "runs", "tables",
-                                                                    "jobs", "feed"};
+constexpr std::array<std::string_view, kNumColumns> kColumnNames = {
+    "models", "runs", "tables", "jobs", "feed", "meta"};
 
 // RocksDB status -> absl::Status, naming what was being done.
 absl::Status FromRocks(const rocksdb::Status& s, std::string_view what) {

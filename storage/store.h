@@ -41,9 +41,10 @@ enum class Column {
   kTables,  // "<model>/<version>" -> sensitivity table
   kJobs,    // jobs, their shards and shard reports
   kFeed,    // "<model>/<version>" -> change-feed entry
+  kMeta,    // facts about the database itself (the registry's record format)
 };
-inline constexpr int kNumColumns = 5;
-// "models", "runs", "tables", "jobs", "feed".
+inline constexpr int kNumColumns = 6;
+// "models", "runs", "tables", "jobs", "feed", "meta".
 std::string_view ColumnName(Column c);
 
 struct StoreOptions {
@@ -83,6 +84,8 @@ struct KeyValue {
   std::string value;
 };
 
+// Thread-safe: any number of threads may call Get, Write and Scan at once;
+// concurrent synced writes share one WAL sync (RocksDB's group commit).
 class Store {
  public:
   // Opens (creating when allowed) the database at options.path. Errors:
@@ -90,7 +93,8 @@ class Store {
   // a folder or another process holds the database, PermissionDenied for a
   // read-only folder, ResourceExhausted for a full disk (see above), DataLoss
   // for a corrupt database, Unavailable for other I/O failures. Messages name
-  // the path.
+  // the path. A database created before a column existed gets it (empty) when
+  // create_if_missing is set.
   static absl::StatusOr<std::unique_ptr<Store>> Open(const StoreOptions& options);
 
   virtual ~Store() = default;

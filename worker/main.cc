@@ -45,10 +45,7 @@ void OnSignal(int) {
   if (g_worker) g_worker->Stop();
 }
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "moend-worker: %s\n", std::string(s.message()).c_str());
-  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-}
+int Fail(const absl::Status& s) { return moend::rpc::ExitFailure("moend-worker", s); }
 
 }  // namespace
 

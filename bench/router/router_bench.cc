@@ -9,6 +9,15 @@
 // completion queue, keeping --depth async SolvePlan calls in flight for
 // --seconds. Prints QPS, p50 and p99 per round and the ratio router/no-op.
 //
+// --mode=cold: what cold solves do to warm requests. Serves the real Router
+// over a table source whose every GetTable takes --table_ms (a registry
+// call), with the plan cache warmed for one request, and alternates rounds
+// of the throughput load on that warm request alone and the same load while
+// --cold_threads more clients each keep one cold SolvePlan in flight (a new
+// table_version every call: a table fetch and a solve). Prints the warm
+// requests' QPS, p50 and p99 per round and the ratios with / without the
+// cold load.
+//
 // --mode=soak: the reliability suite's load (tests/reliability/soak.sh):
 // SolvePlan at full rate for --seconds against the real binaries while
 // --streams WatchPlans streams are open and new tables land; fails on any
@@ -41,6 +50,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "core/compression.h"
+#include "core/status_macros.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/server_builder.h"
 #include "grpcpp/support/channel_arguments.h"
@@ -69,6 +79,8 @@ struct Flags {
   double publish_every = 5;  // soak: seconds between new tables
   int64_t calls = 0;         // soak: > 0 = this many SolvePlan calls instead of --seconds
   double min_qps = 0;        // soak: fail below this many calls per second
+  int cold_threads = 8;      // cold: clients with one cold SolvePlan in flight each
+  int table_ms = 50;         // cold: duration of one table-source GetTable
 };
 
 bool ParseFlags(int argc, char** argv, Flags* f) {
@@ -94,6 +106,8 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
     else if (name == "publish_every") ok = absl::SimpleAtod(value, &f->publish_every) && f->publish_every > 0;
     else if (name == "calls") ok = absl::SimpleAtoi(value, &f->calls) && f->calls > 0;
     else if (name == "min_qps") ok = absl::SimpleAtod(value, &f->min_qps) && f->min_qps >= 0;
+    else if (name == "cold_threads") ok = absl::SimpleAtoi(value, &f->cold_threads) && f->cold_threads > 0;
+    else if (name == "table_ms") ok = absl::SimpleAtoi(value, &f->table_ms) && f->table_ms >= 0;
     else {
       std::fprintf(stderr, "router_bench: unknown flag --%s\n", name.c_str());
       return false;
@@ -103,7 +117,7 @@ bool ParseFlags(int argc, char** argv, Flags* f) {
       return false;
     }
   }
-  return f->mode == "throughput" || f->mode == "watch" || f->mode == "soak";
+  return f->mode == "throughput" || f->mode == "watch" || f->mode == "soak" || f->mode == "cold";
 }
 
 // The shipped model's shape with the default grid; `seed` varies the values.
@@ -147,6 +161,29 @@ class StaticTableSource final : public TableSource {
 
  private:
   SensitivityTable table_;
+};
+
+// Any version of one table, each GetTable taking `delay` (a registry call);
+// the latest is version 1 and no new one lands.
+class SlowTableSource final : public TableSource {
+ public:
+  SlowTableSource(SensitivityTable table, absl::Duration delay)
+      : table_(std::move(table)), delay_(delay) {}
+  absl::StatusOr<registry::VersionedTable> GetTable(const std::string& model,
+                                                    uint64_t version) override {
+    absl::SleepFor(delay_);
+    if (model != table_.model) return absl::NotFoundError("no such model");
+    return registry::VersionedTable{version == 0 ? 1 : version, "bench", table_};
+  }
+  absl::StatusOr<uint64_t> WaitForVersion(const std::string&, uint64_t,
+                                          absl::Duration timeout) override {
+    absl::SleepFor(timeout);
+    return absl::DeadlineExceededError("no new version");
+  }
+
+ private:
+  const SensitivityTable table_;
+  const absl::Duration delay_;
 };
 
 // Same proto shape as the router; SolvePlan returns a fixed plan.
@@ -261,24 +298,41 @@ RoundResult RunLoad(const std::string& address, const v1::SolvePlanRequest& requ
   return r;
 }
 
+// The real Router over `source` and its gRPC server on loopback, with the
+// plan cache warmed for the flags' request (model tinycode).
+struct InProcessRouter {
+  std::unique_ptr<Router> router;
+  std::unique_ptr<RouterServer> server;
+  v1::SolvePlanRequest request;  // the warm request
+  PlanPtr plan;                  // its plan
+  absl::Duration cold;           // how long warming took (table fetch + solve)
+};
+
+absl::StatusOr<InProcessRouter> StartInProcess(TableSource* source, const Flags& flags) {
+  InProcessRouter r;
+  MOEND_ASSIGN_OR_RETURN(r.router,
+                         Router::Create({.tables = source, .watch_poll = absl::Milliseconds(200)}));
+  MOEND_ASSIGN_OR_RETURN(r.server, RouterServer::Start(r.router.get(), {}));
+  r.request.set_model("tinycode");
+  r.request.mutable_budget()->set_ratio(flags.ratio);
+  r.request.set_solver(flags.solver);
+  const absl::Time start = absl::Now();
+  MOEND_ASSIGN_OR_RETURN(r.plan, r.router->SolvePlan({.model = "tinycode",
+                                                      .budget = Budget::Ratio(flags.ratio),
+                                                      .solver = flags.solver}));
+  r.cold = absl::Now() - start;
+  return r;
+}
+
 int RunThroughput(const Flags& flags) {
   StaticTableSource source(BenchTable("tinycode", 1));
-  auto router = Router::Create({.tables = &source, .watch_poll = absl::Milliseconds(200)});
-  if (!router.ok()) return std::fprintf(stderr, "%s\n", router.status().ToString().c_str()), 1;
-  auto server = RouterServer::Start(router->get(), {});
-  if (!server.ok()) return std::fprintf(stderr, "%s\n", server.status().ToString().c_str()), 1;
-
-  v1::SolvePlanRequest request;
-  request.set_model("tinycode");
-  request.mutable_budget()->set_ratio(flags.ratio);
-  request.set_solver(flags.solver);
-  // Warm the cache, and take the plan the no-op service will return.
-  const absl::Time cold_start = absl::Now();
-  auto plan = (*router)->SolvePlan({.model = "tinycode", .budget = Budget::Ratio(flags.ratio),
-                                    .solver = flags.solver});
-  const absl::Duration cold = absl::Now() - cold_start;
-  if (!plan.ok()) return std::fprintf(stderr, "%s\n", plan.status().ToString().c_str()), 1;
-  const v1::Plan fixed = ToProto(**plan);
+  absl::StatusOr<InProcessRouter> started = StartInProcess(&source, flags);
+  if (!started.ok()) return std::fprintf(stderr, "%s\n", started.status().ToString().c_str()), 1;
+  const std::unique_ptr<RouterServer>& server = started->server;
+  const v1::SolvePlanRequest& request = started->request;
+  const absl::Duration cold = started->cold;
+  // The no-op service returns the same plan.
+  const v1::Plan fixed = ToProto(*started->plan);
 
   NoopRouterService noop(fixed);
   grpc::ServerBuilder builder;
@@ -303,7 +357,7 @@ int RunThroughput(const Flags& flags) {
   int round_id = 0;
   for (int round = 0; round < flags.rounds; ++round) {
     for (const bool is_router : {false, true}) {
-      RoundResult r = RunLoad(is_router ? (*server)->address() : noop_address, request, flags,
+      RoundResult r = RunLoad(is_router ? server->address() : noop_address, request, flags,
                               ++round_id);
       (is_router ? router_calls : noop_calls) += r.calls;
       std::printf("%-8s %5d %10.0f %10.1f %10.1f %8lld\n", is_router ? "router" : "no-op",
@@ -313,7 +367,68 @@ int RunThroughput(const Flags& flags) {
   }
   std::printf("ratio router/no-op throughput: %.3f\n", router_calls / noop_calls);
   noop_server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
-  (*server)->Shutdown();
+  server->Shutdown();
+  return 0;
+}
+
+int RunCold(const Flags& flags) {
+  SlowTableSource source(BenchTable("tinycode", 1), absl::Milliseconds(flags.table_ms));
+  absl::StatusOr<InProcessRouter> started = StartInProcess(&source, flags);
+  if (!started.ok()) return std::fprintf(stderr, "%s\n", started.status().ToString().c_str()), 1;
+  const std::unique_ptr<RouterServer>& server = started->server;
+  const v1::SolvePlanRequest& warm = started->request;
+
+  std::printf("router_bench cold: warm load %d client threads x %d in flight, %.1f s per round "
+              "(after 1 s warm-up), %d rounds each; cold load %d clients x 1 in flight, "
+              "GetTable %d ms + solve each; model tinycode (12 layers, 112 tuples), ratio %g, "
+              "solver %s, loopback\n",
+              flags.threads, flags.depth, flags.seconds, flags.rounds, flags.cold_threads,
+              flags.table_ms, flags.ratio, flags.solver.c_str());
+  std::printf("%-10s %5s %10s %10s %10s %8s %12s\n", "warm load", "round", "QPS", "p50 us",
+              "p99 us", "errors", "cold calls");
+  double sum[2][3] = {};  // [with cold][qps, p50, p99]
+  int round_id = 0;
+  std::atomic<uint64_t> next_version{2};
+  for (int round = 0; round < flags.rounds; ++round) {
+    for (const bool with_cold : {false, true}) {
+      std::atomic<bool> stop{false};
+      std::atomic<int64_t> cold_calls{0}, cold_errors{0};
+      std::vector<std::thread> cold;
+      for (int t = 0; with_cold && t < flags.cold_threads; ++t) {
+        cold.emplace_back([&, t] {
+          grpc::ChannelArguments args;
+          args.SetInt("moend.bench.cold", round * 1000 + t);  // own connection
+          auto stub = v1::Router::NewStub(grpc::CreateCustomChannel(
+              server->address(), grpc::InsecureChannelCredentials(), args));
+          while (!stop) {
+            v1::SolvePlanRequest request = warm;
+            request.set_table_version(next_version++);
+            grpc::ClientContext context;
+            context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(60));
+            v1::Plan reply;
+            (stub->SolvePlan(&context, request, &reply).ok() ? cold_calls : cold_errors)++;
+          }
+        });
+      }
+      RoundResult r = RunLoad(server->address(), warm, flags, ++round_id);
+      stop = true;
+      for (auto& th : cold) th.join();
+      sum[with_cold][0] += r.qps();
+      sum[with_cold][1] += r.p50_us;
+      sum[with_cold][2] += r.p99_us;
+      std::string cold_text = "-";
+      if (with_cold) {
+        cold_text = absl::StrCat(cold_calls.load(), " (", cold_errors.load(), " errors)");
+      }
+      std::printf("%-10s %5d %10.0f %10.1f %10.1f %8lld %12s\n", with_cold ? "+cold" : "alone",
+                  round + 1, r.qps(), r.p50_us, r.p99_us, static_cast<long long>(r.errors),
+                  cold_text.c_str());
+      std::fflush(stdout);
+    }
+  }
+  std::printf("warm with cold / warm alone: QPS %.3f, p50 %.3f, p99 %.3f\n",
+              sum[1][0] / sum[0][0], sum[1][1] / sum[0][1], sum[1][2] / sum[0][2]);
+  server->Shutdown();
   return 0;
 }
 
@@ -689,13 +804,14 @@ int main(int argc, char** argv) {
   moend::router::Flags flags;
   if (!moend::router::ParseFlags(argc, argv, &flags)) {
     std::fprintf(stderr,
-                 "usage: router_bench [--mode=throughput|watch|soak] [--threads=4] [--depth=8] "
+                 "usage: router_bench [--mode=throughput|watch|soak|cold] [--threads=4] [--depth=8] "
                  "[--seconds=5] [--rounds=2] [--streams=1000] [--channels=10] "
                  "[--publishes=5] [--publish_every=5] [--solver=exact] [--ratio=8] "
-                 "[--calls=N] [--min_qps=Q]\n");
+                 "[--calls=N] [--min_qps=Q] [--cold_threads=8] [--table_ms=50]\n");
     return 2;
   }
   if (flags.mode == "soak") return moend::router::RunSoak(flags);
+  if (flags.mode == "cold") return moend::router::RunCold(flags);
   return flags.mode == "watch" ? moend::router::RunWatch(flags)
                                : moend::router::RunThroughput(flags);
 }

@@ -95,8 +95,7 @@ int RunPlan(int argc, char** argv) {
   if (args->Has("json")) {
     std::printf("%s", PlanToJson(plan->plan).c_str());
   } else {
-    std::printf("plan version %llu (calibration table version %llu)\n",
-                static_cast<unsigned long long>(plan->version),
+    std::printf("plan version %llu (the calibration table's version)\n",
                 static_cast<unsigned long long>(plan->table_version));
     PrintPlan(plan->plan);
   }

@@ -50,7 +50,7 @@ InferenceNode::InferenceNode(std::unique_ptr<Model> model,
 
 void InferenceNode::PublishPlan(const plan_client::PlanPtr& plan) {
   if (plan_version_ == nullptr) return;
-  plan_version_->Set(plan ? static_cast<double>(plan->version) : 0.0);
+  plan_version_->Set(plan ? static_cast<double>(plan->table_version) : 0.0);
   plan_error_->Set(plan ? plan->plan.predicted_error : 0.0);
   plan_ratio_->Set(plan ? plan->plan.ratio : 1.0);
 }
@@ -91,7 +91,7 @@ absl::StatusOr<GenerateResult> InferenceNode::Generate(const GenerateRequest& re
                          " layers but the model has ", c.num_layers)));
       }
       for (size_t l = 0; l < tuples.size(); ++l) tuples[l] = plan->plan.layers[l].tuple;
-      result.plan_version = plan->version;
+      result.plan_version = plan->table_version;
     }
     // No plan yet (router not reached): serve with the full cache, version 0.
   }

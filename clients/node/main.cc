@@ -50,10 +50,9 @@ constexpr char kUsage[] =
     "  --tls-client-cert FILE, --tls-client-key FILE  client certificate for the router\n"
     "  --auth-token-file FILE  bearer token: required on Generate, sent to the router\n";
 
-int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "moend-node: %s\n", std::string(s.message()).c_str());
-  return s.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-}
+constexpr char kProgram[] = "moend-node";
+
+int Fail(const absl::Status& s) { return moend::rpc::ExitFailure(kProgram, s); }
 
 }  // namespace
 
@@ -86,15 +85,8 @@ int main(int argc, char** argv) {
   auto model = moend::Model::Load(*model_dir, moend::ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
 
-  auto shutdown = moend::rpc::ShutdownSignal::Install();
-  if (!shutdown.ok()) return Fail(shutdown.status());
-  auto metrics = std::make_shared<prometheus::Registry>();
-  moend::rpc::MetricsEndpoint metrics_endpoint;
-  if (auto addr = args->Optional("metrics")) {
-    auto endpoint = moend::rpc::ServeMetrics(*addr, metrics);
-    if (!endpoint.ok()) return Fail(endpoint.status());
-    metrics_endpoint = *std::move(endpoint);
-  }
+  auto process = moend::rpc::ServerMain::Start(kProgram, args->Optional("metrics").value_or(""));
+  if (!process.ok()) return Fail(process.status());
 
   std::unique_ptr<moend::plan_client::PlanClient> plans;
   std::unique_ptr<moend::plan_client::PlanWatch> watch;
@@ -109,7 +101,8 @@ int main(int argc, char** argv) {
     if (!w.ok()) return Fail(w.status());
     watch = *std::move(w);
   }
-  moend::node::InferenceNode node(*std::move(model), std::move(watch), metrics.get());
+  moend::node::InferenceNode node(*std::move(model), std::move(watch),
+                                  (*process)->metrics().get());
   moend::node::NodeService service(&node, security->authorizer);
   constexpr char kServiceName[] = "moend.v1.InferenceNode";
   auto started = moend::rpc::StartServer({.listen_address = *listen,
@@ -119,14 +112,10 @@ int main(int argc, char** argv) {
                                           .service_name = kServiceName});
   if (!started.ok()) return Fail(started.status());
   std::unique_ptr<grpc::Server> server = std::move(started->server);
-  std::cout << "moend-node listening on " << started->address << std::endl;
-  if (metrics_endpoint.server) {
-    metrics_endpoint.server->SetHealthCheck(
-        [s = server.get(), name = std::string(kServiceName)] { return moend::rpc::ServingInProcess(s, name); });
-  }
-  const int sig = (*shutdown)->Wait();
-  std::cout << "moend-node: signal " << sig << ", shutting down" << std::endl;
-  if (metrics_endpoint.server) metrics_endpoint.server->SetHealthCheck(nullptr);
+  (*process)->ServeUntilSignal(started->address,
+                               [s = server.get(), name = std::string(kServiceName)] {
+                                 return moend::rpc::ServingInProcess(s, name);
+                               });
   moend::rpc::SetServing(server.get(), {kServiceName}, false);
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
   return 0;

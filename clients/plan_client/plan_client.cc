@@ -124,13 +124,13 @@ class PlanWatchImpl final : public PlanWatch {
   void Swap(PlanPtr plan) {
     {
       absl::MutexLock lock(&mu_);
-      if (plan->version <= version_) return;
+      if (plan->table_version <= version_) return;
       current_.store(plan);
-      version_ = plan->version;
+      version_ = plan->table_version;
     }
     if (on_plan_) on_plan_(plan);
     absl::MutexLock lock(&mu_);
-    delivered_version_ = std::max(delivered_version_, plan->version);
+    delivered_version_ = std::max(delivered_version_, plan->table_version);
   }
 
   void Run() {

@@ -9,7 +9,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <iostream>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -176,6 +178,39 @@ absl::StatusOr<MetricsEndpoint> ServeMetrics(const std::string& address,
   endpoint.address = (*server)->address();
   endpoint.server = *std::move(server);
   return endpoint;
+}
+
+absl::StatusOr<std::unique_ptr<ServerMain>> ServerMain::Start(std::string program,
+                                                              const std::string& metrics_address) {
+  std::unique_ptr<ServerMain> main(new ServerMain());
+  main->program_ = std::move(program);
+  absl::StatusOr<std::unique_ptr<ShutdownSignal>> shutdown = ShutdownSignal::Install();
+  if (!shutdown.ok()) return shutdown.status();
+  main->shutdown_ = std::move(shutdown).value();
+  main->metrics_ = std::make_shared<prometheus::Registry>();
+  if (!metrics_address.empty()) {
+    absl::StatusOr<MetricsEndpoint> endpoint = ServeMetrics(metrics_address, main->metrics_);
+    if (!endpoint.ok()) return endpoint.status();
+    main->endpoint_ = std::move(endpoint).value();
+  }
+  return main;
+}
+
+int ServerMain::ServeUntilSignal(const std::string& address, std::function<bool()> serving) {
+  std::cout << program_ << " listening on " << address << std::endl;
+  if (endpoint_.server) {
+    endpoint_.server->SetHealthCheck(std::move(serving));
+    std::cout << program_ << " metrics on http://" << endpoint_.address << "/metrics" << std::endl;
+  }
+  const int sig = shutdown_->Wait();
+  std::cout << program_ << ": signal " << sig << ", shutting down" << std::endl;
+  if (endpoint_.server) endpoint_.server->SetHealthCheck(nullptr);
+  return sig;
+}
+
+int ExitFailure(const char* program, const absl::Status& status) {
+  std::fprintf(stderr, "%s: %s\n", program, std::string(status.message()).c_str());
+  return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
 }
 
 }  // namespace moend::rpc

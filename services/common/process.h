@@ -97,6 +97,41 @@ struct MetricsEndpoint {
 absl::StatusOr<MetricsEndpoint> ServeMetrics(const std::string& address,
                                              std::shared_ptr<prometheus::Registry> metrics);
 
+// What a moend server's main does around its service: SIGTERM/SIGINT
+// handling (ShutdownSignal), the optional /metrics endpoint with a /healthz
+// that follows the service, and the lines on stdout that scripts and tests
+// wait for: "<program> listening on HOST:PORT", "<program> metrics on
+// http://HOST:PORT/metrics" and "<program>: signal N, shutting down". One
+// per process.
+class ServerMain {
+ public:
+  // `program` ("moend-registry") starts every line. With a non-empty
+  // `metrics_address`, serves the metrics there (the error of ServeMetrics
+  // when it cannot).
+  static absl::StatusOr<std::unique_ptr<ServerMain>> Start(std::string program,
+                                                           const std::string& metrics_address);
+
+  // Where the process's components register their metrics.
+  const std::shared_ptr<prometheus::Registry>& metrics() const { return metrics_; }
+
+  // Announces `address`, lets /healthz answer with `serving` until SIGTERM
+  // or SIGINT arrives, prints the shutdown line and stops asking `serving`
+  // (the caller shuts its server down next). Returns the signal.
+  int ServeUntilSignal(const std::string& address, std::function<bool()> serving);
+
+ private:
+  ServerMain() = default;
+  std::string program_;
+  std::unique_ptr<ShutdownSignal> shutdown_;
+  std::shared_ptr<prometheus::Registry> metrics_;
+  MetricsEndpoint endpoint_;
+};
+
+// A main's exit after a failed step: prints "<program>: <message>" on stderr
+// and returns the exit status, 2 for InvalidArgument (a bad flag or
+// argument) and 1 otherwise.
+int ExitFailure(const char* program, const absl::Status& status);
+
 }  // namespace moend::rpc
 
 #endif  // MOEND_SERVICES_COMMON_PROCESS_H_

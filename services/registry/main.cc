@@ -6,12 +6,6 @@
 // "moend-registry listening on HOST:PORT" once it accepts calls. With
 // --metrics, serves Prometheus metrics at http://ADDR/metrics. SIGTERM or
 // SIGINT shuts down gracefully.
-#include <signal.h>
-#include <unistd.h>
-
-#include <cstdio>
-#include <cstdlib>
-#include <exception>
 #include <initializer_list>
 #include <iostream>
 #include <memory>
@@ -20,7 +14,6 @@
 #include <utility>
 
 #include "absl/time/time.h"
-#include "prometheus/registry.h"
 #include "services/common/process.h"
 #include "core/flags.h"
 #include "services/common/security.h"
@@ -100,48 +93,25 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  constexpr char kProgram[] = "moend-registry";
   Flags flags;
   if (std::optional<int> exit_code = ParseFlags(argc, argv, &flags)) return *exit_code;
-
-  auto shutdown = moend::rpc::ShutdownSignal::Install();
-  if (!shutdown.ok()) {
-    std::cerr << "moend-registry: " << shutdown.status() << "\n";
-    return 1;
-  }
-
-  auto metrics = std::make_shared<prometheus::Registry>();
-  moend::rpc::MetricsEndpoint metrics_endpoint;
-  if (!flags.metrics.empty()) {
-    auto endpoint = moend::rpc::ServeMetrics(flags.metrics, metrics);
-    if (!endpoint.ok()) {
-      std::cerr << "moend-registry: " << endpoint.status().message() << "\n";
-      return 1;
-    }
-    metrics_endpoint = *std::move(endpoint);
-  }
+  auto process = moend::rpc::ServerMain::Start(kProgram, flags.metrics);
+  if (!process.ok()) return moend::rpc::ExitFailure(kProgram, process.status());
 
   auto store = moend::storage::Store::Open({.path = flags.db});
-  if (!store.ok()) {
-    std::cerr << "moend-registry: " << store.status() << "\n";
-    return 1;
-  }
+  if (!store.ok()) return moend::rpc::ExitFailure(kProgram, store.status());
   moend::registry::RegistryOptions options;
   options.lease_duration = absl::Seconds(flags.lease_seconds);
-  options.metrics = metrics.get();
+  options.metrics = (*process)->metrics().get();
   auto registry = moend::registry::Registry::Open(std::move(store).value(), options);
-  if (!registry.ok()) {
-    std::cerr << "moend-registry: " << registry.status() << "\n";
-    return 1;
-  }
+  if (!registry.ok()) return moend::rpc::ExitFailure(kProgram, registry.status());
   auto server = moend::registry::RegistryServer::Start(
       registry->get(), {.listen_address = flags.listen,
                         .max_threads = static_cast<int>(flags.max_threads),
                         .max_watch_streams = flags.max_watch_streams,
                         .security = flags.security});
-  if (!server.ok()) {
-    std::cerr << "moend-registry: " << server.status() << "\n";
-    return 1;
-  }
+  if (!server.ok()) return moend::rpc::ExitFailure(kProgram, server.status());
   if (!flags.security.auth_token_file.empty() && !flags.security.tls()) {
     std::cerr << "moend-registry: warning: the auth token travels in clear without TLS "
                  "(--tls-cert/--tls-key)\n";
@@ -152,17 +122,9 @@ int main(int argc, char** argv) {
             << (flags.security.auth_token_file.empty() ? ", no auth token"
                                                        : ", auth token required")
             << std::endl;
-  std::cout << "moend-registry listening on " << (*server)->address() << std::endl;
-  if (metrics_endpoint.server) {
-    metrics_endpoint.server->SetHealthCheck([s = server->get()] { return s->Serving(); });
-    std::cout << "moend-registry metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
-  }
 
   moend::rpc::MemoryTrimmer trimmer;  // refused large requests do not stay resident
-  const int sig = (*shutdown)->Wait();
-  std::cout << "moend-registry: signal " << sig << ", shutting down"
-            << std::endl;
-  if (metrics_endpoint.server) metrics_endpoint.server->SetHealthCheck(nullptr);
+  (*process)->ServeUntilSignal((*server)->address(), [s = server->get()] { return s->Serving(); });
   (*server)->Shutdown(absl::Seconds(5));
   (*registry)->Shutdown();
   return 0;

@@ -1,7 +1,7 @@
 // Conversions between the registry's domain records (registry_types.h,
-// core/sensitivity_table.h) and moend.v1 messages. Used by the gRPC adapter,
-// the client and the registry's on-disk records. FromProto does not validate;
-// the Registry does.
+// core/sensitivity_table.h) and moend.v1 messages, for the gRPC adapter and
+// the client (the database has records of its own, records.h). FromProto
+// does not validate; the Registry does.
 #ifndef MOEND_SERVICES_REGISTRY_PROTO_CONVERT_H_
 #define MOEND_SERVICES_REGISTRY_PROTO_CONVERT_H_
 

@@ -19,23 +19,16 @@
 #include "prometheus/registry.h"
 #include "services/registry/merge.h"
 #include "services/registry/model_config.h"
-#include "services/registry/proto_convert.h"
+#include "services/registry/records.h"
 
 namespace moend::registry {
 namespace {
 
 using storage::Column;
-
-std::string JobKey(const std::string& id) { return "job/" + id; }
-std::string ShardKey(const std::string& id, int64_t i) {
-  return absl::StrFormat("shard/%s/%08d", id, i);
-}
-std::string ReportKey(const std::string& id, int64_t i) {
-  return absl::StrFormat("report/%s/%08d", id, i);
-}
-std::string VersionKey(const std::string& model, uint64_t v) {
-  return absl::StrFormat("%s/%020d", model, v);
-}
+using records::JobKey;
+using records::ReportKey;
+using records::ShardKey;
+using records::VersionKey;
 
 // Names of models and jobs: used in keys, so no '/'.
 absl::Status ValidateName(const char* what, const std::string& name) {
@@ -50,15 +43,6 @@ absl::Status ValidateName(const char* what, const std::string& name) {
                                                  name.size(), " bytes)",
                                                  " is not allowed: use 1 to 128 of the "
                                                  "characters A-Z a-z 0-9 . _ -"));
-}
-
-template <typename Message>
-absl::StatusOr<Message> Parse(const std::string& bytes, const std::string& what) {
-  Message m;
-  if (!m.ParseFromString(bytes)) {
-    return absl::DataLossError(absl::StrCat("stored record ", what, " does not parse"));
-  }
-  return m;
 }
 
 struct LeaseRef {
@@ -83,6 +67,29 @@ absl::StatusOr<LeaseRef> ParseLeaseId(const std::string& lease_id) {
   }
   ref.job_id = lease_id.substr(0, a);
   return ref;
+}
+
+// The checks of a report's numbers that need no registry state: each row
+// has one value per tuple, every value is finite and >= 0. Run before the
+// registry's mutex is taken; ValidateReport returns the result only after
+// its own checks, so the first problem reported is the same as before.
+absl::Status CheckValues(const PartialTable& t) {
+  for (size_t l = 0; l < t.s.size(); ++l) {
+    if (t.s[l].size() != t.tuples.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("row of layer ", t.layer_begin + l,
+                                                     " has ", t.s[l].size(), " values for ",
+                                                     t.tuples.size(), " tuples"));
+    }
+    for (size_t i = 0; i < t.s[l].size(); ++i) {
+      double v = t.s[l][i];
+      if (!std::isfinite(v) || v < 0) {
+        return absl::InvalidArgumentError(absl::StrCat("s[layer ", t.layer_begin + l,
+                                                       "][tuple ", i, "] = ", v,
+                                                       " is not a finite value >= 0"));
+      }
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -146,6 +153,7 @@ absl::StatusOr<std::unique_ptr<Registry>> Registry::Open(std::unique_ptr<storage
   if (options.lease_duration <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("lease_duration must be positive");
   }
+  MOEND_RETURN_IF_ERROR(records::PrepareFormat(*store));
   std::unique_ptr<Registry> r(new Registry(std::move(store), options));
   MOEND_RETURN_IF_ERROR(r->Load());
   return r;
@@ -155,39 +163,59 @@ absl::Status Registry::Load() {
   absl::MutexLock lock(&mu_);
   MOEND_ASSIGN_OR_RETURN(auto models, store_->Scan(Column::kModels, ""));
   for (const storage::KeyValue& kv : models) {
-    MOEND_ASSIGN_OR_RETURN(v1::Model m, Parse<v1::Model>(kv.value, "models/" + kv.key));
-    models_[kv.key] = FromProto(m);
+    MOEND_ASSIGN_OR_RETURN(ModelInfo m, records::DecodeModel(kv.value, "models/" + kv.key));
+    models_[kv.key].info = std::move(m);
   }
-  MOEND_ASSIGN_OR_RETURN(auto jobs, store_->Scan(Column::kJobs, "job/"));
-  std::vector<std::pair<int64_t, std::string>> order;
+  MOEND_ASSIGN_OR_RETURN(auto jobs, store_->Scan(Column::kJobs, records::kJobPrefix));
   for (const storage::KeyValue& kv : jobs) {
-    MOEND_ASSIGN_OR_RETURN(v1::CalibrationJob p,
-                           Parse<v1::CalibrationJob>(kv.value, "jobs/" + kv.key));
-    Job job = FromProto(p);
-    job.shards.reserve(p.shards_total());
-    const std::string id = job.spec.job_id;
-    MOEND_ASSIGN_OR_RETURN(auto shards, store_->Scan(Column::kJobs, "shard/" + id + "/"));
+    MOEND_ASSIGN_OR_RETURN(records::StoredJob stored,
+                           records::DecodeJob(kv.value, "jobs/" + kv.key));
+    const std::string id = stored.job.spec.job_id;
+    if (!models_.contains(stored.job.spec.model) || jobs_.contains(id)) {
+      return absl::DataLossError(absl::StrCat("stored job '", id, "' names unknown model '",
+                                              stored.job.spec.model, "' or appears twice"));
+    }
+    JobEntry& entry = jobs_[id];
+    entry.job = std::move(stored.job);
+    Job& job = entry.job;
+    MOEND_ASSIGN_OR_RETURN(auto shards, store_->Scan(Column::kJobs, records::ShardPrefix(id)));
     for (const storage::KeyValue& s : shards) {
-      MOEND_ASSIGN_OR_RETURN(v1::Shard sp, Parse<v1::Shard>(s.value, "jobs/" + s.key));
-      job.shards.push_back(FromProto(sp));
+      MOEND_ASSIGN_OR_RETURN(Shard shard, records::DecodeShard(s.value, "jobs/" + s.key));
+      if (shard.index != job.shards_total()) {
+        return absl::DataLossError(absl::StrCat("stored shard '", s.key, "' has index ",
+                                                shard.index, "; expected ", job.shards_total()));
+      }
+      if (shard.state == ShardState::kDone) ++job.shards_done;
+      job.shards.push_back(std::move(shard));
     }
-    if (job.shards_total() != p.shards_total()) {
+    if (job.shards_total() != stored.shards_total) {
       return absl::DataLossError(absl::StrCat("job ", id, " has ", job.shards_total(),
-                                              " stored shards but records ", p.shards_total()));
+                                              " stored shards but records ",
+                                              stored.shards_total));
     }
-    order.push_back({job.sequence, id});
+    // Format 1 keeps no count in the job record: done and running follow
+    // from the shards, and only completion marks the record.
+    const bool all_done = job.shards_done == job.shards_total();
+    if (all_done != (job.state == JobState::kDone)) {
+      return absl::DataLossError(absl::StrCat(
+          "job ", id, " is recorded as ", job.state == JobState::kDone ? "" : "not ",
+          "complete but ", job.shards_done, " of its ", job.shards_total(), " shards are done"));
+    }
+    const JobState state =
+        all_done ? JobState::kDone : job.shards_done > 0 ? JobState::kRunning : JobState::kPending;
+    job.state = JobState::kPending;
+    ++job_counts_[static_cast<int>(JobState::kPending)];
+    SetJobState(entry, state);
+    entry.busy.assign(job.shards.size(), 0);
+    job_order_[job.sequence] = id;
     next_job_number_ = std::max(next_job_number_, job.sequence + 1);
-    jobs_[id] = std::move(job);
+    for (const Shard& shard : job.shards) IndexShard(entry, shard);
   }
-  std::sort(order.begin(), order.end());
-  for (auto& [seq, id] : order) job_order_.push_back(id);
   MOEND_ASSIGN_OR_RETURN(auto feed, store_->Scan(Column::kFeed, ""));
   for (const storage::KeyValue& kv : feed) {
-    MOEND_ASSIGN_OR_RETURN(v1::ModelVersionEvent e,
-                           Parse<v1::ModelVersionEvent>(kv.value, "feed/" + kv.key));
-    feed_[{e.model(), e.version()}] = FromProto(e);
+    MOEND_ASSIGN_OR_RETURN(VersionEvent e, records::DecodeEvent(kv.value, "feed/" + kv.key));
+    feed_[{e.model, e.version}] = std::move(e);
   }
-  UpdateJobGauges();
   return absl::OkStatus();
 }
 
@@ -201,13 +229,37 @@ absl::Status Registry::Write(const storage::WriteBatch& batch) {
   return s;
 }
 
-void Registry::UpdateJobGauges() {
+absl::Status Registry::WriteUnlocked(
+    absl::FunctionRef<absl::Status(storage::WriteBatch*)> build) {
+  mu_.Unlock();
+  storage::WriteBatch batch;
+  absl::Status s = build(&batch);
+  if (s.ok()) s = Write(batch);
+  mu_.Lock();
+  return s;
+}
+
+void Registry::SetJobState(JobEntry& entry, JobState state) {
+  --job_counts_[static_cast<int>(entry.job.state)];
+  ++job_counts_[static_cast<int>(state)];
+  entry.job.state = state;
   if (!metrics_) return;
-  int64_t n[3] = {0, 0, 0};
-  for (const auto& [id, job] : jobs_) ++n[static_cast<int>(job.state)];
-  metrics_->pending.Set(static_cast<double>(n[0]));
-  metrics_->running.Set(static_cast<double>(n[1]));
-  metrics_->done.Set(static_cast<double>(n[2]));
+  metrics_->pending.Set(static_cast<double>(job_counts_[0]));
+  metrics_->running.Set(static_cast<double>(job_counts_[1]));
+  metrics_->done.Set(static_cast<double>(job_counts_[2]));
+}
+
+void Registry::IndexShard(const JobEntry& entry, const Shard& shard) {
+  const ShardIndex::Ref ref{entry.job.sequence, shard.index};
+  if (shard.state == ShardState::kPending) {
+    leasable_.AddAvailable(entry.job.spec.model, ref);
+  } else if (shard.state == ShardState::kLeased) {
+    leasable_.AddLease(entry.job.spec.model, ref, shard.lease_expiry);
+  }
+}
+
+void Registry::UnindexShard(const JobEntry& entry, const Shard& shard) {
+  leasable_.Remove(entry.job.spec.model, {entry.job.sequence, shard.index}, shard.lease_expiry);
 }
 
 absl::StatusOr<ModelInfo> Registry::RegisterModel(const std::string& name,
@@ -215,38 +267,47 @@ absl::StatusOr<ModelInfo> Registry::RegisterModel(const std::string& name,
   MOEND_RETURN_IF_ERROR(ValidateName("model name", name));
   MOEND_ASSIGN_OR_RETURN(ModelShape shape, ModelShapeFromConfigJson(config_json));
   absl::MutexLock lock(&mu_);
+  auto not_registering = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return !registering_.contains(name);
+  };
+  mu_.Await(absl::Condition(&not_registering));
   if (auto it = models_.find(name); it != models_.end()) {
-    if (it->second.shape == shape) return it->second;
+    const ModelShape& have = it->second.info.shape;
+    if (have == shape) return it->second.info;
     return absl::AlreadyExistsError(absl::StrCat(
-        "model '", name, "' is already registered with another shape (",
-        it->second.shape.num_layers, " layers, ", it->second.shape.num_kv_heads, " KV heads, head dim ",
-        it->second.shape.head_dim, "); register the new one under another name"));
+        "model '", name, "' is already registered with another shape (", have.num_layers,
+        " layers, ", have.num_kv_heads, " KV heads, head dim ", have.head_dim,
+        "); register the new one under another name"));
   }
   ModelInfo m;
   m.name = name;
   m.shape = shape;
   m.config_json = config_json;
   m.created = m.updated = clock_->Now();
-  storage::WriteBatch batch;
-  batch.Put(Column::kModels, name, ToProto(m).SerializeAsString());
-  MOEND_RETURN_IF_ERROR(Write(batch));
-  models_[name] = m;
+  registering_.insert(name);
+  absl::Status s = WriteUnlocked([&](storage::WriteBatch* batch) {
+    batch->Put(Column::kModels, name, records::EncodeModel(m));
+    return absl::OkStatus();
+  });
+  registering_.erase(name);
+  if (!s.ok()) return s;
+  models_[name].info = m;
   return m;
 }
 
 absl::StatusOr<ModelInfo> Registry::GetModel(const std::string& name) const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   auto it = models_.find(name);
   if (it == models_.end()) {
     return absl::NotFoundError(absl::StrCat("model '", name, "' is not registered"));
   }
-  return it->second;
+  return it->second.info;
 }
 
 std::vector<ModelInfo> Registry::ListModels() const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   std::vector<ModelInfo> out;
-  for (const auto& [name, m] : models_) out.push_back(m);
+  for (const auto& [name, m] : models_) out.push_back(m.info);
   return out;
 }
 
@@ -256,7 +317,7 @@ absl::StatusOr<Job> Registry::NormalizeJob(JobSpec spec) const {
     return absl::NotFoundError(
         absl::StrCat("model '", spec.model, "' is not registered; register it first"));
   }
-  const ModelShape& shape = mit->second.shape;
+  const ModelShape& shape = mit->second.info.shape;
   if (spec.tuples.empty()) spec.tuples = TupleGrid::Default().Tuples();
   std::set<std::tuple<double, int, int>> seen;
   for (const CompressionTuple& t : spec.tuples) {
@@ -332,48 +393,67 @@ absl::StatusOr<Job> Registry::NormalizeJob(JobSpec spec) const {
 absl::StatusOr<Job> Registry::SubmitJob(JobSpec spec) {
   if (!spec.job_id.empty()) MOEND_RETURN_IF_ERROR(ValidateName("job id", spec.job_id));
   absl::MutexLock lock(&mu_);
+  const std::string asked_id = spec.job_id;
+  auto not_submitting = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return !submitting_.contains(asked_id);
+  };
+  if (!asked_id.empty()) mu_.Await(absl::Condition(&not_submitting));
   MOEND_ASSIGN_OR_RETURN(Job job, NormalizeJob(std::move(spec)));
   if (!job.spec.job_id.empty()) {
     if (auto it = jobs_.find(job.spec.job_id); it != jobs_.end()) {
-      if (it->second.spec == job.spec) return it->second;
+      if (it->second.job.spec == job.spec) return it->second.job;
       return absl::AlreadyExistsError(
           absl::StrCat("job '", job.spec.job_id, "' exists with a different spec"));
     }
   } else {
     int64_t n = next_job_number_;
-    while (jobs_.count(absl::StrFormat("job-%06d", n))) ++n;
+    auto taken = [&](const std::string& id) ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return jobs_.contains(id) || submitting_.contains(id);
+    };
+    while (taken(absl::StrFormat("job-%06d", n))) ++n;
     job.spec.job_id = absl::StrFormat("job-%06d", n);
   }
-  job.sequence = next_job_number_;
+  job.sequence = next_job_number_++;
   job.created = clock_->Now();
-  const std::string& id = job.spec.job_id;
-  storage::WriteBatch batch;
-  batch.Put(Column::kJobs, JobKey(id), ToProto(job, false).SerializeAsString());
-  for (const Shard& s : job.shards) {
-    batch.Put(Column::kJobs, ShardKey(id, s.index), ToProto(s).SerializeAsString());
+  const std::string id = job.spec.job_id;
+  submitting_.insert(id);
+  absl::Status s = WriteUnlocked([&](storage::WriteBatch* batch) {
+    batch->Put(Column::kJobs, JobKey(id), records::EncodeJob(job));
+    for (const Shard& shard : job.shards) {
+      batch->Put(Column::kJobs, ShardKey(id, shard.index), records::EncodeShard(shard));
+    }
+    return absl::OkStatus();
+  });
+  submitting_.erase(id);
+  if (!s.ok()) {
+    // Give the number back unless a later submit took the next one.
+    if (next_job_number_ == job.sequence + 1) next_job_number_ = job.sequence;
+    return s;
   }
-  MOEND_RETURN_IF_ERROR(Write(batch));
-  next_job_number_ = std::max(next_job_number_ + 1, job.sequence + 1);
-  job_order_.push_back(id);
-  jobs_[id] = job;
-  UpdateJobGauges();
+  JobEntry& entry = jobs_[id];
+  entry.job = job;
+  entry.busy.assign(job.shards.size(), 0);
+  ++job_counts_[static_cast<int>(JobState::kPending)];
+  SetJobState(entry, JobState::kPending);  // publishes the gauges
+  job_order_[job.sequence] = id;
+  for (const Shard& shard : entry.job.shards) IndexShard(entry, shard);
   return job;
 }
 
 absl::StatusOr<Job> Registry::GetJob(const std::string& job_id) const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) {
     return absl::NotFoundError(absl::StrCat("no calibration job '", job_id, "'"));
   }
-  return it->second;
+  return it->second.job;
 }
 
 std::vector<Job> Registry::ListJobs(const std::string& model) const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   std::vector<Job> out;
-  for (const std::string& id : job_order_) {
-    const Job& j = jobs_.at(id);
+  for (const auto& [sequence, id] : job_order_) {
+    const Job& j = jobs_.at(id).job;
     if (model.empty() || j.spec.model == model) out.push_back(j);
   }
   return out;
@@ -384,46 +464,54 @@ absl::StatusOr<std::optional<Lease>> Registry::LeaseShard(const std::string& wor
                                                           const std::string& model) {
   if (worker_id.empty()) return absl::InvalidArgumentError("worker_id is required");
   absl::MutexLock lock(&mu_);
-  if (!job_id.empty() && !jobs_.count(job_id)) {
-    return absl::NotFoundError(absl::StrCat("no calibration job '", job_id, "'"));
+  std::optional<int64_t> sequence;
+  if (!job_id.empty()) {
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) {
+      return absl::NotFoundError(absl::StrCat("no calibration job '", job_id, "'"));
+    }
+    sequence = it->second.job.sequence;
   }
-  if (!model.empty() && !models_.count(model)) {
+  if (!model.empty() && !models_.contains(model)) {
     return absl::NotFoundError(absl::StrCat("model '", model, "' is not registered"));
   }
   const absl::Time now = clock_->Now();
-  for (const std::string& id : job_order_) {
-    Job& job = jobs_.at(id);
-    if (job.state == JobState::kDone) continue;
-    if (!job_id.empty() && id != job_id) continue;
-    if (!model.empty() && job.spec.model != model) continue;
-    for (Shard& shard : job.shards) {
-      bool available = shard.state == ShardState::kPending ||
-                       (shard.state == ShardState::kLeased && shard.lease_expiry <= now);
-      if (!available) continue;
-      Shard leased = shard;
-      leased.state = ShardState::kLeased;
-      leased.attempts = shard.attempts + 1;
-      leased.lease_id = LeaseId(id, shard.index, leased.attempts);
-      leased.worker_id = worker_id;
-      leased.lease_expiry = now + options_.lease_duration;
-      storage::WriteBatch batch;
-      batch.Put(Column::kJobs, ShardKey(id, shard.index), ToProto(leased).SerializeAsString());
-      MOEND_RETURN_IF_ERROR(Write(batch));
-      if (metrics_) (shard.attempts > 0 ? metrics_->reassigned : metrics_->new_leases).Increment();
-      shard = leased;
-      Lease lease;
-      lease.lease_id = leased.lease_id;
-      lease.worker_id = worker_id;
-      lease.job_id = id;
-      lease.shard = leased;
-      lease.spec = job.spec;
-      lease.shape = models_.at(job.spec.model).shape;
-      lease.expiry = leased.lease_expiry;
-      lease.duration = options_.lease_duration;
-      return lease;
-    }
+  leasable_.Expire(now);
+  const std::optional<ShardIndex::Ref> ref = leasable_.First(sequence, model);
+  if (!ref) return std::optional<Lease>();
+  const std::string id = job_order_.at(ref->sequence);
+  JobEntry& entry = jobs_.at(id);
+  Shard& shard = entry.job.shards[ref->shard];
+  Shard leased = shard;
+  leased.state = ShardState::kLeased;
+  leased.attempts = shard.attempts + 1;
+  leased.lease_id = LeaseId(id, shard.index, leased.attempts);
+  leased.worker_id = worker_id;
+  leased.lease_expiry = now + options_.lease_duration;
+  UnindexShard(entry, shard);
+  entry.busy[shard.index] = 1;
+  absl::Status s = WriteUnlocked([&](storage::WriteBatch* batch) {
+    batch->Put(Column::kJobs, ShardKey(id, leased.index), records::EncodeShard(leased));
+    return absl::OkStatus();
+  });
+  entry.busy[shard.index] = 0;
+  if (!s.ok()) {
+    IndexShard(entry, shard);
+    return s;
   }
-  return std::optional<Lease>();
+  if (metrics_) (shard.attempts > 0 ? metrics_->reassigned : metrics_->new_leases).Increment();
+  shard = leased;
+  IndexShard(entry, shard);
+  Lease lease;
+  lease.lease_id = leased.lease_id;
+  lease.worker_id = worker_id;
+  lease.job_id = id;
+  lease.shard = leased;
+  lease.spec = entry.job.spec;
+  lease.shape = models_.at(entry.job.spec.model).info.shape;
+  lease.expiry = leased.lease_expiry;
+  lease.duration = options_.lease_duration;
+  return lease;
 }
 
 absl::StatusOr<absl::Time> Registry::Heartbeat(const std::string& lease_id,
@@ -434,12 +522,15 @@ absl::StatusOr<absl::Time> Registry::Heartbeat(const std::string& lease_id,
   if (it == jobs_.end()) {
     return absl::NotFoundError(absl::StrCat("lease '", lease_id, "' names no known job"));
   }
-  Job& job = it->second;
-  if (ref.shard < 0 || ref.shard >= job.shards_total()) {
+  JobEntry& entry = it->second;
+  if (ref.shard < 0 || ref.shard >= entry.job.shards_total()) {
     return absl::InvalidArgumentError(absl::StrCat("lease '", lease_id, "' names shard ",
-                                                   ref.shard, " but job has ", job.shards_total()));
+                                                   ref.shard, " but job has ",
+                                                   entry.job.shards_total()));
   }
-  Shard& shard = job.shards[ref.shard];
+  auto idle = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !entry.busy[ref.shard]; };
+  mu_.Await(absl::Condition(&idle));
+  Shard& shard = entry.job.shards[ref.shard];
   if (shard.state == ShardState::kDone) {
     return absl::FailedPreconditionError(
         absl::StrCat("shard ", ref.shard, " of job ", ref.job_id, " is already done; stop work"));
@@ -452,14 +543,21 @@ absl::StatusOr<absl::Time> Registry::Heartbeat(const std::string& lease_id,
   }
   Shard extended = shard;
   extended.lease_expiry = clock_->Now() + options_.lease_duration;
-  storage::WriteBatch batch;
-  batch.Put(Column::kJobs, ShardKey(ref.job_id, ref.shard), ToProto(extended).SerializeAsString());
-  MOEND_RETURN_IF_ERROR(Write(batch));
-  shard = extended;
+  UnindexShard(entry, shard);
+  entry.busy[ref.shard] = 1;
+  absl::Status s = WriteUnlocked([&](storage::WriteBatch* batch) {
+    batch->Put(Column::kJobs, ShardKey(ref.job_id, ref.shard), records::EncodeShard(extended));
+    return absl::OkStatus();
+  });
+  entry.busy[ref.shard] = 0;
+  if (s.ok()) shard = extended;
+  IndexShard(entry, shard);
+  if (!s.ok()) return s;
   return shard.lease_expiry;
 }
 
-absl::Status Registry::ValidateReport(const Job& job, const ShardReport& r) const {
+absl::Status Registry::ValidateReport(const Job& job, const ShardReport& r,
+                                      const absl::Status& values) const {
   const std::string& id = job.spec.job_id;
   if (r.model != job.spec.model) {
     return absl::InvalidArgumentError(absl::StrCat("report is for model '", r.model, "' but job '",
@@ -515,63 +613,67 @@ absl::Status Registry::ValidateReport(const Job& job, const ShardReport& r) cons
                                                    shard.layers(), " layers of shard ",
                                                    shard.index));
   }
-  for (size_t l = 0; l < t.s.size(); ++l) {
-    if (t.s[l].size() != t.tuples.size()) {
-      return absl::InvalidArgumentError(absl::StrCat("row of layer ", shard.layer_begin + l,
-                                                     " has ", t.s[l].size(), " values for ",
-                                                     t.tuples.size(), " tuples"));
-    }
-    for (size_t i = 0; i < t.s[l].size(); ++i) {
-      double v = t.s[l][i];
-      if (!std::isfinite(v) || v < 0) {
-        return absl::InvalidArgumentError(absl::StrCat("s[layer ", shard.layer_begin + l,
-                                                       "][tuple ", i, "] = ", v,
-                                                       " is not a finite value >= 0"));
-      }
-    }
-  }
-  return absl::OkStatus();
+  return values;
 }
 
-absl::StatusOr<VersionEvent> Registry::AddVersion(const SensitivityTable& table,
-                                                  const std::string& run_id, int64_t shards,
-                                                  storage::WriteBatch* batch,
-                                                  ModelInfo* model) const {
+VersionEvent Registry::AddVersion(const SensitivityTable& table, const std::string& run_id,
+                                  int64_t shards, storage::WriteBatch* batch,
+                                  ModelInfo* model) const {
   const absl::Time now = clock_->Now();
   const uint64_t version = model->version + 1;
-  VersionedTable vt{version, run_id, table};
-  batch->Put(Column::kTables, VersionKey(model->name, version), ToProto(vt).SerializeAsString());
+  batch->Put(Column::kTables, VersionKey(model->name, version),
+             records::EncodeTable({version, run_id, table}));
   model->version = version;
   model->latest_run_id = run_id;
   model->updated = now;
-  batch->Put(Column::kModels, model->name, ToProto(*model).SerializeAsString());
-  v1::CalibrationRun run;
-  run.set_run_id(run_id);
-  run.set_model(model->name);
-  run.set_version(version);
-  run.set_samples(table.samples);
-  run.set_shards(shards);
-  run.set_completed_unix_micros(absl::ToUnixMicros(now));
-  batch->Put(Column::kRuns, run_id, run.SerializeAsString());
+  batch->Put(Column::kModels, model->name, records::EncodeModel(*model));
+  batch->Put(Column::kRuns, run_id,
+             records::EncodeRun({run_id, model->name, version, table.samples, shards, now}));
   VersionEvent event{model->name, version, run_id, now};
-  batch->Put(Column::kFeed, VersionKey(model->name, version), ToProto(event).SerializeAsString());
+  batch->Put(Column::kFeed, VersionKey(model->name, version), records::EncodeEvent(event));
   return event;
 }
 
+void Registry::ApplyVersion(const ModelInfo& model, const VersionEvent& event) {
+  models_[model.name].info = model;
+  feed_[{event.model, event.version}] = event;
+  ++feed_changes_;  // wakes WaitForEvents
+}
+
 absl::StatusOr<ReportResult> Registry::ReportShard(const ShardReport& report) {
+  const absl::Status values = CheckValues(report.table);
   absl::MutexLock lock(&mu_);
   auto reject = [&](absl::Status s) {
     if (metrics_) metrics_->rejected.Increment();
     return s;
   };
-  auto it = jobs_.find(report.job_id);
-  if (it == jobs_.end()) {
-    return reject(absl::NotFoundError(absl::StrCat(
-        "no calibration job '", report.job_id, "'; report only shards leased with LeaseShard")));
+  // Wait until this report may be staged: its shard has no write in
+  // flight; and a report that may be the job's last waits for the job's
+  // other reports in flight (the merge reads them) and for the model's
+  // version reservation.
+  JobEntry* entry = nullptr;
+  for (;;) {
+    auto it = jobs_.find(report.job_id);
+    if (it == jobs_.end()) {
+      return reject(absl::NotFoundError(absl::StrCat(
+          "no calibration job '", report.job_id, "'; report only shards leased with LeaseShard")));
+    }
+    entry = &it->second;
+    const Job& job = entry->job;
+    if (absl::Status s = ValidateReport(job, report, values); !s.ok()) return reject(s);
+    auto ready = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      if (entry->busy[report.shard_index]) return false;
+      if (job.shards[report.shard_index].state == ShardState::kDone) return true;
+      if (job.shards_done + entry->reports_in_flight + 1 < job.shards_total()) return true;
+      return entry->reports_in_flight == 0 &&
+             !models_.at(job.spec.model).version_in_flight;
+    };
+    if (ready()) break;
+    mu_.Await(absl::Condition(&ready));  // then validate again: the shard may have changed
   }
-  Job& job = it->second;
-  if (absl::Status s = ValidateReport(job, report); !s.ok()) return reject(s);
-  const std::string& id = job.spec.job_id;
+  JobEntry& e = *entry;
+  Job& job = e.job;
+  const std::string id = job.spec.job_id;
   Shard& shard = job.shards[report.shard_index];
   ReportResult result;
   result.shards_total = job.shards_total();
@@ -580,70 +682,75 @@ absl::StatusOr<ReportResult> Registry::ReportShard(const ShardReport& report) {
     result.duplicate = true;
     result.shards_done = job.shards_done;
     result.job_done = job.state == JobState::kDone;
-    result.model_version = models_.at(job.spec.model).version;
+    result.model_version = models_.at(job.spec.model).info.version;
     return result;
   }
 
-  // Stage the new state, write it in one batch, then commit it to memory.
+  // Stage: the shard's new state, and for the job's last report what the
+  // merge needs, while holding the reservations.
   Shard done_shard = shard;
   done_shard.state = ShardState::kDone;
   done_shard.lease_id = report.lease_id;
   done_shard.worker_id = report.worker_id;
-  Job summary;  // the job record without shards
-  summary.spec = job.spec;
-  summary.shards_done = job.shards_done + 1;
-  summary.created = job.created;
-  summary.sequence = job.sequence;
-  const bool complete = summary.shards_done == job.shards_total();
-  summary.state = complete ? JobState::kDone : JobState::kRunning;
-
-  storage::WriteBatch batch;
-  batch.Put(Column::kJobs, ReportKey(id, shard.index), ToProto(report.table).SerializeAsString());
-  batch.Put(Column::kJobs, ShardKey(id, shard.index), ToProto(done_shard).SerializeAsString());
-  ModelInfo model = models_.at(job.spec.model);
-  std::optional<VersionEvent> event;
+  const bool complete = job.shards_done + 1 == job.shards_total();
+  ModelEntry& model_entry = models_.at(job.spec.model);
+  ModelInfo model = model_entry.info;
+  Job completed;  // the job record of a completed job
+  std::vector<ShardResult> parts;
   if (complete) {
-    std::vector<ShardResult> parts;
+    completed = job;
+    completed.state = JobState::kDone;
     parts.reserve(job.shards.size());
-    for (const Shard& s : job.shards) {
-      ShardResult part{s.sample_begin, s.sample_end, {}};
-      if (s.index == shard.index) {
-        part.table = report.table;
-      } else {
-        MOEND_ASSIGN_OR_RETURN(std::string bytes, store_->Get(Column::kJobs, ReportKey(id, s.index)));
-        MOEND_ASSIGN_OR_RETURN(v1::PartialTable p,
-                               Parse<v1::PartialTable>(bytes, ReportKey(id, s.index)));
-        part.table = FromProto(p);
-      }
-      parts.push_back(std::move(part));
-    }
-    MOEND_ASSIGN_OR_RETURN(SensitivityTable merged, MergePartialTables(job.spec, model.shape, parts));
-    MOEND_ASSIGN_OR_RETURN(event, AddVersion(merged, id, job.shards_total(), &batch, &model));
-    summary.table_version = model.version;
-    summary.completed = event->time;
+    for (const Shard& s : job.shards) parts.push_back({s.sample_begin, s.sample_end, {}});
+    model_entry.version_in_flight = true;
   }
-  // The job record carries shards_total; give the summary placeholder shards
-  // count via a proto edit rather than copying every shard.
-  v1::CalibrationJob record = ToProto(summary, false);
-  record.set_shards_total(job.shards_total());
-  batch.Put(Column::kJobs, JobKey(id), record.SerializeAsString());
-  MOEND_RETURN_IF_ERROR(Write(batch));
+  UnindexShard(e, shard);
+  e.busy[shard.index] = 1;
+  ++e.reports_in_flight;
 
+  std::optional<VersionEvent> event;
+  absl::Status s = WriteUnlocked([&](storage::WriteBatch* batch) -> absl::Status {
+    batch->Put(Column::kJobs, ReportKey(id, done_shard.index),
+               records::EncodePartialTable(report.table));
+    batch->Put(Column::kJobs, ShardKey(id, done_shard.index), records::EncodeShard(done_shard));
+    if (!complete) return absl::OkStatus();
+    // Every other shard is done and its report stored; none changes now.
+    for (size_t i = 0; i < parts.size(); ++i) {
+      if (static_cast<int64_t>(i) == done_shard.index) {
+        parts[i].table = report.table;
+        continue;
+      }
+      const std::string key = ReportKey(id, static_cast<int64_t>(i));
+      MOEND_ASSIGN_OR_RETURN(std::string bytes, store_->Get(Column::kJobs, key));
+      MOEND_ASSIGN_OR_RETURN(parts[i].table, records::DecodePartialTable(bytes, key));
+    }
+    MOEND_ASSIGN_OR_RETURN(SensitivityTable merged,
+                           MergePartialTables(completed.spec, model.shape, parts));
+    event = AddVersion(merged, id, completed.shards_total(), batch, &model);
+    completed.table_version = model.version;
+    completed.completed = event->time;
+    batch->Put(Column::kJobs, JobKey(id), records::EncodeJob(completed));
+    return absl::OkStatus();
+  });
+  e.busy[shard.index] = 0;
+  --e.reports_in_flight;
+  if (complete) model_entry.version_in_flight = false;
+  if (!s.ok()) {
+    IndexShard(e, shard);
+    return s;
+  }
   shard = done_shard;
-  job.shards_done = summary.shards_done;
-  job.state = summary.state;
-  job.table_version = summary.table_version;
-  job.completed = summary.completed;
-  if (event) {
-    models_[model.name] = model;
-    feed_[{event->model, event->version}] = *event;
-    feed_changed_.SignalAll();
+  ++job.shards_done;
+  SetJobState(e, complete ? JobState::kDone : JobState::kRunning);
+  if (complete) {
+    job.table_version = completed.table_version;
+    job.completed = completed.completed;
+    ApplyVersion(model, *event);
   }
   if (metrics_) metrics_->accepted.Increment();
-  UpdateJobGauges();
   result.shards_done = job.shards_done;
   result.job_done = complete;
-  result.model_version = model.version;
+  result.model_version = models_.at(job.spec.model).info.version;
   return result;
 }
 
@@ -654,7 +761,8 @@ absl::StatusOr<uint64_t> Registry::PublishTable(const SensitivityTable& table) {
   if (it == models_.end()) {
     return absl::NotFoundError(absl::StrCat("model '", table.model, "' is not registered"));
   }
-  const ModelShape& shape = it->second.shape;
+  ModelEntry& entry = it->second;
+  const ModelShape& shape = entry.info.shape;
   if (table.num_layers != shape.num_layers || table.num_kv_heads != shape.num_kv_heads ||
       table.head_dim != shape.head_dim) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -662,37 +770,45 @@ absl::StatusOr<uint64_t> Registry::PublishTable(const SensitivityTable& table) {
         table.head_dim, ") does not match model '", table.model, "' (", shape.num_layers,
         " layers, ", shape.num_kv_heads, " KV heads, head dim ", shape.head_dim, ")"));
   }
-  ModelInfo model = it->second;
+  auto free = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !entry.version_in_flight; };
+  mu_.Await(absl::Condition(&free));
+  ModelInfo model = entry.info;
   const std::string run_id = absl::StrCat("publish-", model.name, "-", model.version + 1);
-  storage::WriteBatch batch;
-  MOEND_ASSIGN_OR_RETURN(VersionEvent event, AddVersion(table, run_id, 0, &batch, &model));
-  MOEND_RETURN_IF_ERROR(Write(batch));
-  models_[model.name] = model;
-  feed_[{event.model, event.version}] = event;
-  feed_changed_.SignalAll();
+  entry.version_in_flight = true;
+  VersionEvent event;
+  absl::Status s = WriteUnlocked([&](storage::WriteBatch* batch) {
+    event = AddVersion(table, run_id, 0, batch, &model);
+    return absl::OkStatus();
+  });
+  entry.version_in_flight = false;
+  if (!s.ok()) return s;
+  ApplyVersion(model, event);
   return event.version;
 }
 
 absl::StatusOr<VersionedTable> Registry::GetTable(const std::string& model,
                                                   uint64_t version) const {
-  absl::MutexLock lock(&mu_);
-  auto it = models_.find(model);
-  if (it == models_.end()) {
-    return absl::NotFoundError(absl::StrCat("model '", model, "' is not registered"));
+  {
+    absl::ReaderMutexLock lock(&mu_);
+    auto it = models_.find(model);
+    if (it == models_.end()) {
+      return absl::NotFoundError(absl::StrCat("model '", model, "' is not registered"));
+    }
+    const uint64_t latest = it->second.info.version;
+    if (latest == 0) {
+      return absl::NotFoundError(absl::StrCat(
+          "model '", model, "' has no sensitivity table yet; run a calibration job or publish one"));
+    }
+    if (version == 0) version = latest;
+    if (version > latest) {
+      return absl::NotFoundError(absl::StrCat("model '", model, "' has no table version ", version,
+                                              "; the latest is ", latest));
+    }
   }
-  if (it->second.version == 0) {
-    return absl::NotFoundError(absl::StrCat(
-        "model '", model, "' has no sensitivity table yet; run a calibration job or publish one"));
-  }
-  if (version == 0) version = it->second.version;
-  if (version > it->second.version) {
-    return absl::NotFoundError(absl::StrCat("model '", model, "' has no table version ", version,
-                                            "; the latest is ", it->second.version));
-  }
-  MOEND_ASSIGN_OR_RETURN(std::string bytes, store_->Get(Column::kTables, VersionKey(model, version)));
-  MOEND_ASSIGN_OR_RETURN(v1::GetTableResponse p,
-                         Parse<v1::GetTableResponse>(bytes, VersionKey(model, version)));
-  return FromProto(p);
+  // Table records are never rewritten: read without the mutex.
+  const std::string key = VersionKey(model, version);
+  MOEND_ASSIGN_OR_RETURN(std::string bytes, store_->Get(Column::kTables, key));
+  return records::DecodeTable(bytes, "tables/" + key);
 }
 
 std::vector<VersionEvent> Registry::EventsAfterLocked(
@@ -713,29 +829,29 @@ std::vector<VersionEvent> Registry::EventsAfterLocked(
 std::vector<VersionEvent> Registry::EventsAfter(
     const std::string& model, uint64_t after_version,
     const std::map<std::string, uint64_t>& after) const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   return EventsAfterLocked(model, after_version, after);
 }
 
 absl::StatusOr<std::vector<VersionEvent>> Registry::WaitForEvents(
     const std::string& model, uint64_t after_version,
     const std::map<std::string, uint64_t>& after, absl::Time deadline) const {
-  absl::MutexLock lock(&mu_);
+  absl::ReaderMutexLock lock(&mu_);
   while (true) {
     if (shutdown_) return absl::CancelledError("registry is shutting down");
     std::vector<VersionEvent> events = EventsAfterLocked(model, after_version, after);
     if (!events.empty()) return events;
-    if (feed_changed_.WaitWithDeadline(&mu_, deadline)) {
-      if (shutdown_) return absl::CancelledError("registry is shutting down");
-      return EventsAfterLocked(model, after_version, after);
-    }
+    const uint64_t seen = feed_changes_;
+    auto changed = [&]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return shutdown_ || feed_changes_ != seen;
+    };
+    if (!mu_.AwaitWithDeadline(absl::Condition(&changed), deadline)) return events;  // empty
   }
 }
 
 void Registry::Shutdown() {
   absl::MutexLock lock(&mu_);
   shutdown_ = true;
-  feed_changed_.SignalAll();
 }
 
 }  // namespace moend::registry

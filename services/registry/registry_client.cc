@@ -1,9 +1,11 @@
 #include "services/registry/registry_client.h"
 
+#include <map>
 #include <thread>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "core/file_util.h"
 #include "core/status_macros.h"
 #include "grpcpp/client_context.h"
@@ -18,10 +20,104 @@ namespace {
 absl::Status FromGrpc(const grpc::Status& s) { return rpc::FromGrpcStatus(s); }
 }  // namespace
 
+namespace {
+
+// The change feed of one model: a WatchModelVersions stream that its own
+// thread keeps open (and opens again after a failure or at the end of its
+// lifetime, from the newest version seen), and the events it delivered.
+class VersionWatch {
+ public:
+  VersionWatch(const RegistryClientOptions& options, v1::Registry::Stub* stub, std::string model)
+      : options_(options), stub_(stub), model_(std::move(model)) {
+    thread_ = std::thread([this] { Run(); });
+  }
+  ~VersionWatch() {
+    {
+      absl::MutexLock lock(&mu_);
+      stopping_ = true;
+      if (context_ != nullptr) context_->TryCancel();
+    }
+    thread_.join();
+  }
+
+  absl::StatusOr<VersionEvent> Wait(uint64_t after_version, absl::Duration timeout) {
+    const absl::Time deadline = absl::Now() + timeout;
+    absl::MutexLock lock(&mu_);
+    auto ready = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+      return !error_.ok() || events_.upper_bound(after_version) != events_.end();
+    };
+    mu_.AwaitWithDeadline(absl::Condition(&ready), deadline);
+    if (auto it = events_.upper_bound(after_version); it != events_.end()) return it->second;
+    if (!error_.ok()) return error_;
+    return absl::DeadlineExceededError(absl::StrCat("model '", model_, "' got no version after ",
+                                                    after_version, " within ",
+                                                    absl::FormatDuration(timeout)));
+  }
+
+ private:
+  static constexpr size_t kMaxEvents = 256;
+
+  void Run() {
+    absl::Duration backoff = options_.watch_backoff_initial;
+    for (;;) {
+      grpc::ClientContext context;
+      context.set_deadline(absl::ToChronoTime(absl::Now() + options_.watch_stream_lifetime));
+      v1::WatchModelVersionsRequest req;
+      req.set_model(model_);
+      {
+        absl::MutexLock lock(&mu_);
+        if (stopping_) return;
+        context_ = &context;
+        req.set_after_version(newest_);
+        error_ = absl::OkStatus();  // waiters wait for this attempt
+      }
+      auto reader = stub_->WatchModelVersions(&context, req);
+      v1::ModelVersionEvent msg;
+      while (reader->Read(&msg)) {
+        absl::MutexLock lock(&mu_);
+        backoff = options_.watch_backoff_initial;
+        newest_ = std::max(newest_, msg.version());
+        events_[msg.version()] = FromProto(msg);
+        if (events_.size() > kMaxEvents) events_.erase(events_.begin());
+      }
+      absl::Status status = rpc::FromGrpcStatus(reader->Finish());
+      absl::MutexLock lock(&mu_);
+      context_ = nullptr;
+      if (stopping_) return;
+      if (absl::IsDeadlineExceeded(status)) continue;  // the lifetime ended: reopen now
+      error_ = status.ok() ? absl::UnavailableError(absl::StrCat(
+                                 "the registry ended the version watch of model '", model_, "'"))
+                           : status;
+      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return stopping_; };
+      if (mu_.AwaitWithTimeout(absl::Condition(&stop), backoff)) return;
+      backoff = std::min(backoff * 2, options_.watch_backoff_max);
+    }
+  }
+
+  const RegistryClientOptions& options_;
+  v1::Registry::Stub* const stub_;
+  const std::string model_;
+  std::thread thread_;
+  absl::Mutex mu_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  grpc::ClientContext* context_ ABSL_GUARDED_BY(mu_) = nullptr;  // the open stream's
+  // The newest version seen; the first stream starts at 0, so every version
+  // of the model is known, and a reopened one resumes here.
+  uint64_t newest_ ABSL_GUARDED_BY(mu_) = 0;
+  // OK while the stream is open or being opened; else why the last one failed.
+  absl::Status error_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, VersionEvent> events_ ABSL_GUARDED_BY(mu_);  // the newest kMaxEvents
+};
+
+}  // namespace
+
 struct RegistryClient::Impl {
   RegistryClientOptions options;
   std::shared_ptr<grpc::Channel> channel;
   std::unique_ptr<v1::Registry::Stub> stub;
+  absl::Mutex watches_mu;
+  // Declared last: the watches (their threads use the stub) go first.
+  std::map<std::string, std::unique_ptr<VersionWatch>> watches ABSL_GUARDED_BY(watches_mu);
 
   std::unique_ptr<grpc::ClientContext> Context(absl::Duration timeout) const {
     auto ctx = std::make_unique<grpc::ClientContext>();
@@ -29,6 +125,15 @@ struct RegistryClient::Impl {
     return ctx;
   }
   std::unique_ptr<grpc::ClientContext> Context() const { return Context(options.rpc_timeout); }
+
+  VersionWatch& Watch(const std::string& model) {
+    absl::MutexLock lock(&watches_mu);
+    std::unique_ptr<VersionWatch>& watch = watches[model];
+    if (watch == nullptr) {
+      watch = std::make_unique<VersionWatch>(options, stub.get(), model);
+    }
+    return *watch;
+  }
 };
 
 RegistryClient::RegistryClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -198,25 +303,7 @@ absl::StatusOr<VersionedTable> RegistryClient::GetTable(const std::string& model
 absl::StatusOr<VersionEvent> RegistryClient::WaitForVersion(const std::string& model,
                                                             uint64_t after_version,
                                                             absl::Duration timeout) {
-  v1::WatchModelVersionsRequest req;
-  req.set_model(model);
-  req.set_after_version(after_version);
-  auto ctx = impl_->Context(timeout);
-  auto reader = impl_->stub->WatchModelVersions(ctx.get(), req);
-  v1::ModelVersionEvent event;
-  if (reader->Read(&event)) {
-    ctx->TryCancel();
-    reader->Finish().ok();  // cancelled by us; the status carries nothing new
-    return FromProto(event);
-  }
-  absl::Status s = FromGrpc(reader->Finish());
-  if (absl::IsDeadlineExceeded(s)) {
-    return absl::DeadlineExceededError(absl::StrCat("model '", model, "' got no version after ",
-                                                    after_version, " within ",
-                                                    absl::FormatDuration(timeout)));
-  }
-  if (s.ok()) return absl::UnavailableError("the registry ended the watch stream");
-  return s;
+  return impl_->Watch(model).Wait(after_version, timeout);
 }
 
 }  // namespace moend::registry

@@ -1,6 +1,7 @@
-// A C++ client of the registry for workers and moendctl. Every call is one
-// blocking RPC with a deadline and returns the registry's status unchanged
-// (codes and messages), or Unavailable / DeadlineExceeded from the network.
+// A C++ client of the registry for workers, routers and moendctl. Every
+// call but WaitForVersion is one blocking RPC with a deadline and returns the
+// registry's status unchanged (codes and messages), or Unavailable /
+// DeadlineExceeded from the network.
 //
 // A worker's loop:
 //
@@ -16,7 +17,8 @@
 //     MOEND_ASSIGN_OR_RETURN(ReportResult r, client->ReportLease(*lease, rows));
 //   }
 //
-// Thread-safe: one client may be shared by threads.
+// Thread-safe: one client may be shared by threads. Every call but
+// WaitForVersion is one blocking RPC.
 #ifndef MOEND_SERVICES_REGISTRY_REGISTRY_CLIENT_H_
 #define MOEND_SERVICES_REGISTRY_REGISTRY_CLIENT_H_
 
@@ -43,6 +45,15 @@ struct RegistryClientOptions {
   absl::Duration connect_timeout = absl::Seconds(5);
   // How often WaitForJob polls. Default 200 ms.
   absl::Duration poll_interval = absl::Milliseconds(200);
+  // WaitForVersion's change-feed streams: after a stream fails it is opened
+  // again after watch_backoff_initial, doubling up to watch_backoff_max.
+  // Defaults 100 ms and 5 s.
+  absl::Duration watch_backoff_initial = absl::Milliseconds(100);
+  absl::Duration watch_backoff_max = absl::Seconds(5);
+  // A stream is ended and opened again (from the last version seen) after
+  // this long, so that a connection that died silently (no reset, no
+  // keepalive) is replaced in bounded time. Default 60 s.
+  absl::Duration watch_stream_lifetime = absl::Seconds(60);
   // TLS and the bearer token for the registry. Default: plaintext, no token.
   rpc::ClientSecurity security;
 };
@@ -85,8 +96,17 @@ class RegistryClient {
   // Tables. version 0 = latest.
   absl::StatusOr<uint64_t> PublishTable(const SensitivityTable& table);
   absl::StatusOr<VersionedTable> GetTable(const std::string& model, uint64_t version = 0);
-  // Blocks on the change feed until `model` has a version > after_version;
-  // DeadlineExceeded after `timeout`.
+  // Blocks on the change feed until `model` has a version > after_version
+  // and returns the oldest such event the client still holds (the next one
+  // unless more than 256 arrived since); DeadlineExceeded after `timeout`.
+  //
+  // The first call for a model opens one WatchModelVersions stream for it
+  // (from version 0: every version is known), which stays open for the
+  // client's lifetime (read by a thread of its own) and serves every later
+  // call; a call only waits for it. When the
+  // stream fails it is opened again, with backoff, from the newest version
+  // seen; while it is down, calls return its error (Unavailable, or
+  // NotFound for an unknown model) at once instead of waiting.
   absl::StatusOr<VersionEvent> WaitForVersion(const std::string& model, uint64_t after_version,
                                               absl::Duration timeout);
 

@@ -31,6 +31,8 @@ class RegistryService final : public v1::Registry::Service {
                   int64_t max_watch_streams = 128, rpc::WorkerIdentity workers = rpc::WorkerIdentity());
   // Ends every WatchModelVersions stream within one watch_poll.
   void Stop() { stopping_ = true; }
+  // WatchModelVersions streams open now.
+  int64_t open_watch_streams() const { return watch_streams_.load(); }
 
   grpc::Status RegisterModel(grpc::ServerContext*, const v1::RegisterModelRequest*,
                              v1::Model*) override;
@@ -104,6 +106,8 @@ class RegistryServer {
   // The service's health through an in-process call (rpc::ServingInProcess);
   // false once Shutdown began. Not to be called while Shutdown runs.
   bool Serving() const;
+  // WatchModelVersions streams open now (each router holds one per model).
+  int64_t open_watch_streams() const { return service_->open_watch_streams(); }
   // Stops accepting calls, ends watch streams, and waits up to `grace` for
   // calls in flight. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(2));

@@ -1,7 +1,8 @@
 // Plain C++ records of the registry's domain: models, calibration jobs and
-// their shards, leases, shard reports and change-feed events. The gRPC adapter
-// and the client convert these to and from moend.v1 messages
-// (services/registry/proto_convert.h).
+// their shards, leases, shard reports, calibration runs and change-feed
+// events. The gRPC adapter and the client convert these to and from moend.v1
+// messages (proto_convert.h); the registry stores them as the records of
+// records.h. Both copy fields by name (message_fields.h).
 #ifndef MOEND_SERVICES_REGISTRY_REGISTRY_TYPES_H_
 #define MOEND_SERVICES_REGISTRY_REGISTRY_TYPES_H_
 
@@ -58,7 +59,6 @@ struct JobSpec {
 
 enum class JobState { kPending, kRunning, kDone };
 enum class ShardState { kPending, kLeased, kDone };
-const char* JobStateName(JobState s);  // "pending", "running", "done"
 
 // One unit of work: sample range x layer range, both half-open.
 struct Shard {
@@ -126,6 +126,16 @@ struct ReportResult {
   int64_t shards_done = 0;
   int64_t shards_total = 0;
   uint64_t model_version = 0;  // the model's version after this report
+};
+
+// A completed calibration: which job (or publish) made which table version.
+struct CalibrationRun {
+  std::string run_id;  // the job id, or "publish-<model>-<version>"
+  std::string model;
+  uint64_t version = 0;
+  int64_t samples = 0;
+  int64_t shards = 0;  // 0 for a published table
+  absl::Time completed = absl::UnixEpoch();
 };
 
 struct VersionedTable {

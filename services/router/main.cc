@@ -12,12 +12,6 @@
 // registry. --auth-token-file is the deployment's one bearer token: sent to
 // the registry on every call, and required from clients of the router only
 // with --auth-reads (the router has no mutating calls).
-#include <signal.h>
-#include <unistd.h>
-
-#include <cstdio>
-#include <cstdlib>
-#include <exception>
 #include <initializer_list>
 #include <iostream>
 #include <memory>
@@ -26,7 +20,6 @@
 #include <utility>
 
 #include "absl/time/time.h"
-#include "prometheus/registry.h"
 #include "services/common/process.h"
 #include "core/flags.h"
 #include "services/common/security.h"
@@ -34,13 +27,14 @@
 #include "services/registry/registry_client.h"
 #include "services/router/router.h"
 #include "services/router/router_service.h"
-#include "services/router/table_source.h"
+#include "services/router/registry_table_source.h"
 
 namespace {
 
 constexpr char kUsage[] =
     "usage: moend-router --registry HOST:PORT --listen HOST:PORT [--metrics HOST:PORT]\n"
     "                    [--plan-cache-entries N] [--watch-poll-ms N] [--max-watch-streams N]\n"
+    "                    [--solve-threads N]\n"
     "  --registry HOST:PORT      the registry to read tables from (required)\n"
     "  --listen HOST:PORT        gRPC address; port 0 picks a free port (default 127.0.0.1:7002)\n"
     "  --metrics HOST:PORT       serve Prometheus /metrics there (default: off)\n"
@@ -48,6 +42,8 @@ constexpr char kUsage[] =
     "  --watch-poll-ms N         long-poll timeout on the registry's change feed (default 2000)\n"
     "  --max-watch-streams N     WatchPlans streams open at once; more get RESOURCE_EXHAUSTED\n"
     "                            (default 20000)\n"
+    "  --solve-threads N         threads that fetch tables and solve on a plan-cache miss, off\n"
+    "                            the gRPC threads (default 4)\n"
     "  --tls-cert FILE           PEM server certificate chain: serve TLS only (default plaintext)\n"
     "  --tls-key FILE            PEM private key of --tls-cert\n"
     "  --tls-client-ca FILE      require client certificates signed by this PEM CA\n"
@@ -65,6 +61,7 @@ struct Flags {
   int64_t plan_cache_entries = 4096;
   int64_t watch_poll_ms = 2000;
   int64_t max_watch_streams = 20000;
+  int64_t solve_threads = 4;
   moend::rpc::ServerSecurity server_security;
   moend::rpc::ClientSecurity registry_security;
 };
@@ -77,7 +74,7 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
       "moend-router", kUsage, argc, argv,
       moend::rpc::WithFlags(moend::rpc::WithFlags({"registry", "listen", "metrics",
                                                    "plan-cache-entries", "watch-poll-ms",
-                                                   "max-watch-streams"},
+                                                   "max-watch-streams", "solve-threads"},
                                                   moend::rpc::kServerSecurityFlags),
                             moend::rpc::kClientSecurityFlags),
       {moend::rpc::kAuthReadsSwitch}, &exit_code);
@@ -92,8 +89,10 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
   for (const auto& [name, out] : std::initializer_list<std::pair<const char*, int64_t*>>{
            {"plan-cache-entries", &flags->plan_cache_entries},
            {"watch-poll-ms", &flags->watch_poll_ms},
-           {"max-watch-streams", &flags->max_watch_streams}}) {
-    absl::StatusOr<int64_t> v = args->IntInRange(name, *out, 1, 1 << 30);
+           {"max-watch-streams", &flags->max_watch_streams},
+           {"solve-threads", &flags->solve_threads}}) {
+    absl::StatusOr<int64_t> v =
+        args->IntInRange(name, *out, 1, out == &flags->solve_threads ? 1024 : 1 << 30);
     if (!v.ok()) {
       std::cerr << "moend-router: " << v.status().message() << "\n";
       return 2;
@@ -110,64 +109,34 @@ std::optional<int> ParseFlags(int argc, char** argv, Flags* flags) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  constexpr char kProgram[] = "moend-router";
   Flags flags;
   if (std::optional<int> exit_code = ParseFlags(argc, argv, &flags)) return *exit_code;
-
-  auto shutdown = moend::rpc::ShutdownSignal::Install();
-  if (!shutdown.ok()) {
-    std::cerr << "moend-router: " << shutdown.status() << "\n";
-    return 1;
-  }
-
-  auto metrics = std::make_shared<prometheus::Registry>();
-  moend::rpc::MetricsEndpoint metrics_endpoint;
-  if (!flags.metrics.empty()) {
-    auto endpoint = moend::rpc::ServeMetrics(flags.metrics, metrics);
-    if (!endpoint.ok()) {
-      std::cerr << "moend-router: " << endpoint.status().message() << "\n";
-      return 1;
-    }
-    metrics_endpoint = *std::move(endpoint);
-  }
+  auto process = moend::rpc::ServerMain::Start(kProgram, flags.metrics);
+  if (!process.ok()) return moend::rpc::ExitFailure(kProgram, process.status());
 
   // The registry may start after the router: do not wait for it here; the
   // first request for a model (and the watchers, with backoff) connect.
   auto client = moend::registry::RegistryClient::Connect(
       {.target = flags.registry, .rpc_timeout = absl::Seconds(10),
        .connect_timeout = absl::ZeroDuration(), .security = flags.registry_security});
-  if (!client.ok()) {
-    std::cerr << "moend-router: " << client.status() << "\n";
-    return 1;
-  }
+  if (!client.ok()) return moend::rpc::ExitFailure(kProgram, client.status());
   moend::router::RegistryTableSource source(client->get());
   auto router = moend::router::Router::Create(
-      {.tables = &source, .metrics = metrics.get(),
+      {.tables = &source, .metrics = (*process)->metrics().get(),
        .plan_cache_entries = static_cast<size_t>(flags.plan_cache_entries),
-       .watch_poll = absl::Milliseconds(flags.watch_poll_ms)});
-  if (!router.ok()) {
-    std::cerr << "moend-router: " << router.status() << "\n";
-    return 1;
-  }
+       .watch_poll = absl::Milliseconds(flags.watch_poll_ms),
+       .solve_threads = static_cast<int>(flags.solve_threads)});
+  if (!router.ok()) return moend::rpc::ExitFailure(kProgram, router.status());
   auto server =
       moend::router::RouterServer::Start(router->get(),
                                          {.listen_address = flags.listen,
                                           .max_watch_streams = flags.max_watch_streams,
                                           .security = flags.server_security});
-  if (!server.ok()) {
-    std::cerr << "moend-router: " << server.status() << "\n";
-    return 1;
-  }
-  std::cout << "moend-router listening on " << (*server)->address() << std::endl;
-  if (metrics_endpoint.server) {
-    metrics_endpoint.server->SetHealthCheck([s = server->get()] { return s->Serving(); });
-    std::cout << "moend-router metrics on http://" << metrics_endpoint.address << "/metrics" << std::endl;
-  }
+  if (!server.ok()) return moend::rpc::ExitFailure(kProgram, server.status());
 
   moend::rpc::MemoryTrimmer trimmer;  // refused large requests do not stay resident
-  const int sig = (*shutdown)->Wait();
-  std::cout << "moend-router: signal " << sig << ", shutting down"
-            << std::endl;
-  if (metrics_endpoint.server) metrics_endpoint.server->SetHealthCheck(nullptr);
+  (*process)->ServeUntilSignal((*server)->address(), [s = server->get()] { return s->Serving(); });
   (*server)->Shutdown(absl::Seconds(5));
   (*router)->Shutdown();
   return 0;

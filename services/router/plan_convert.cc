@@ -7,7 +7,7 @@ namespace moend::router {
 
 v1::Plan ToProto(const VersionedPlan& p) {
   v1::Plan out;
-  out.set_version(p.version);
+  out.set_version(p.table_version);  // the same number: see VersionedPlan
   out.set_model(p.plan.model);
   out.set_solver(p.plan.solver);
   out.set_table_version(p.table_version);
@@ -37,7 +37,6 @@ v1::Plan ToProto(const VersionedPlan& p) {
 
 absl::StatusOr<VersionedPlan> PlanFromProto(const v1::Plan& p) {
   VersionedPlan out;
-  out.version = p.version();
   out.table_version = p.table_version();
   out.num_kv_heads = p.num_kv_heads();
   out.head_dim = p.head_dim();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <optional>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "prometheus/gauge.h"
 #include "prometheus/histogram.h"
 #include "services/router/lru_cache.h"
+#include "services/router/work_queue.h"
 
 namespace moend::router {
 namespace {
@@ -75,8 +77,8 @@ class Subscriber {
   // subscriber is closed.
   void Offer(const PlanPtr& plan) {
     absl::MutexLock lock(&mu_);
-    if (closed_ || plan->version <= last_version_) return;
-    last_version_ = plan->version;
+    if (closed_ || plan->table_version <= last_version_) return;
+    last_version_ = plan->table_version;
     on_plan_(plan);
   }
   // After Close returns no callback runs.
@@ -177,20 +179,33 @@ struct Router::Impl {
     return shared;
   }
 
+  static PlanKey KeyOf(const std::string& model, uint64_t version, const Query& q) {
+    return {model, version, q.budget.kind, q.budget.ratio, q.budget.bytes, q.budget.context,
+            q.solver};
+  }
+
+  // The cached plan (or solver error) for `key`, counted as a hit; nullopt
+  // on a miss (not counted: the solve that follows counts it).
+  std::optional<absl::StatusOr<PlanPtr>> CachedPlan(const PlanKey& key) {
+    absl::MutexLock lock(&plans_mu);
+    const auto* hit = plans.Get(key);
+    if (hit == nullptr) return std::nullopt;
+    cache_hits.Increment();
+    return *hit;
+  }
+
+  bool IsCached(const PlanKey& key) {
+    absl::MutexLock lock(&plans_mu);
+    return plans.Get(key) != nullptr;
+  }
+
   // The plan for (model, version, query). `*transient` is set when the error
   // came from the table source (worth retrying) rather than the solver.
   absl::StatusOr<PlanPtr> PlanFor(const std::string& model, uint64_t version, const Query& q,
                                bool* transient = nullptr) {
     if (transient) *transient = false;
-    const PlanKey key{model,           version,          q.budget.kind, q.budget.ratio,
-                      q.budget.bytes, q.budget.context, q.solver};
-    {
-      absl::MutexLock lock(&plans_mu);
-      if (const auto* hit = plans.Get(key)) {
-        cache_hits.Increment();
-        return *hit;
-      }
-    }
+    const PlanKey key = KeyOf(model, version, q);
+    if (auto hit = CachedPlan(key)) return *std::move(hit);
     cache_misses.Increment();
     absl::StatusOr<std::shared_ptr<const registry::VersionedTable>> table = Table(model, version);
     if (!table.ok()) {
@@ -204,7 +219,6 @@ struct Router::Impl {
     if (solved.ok()) {
       solved->model = model;
       auto plan = std::make_shared<VersionedPlan>();
-      plan->version = (*table)->version;
       plan->table_version = (*table)->version;
       plan->num_kv_heads = (*table)->table.num_kv_heads;
       plan->head_dim = (*table)->table.head_dim;
@@ -218,6 +232,18 @@ struct Router::Impl {
     plans.Put(key, outcome);
     cache_entries.Set(static_cast<double>(plans.size()));
     return outcome;
+  }
+
+  // Runs `task` on a solve thread; false when max_waiting_solves wait.
+  bool PostSolve(absl::AnyInvocable<void() &&> task) { return solves->Post(std::move(task)); }
+  absl::Status SolvesFull() const {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the router already has ", options.max_waiting_solves,
+        " plans to solve waiting (cold cache under load); retry shortly or use another router"));
+  }
+
+  absl::Status Closing() const {
+    return absl::UnavailableError("the router is shutting down; ask another router");
   }
 
   std::shared_ptr<ModelState> FindModel(const std::string& model) {
@@ -324,6 +350,11 @@ struct Router::Impl {
   bool stopping = false;
   absl::flat_hash_map<std::string, std::shared_ptr<ModelState>> models;
   std::atomic<uint64_t> next_subscriber_id{1};
+  // Set by ~Router: the solves still waiting answer Closing() instead.
+  std::atomic<bool> closing{false};
+  // Reset first by ~Router, which runs the solves still waiting.
+  std::unique_ptr<WorkQueue> solves =
+      std::make_unique<WorkQueue>(options.solve_threads, options.max_waiting_solves);
 };
 
 namespace {
@@ -362,6 +393,11 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
         "cache sizes must be >= 1 entry; got plan_cache_entries ", options.plan_cache_entries,
         ", table_cache_entries ", options.table_cache_entries));
   }
+  if (options.solve_threads < 1 || options.solve_threads > 1024 || options.max_waiting_solves < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "solve_threads must be in [1, 1024] and max_waiting_solves >= 1; got solve_threads ",
+        options.solve_threads, ", max_waiting_solves ", options.max_waiting_solves));
+  }
   if (options.watch_poll <= absl::ZeroDuration() ||
       options.backoff_initial <= absl::ZeroDuration() ||
       options.backoff_max < options.backoff_initial) {
@@ -373,7 +409,11 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
 
 Router::Router(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-Router::~Router() { Shutdown(); }
+Router::~Router() {
+  Shutdown();
+  impl_->closing = true;
+  impl_->solves.reset();  // waits for the solves running; the waiting ones answer Closing()
+}
 
 void Router::Shutdown() {
   std::vector<std::shared_ptr<ModelState>> states;
@@ -402,6 +442,46 @@ absl::StatusOr<PlanPtr> Router::SolvePlan(const PlanRequest& request) {
   return impl_->PlanFor(request.model, version, query);
 }
 
+void Router::SolvePlanAsync(const PlanRequest& request, PlanDone done) {
+  absl::StatusOr<Query> query = Validate(request.model, request.budget, request.solver);
+  if (!query.ok()) return std::move(done)(query.status());
+  // A warm request: the version is known without the table source.
+  uint64_t version = request.table_version;
+  if (version == 0) {
+    if (std::shared_ptr<ModelState> state = impl_->FindModel(request.model)) {
+      version = state->latest.load();
+    }
+  }
+  if (version != 0) {
+    if (auto hit = impl_->CachedPlan(Impl::KeyOf(request.model, version, *query))) {
+      return std::move(done)(*std::move(hit));
+    }
+  }
+  auto shared = std::make_shared<PlanDone>(std::move(done));
+  auto task = [this, request, shared] {
+    std::move(*shared)(impl_->closing ? impl_->Closing() : SolvePlan(request));
+  };
+  if (!impl_->PostSolve(std::move(task))) {
+    std::move(*shared)(impl_->SolvesFull());
+  }
+}
+
+void Router::WatchPlansAsync(const WatchRequest& request, PlanCallback on_plan, WatchDone done) {
+  absl::StatusOr<Query> query = Validate(request.model, request.budget, request.solver);
+  if (!query.ok()) return std::move(done)(query.status());
+  if (std::shared_ptr<ModelState> state = impl_->FindModel(request.model)) {
+    if (impl_->IsCached(Impl::KeyOf(request.model, state->latest.load(), *query))) {
+      return std::move(done)(WatchPlans(request, std::move(on_plan)));
+    }
+  }
+  auto shared = std::make_shared<WatchDone>(std::move(done));
+  auto task = [this, request, on_plan = std::move(on_plan), shared]() mutable {
+    if (impl_->closing) return std::move(*shared)(impl_->Closing());
+    std::move(*shared)(WatchPlans(request, std::move(on_plan)));
+  };
+  if (!impl_->PostSolve(std::move(task))) std::move(*shared)(impl_->SolvesFull());
+}
+
 absl::StatusOr<std::unique_ptr<PlanSubscription>> Router::WatchPlans(const WatchRequest& request,
                                                                      PlanCallback on_plan) {
   MOEND_ASSIGN_OR_RETURN(Query query, Validate(request.model, request.budget, request.solver));
@@ -425,3 +505,4 @@ absl::StatusOr<std::unique_ptr<PlanSubscription>> Router::WatchPlans(const Watch
 }
 
 }  // namespace moend::router
+

@@ -2,7 +2,7 @@
 // over the newest sensitivity table of a model, caches them, and pushes a new
 // plan to every subscriber when a newer table lands.
 //
-//   RegistryTableSource source(registry_client.get());
+//   RegistryTableSource source(registry_client.get());  // registry_table_source.h
 //   MOEND_ASSIGN_OR_RETURN(auto router, Router::Create({.tables = &source}));
 //   MOEND_ASSIGN_OR_RETURN(PlanPtr plan, router->SolvePlan(
 //       {.model = "tinycode", .budget = Budget::Ratio(8), .solver = "exact"}));
@@ -16,6 +16,11 @@
 // request may still get the previous plan until the watcher has seen it (one
 // round trip of the change feed).
 //
+// A cache miss calls the table source and solves; SolvePlanAsync and
+// WatchPlansAsync run that on the router's own solve threads, so that their
+// callers (the gRPC callback threads of RouterService) only ever do cache
+// lookups and a cold model or a slow registry does not hold them.
+//
 // Thread-safe.
 #ifndef MOEND_SERVICES_ROUTER_ROUTER_H_
 #define MOEND_SERVICES_ROUTER_ROUTER_H_
@@ -26,6 +31,7 @@
 #include <memory>
 #include <string>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "core/plan.h"
@@ -57,6 +63,12 @@ struct RouterOptions {
   absl::Duration backoff_max = absl::Seconds(10);
   // Stamps VersionedPlan::created. Default (empty) = absl::Now.
   std::function<absl::Time()> clock{};
+  // Threads that serve the cache misses of SolvePlanAsync and
+  // WatchPlansAsync (table-source call and solve); >= 1. Default 4.
+  int solve_threads = 4;
+  // Cache misses that may wait for a solve thread; beyond, the async calls
+  // answer ResourceExhausted at once; >= 1. Default 4096.
+  size_t max_waiting_solves = 4096;
 };
 
 struct PlanRequest {
@@ -83,8 +95,11 @@ class PlanSubscription {
 class Router {
  public:
   // InvalidArgument when options.tables is null or a bound is out of range.
+  // Starts the solve threads.
   static absl::StatusOr<std::unique_ptr<Router>> Create(RouterOptions options);
-  ~Router();  // Shutdown()
+  // Shutdown(); then waits for the solves running, and answers the ones
+  // still waiting with Unavailable.
+  ~Router();
 
   // The plan for `request`, from the cache or solved now. Errors:
   // - InvalidArgument: empty model, invalid budget (ratio NaN, infinite or
@@ -97,9 +112,17 @@ class Router {
   // - Unavailable: the table source cannot be reached and nothing is cached.
   absl::StatusOr<PlanPtr> SolvePlan(const PlanRequest& request);
 
+  // SolvePlan without blocking on a cache miss. A request answered from the
+  // cache (or refused by validation) calls `done` before returning, on the
+  // caller's thread; a miss runs on a solve thread, which calls `done`.
+  // ResourceExhausted when max_waiting_solves misses already wait.
+  using PlanDone = absl::AnyInvocable<void(absl::StatusOr<PlanPtr>) &&>;
+  void SolvePlanAsync(const PlanRequest& request, PlanDone done);
+
   // Called with each plan of a subscription: never two calls at once for one
   // subscription, versions strictly increasing. Runs on the caller's thread
-  // (the first plan, inside WatchPlans) or on the model's watcher thread; it
+  // (the first plan, inside WatchPlans; a solve thread for WatchPlansAsync)
+  // or on the model's watcher thread; it
   // must be quick and must not destroy its own subscription.
   using PlanCallback = std::function<void(PlanPtr)>;
 
@@ -110,6 +133,13 @@ class Router {
   // for the current table; then nothing is subscribed.
   absl::StatusOr<std::unique_ptr<PlanSubscription>> WatchPlans(const WatchRequest& request,
                                                                PlanCallback on_plan);
+
+  // WatchPlans without blocking: when the model is known and the current
+  // plan cached it all happens before returning, else on a solve thread;
+  // `done` gets what WatchPlans returns (on_plan has had the first plan).
+  // ResourceExhausted as SolvePlanAsync.
+  using WatchDone = absl::AnyInvocable<void(absl::StatusOr<std::unique_ptr<PlanSubscription>>) &&>;
+  void WatchPlansAsync(const WatchRequest& request, PlanCallback on_plan, WatchDone done);
 
   // Stops the watchers (waits up to about watch_poll for each). Subscriptions
   // stay valid but get no new plans; SolvePlan keeps working. Idempotent.

@@ -25,22 +25,25 @@ class RouterService::WatchReactor final : public grpc::ServerWriteReactor<v1::Pl
  public:
   explicit WatchReactor(RouterService* service) : service_(service) {}
 
-  // Subscribes; the first plan is written from inside this call.
+  // Subscribes on the router's solve threads unless the plan is cached; the
+  // first plan is written from there. Until Started runs, OnDone leaves the
+  // deletion to it.
   void Start(const v1::WatchPlansRequest& request) {
     absl::StatusOr<Budget> budget = BudgetFromProto(request.budget());
     if (!budget.ok()) {
       FinishOnce(ToGrpcStatus(budget.status()));
       return;
     }
-    absl::StatusOr<std::unique_ptr<PlanSubscription>> subscription =
-        service_->router_->WatchPlans({request.model(), *budget, request.solver()},
-                                      [this](PlanPtr plan) { Offer(std::move(plan)); });
-    if (!subscription.ok()) {
-      FinishOnce(ToGrpcStatus(subscription.status()));
-      return;
+    {
+      absl::MutexLock lock(&mu_);
+      starting_ = true;
     }
-    absl::MutexLock lock(&mu_);
-    subscription_ = *std::move(subscription);
+    service_->router_->WatchPlansAsync(
+        {request.model(), *budget, request.solver()},
+        [this](PlanPtr plan) { Offer(std::move(plan)); },
+        [this](absl::StatusOr<std::unique_ptr<PlanSubscription>> subscription) {
+          Started(std::move(subscription));
+        });
   }
 
   void Offer(PlanPtr plan) {
@@ -89,16 +92,33 @@ class RouterService::WatchReactor final : public grpc::ServerWriteReactor<v1::Pl
 
   void OnDone() override {
     std::unique_ptr<PlanSubscription> subscription;
+    bool starting;
     {
       absl::MutexLock lock(&mu_);
       subscription = std::move(subscription_);
+      done_ = true;
+      starting = starting_;
     }
     subscription.reset();  // no Offer runs after this
     service_->Remove(this);
-    delete this;
+    if (!starting) delete this;  // else Started deletes it
   }
 
  private:
+  void Started(absl::StatusOr<std::unique_ptr<PlanSubscription>> subscription) {
+    if (!subscription.ok()) FinishOnce(ToGrpcStatus(subscription.status()));
+    std::unique_ptr<PlanSubscription> unwanted;
+    bool done;
+    {
+      absl::MutexLock lock(&mu_);
+      starting_ = false;
+      done = done_;
+      if (subscription.ok()) (done ? unwanted : subscription_) = *std::move(subscription);
+    }
+    unwanted.reset();  // the stream ended meanwhile: unsubscribe
+    if (done) delete this;
+  }
+
   void WriteLocked(const VersionedPlan& plan) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     writing_ = true;
     message_ = ToProto(plan);
@@ -110,6 +130,8 @@ class RouterService::WatchReactor final : public grpc::ServerWriteReactor<v1::Pl
   std::unique_ptr<PlanSubscription> subscription_ ABSL_GUARDED_BY(mu_);
   bool writing_ ABSL_GUARDED_BY(mu_) = false;
   bool finishing_ ABSL_GUARDED_BY(mu_) = false;
+  bool starting_ ABSL_GUARDED_BY(mu_) = false;  // WatchPlansAsync has not called back
+  bool done_ ABSL_GUARDED_BY(mu_) = false;      // OnDone ran
   std::optional<grpc::Status> finish_status_ ABSL_GUARDED_BY(mu_);
   PlanPtr pending_ ABSL_GUARDED_BY(mu_);
   v1::Plan message_ ABSL_GUARDED_BY(mu_);  // the write in flight
@@ -128,14 +150,17 @@ grpc::ServerUnaryReactor* RouterService::SolvePlan(grpc::CallbackServerContext* 
     reactor->Finish(ToGrpcStatus(budget.status()));
     return reactor;
   }
-  absl::StatusOr<PlanPtr> plan = router_->SolvePlan(
-      {request->model(), *budget, request->solver(), request->table_version()});
-  if (!plan.ok()) {
-    reactor->Finish(ToGrpcStatus(plan.status()));
-    return reactor;
-  }
-  *response = ToProto(**plan);
-  reactor->Finish(grpc::Status::OK);
+  // Answered here from the cache, or later by a solve thread.
+  router_->SolvePlanAsync(
+      {request->model(), *budget, request->solver(), request->table_version()},
+      [reactor, response](absl::StatusOr<PlanPtr> plan) {
+        if (!plan.ok()) {
+          reactor->Finish(ToGrpcStatus(plan.status()));
+          return;
+        }
+        *response = ToProto(**plan);
+        reactor->Finish(grpc::Status::OK);
+      });
   return reactor;
 }
 

@@ -1,5 +1,8 @@
 // The router's gRPC face: a thin adapter over Router on gRPC's callback API
-// (no thread is held per open WatchPlans stream), and a server wrapper.
+// (no thread is held per open WatchPlans stream), and a server wrapper. The
+// callbacks only validate, look up the plan cache and convert: a cache miss
+// (table-source call and solve) runs on the Router's solve threads
+// (Router::SolvePlanAsync, WatchPlansAsync), which finish the call.
 #ifndef MOEND_SERVICES_ROUTER_ROUTER_SERVICE_H_
 #define MOEND_SERVICES_ROUTER_ROUTER_SERVICE_H_
 
@@ -76,10 +79,10 @@ class RouterServer {
                                                              const RouterServerOptions& options);
   ~RouterServer();  // Shutdown()
 
-  // "host:port" with the port actually bound.
   // The service's health through an in-process call (rpc::ServingInProcess);
   // false once Shutdown began. Not to be called while Shutdown runs.
   bool Serving() const;
+  // "host:port" with the port actually bound.
   const std::string& address() const { return address_; }
   int port() const { return port_; }
 

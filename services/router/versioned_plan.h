@@ -12,10 +12,11 @@
 namespace moend::router {
 
 struct VersionedPlan {
-  // Monotonic per (model, budget, solver): the router uses the table version,
-  // so equal tables give equal plans and a newer table a larger version.
-  uint64_t version = 0;
-  uint64_t table_version = 0;  // registry version of the table solved over
+  // The registry version of the table solved over. It is also the plan's
+  // version: plans of one (model, budget, solver) are a pure function of the
+  // table, so equal tables give equal plans and a newer table a newer plan.
+  // (The wire Plan carries it twice, as version and table_version.)
+  uint64_t table_version = 0;
   int64_t num_kv_heads = 0;    // the table's KV shape, for applying the plan
   int64_t head_dim = 0;
   absl::Time created = absl::UnixEpoch();  // when the router solved it

@@ -2,6 +2,7 @@
 #include <atomic>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "services/common/process.h"
 #include "services/registry/registry.h"
@@ -169,6 +170,82 @@ TEST_F(RegistryGrpcTest, ShutdownEndsOpenWatchStreams) {
   watcher.join();
   EXPECT_LT(absl::Now() - start, absl::Seconds(3));
   EXPECT_FALSE(status.ok());
+}
+
+// One long-lived WatchModelVersions stream per model serves every
+// WaitForVersion call (the calls themselves open nothing).
+TEST_F(RegistryGrpcTest, WaitForVersionKeepsOneStreamPerModel) {
+  ASSERT_TRUE(client_->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
+  ASSERT_TRUE(client_->RegisterModelFromFile("other", TinyConfigPath()).ok());
+  EXPECT_EQ(server_->open_watch_streams(), 0);
+  for (uint64_t v = 1; v <= 5; ++v) {
+    ASSERT_EQ(*registry_->PublishTable(testing::TinyTable(static_cast<int64_t>(v))), v);
+    auto event = client_->WaitForVersion("tinycode", v - 1, absl::Seconds(20));
+    ASSERT_TRUE(event.ok()) << event.status();
+    EXPECT_EQ(event->version, v);
+    EXPECT_EQ(event->run_id, absl::StrCat("publish-tinycode-", v));
+    EXPECT_EQ(server_->open_watch_streams(), 1) << "after call " << v;
+  }
+  // Versions the stream already delivered come back at once, oldest first.
+  auto held = client_->WaitForVersion("tinycode", 2, absl::Milliseconds(1));
+  ASSERT_TRUE(held.ok()) << held.status();
+  EXPECT_EQ(held->version, 3u);
+  auto none = client_->WaitForVersion("other", 0, absl::Milliseconds(300));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(none.status())) << none.status();
+  EXPECT_EQ(server_->open_watch_streams(), 2);
+}
+
+// When the registry goes away the watch says so at once; once a registry
+// serves the address again, the same client's watch resumes from the last
+// version it saw.
+TEST(RegistryWatchTest, WaitForVersionResumesAfterTheRegistryRestarts) {
+  TempDir dir;
+  auto open = [&]() -> std::unique_ptr<Registry> {
+    auto store = storage::Store::Open({.path = dir.Sub("db")});
+    EXPECT_TRUE(store.ok()) << store.status();
+    auto registry = Registry::Open(std::move(store).value(), {});
+    EXPECT_TRUE(registry.ok()) << registry.status();
+    return registry.ok() ? std::move(registry).value() : nullptr;
+  };
+  std::unique_ptr<Registry> registry = open();
+  ASSERT_NE(registry, nullptr);
+  auto server = RegistryServer::Start(registry.get(), {.watch_poll = absl::Milliseconds(50)});
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = (*server)->address();
+  auto client = RegistryClient::Connect({.target = address,
+                                         .watch_backoff_initial = absl::Milliseconds(50),
+                                         .watch_backoff_max = absl::Milliseconds(200)});
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
+  ASSERT_TRUE(registry->PublishTable(testing::TinyTable(1)).ok());
+  auto first = (*client)->WaitForVersion("tinycode", 0, absl::Seconds(20));
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->version, 1u);
+
+  (*server)->Shutdown();
+  const absl::Time start = absl::Now();
+  auto down = (*client)->WaitForVersion("tinycode", 1, absl::Seconds(20));
+  EXPECT_TRUE(absl::IsUnavailable(down.status())) << down.status();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(10)) << "the watch waited out its timeout";
+  server->reset();
+  registry.reset();
+
+  registry = open();
+  ASSERT_NE(registry, nullptr);
+  auto again = RegistryServer::Start(registry.get(), {.listen_address = address,
+                                                      .watch_poll = absl::Milliseconds(50)});
+  ASSERT_TRUE(again.ok()) << again.status();
+  ASSERT_EQ(*registry->PublishTable(testing::TinyTable(2)), 2u);
+  absl::StatusOr<VersionEvent> resumed = absl::UnknownError("not asked");
+  // While the stream is down a wait fails at once; the caller backs off, as
+  // the router's watchers do, until the channel and the stream reconnect.
+  for (int i = 0; i < 150 && !resumed.ok(); ++i) {
+    resumed = (*client)->WaitForVersion("tinycode", 1, absl::Milliseconds(200));
+    if (!resumed.ok()) absl::SleepFor(absl::Milliseconds(100));
+  }
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  EXPECT_EQ(resumed->version, 2u);
+  EXPECT_EQ((*again)->open_watch_streams(), 1);
 }
 
 TEST_F(RegistryGrpcTest, ASecondServerOnABusyPortFailsNamingIt) {

@@ -399,16 +399,7 @@ TEST_F(RegistryTest, StateSurvivesReopen) {
 
 TEST_F(RegistryTest, PublishTableValidatesAndBumpsVersion) {
   ASSERT_TRUE(registry_->RegisterModel("tinycode", TinyConfig()).ok());
-  SensitivityTable t;
-  t.model = "tinycode";
-  t.num_layers = 12;
-  t.num_kv_heads = 2;
-  t.head_dim = 64;
-  t.seq_len = 4096;
-  t.compression_point = 3840;
-  t.samples = 16;
-  t.tuples = SmallTuples();
-  t.s = ExpectedTable(12, 16, 3);
+  SensitivityTable t = testing::TinyTable(16);
   auto v = registry_->PublishTable(t);
   ASSERT_TRUE(v.ok()) << v.status();
   EXPECT_EQ(*v, 1u);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/compression.h"
+#include "core/sensitivity_table.h"
 #include "services/registry/registry_types.h"
 
 namespace moend::registry::testing {
@@ -65,6 +66,21 @@ inline std::vector<std::vector<double>> ExpectedTable(int64_t num_layers, int64_
     }
   }
   return s;
+}
+
+// A table of tinycode's shape over SmallTuples: the mean over `samples`.
+inline SensitivityTable TinyTable(int64_t samples) {
+  SensitivityTable t;
+  t.model = "tinycode";
+  t.num_layers = 12;
+  t.num_kv_heads = 2;
+  t.head_dim = 64;
+  t.seq_len = 4096;
+  t.compression_point = 3840;
+  t.samples = samples;
+  t.tuples = SmallTuples();
+  t.s = ExpectedTable(12, samples, t.tuples.size());
+  return t;
 }
 
 inline ShardReport ReportFor(const Lease& lease) {

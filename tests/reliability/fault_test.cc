@@ -758,7 +758,7 @@ TEST(FaultTest, RouterKilledUnderManyWatchersAllReconnectToTheCurrentPlan) {
   for (auto& watch : watches) {
     auto plan = watch->WaitForNewer(0, kPatience);
     ASSERT_TRUE(plan.ok()) << plan.status();
-    EXPECT_EQ((*plan)->version, 1u);
+    EXPECT_EQ((*plan)->table_version, 1u);
   }
 
   stack.DropRouter();  // kill -9
@@ -767,7 +767,7 @@ TEST(FaultTest, RouterKilledUnderManyWatchersAllReconnectToTheCurrentPlan) {
   for (auto& watch : watches) {
     auto plan = watch->WaitForNewer(1, kPatience);
     ASSERT_TRUE(plan.ok()) << plan.status();
-    EXPECT_EQ((*plan)->version, 2u);
+    EXPECT_EQ((*plan)->table_version, 2u);
     EXPECT_EQ(watch->streams(), 2);
   }
 }

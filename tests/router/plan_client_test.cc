@@ -43,7 +43,7 @@ TEST(PlanClientTest, ReconnectsAfterTheRouterIsKilledAndRestarted) {
 
   auto first = (*watch)->WaitForNewer(0, kPatience);
   ASSERT_TRUE(first.ok()) << first.status();
-  EXPECT_EQ((*first)->version, 1u);
+  EXPECT_EQ((*first)->table_version, 1u);
   auto expected1 = Solve(MakeTable("tinycode", 1), Budget::Ratio(10), SolverKind::kGreedy);
   ASSERT_TRUE(expected1.ok());
   EXPECT_EQ((*first)->plan.layers, expected1->layers);
@@ -64,7 +64,7 @@ TEST(PlanClientTest, ReconnectsAfterTheRouterIsKilledAndRestarted) {
   ASSERT_EQ(stack.StartRouter(address), address) << stack.router().output();
   auto second = (*watch)->WaitForNewer(1, kPatience);
   ASSERT_TRUE(second.ok()) << second.status();
-  EXPECT_EQ((*second)->version, 2u);
+  EXPECT_EQ((*second)->table_version, 2u);
   auto expected2 = Solve(MakeTable("tinycode", 2), Budget::Ratio(10), SolverKind::kGreedy);
   ASSERT_TRUE(expected2.ok());
   EXPECT_EQ((*second)->plan.layers, expected2->layers);
@@ -72,14 +72,14 @@ TEST(PlanClientTest, ReconnectsAfterTheRouterIsKilledAndRestarted) {
   EXPECT_EQ((*watch)->streams(), 2);
   EXPECT_EQ(callbacks.load(), 2);
   // A plan taken before the swap is still whole: requests in flight keep it.
-  EXPECT_EQ((*first)->version, 1u);
+  EXPECT_EQ((*first)->table_version, 1u);
   EXPECT_EQ((*first)->plan.layers, expected1->layers);
 
   // And the stream is live again: a newer table reaches the client.
   ASSERT_EQ(stack.Publish(3), 3u);
   auto third = (*watch)->WaitForNewer(2, kPatience);
   ASSERT_TRUE(third.ok()) << third.status();
-  EXPECT_EQ((*third)->version, 3u);
+  EXPECT_EQ((*third)->table_version, 3u);
 }
 
 TEST(PlanClientTest, RouterErrorsShowInLastErrorWhileRetrying) {

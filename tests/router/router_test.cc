@@ -58,17 +58,17 @@ class PlanSink {
   // The first plan with version >= v, or nullptr after kPatience.
   PlanPtr WaitFor(uint64_t v) {
     absl::MutexLock lock(&mu_);
-    auto has = [&] { return !plans_.empty() && plans_.back()->version >= v; };
+    auto has = [&] { return !plans_.empty() && plans_.back()->table_version >= v; };
     mu_.AwaitWithTimeout(absl::Condition(&has), kPatience);
     for (const auto& p : plans_) {
-      if (p->version >= v) return p;
+      if (p->table_version >= v) return p;
     }
     return nullptr;
   }
   std::vector<uint64_t> versions() {
     absl::MutexLock lock(&mu_);
     std::vector<uint64_t> out;
-    for (const auto& p : plans_) out.push_back(p->version);
+    for (const auto& p : plans_) out.push_back(p->table_version);
     return out;
   }
 
@@ -111,7 +111,6 @@ TEST_F(RouterTest, SolvesTheLatestTableWithTheAskedSolver) {
     ASSERT_TRUE(expected.ok()) << expected.status();
     expected->model = "tiny";
     EXPECT_EQ((*plan)->plan, *expected) << solver;
-    EXPECT_EQ((*plan)->version, 1u);
     EXPECT_EQ((*plan)->table_version, 1u);
     EXPECT_EQ((*plan)->num_kv_heads, 2);
     EXPECT_EQ((*plan)->head_dim, 64);
@@ -156,8 +155,8 @@ TEST_F(RouterTest, CacheKeyIncludesTheTableVersion) {
                                 .table_version = 2});
   ASSERT_TRUE(v1.ok()) << v1.status();
   ASSERT_TRUE(v2.ok()) << v2.status();
-  EXPECT_EQ((*v1)->version, 1u);
-  EXPECT_EQ((*v2)->version, 2u);
+  EXPECT_EQ((*v1)->table_version, 1u);
+  EXPECT_EQ((*v2)->table_version, 2u);
   EXPECT_EQ(Metric(metrics_, "moend_router_plan_cache_misses_total"), 2);
   auto expected2 = Solve(MakeTable("tiny", 2), Budget::Ratio(5), SolverKind::kExact);
   ASSERT_TRUE(expected2.ok());
@@ -173,7 +172,7 @@ TEST_F(RouterTest, LatestFollowsTheChangeFeed) {
   ASSERT_NE(sink.WaitFor(2), nullptr);  // the watcher has seen version 2
   auto latest = router_->SolvePlan({.model = "tiny", .budget = Budget::Ratio(9)});
   ASSERT_TRUE(latest.ok()) << latest.status();
-  EXPECT_EQ((*latest)->version, 2u);
+  EXPECT_EQ((*latest)->table_version, 2u);
   EXPECT_EQ(Metric(metrics_, "moend_router_plan_version", "tiny"), 2);
 }
 
@@ -280,7 +279,7 @@ TEST_F(RouterTest, WatchGetsTheCurrentPlanThenEachNewVersion) {
   auto expected = Solve(MakeTable("tiny", 2), Budget::Ratio(5), SolverKind::kExact);
   ASSERT_TRUE(expected.ok());
   EXPECT_EQ(v2->plan.layers, expected->layers);
-  EXPECT_EQ(v2->version, 2u);
+  EXPECT_EQ(v2->table_version, 2u);
 
   source_.Publish(MakeTable("tiny", 3));
   ASSERT_NE(sink.WaitFor(3), nullptr);
@@ -371,7 +370,7 @@ TEST_F(RouterTest, CachedTablesAndPlansServeWhileTheSourceIsDown) {
   auto later = router_->SolvePlan({.model = "tiny", .budget = Budget::Ratio(5),
                                    .table_version = 2});
   ASSERT_TRUE(later.ok()) << later.status();
-  EXPECT_EQ((*later)->version, 2u);
+  EXPECT_EQ((*later)->table_version, 2u);
 }
 
 TEST(RouterCreateTest, RejectsBadOptions) {
