@@ -84,7 +84,6 @@ configure() {  # dir cuda-flags: as bench/kernels/device_run.sh configures, so t
 ( configure "$variant" "$flags" && ninja -C "$variant" -j"$((jobs / 2))" kernels_test kernels_gpu_bench \
     > "$logs/build_variant.log" 2>&1 ) &
 variant_pid=$!
-<<<<<<< HEAD
 built=0
 if configure "$base" ""; then
   worker_targets=(gpu_model_test gpu_calibrator_test calibration_gpu_bench kernels_test kernels_gpu_bench)
@@ -95,50 +94,19 @@ if configure "$base" ""; then
   else
     echo "base build FAILED"; grep -E "error|FAILED" -A3 "$logs/build.log" | head -40
   fi
-=======
-ninja -C "$base" -j16 gpu_model_test gpu_calibrator_test worker_test calibration_gpu_bench \
-  kernels_test kernels_gpu_bench > "$logs/build.log" 2>&1 || {
-  grep -E "error|FAILED" -A3 "$logs/build.log" | head -60; exit 1; }
-stamp "base build ok"
-
-source bench/gtest_verdict.sh  # PASS only when every test ran and passed
-timeout 120 "$base/tests/gpu_model_test" > "$out/gpu_model_test.log" 2>&1
-rc=$?
-grep -E "^\[  |max \||worst|Failure|Expected|Which|actual|layer" "$out/gpu_model_test.log" | head -60
-gtest_verdict gpu_model_test "$out/gpu_model_test.log" "$rc"
-timeout 90 "$base/bin/calibration_gpu_bench" --model models/tinycode --data data/calibration.bin \
-  --samples 16 --cpu-samples 2 > "$out/e2e_bench.log" 2>&1
-grep -E "RESULT|check|rror" "$out/e2e_bench.log"
-stamp "calibration done"
-timeout 60 "$base/tests/gpu_calibrator_test" > "$logs/gpu_calibrator_test.log" 2>&1
-gtest_verdict gpu_calibrator_test "$logs/gpu_calibrator_test.log" "$?"
-timeout 90 "$base/tests/kernels_test" --gtest_filter='CudaTest.*' > "$out/kernels_test.log" 2>&1
-rc=$?
-grep -E "^\[  FAILED|Failure" "$out/kernels_test.log" | head -20
-gtest_verdict CudaTest "$out/kernels_test.log" "$rc"
-stamp "base tests done"
-
-wait "$variant_pid"
-cases=(--batch 8 --ctx 65536,131072 --splits 0 --no-compress --quick)
-timeout 60 "$base/bin/kernels_gpu_bench" "${cases[@]}" > /dev/null 2>&1  # warm-up (clocks)
-timeout 60 "$base/bin/kernels_gpu_bench" "${cases[@]}" > "$out/decode_base.log" 2>&1
-if [ -f "$logs/variant_built" ]; then
-  stamp "variant build ok"
-  timeout 90 "$variant/tests/kernels_test" --gtest_filter='CudaTest.*' > "$out/variant_test.log" 2>&1
-  gtest_verdict "variant CudaTest" "$out/variant_test.log" "$?" ||
-    grep -E "Failure|Expected|Which|actual|FAILED" "$out/variant_test.log" | head -20
-  timeout 60 "$variant/bin/kernels_gpu_bench" "${cases[@]}" > "$out/decode_variant.log" 2>&1
->>>>>>> tests
 else
   echo "configure FAILED"; tail -20 "$logs/configure_build.log"
 fi
 
 # 2. CUDA tests (the failing assertions and the measured differences shown).
-run_test() {  # name binary seconds [args]: prints its PASSED/FAILED summary
-  local name=$1 bin=$2 secs=$3
+source bench/gtest_verdict.sh  # PASS only when every test ran and passed
+run_test() {  # name binary seconds [args]: prints its PASSED/FAILED summary and verdict
+  local name=$1 bin=$2 secs=$3 rc
   shift 3
   timeout "$secs" "$bin" "$@" > "$logs/$name.log" 2>&1
-  echo "$name: exit $? $(grep -E '^\[  (PASSED|FAILED)' "$logs/$name.log" | tr '\n' ' ')"
+  rc=$?
+  echo "$name: exit $rc $(grep -E '^\[  (PASSED|FAILED)' "$logs/$name.log" | tr '\n' ' ')"
+  gtest_verdict "$name" "$logs/$name.log" "$rc"
   grep -E "Failure|Expected|Which|actual|BF16 vs fp32|max \||worst" "$logs/$name.log" | head -30
 }
 if [ "$built" = 1 ]; then
@@ -202,7 +170,7 @@ fi
 
 # 6. Summary.
 echo "== summary ($((SECONDS - start)) s)"
-grep -h "exit" "$out/tests.txt" 2>/dev/null
+grep -hE ": (exit|PASS|FAIL|NOT RUN|INCOMPLETE)" "$out/tests.txt" 2>/dev/null
 awk '
   function get(k,   i) { for (i = 1; i <= NF; ++i) if (index($i, k "=") == 1) return substr($i, length(k) + 2); return "" }
   /^RESULT e2e / {
