@@ -80,13 +80,20 @@ class StderrLogger final : public rocksdb::Logger {
 // about 40 KiB.
 constexpr uint64_t kReopenFreeBytes = 1 << 20;
 
+// Whether the file system holding `path` has at least kReopenFreeBytes free
+// (true when that cannot be told).
+bool RoomToOpen(const std::string& path) {
+  struct statvfs fs;
+  if (::statvfs(path.c_str(), &fs) != 0) return true;
+  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize >= kReopenFreeBytes;
+}
+
 // Whether the file system holding `path` is writable with at least
 // kReopenFreeBytes free (true when that cannot be told).
 bool RoomToReopen(const std::string& path) {
   struct statvfs fs;
-  if (::statvfs(path.c_str(), &fs) != 0) return true;
-  if (fs.f_flag & ST_RDONLY) return false;
-  return static_cast<uint64_t>(fs.f_bavail) * fs.f_frsize >= kReopenFreeBytes;
+  if (::statvfs(path.c_str(), &fs) == 0 && (fs.f_flag & ST_RDONLY)) return false;
+  return RoomToOpen(path);
 }
 
 // An open RocksDB with one handle per column (handles[0] is "default").
@@ -108,6 +115,11 @@ absl::StatusOr<OpenDb> OpenRocks(const std::string& path, bool create_if_missing
   // not open again until that much was freed. Now opening needs only room for
   // a new WAL, MANIFEST and OPTIONS file (well under kReopenFreeBytes).
   db_options.avoid_flush_during_recovery = true;
+  // RocksDB reserves 4 MiB for a new MANIFEST by default (fallocate), more
+  // than kReopenFreeBytes: an open with 1 MiB free would take it all and
+  // then fail to write its OPTIONS file. The manifest of a moend store is a
+  // few KiB.
+  db_options.manifest_preallocation_size = 64 << 10;
 
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
   families.emplace_back(rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions());
@@ -293,6 +305,14 @@ absl::StatusOr<std::unique_ptr<Store>> Store::Open(const StoreOptions& options) 
     }
   }
 
+  // Below kReopenFreeBytes an open may or may not succeed, depending on the
+  // last few KiB (RocksDB opens even when it cannot write its OPTIONS file):
+  // refuse it, with the error a write on a full disk gets.
+  if (!RoomToOpen(path)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "opening store '", path, "': less than 1 MiB free (the disk is full; nothing was "
+        "stored; free at least 1 MiB on the disk that holds the store folder and start again)"));
+  }
   MOEND_ASSIGN_OR_RETURN(OpenDb open, OpenRocks(path, options.create_if_missing));
   return std::unique_ptr<Store>(new RocksStore(path, std::move(open), options.sync_writes));
 }

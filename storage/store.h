@@ -16,10 +16,13 @@
 //   and writes go on; with less, it does not try, and keeps the instance that
 //   serves reads. Reads go on throughout, unless a reopen itself failed (then
 //   reads and writes return that failure until a later reopen succeeds).
-// - Open on a full disk fails with the same ResourceExhausted message. Opening
-//   does not first flush the WAL to a table file, so it needs room for a new
-//   WAL, MANIFEST and OPTIONS file only (tens of KiB), not as much as the WAL
-//   holds: freeing 1 MiB is enough for a store that filled its own disk.
+// - Open with less than 1 MiB free fails with ResourceExhausted ("... the
+//   disk is full; nothing was stored; free at least 1 MiB on the disk ...")
+//   before RocksDB is asked: below that, whether an open succeeds depends on
+//   the last few KiB. Opening does not first flush the WAL to a table file,
+//   so it needs room for a new WAL, MANIFEST and OPTIONS file only (tens of
+//   KiB), not as much as the WAL holds: freeing 1 MiB is enough for a store
+//   that filled its own disk.
 #ifndef MOEND_STORAGE_STORE_H_
 #define MOEND_STORAGE_STORE_H_
 
