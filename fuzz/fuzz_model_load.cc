@@ -1,4 +1,4 @@
-// Fuzzes Model::Load (core/model.h) on a whole model folder: config.json and
+// Fuzzes Model::Load (runtime/model.h) on a whole model folder: config.json and
 // model.safetensors together, so that what the config claims meets what the
 // checkpoint holds. Input: a 2-byte little-endian length L, then L bytes of
 // config.json (cut short if the input is), then the safetensors file. A model
@@ -16,7 +16,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/fp16.h"
-#include "core/model.h"
+#include "runtime/model.h"
 #include "fuzz/fuzz_util.h"
 #include "nlohmann/json.hpp"
 

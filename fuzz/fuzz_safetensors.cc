@@ -1,4 +1,4 @@
-// Fuzzes SafetensorsFile::Open (core/safetensors.h): the input is a whole
+// Fuzzes SafetensorsFile::Open (runtime/safetensors.h): the input is a whole
 // .safetensors file. Whatever Open accepts must describe tensors that lie
 // inside the file, with sizes equal to shape x dtype; every byte of every
 // tensor is read (ASan catches a view that points outside the mapping).
@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "core/safetensors.h"
+#include "runtime/safetensors.h"
 #include "fuzz/fuzz_util.h"
 
 namespace {

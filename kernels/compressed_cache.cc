@@ -70,6 +70,67 @@ int64_t CompressedLayer::Bytes() const {
   return bytes;
 }
 
+namespace {
+
+// Element counts of one head's buffers once reserved for `appended` tokens.
+struct HeadCapacity {
+  int64_t quantized, key_groups, residual;
+};
+
+HeadCapacity CapacityFor(int64_t initial_kept, int64_t appended) {
+  const int64_t flushes = appended / kQuantGroup;
+  return {initial_kept + flushes * kQuantGroup,
+          (initial_kept + kQuantGroup - 1) / kQuantGroup + flushes,
+          std::min<int64_t>(appended, kQuantGroup)};
+}
+
+}  // namespace
+
+int64_t ReservedLayerBytes(const LayerFormat& f, int64_t initial_kept, int64_t window,
+                           int64_t appended) {
+  const int64_t d = f.head_dim;
+  const HeadCapacity c = CapacityFor(initial_kept, appended);
+  int64_t head = c.quantized * (PackedRowBytes(d, f.kbits) + PackedRowBytes(d, f.vbits));
+  if (f.kbits < kFp16Bits) head += 2 * c.key_groups * d * 2;
+  if (f.vbits < kFp16Bits) head += 2 * c.quantized * (d / kQuantGroup) * 2;
+  head += 2 * (window + c.residual) * d * 2;
+  head += c.quantized * static_cast<int64_t>(sizeof(int32_t));
+  return f.num_kv_heads * head;
+}
+
+void CompressedLayer::Reserve(int64_t appended) {
+  const int64_t d = format_.head_dim;
+  for (CompressedHead& hd : heads_) {
+    const HeadCapacity c = CapacityFor(hd.initial_kept, appended_ + appended);
+    hd.k_codes.reserve(c.quantized * PackedRowBytes(d, format_.kbits));
+    hd.v_codes.reserve(c.quantized * PackedRowBytes(d, format_.vbits));
+    if (format_.kbits < kFp16Bits) {
+      hd.k_scale.reserve(c.key_groups * d);
+      hd.k_min.reserve(c.key_groups * d);
+    }
+    if (format_.vbits < kFp16Bits) {
+      hd.v_scale.reserve(c.quantized * (d / kQuantGroup));
+      hd.v_min.reserve(c.quantized * (d / kQuantGroup));
+    }
+    hd.residual_k.reserve(c.residual * d);
+    hd.residual_v.reserve(c.residual * d);
+    hd.position.reserve(c.quantized);
+  }
+}
+
+int64_t CompressedLayer::CapacityBytes() const {
+  int64_t bytes = 0;
+  for (const CompressedHead& h : heads_) {
+    bytes += static_cast<int64_t>(h.k_codes.capacity() + h.v_codes.capacity());
+    bytes += 2 * static_cast<int64_t>(h.k_scale.capacity() + h.k_min.capacity() +
+                                      h.v_scale.capacity() + h.v_min.capacity() +
+                                      h.window_k.capacity() + h.window_v.capacity() +
+                                      h.residual_k.capacity() + h.residual_v.capacity());
+    bytes += 4 * static_cast<int64_t>(h.position.capacity());
+  }
+  return bytes;
+}
+
 absl::Status CompressedLayer::Append(const float* k, const float* v, int64_t tokens,
                                      int64_t head_stride) {
   if (heads_.empty()) return absl::FailedPreconditionError("Append on an empty CompressedLayer");

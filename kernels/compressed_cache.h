@@ -35,6 +35,13 @@ struct LayerFormat {
   friend bool operator==(const LayerFormat&, const LayerFormat&) = default;
 };
 
+// Bytes a layer's cache takes once reserved for `appended` tokens after
+// compression with `initial_kept` kept tokens and a window of `window` tokens
+// per head: the Bytes() of section 2.9 at its largest (residual up to 32
+// rows) plus 4 bytes of position per quantized token.
+int64_t ReservedLayerBytes(const LayerFormat& f, int64_t initial_kept, int64_t window,
+                           int64_t appended);
+
 // OK iff head_dim is 64 or 128, num_kv_heads > 0 and the bit widths are supported.
 absl::Status ValidateFormat(const LayerFormat& f);
 
@@ -84,6 +91,14 @@ class CompressedLayer {
   // Bytes the cache occupies: every code, scale, min, window and residual
   // element (positions excluded).
   int64_t Bytes() const;
+
+  // Reserves every buffer for `appended` more tokens (groups flushed from the
+  // residual included), so that appending them never reallocates: the cache
+  // grows in place. Afterwards CapacityBytes() equals ReservedLayerBytes().
+  void Reserve(int64_t appended);
+  // Bytes of every buffer's allocated capacity, positions included: the
+  // memory the cache really takes.
+  int64_t CapacityBytes() const;
 
   // Appends `tokens` new tokens (decode steps or a chunk) to the residual;
   // each time the residual reaches 32 tokens they are quantized with the

@@ -7,9 +7,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
-#include "core/token_file.h"
-#include "core/gemm.h"
-#include "core/partial_attention.h"
+#include "runtime/token_file.h"
+#include "runtime/gemm.h"
+#include "runtime/partial_attention.h"
 #include "kernels/compressed_cache.h"
 #include "kernels/dequantize.h"
 #ifdef MOEND_WITH_CUDA

@@ -19,7 +19,7 @@
 
 #include "absl/status/statusor.h"
 #include "core/compression.h"
-#include "core/model.h"
+#include "runtime/model.h"
 #include "kernels/backend.h"
 #include "kernels/kv_compress.h"
 #include "worker/gpu_model.h"  // GpuForwardPrecision (the header needs no CUDA)
@@ -57,7 +57,7 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
 
 // Sequences [sample_begin, sample_end) of `seq_len` tokens each from a file of
 // concatenated calibration sequences: moend's token-id format (uint32 ids
-// after an 8-byte header, core/token_file.h) or any other file as one token
+// after an 8-byte header, runtime/token_file.h) or any other file as one token
 // per byte. OutOfRange when the file is too short, naming how many sequences
 // it holds. sample_end < 0 means every whole sequence in the file. With
 // vocab_size > 0, an id outside [0, vocab_size) in the selected sequences is

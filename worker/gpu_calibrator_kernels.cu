@@ -322,7 +322,7 @@ __global__ void __launch_bounds__(256) MergeKernel(const MergeParams p) {
     actual = WarpMax(actual);
     const float m1 = p.offset[row], m2 = p.tail_max[row], l2 = p.tail_sum[row];
     if (!(actual - m1 <= 10.0f && actual - m1 >= -4.0f)) bad = true;
-    // As core/partial_attention.cc MergePartials; explicitly rounded so that
+    // As runtime/partial_attention.cc MergePartials; explicitly rounded so that
     // the reference pass and the error pass compute bit-identical outputs.
     const float m = fmaxf(m1, m2);
     const float w1 = expf(m1 - m);

@@ -1,4 +1,4 @@
-// The causal prefill of a moend::Model (core/model.h) on the GPU: the forward
+// The causal prefill of a moend::Model (runtime/model.h) on the GPU: the forward
 // that feeds the GPU calibrator without a host round trip
 // (worker::CalibrateLayers on the CUDA backend). GpuModel is built only with
 // CUDA (MOEND_WITH_CUDA); this header needs no CUDA headers, so that every
@@ -33,7 +33,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "core/model.h"
+#include "runtime/model.h"
 
 namespace moend::worker {
 

@@ -1,5 +1,5 @@
 // Kernels of the GPU forward pass; contracts in worker/gpu_model_kernels.h.
-// The float operations follow core/model.cc and core/vec_math.cc (the
+// The float operations follow runtime/model.cc and runtime/vec_math.cc (the
 // products and sums that the CPU does unfused are rounded explicitly here,
 // so that nvcc's contraction into fused multiply-adds does not apply). The
 // BF16 variants are the same code with a BF16 output (Store) or input (Load).

@@ -1,6 +1,6 @@
 // Element-wise and row kernels of the GPU forward pass (worker/gpu_model.h);
 // the matrix products are cuBLAS calls in worker/gpu_model.cc. Each mirrors a
-// step of core/model.cc in float32; the BF16 forward's variants round their
+// step of runtime/model.cc in float32; the BF16 forward's variants round their
 // output (and only it) to BF16 by round-to-nearest-even. Plain types only, so
 // that host code includes this without CUDA headers (BF16 values are their
 // uint16_t bits); each launcher returns a cudaError_t as int (0 = success).

@@ -11,7 +11,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "core/file_util.h"
-#include "core/model.h"
+#include "runtime/model.h"
 
 int main(int argc, char** argv) {
   if (argc != 6) {

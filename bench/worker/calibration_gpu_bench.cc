@@ -11,7 +11,7 @@
 //
 // End to end (--model): worker::CalibrateLayers on the CUDA backend over
 // --samples sequences of --seq-len tokens from --data (bytes or token ids,
-// core/token_file.h), every layer, the full default grid: GPU forward
+// runtime/token_file.h), every layer, the full default grid: GPU forward
 // (worker/gpu_model.h, --gpu-forward bf16 (default) or fp32) + GPU
 // calibrator, after one warm-up sequence (CUDA context, module loading). Then
 // the same work as an explicit loop over the first --split-samples sequences
@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "core/model.h"
+#include "runtime/model.h"
 #include "core/sensitivity_table.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/launch.h"

@@ -8,7 +8,7 @@
 #include "clients/moendctl/commands.h"
 #include "clients/moendctl/output.h"
 #include "clients/moendctl/progress.h"
-#include "core/model.h"
+#include "runtime/model.h"
 #include "core/sensitivity_table.h"
 #include "worker/calibrator.h"
 

@@ -7,13 +7,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
-#include "clients/inference/evaluation.h"
+#include "runtime/evaluation.h"
 #include "clients/moendctl/commands.h"
 #include "clients/moendctl/output.h"
 #include "clients/moendctl/progress.h"
 #include "core/file_util.h"
 #include "core/flags.h"
-#include "core/model.h"
+#include "runtime/model.h"
 #include "core/plan.h"
 #include "nlohmann/json.hpp"
 

@@ -13,8 +13,8 @@
 #include "clients/moendctl/commands.h"
 #include "clients/moendctl/output.h"
 #include "core/file_util.h"
-#include "core/model.h"
-#include "core/token_file.h"
+#include "runtime/model.h"
+#include "runtime/token_file.h"
 
 namespace moend::ctl {
 namespace {

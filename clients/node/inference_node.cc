@@ -1,34 +1,35 @@
 #include "clients/node/inference_node.h"
 
 #include <algorithm>
-#include <chrono>
 
 #include "absl/strings/str_cat.h"
-#include "clients/inference/compressed_sequence.h"
 #include "core/status_macros.h"
 
 namespace moend::node {
-namespace {
 
-double Since(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+absl::StatusOr<std::unique_ptr<InferenceNode>> InferenceNode::Create(
+    std::unique_ptr<Model> model, std::unique_ptr<plan_client::PlanWatch> watch,
+    const InferenceNodeOptions& options, prometheus::Registry* metrics) {
+  if (!options.fixed_plan.empty()) {
+    MOEND_RETURN_IF_ERROR(runtime::ValidatePlan(model->config(), options.fixed_plan));
+  }
+  auto node = std::unique_ptr<InferenceNode>(
+      new InferenceNode(std::move(model), std::move(watch), options.fixed_plan));
+  MOEND_ASSIGN_OR_RETURN(node->engine_,
+                         runtime::Engine::Create(*node->model_, options.engine, metrics));
+  if (metrics != nullptr) node->RegisterMetrics(metrics);
+  return node;
 }
 
-}  // namespace
-
-InferenceNode::InferenceNode(std::unique_ptr<Model> model,
-                             std::unique_ptr<plan_client::PlanWatch> watch,
-                             prometheus::Registry* metrics)
-    : model_(std::move(model)), watch_(std::move(watch)) {
-  if (metrics == nullptr) return;
+void InferenceNode::RegisterMetrics(prometheus::Registry* metrics) {
   auto gauge = [&](const char* name, const char* help) {
     return &prometheus::BuildGauge().Name(name).Help(help).Register(*metrics).Add({});
   };
   kv_bytes_ = gauge("moend_node_kv_cache_bytes",
-                    "Bytes the compressed KV caches of in-flight requests hold (packed codes, "
-                    "scales, fp16 window and residual)");
+                    "Bytes the KV caches of in-flight requests reserve (packed codes, scales, "
+                    "fp16 window and residual, positions), as admitted to the KV pool");
   kv_full_bytes_ = gauge("moend_node_kv_cache_uncompressed_bytes",
-                         "Bytes an fp16 KV cache of the same in-flight tokens would hold");
+                         "Bytes fp16 KV caches of the same in-flight requests would reserve");
   ratio_ = gauge("moend_node_compression_ratio",
                  "Uncompressed / compressed KV bytes of the last finished request");
   plan_version_ = gauge("moend_node_plan_version", "Version of the plan the node applies");
@@ -55,95 +56,78 @@ void InferenceNode::PublishPlan(const plan_client::PlanPtr& plan) {
   plan_ratio_->Set(plan ? plan->plan.ratio : 1.0);
 }
 
-absl::StatusOr<GenerateResult> InferenceNode::Generate(const GenerateRequest& request) {
+absl::StatusOr<GenerateResult> InferenceNode::Generate(GenerateRequest request) {
   const ModelConfig& c = model_->config();
   auto fail = [&](absl::Status s) {
     if (requests_failed_) requests_failed_->Increment();
     return s;
   };
-  if (request.prompt.empty()) return fail(absl::InvalidArgumentError("prompt is empty"));
-  if (request.max_new_tokens < 1 || request.max_new_tokens > 4096) {
-    return fail(absl::InvalidArgumentError(absl::StrCat(
-        "max_new_tokens ", request.max_new_tokens, " is outside [1, 4096]")));
-  }
-  const int64_t limit = c.max_position_embeddings > 0 ? c.max_position_embeddings : 1 << 20;
-  if (static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens > limit) {
-    return fail(absl::InvalidArgumentError(
-        absl::StrCat("prompt of ", request.prompt.size(), " bytes plus ", request.max_new_tokens,
-                     " new tokens exceeds the model's context of ", limit)));
-  }
-  // One plan for the whole request: read the atomically swapped pointer once.
-  GenerateResult result;
-  std::vector<CompressionTuple> tuples(static_cast<size_t>(c.num_layers), CompressionTuple{});
-  if (request.plan) {
-    if (static_cast<int64_t>(request.plan->size()) != c.num_layers) {
-      return fail(absl::InvalidArgumentError(absl::StrCat(
-          "plan has ", request.plan->size(), " layers but the model has ", c.num_layers)));
+  runtime::GenerationRequest g;
+  if (!request.prompt_token_ids.empty()) {
+    if (!request.prompt.empty()) {
+      return fail(absl::InvalidArgumentError("give prompt or prompt_token_ids, not both"));
     }
-    tuples = *request.plan;
-  } else if (!request.full_cache && watch_) {
-    plan_client::PlanPtr plan = watch_->Current();
-    PublishPlan(plan);
+    g.prompt = std::move(request.prompt_token_ids);
+  } else {
+    for (unsigned char ch : request.prompt) g.prompt.push_back(ch);
+  }
+  // One plan for the whole request: the atomically swapped pointer is read once.
+  GenerateResult result;
+  g.plan.assign(static_cast<size_t>(c.num_layers), CompressionTuple{});
+  if (request.plan) {
+    g.plan = *request.plan;
+  } else if (!request.full_cache) {
+    plan_client::PlanPtr plan = watch_ ? watch_->Current() : nullptr;
+    if (watch_) PublishPlan(plan);
     if (plan) {
       if (static_cast<int64_t>(plan->plan.layers.size()) != c.num_layers) {
         return fail(absl::FailedPreconditionError(
             absl::StrCat("the router's plan has ", plan->plan.layers.size(),
                          " layers but the model has ", c.num_layers)));
       }
-      for (size_t l = 0; l < tuples.size(); ++l) tuples[l] = plan->plan.layers[l].tuple;
+      for (size_t l = 0; l < g.plan.size(); ++l) g.plan[l] = plan->plan.layers[l].tuple;
       result.plan_version = plan->table_version;
+    } else if (!fixed_plan_.empty()) {
+      g.plan = fixed_plan_;
     }
-    // No plan yet (router not reached): serve with the full cache, version 0.
+    // No plan at all (router not reached yet, no --plan): the full cache, version 0.
   }
+  g.max_new_tokens = request.max_new_tokens;
+  g.sampling = request.sampling;
+  g.stop = std::move(request.stop);
+  g.deadline = request.deadline;
+  g.on_token = std::move(request.on_token);
+  g.cancelled = std::move(request.cancelled);
 
-  std::vector<int32_t> prompt;
-  for (unsigned char ch : request.prompt) prompt.push_back(ch);
-  const auto t0 = std::chrono::steady_clock::now();
-  auto prefill = inference::Prefill(*model_, prompt);
-  if (!prefill.ok()) return fail(prefill.status());
-  auto seq = inference::CompressedSequence::Create(*model_, *prefill, tuples);
-  if (!seq.ok()) return fail(seq.status());
-  result.prefill_seconds = Since(t0);
-  result.prompt_tokens = static_cast<int64_t>(prompt.size());
-
-  const auto t1 = std::chrono::steady_clock::now();
-  std::vector<float> last = prefill->last_logits;
-  int64_t held = (*seq)->CacheBytes(), held_full = (*seq)->UncompressedBytes();
-  held_bytes_ += held;
-  held_full_bytes_ += held_full;
-  if (kv_bytes_) {
-    kv_bytes_->Set(static_cast<double>(held_bytes_.load()));
+  const int64_t full = c.num_layers * c.num_kv_heads * c.head_dim * 4 *
+                       (static_cast<int64_t>(g.prompt.size()) + g.max_new_tokens - 1);
+  held_full_bytes_ += full;
+  if (kv_full_bytes_) kv_full_bytes_->Set(static_cast<double>(held_full_bytes_.load()));
+  absl::StatusOr<runtime::GenerationResult> r = engine_->Generate(std::move(g));
+  held_full_bytes_ -= full;
+  if (kv_full_bytes_) {
     kv_full_bytes_->Set(static_cast<double>(held_full_bytes_.load()));
+    kv_bytes_->Set(static_cast<double>(engine_->stats().used_bytes));
   }
-  absl::Status status;
-  for (int64_t i = 0; i < request.max_new_tokens; ++i) {
-    const int32_t next = static_cast<int32_t>(std::max_element(last.begin(), last.end()) -
-                                              last.begin());
-    result.text.push_back(static_cast<char>(next));
-    if (i + 1 == request.max_new_tokens) break;
-    auto logits = (*seq)->Feed(std::vector<int32_t>{next});
-    if (!logits.ok()) {
-      status = logits.status();
-      break;
-    }
-    last = *std::move(logits);
-  }
-  result.generated_tokens = static_cast<int64_t>(result.text.size());
-  result.kv_cache_bytes = (*seq)->CacheBytes();
-  result.full_cache_bytes = (*seq)->UncompressedBytes();
-  result.decode_seconds = Since(t1);
-  held_bytes_ -= held;
-  held_full_bytes_ -= held_full;
-  if (kv_bytes_) {
-    kv_bytes_->Set(static_cast<double>(held_bytes_.load()));
-    kv_full_bytes_->Set(static_cast<double>(held_full_bytes_.load()));
-  }
-  if (!status.ok()) return fail(status);
+  if (!r.ok()) return fail(r.status());
+  result.token_ids = r->tokens;
+  for (int32_t t : r->tokens) result.text.push_back(static_cast<char>(t & 0xff));
+  result.finish_reason = r->finish == runtime::FinishReason::kStop ? "stop" : "length";
+  result.prompt_tokens = r->prompt_tokens;
+  result.generated_tokens = static_cast<int64_t>(r->tokens.size());
+  result.kv_cache_bytes = r->kv_cache_bytes;
+  result.full_cache_bytes = r->full_cache_bytes;
+  result.reserved_bytes = r->reserved_bytes;
+  result.queue_seconds = r->queue_seconds;
+  result.prefill_seconds = r->prefill_seconds;
+  result.decode_seconds = r->decode_seconds;
   if (tokens_) {
     tokens_->Increment(static_cast<double>(result.generated_tokens));
     requests_ok_->Increment();
-    ratio_->Set(static_cast<double>(result.full_cache_bytes) /
-                static_cast<double>(result.kv_cache_bytes));
+    if (result.kv_cache_bytes > 0) {
+      ratio_->Set(static_cast<double>(result.full_cache_bytes) /
+                  static_cast<double>(result.kv_cache_bytes));
+    }
   }
   return result;
 }

@@ -1,9 +1,12 @@
 // moend-node --model DIR --listen ADDR [--router ADDR (--ratio R | --budget-bytes B --context N)]
-//            [--solver NAME] [--metrics ADDR] [--threads N]
+//            [--solver NAME] [--plan FILE] [--kv-pool-bytes B] [--max-running N]
+//            [--metrics ADDR] [--threads N]
 //
-// The reference inference node: serves Generate (proto/moend/v1/node.proto)
-// on the model with a compressed KV cache, following the router's plan for
-// (model, budget, solver). Prints "moend-node listening on HOST:PORT".
+// The inference node: serves Generate and GenerateStream
+// (proto/moend/v1/node.proto) on the model with compressed KV caches, following
+// the router's plan for (model, budget, solver) or a fixed --plan, in a
+// runtime::Engine (KV pool, continuous batching). Prints "moend-node
+// listening on HOST:PORT".
 // Serves the gRPC health service and reflection too.
 //
 // Security: --tls-cert/--tls-key[/--tls-client-ca] secure the node's port;
@@ -23,6 +26,7 @@
 #include "clients/node/inference_node.h"
 #include "clients/node/node_service.h"
 #include "core/flags.h"
+#include "core/plan.h"
 #include "grpcpp/grpcpp.h"
 #include "prometheus/registry.h"
 #include "services/common/process.h"
@@ -35,6 +39,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: moend-node --model DIR --listen HOST:PORT [--router HOST:PORT]\n"
     "                  [--ratio R | --budget-bytes B --context N] [--solver greedy]\n"
+    "                  [--plan FILE] [--kv-pool-bytes B] [--max-running N]\n"
     "                  [--metrics HOST:PORT] [--threads N]\n"
     "  --model     Hugging Face model folder (its name is the folder name)\n"
     "  --listen    gRPC address; port 0 picks a free port\n"
@@ -43,6 +48,12 @@ constexpr char kUsage[] =
     "  --ratio     budget as a compression ratio (default 8)\n"
     "  --budget-bytes, --context  budget as bytes at a context length\n"
     "  --solver    greedy, exact, 1d, 2d_uniform or 2d (default greedy)\n"
+    "  --plan      serve this plan (moendctl solve's JSON) when the router has none\n"
+    "              yet or there is no router\n"
+    "  --kv-pool-bytes  bytes all admitted sequences' KV caches may reserve\n"
+    "              (default 1073741824); requests wait for room, one that can never\n"
+    "              fit is refused\n"
+    "  --max-running  sequences decoded together at most (default 256)\n"
     "  --metrics   serve Prometheus /metrics there\n"
     "  --tls-cert FILE, --tls-key FILE  serve TLS only with this PEM certificate and key\n"
     "  --tls-client-ca FILE  require client certificates signed by this PEM CA\n"
@@ -62,7 +73,8 @@ int main(int argc, char** argv) {
       "moend-node", kUsage, argc, argv,
       moend::rpc::WithFlags(
           moend::rpc::WithFlags({"model", "listen", "router", "ratio", "budget-bytes", "context",
-                                 "solver", "metrics", "threads"},
+                                 "solver", "metrics", "threads", "plan", "kv-pool-bytes",
+                                 "max-running"},
                                 moend::rpc::kServerSecurityFlags),
           moend::rpc::kClientSecurityFlags),
       {}, &exit_code);
@@ -73,8 +85,11 @@ int main(int argc, char** argv) {
   auto bytes = args->Int("budget-bytes", 0);
   auto context = args->Int("context", 0);
   auto threads = args->Int("threads", 0);
+  auto pool = args->IntInRange("kv-pool-bytes", int64_t{1} << 30, 1, int64_t{1} << 50);
+  auto max_running = args->IntInRange("max-running", 256, 1, 1 << 20);
   for (const absl::Status& s : {model_dir.status(), listen.status(), ratio.status(),
-                                bytes.status(), context.status(), threads.status()}) {
+                                bytes.status(), context.status(), threads.status(),
+                                pool.status(), max_running.status()}) {
     if (!s.ok()) return Fail(s);
   }
   const moend::rpc::ServerSecurity server_security = moend::rpc::ServerSecurityFromArgs(*args);
@@ -101,9 +116,18 @@ int main(int argc, char** argv) {
     if (!w.ok()) return Fail(w.status());
     watch = *std::move(w);
   }
-  moend::node::InferenceNode node(*std::move(model), std::move(watch),
-                                  (*process)->metrics().get());
-  moend::node::NodeService service(&node, security->authorizer);
+  moend::node::InferenceNodeOptions options;
+  options.engine.kv_pool_bytes = *pool;
+  options.engine.max_running = *max_running;
+  if (auto plan_file = args->Optional("plan")) {
+    auto plan = moend::ReadPlan(*plan_file);
+    if (!plan.ok()) return Fail(plan.status());
+    for (const moend::PlanLayer& l : plan->layers) options.fixed_plan.push_back(l.tuple);
+  }
+  auto node = moend::node::InferenceNode::Create(*std::move(model), std::move(watch), options,
+                                                 (*process)->metrics().get());
+  if (!node.ok()) return Fail(node.status());
+  moend::node::NodeService service(node->get(), security->authorizer);
   constexpr char kServiceName[] = "moend.v1.InferenceNode";
   auto started = moend::rpc::StartServer({.listen_address = *listen,
                                           .credentials = security->credentials,

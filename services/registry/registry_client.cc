@@ -268,18 +268,7 @@ absl::StatusOr<ReportResult> RegistryClient::ReportShard(const ShardReport& repo
 
 absl::StatusOr<ReportResult> RegistryClient::ReportLease(const Lease& lease,
                                                          std::vector<std::vector<double>> s) {
-  ShardReport r;
-  r.lease_id = lease.lease_id;
-  r.worker_id = lease.worker_id;
-  r.job_id = lease.job_id;
-  r.shard_index = lease.shard.index;
-  r.model = lease.spec.model;
-  r.table.layer_begin = lease.shard.layer_begin;
-  r.table.layer_end = lease.shard.layer_end;
-  r.table.samples = lease.shard.samples();
-  r.table.tuples = lease.spec.tuples;
-  r.table.s = std::move(s);
-  return ReportShard(r);
+  return ReportShard(ReportOf(lease, std::move(s)));
 }
 
 absl::StatusOr<uint64_t> RegistryClient::PublishTable(const SensitivityTable& table) {

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/time/time.h"
@@ -119,6 +120,23 @@ struct ShardReport {
   std::string model;
   PartialTable table;
 };
+
+// The report of `lease` with the shard's rows s [layers of the shard][tuples
+// of the job] (each averaged over the shard's samples).
+inline ShardReport ReportOf(const Lease& lease, std::vector<std::vector<double>> s) {
+  ShardReport r;
+  r.lease_id = lease.lease_id;
+  r.worker_id = lease.worker_id;
+  r.job_id = lease.job_id;
+  r.shard_index = lease.shard.index;
+  r.model = lease.spec.model;
+  r.table.layer_begin = lease.shard.layer_begin;
+  r.table.layer_end = lease.shard.layer_end;
+  r.table.samples = lease.shard.samples();
+  r.table.tuples = lease.spec.tuples;
+  r.table.s = std::move(s);
+  return r;
+}
 
 struct ReportResult {
   bool duplicate = false;  // the shard was already done; nothing changed

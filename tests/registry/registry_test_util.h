@@ -84,18 +84,7 @@ inline SensitivityTable TinyTable(int64_t samples) {
 }
 
 inline ShardReport ReportFor(const Lease& lease) {
-  ShardReport r;
-  r.lease_id = lease.lease_id;
-  r.worker_id = lease.worker_id;
-  r.job_id = lease.job_id;
-  r.shard_index = lease.shard.index;
-  r.model = lease.spec.model;
-  r.table.layer_begin = lease.shard.layer_begin;
-  r.table.layer_end = lease.shard.layer_end;
-  r.table.samples = lease.shard.samples();
-  r.table.tuples = lease.spec.tuples;
-  r.table.s = ShardRows(lease.shard, lease.spec.tuples.size());
-  return r;
+  return ReportOf(lease, ShardRows(lease.shard, lease.spec.tuples.size()));
 }
 
 }  // namespace moend::registry::testing

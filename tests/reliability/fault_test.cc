@@ -24,7 +24,7 @@
 #include "absl/synchronization/mutex.h"
 #include "clients/plan_client/plan_client.h"
 #include "core/compression.h"
-#include "core/model.h"
+#include "runtime/model.h"
 #include "core/sensitivity_table.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"

@@ -11,11 +11,14 @@
 
 #include "gtest/gtest.h"
 #include "services/registry/registry_client.h"
-#include "tests/router/child_process.h"
 #include "tests/router/router_test_util.h"
 #include "tests/storage/temp_dir.h"
+#include "tests/util/child_process.h"
 
 namespace moend::router::testing {
+
+using ::moend::testing::ChildProcess;
+using ::moend::testing::HttpGet;
 
 // How long to wait for a binary to come up; a failure guard, not a goal.
 inline constexpr absl::Duration kStartupPatience = absl::Seconds(30);

@@ -8,7 +8,7 @@
 #include <random>
 
 #include "core/file_util.h"
-#include "core/token_file.h"
+#include "runtime/token_file.h"
 #include "kernels/attention.h"
 #include "kernels/kv_compress.h"
 #include "tests/worker/random_layer.h"

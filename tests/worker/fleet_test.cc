@@ -11,7 +11,7 @@
 #include <memory>
 #include <string>
 
-#include "core/model.h"
+#include "runtime/model.h"
 #include "core/sensitivity_table.h"
 #include "services/registry/registry_client.h"
 #include "tests/util/child_process.h"

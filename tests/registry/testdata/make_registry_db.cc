@@ -42,16 +42,7 @@ void Check(const absl::Status& s, const char* what) {
 }
 
 ShardReport Report(const Lease& lease) {
-  ShardReport r;
-  r.lease_id = lease.lease_id;
-  r.worker_id = lease.worker_id;
-  r.job_id = lease.job_id;
-  r.shard_index = lease.shard.index;
-  r.model = lease.spec.model;
-  r.table.layer_begin = lease.shard.layer_begin;
-  r.table.layer_end = lease.shard.layer_end;
-  r.table.samples = lease.shard.samples();
-  r.table.tuples = lease.spec.tuples;
+  std::vector<std::vector<double>> s;
   for (int64_t l = lease.shard.layer_begin; l < lease.shard.layer_end; ++l) {
     std::vector<double> row;
     for (size_t t = 0; t < lease.spec.tuples.size(); ++t) {
@@ -61,9 +52,9 @@ ShardReport Report(const Lease& lease) {
       }
       row.push_back(sum / static_cast<double>(lease.shard.samples()));
     }
-    r.table.s.push_back(row);
+    s.push_back(row);
   }
-  return r;
+  return ReportOf(lease, std::move(s));
 }
 
 }  // namespace

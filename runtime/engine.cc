@@ -1,0 +1,355 @@
+#include "runtime/engine.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "core/status_macros.h"
+#include "runtime/sequence.h"
+#include "runtime/streaming_prefill.h"
+
+namespace moend::runtime {
+
+struct Engine::Job {
+  GenerationRequest request;
+  int64_t reserved = 0;
+  bool admitted = false;
+  std::unique_ptr<Sequence> sequence;
+  std::unique_ptr<Sampler> sampler;
+  GenerationResult result;
+  int32_t next_input = 0;  // the token the next decode step feeds
+  absl::Time enqueued, started, last_token;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  absl::Status status;
+};
+
+struct Engine::Metrics {
+  prometheus::Gauge* pool_used = nullptr;
+  prometheus::Gauge* pool_free = nullptr;
+  prometheus::Gauge* running = nullptr;
+  prometheus::Gauge* queued = nullptr;
+  prometheus::Histogram* ttft = nullptr;
+  prometheus::Histogram* itl = nullptr;
+};
+
+namespace {
+
+prometheus::Histogram::BucketBoundaries Exponential(double start, double factor, int count) {
+  prometheus::Histogram::BucketBoundaries b;
+  for (int i = 0; i < count; ++i, start *= factor) b.push_back(start);
+  return b;
+}
+
+bool EndsWith(const std::vector<int32_t>& tokens, const std::vector<int32_t>& suffix) {
+  return suffix.size() <= tokens.size() &&
+         std::equal(suffix.rbegin(), suffix.rend(), tokens.rbegin());
+}
+
+absl::Status ValidateRequest(const ModelConfig& c, const GenerationRequest& r) {
+  if (r.prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
+  MOEND_RETURN_IF_ERROR(Model::CheckTokens(c, r.prompt));
+  if (r.max_new_tokens < 1 || r.max_new_tokens > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens ", r.max_new_tokens, " is outside [1, 4096]"));
+  }
+  const int64_t limit = c.max_position_embeddings > 0 ? c.max_position_embeddings : 1 << 20;
+  if (static_cast<int64_t>(r.prompt.size()) + r.max_new_tokens > limit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "prompt of ", r.prompt.size(), " tokens plus ", r.max_new_tokens,
+        " new tokens exceeds the model's context of ", limit));
+  }
+  MOEND_RETURN_IF_ERROR(ValidatePlan(c, r.plan));
+  MOEND_RETURN_IF_ERROR(ValidateSampling(r.sampling));
+  for (size_t i = 0; i < r.stop.size(); ++i) {
+    if (r.stop[i].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("stop sequence ", i, " is empty"));
+    }
+    for (int32_t t : r.stop[i]) {
+      if (t < 0 || t >= c.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("stop sequence ", i, " holds token ", t,
+                                                       ", outside [0, ", c.vocab_size, ")"));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+double Seconds(absl::Duration d) { return absl::ToDoubleSeconds(d); }
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
+                                                       const EngineOptions& options,
+                                                       prometheus::Registry* metrics) {
+  if (options.kv_pool_bytes <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("KV pool of ", options.kv_pool_bytes, " bytes must be positive"));
+  }
+  if (options.max_running <= 0) {
+    return absl::InvalidArgumentError("max_running must be positive");
+  }
+  if (options.isa != kernels::CpuIsa::kBest && options.isa != kernels::CpuIsa::kPortable &&
+      options.isa != kernels::BestCpuIsa() &&
+      !(options.isa == kernels::CpuIsa::kAvx2 &&
+        kernels::BestCpuIsa() == kernels::CpuIsa::kAvx512)) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "this CPU lacks ", kernels::CpuIsaName(options.isa), " (best: ",
+        kernels::CpuIsaName(kernels::BestCpuIsa()), ")"));
+  }
+  return std::unique_ptr<Engine>(new Engine(model, options, metrics));
+}
+
+Engine::Engine(const Model& model, const EngineOptions& options, prometheus::Registry* metrics)
+    : model_(model), options_(options), metrics_(std::make_unique<Metrics>()) {
+  if (metrics != nullptr) {
+    auto& pool = prometheus::BuildGauge()
+                     .Name("moend_node_kv_pool_bytes")
+                     .Help("KV pool bytes reserved by admitted sequences (used) and left (free)")
+                     .Register(*metrics);
+    metrics_->pool_used = &pool.Add({{"state", "used"}});
+    metrics_->pool_free = &pool.Add({{"state", "free"}});
+    auto& seqs = prometheus::BuildGauge()
+                     .Name("moend_node_sequences")
+                     .Help("Sequences decoding (running) and waiting for pool bytes (queued)")
+                     .Register(*metrics);
+    metrics_->running = &seqs.Add({{"state", "running"}});
+    metrics_->queued = &seqs.Add({{"state", "queued"}});
+    metrics_->ttft = &prometheus::BuildHistogram()
+                          .Name("moend_node_time_to_first_token_seconds")
+                          .Help("From a request's arrival to its first generated token")
+                          .Register(*metrics)
+                          .Add({}, Exponential(0.005, 2, 16));
+    metrics_->itl = &prometheus::BuildHistogram()
+                         .Name("moend_node_inter_token_seconds")
+                         .Help("Between consecutive generated tokens of a request")
+                         .Register(*metrics)
+                         .Add({}, Exponential(0.0005, 2, 16));
+  }
+  Publish();
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Engine::~Engine() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  thread_.join();
+}
+
+Engine::Stats Engine::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return {options_.kv_pool_bytes, used_bytes_, running_count_,
+          static_cast<int64_t>(queue_.size())};
+}
+
+void Engine::Publish() {
+  if (metrics_->pool_used == nullptr) return;
+  const Stats s = stats();
+  metrics_->pool_used->Set(static_cast<double>(s.used_bytes));
+  metrics_->pool_free->Set(static_cast<double>(s.pool_bytes - s.used_bytes));
+  metrics_->running->Set(static_cast<double>(s.running));
+  metrics_->queued->Set(static_cast<double>(s.queued));
+}
+
+absl::StatusOr<GenerationResult> Engine::Generate(GenerationRequest request) {
+  const ModelConfig& c = model_.config();
+  MOEND_RETURN_IF_ERROR(ValidateRequest(c, request));
+  auto job = std::make_shared<Job>();
+  job->reserved = ReservedSequenceBytes(c, request.plan,
+                                        static_cast<int64_t>(request.prompt.size()),
+                                        request.max_new_tokens - 1);
+  if (job->reserved > options_.kv_pool_bytes) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "the KV caches of this request need ", job->reserved, " bytes under its plan (prompt of ",
+        request.prompt.size(), " tokens + ", request.max_new_tokens,
+        " new), more than the whole KV pool of ", options_.kv_pool_bytes,
+        " bytes (--kv-pool-bytes)"));
+  }
+  job->request = std::move(request);
+  job->enqueued = absl::Now();
+  job->result.prompt_tokens = static_cast<int64_t>(job->request.prompt.size());
+  job->result.reserved_bytes = job->reserved;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return absl::UnavailableError("the engine is shutting down");
+    queue_.push_back(job);
+  }
+  wake_.notify_all();
+  Publish();
+  std::unique_lock<std::mutex> lock(job->mu);
+  job->cv.wait(lock, [&] { return job->done; });
+  if (!job->status.ok()) return job->status;
+  return std::move(job->result);
+}
+
+void Engine::Loop() {
+  for (;;) {
+    std::vector<std::shared_ptr<Job>> expired, admitted;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      // Queued requests wait for bytes; wake now and then to expire them.
+      if (running_.empty()) {
+        wake_.wait_for(lock, std::chrono::milliseconds(20),
+                       [&] { return stopping_ || !queue_.empty(); });
+      }
+      if (stopping_) break;
+      const absl::Time now = absl::Now();
+      for (auto it = queue_.begin(); it != queue_.end();) {
+        const GenerationRequest& r = (*it)->request;
+        if (now > r.deadline || (r.cancelled && r.cancelled())) {
+          expired.push_back(*it);
+          it = queue_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+      // First come, first served: one admission per step keeps decoding
+      // between prefills.
+      if (!queue_.empty() && running_count_ < options_.max_running &&
+          used_bytes_ + queue_.front()->reserved <= options_.kv_pool_bytes) {
+        std::shared_ptr<Job> job = queue_.front();
+        queue_.pop_front();
+        used_bytes_ += job->reserved;
+        job->admitted = true;
+        ++running_count_;
+        admitted.push_back(job);
+      }
+    }
+    for (const auto& job : expired) {
+      const bool late = absl::Now() > job->request.deadline;
+      Finish(job, late ? absl::DeadlineExceededError("the deadline passed while the request "
+                                                     "waited for KV pool bytes")
+                       : absl::CancelledError("the request was cancelled while queued"));
+    }
+    for (const auto& job : admitted) StartJob(job);
+    if (!running_.empty()) DecodeStep();
+    Publish();
+  }
+  std::deque<std::shared_ptr<Job>> queued;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queued.swap(queue_);
+  }
+  for (const auto& job : queued) Finish(job, absl::UnavailableError("the engine is shutting down"));
+  for (const auto& job : std::vector<std::shared_ptr<Job>>(running_)) {
+    Finish(job, absl::UnavailableError("the engine is shutting down"));
+  }
+}
+
+void Engine::StartJob(const std::shared_ptr<Job>& job) {
+  job->started = absl::Now();
+  job->result.queue_seconds = Seconds(job->started - job->enqueued);
+  const GenerationRequest& r = job->request;
+  PrefillOptions options;
+  options.appended_capacity = r.max_new_tokens - 1;
+  const std::vector<CompressionTuple>* plans = &r.plan;
+  auto prefill = StreamingPrefill(model_, r.prompt, std::span(plans, 1), options);
+  if (!prefill.ok()) {
+    Finish(job, prefill.status());
+    return;
+  }
+  job->sequence = std::make_unique<Sequence>(std::move(prefill->caches[0]),
+                                             static_cast<int64_t>(r.prompt.size()));
+  if (job->sequence->CapacityBytes() > job->reserved) {  // broken invariant: never admitted so
+    Finish(job, absl::InternalError(absl::StrCat(
+                    "caches take ", job->sequence->CapacityBytes(), " bytes, more than the ",
+                    job->reserved, " reserved")));
+    return;
+  }
+  job->sampler = std::make_unique<Sampler>(r.sampling);
+  running_.push_back(job);
+  const int32_t token = job->sampler->Next(prefill->last_logits);
+  job->result.prefill_seconds = Seconds(absl::Now() - job->started);
+  if (metrics_->ttft) metrics_->ttft->Observe(Seconds(absl::Now() - job->enqueued));
+  Deliver(job, token);
+}
+
+bool Engine::Deliver(const std::shared_ptr<Job>& job, int32_t token) {
+  const absl::Time now = absl::Now();
+  if (metrics_->itl && !job->result.tokens.empty()) {
+    metrics_->itl->Observe(Seconds(now - job->last_token));
+  }
+  job->last_token = now;
+  job->result.tokens.push_back(token);
+  if (job->request.on_token) job->request.on_token(token);
+  for (const auto& stop : job->request.stop) {
+    if (EndsWith(job->result.tokens, stop)) {
+      job->result.finish = FinishReason::kStop;
+      Finish(job, absl::OkStatus());
+      return false;
+    }
+  }
+  if (static_cast<int64_t>(job->result.tokens.size()) >= job->request.max_new_tokens) {
+    job->result.finish = FinishReason::kLength;
+    Finish(job, absl::OkStatus());
+    return false;
+  }
+  job->next_input = token;
+  return true;
+}
+
+void Engine::DecodeStep() {
+  const absl::Time now = absl::Now();
+  for (const auto& job : std::vector<std::shared_ptr<Job>>(running_)) {
+    const GenerationRequest& r = job->request;
+    if (now > r.deadline) {
+      Finish(job, absl::DeadlineExceededError(absl::StrCat(
+                      "the deadline passed after ", job->result.tokens.size(), " tokens")));
+    } else if (r.cancelled && r.cancelled()) {
+      Finish(job, absl::CancelledError("the request was cancelled"));
+    }
+  }
+  if (running_.empty()) return;
+  const std::vector<std::shared_ptr<Job>> batch = running_;
+  std::vector<StepInput> inputs;
+  inputs.reserve(batch.size());
+  for (const auto& job : batch) {
+    inputs.push_back({job->sequence.get(), std::span<const int32_t>(&job->next_input, 1)});
+  }
+  std::vector<float> logits;
+  const absl::Status s = Step(model_, inputs, &logits, options_.isa);
+  if (!s.ok()) {
+    for (const auto& job : batch) Finish(job, s);
+    return;
+  }
+  const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const std::span<const float> row(logits.data() + i * vocab, vocab);
+    Deliver(batch[i], batch[i]->sampler->Next(row));
+  }
+}
+
+void Engine::Finish(const std::shared_ptr<Job>& job, absl::Status status) {
+  if (job->sequence) {
+    job->result.kv_cache_bytes = job->sequence->CacheBytes();
+    job->result.full_cache_bytes = job->sequence->UncompressedBytes(model_.config());
+    job->sequence.reset();  // the caches' memory goes back now
+  }
+  if (job->started != absl::Time()) {
+    job->result.decode_seconds =
+        Seconds(absl::Now() - job->started) - job->result.prefill_seconds;
+  }
+  running_.erase(std::remove(running_.begin(), running_.end(), job), running_.end());
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (job->admitted) {
+      used_bytes_ -= job->reserved;
+      --running_count_;
+      job->admitted = false;
+    }
+  }
+  wake_.notify_all();
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->status = std::move(status);
+    job->done = true;
+  }
+  job->cv.notify_all();
+}
+
+}  // namespace moend::runtime

@@ -1,0 +1,122 @@
+// The serving engine (docs/DESIGN.md section 5.5): a KV pool with a byte
+// budget, admission by the bytes a request's caches will really take under
+// its plan, and continuous batching.
+//
+// One engine thread runs the loop: admit queued requests whose reservation
+// fits the pool (first come, first served), prefill one admitted request
+// (streaming prefill, section 5.1), then one decode step for every running
+// sequence at once (runtime::Step), deliver the tokens, and finish sequences
+// (length, stop sequence, cancellation, deadline), whose bytes go back to the
+// pool at once. Callers block in Generate on their own threads.
+#ifndef MOEND_RUNTIME_ENGINE_H_
+#define MOEND_RUNTIME_ENGINE_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "core/compression.h"
+#include "kernels/cpu_attention.h"
+#include "prometheus/counter.h"
+#include "prometheus/gauge.h"
+#include "prometheus/histogram.h"
+#include "prometheus/registry.h"
+#include "runtime/model.h"
+#include "runtime/sampler.h"
+
+namespace moend::runtime {
+
+struct EngineOptions {
+  // Bytes the KV caches of all admitted sequences may reserve together.
+  int64_t kv_pool_bytes = int64_t{1} << 30;
+  // Sequences decoded in one step at most; more wait in the queue.
+  int64_t max_running = 256;
+  kernels::CpuIsa isa = kernels::CpuIsa::kBest;
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  std::vector<CompressionTuple> plan;  // one tuple per layer; (1,16,16) everywhere = full cache
+  int64_t max_new_tokens = 32;         // 1..4096
+  SamplingParams sampling;
+  // Generation ends after any of these token sequences (included in the output).
+  std::vector<std::vector<int32_t>> stop;
+  absl::Time deadline = absl::InfiniteFuture();
+  // Called on the engine thread with each new token; may be empty.
+  std::function<void(int32_t token)> on_token;
+  // Polled once per step; true cancels the request. May be empty.
+  std::function<bool()> cancelled;
+};
+
+enum class FinishReason { kLength, kStop };
+
+struct GenerationResult {
+  std::vector<int32_t> tokens;
+  FinishReason finish = FinishReason::kLength;
+  int64_t prompt_tokens = 0;
+  int64_t kv_cache_bytes = 0;    // what the caches held at the end (section 2.9)
+  int64_t full_cache_bytes = 0;  // an fp16 cache of the same tokens
+  int64_t reserved_bytes = 0;    // what the request held in the pool
+  double queue_seconds = 0;
+  double prefill_seconds = 0;    // prefill of the prompt and the first token
+  double decode_seconds = 0;
+};
+
+class Engine {
+ public:
+  // metrics may be null.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model,
+                                                        const EngineOptions& options,
+                                                        prometheus::Registry* metrics);
+  // Stops the loop; requests still queued or running fail with UNAVAILABLE.
+  ~Engine();
+
+  // Blocks until the request ends. InvalidArgument for a bad request;
+  // RESOURCE_EXHAUSTED when its caches could never fit the pool (the message
+  // names both sizes); CANCELLED / DEADLINE_EXCEEDED when it was cancelled or
+  // ran out of time, queued or running (its bytes are freed at once).
+  absl::StatusOr<GenerationResult> Generate(GenerationRequest request);
+
+  struct Stats {
+    int64_t pool_bytes = 0, used_bytes = 0, running = 0, queued = 0;
+  };
+  Stats stats() const;
+  const Model& model() const { return model_; }
+
+ private:
+  struct Job;
+  struct Metrics;
+  Engine(const Model& model, const EngineOptions& options, prometheus::Registry* metrics);
+  void Loop();
+  void Admit(std::vector<std::shared_ptr<Job>>* admitted);
+  void StartJob(const std::shared_ptr<Job>& job);
+  void DecodeStep();
+  // Ends a job: returns its bytes to the pool and wakes its caller.
+  void Finish(const std::shared_ptr<Job>& job, absl::Status status);
+  bool Deliver(const std::shared_ptr<Job>& job, int32_t token);
+  void Publish();
+
+  const Model& model_;
+  const EngineOptions options_;
+  std::unique_ptr<Metrics> metrics_;
+
+  mutable std::mutex mu_;
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  int64_t used_bytes_ = 0;
+  std::deque<std::shared_ptr<Job>> queue_;  // guarded by mu_
+  std::vector<std::shared_ptr<Job>> running_;  // engine thread only (size mirrored in stats)
+  int64_t running_count_ = 0;                  // guarded by mu_
+  std::thread thread_;
+};
+
+}  // namespace moend::runtime
+
+#endif  // MOEND_RUNTIME_ENGINE_H_

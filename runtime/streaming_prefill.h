@@ -1,0 +1,59 @@
+// Streaming prefill (docs/DESIGN.md section 5.1): the prompt runs through the
+// model one layer at a time, and each layer is compressed, with the tuple of
+// every plan asked for, as soon as its K/V and eviction scores exist; then its
+// uncompressed K/V is dropped. At no time does the process hold more than one
+// layer's uncompressed q/k/v beyond the residual stream [n, hidden]; the
+// projections and the MLP run over row chunks, and attention over blocks of
+// 64 queries, so their temporaries are bounded too.
+//
+// Several plans share one prefill (the forward and the scores do not depend
+// on the plan): evaluation compares plans on one context, and a node's shadow
+// full-cache sequence shares its request's prefill.
+#ifndef MOEND_RUNTIME_STREAMING_PREFILL_H_
+#define MOEND_RUNTIME_STREAMING_PREFILL_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/compression.h"
+#include "kernels/backend.h"
+#include "kernels/compressed_cache.h"
+#include "runtime/model.h"
+
+namespace moend::runtime {
+
+struct PrefillOptions {
+  // Tokens each sequence may append after compression (a question, generated
+  // tokens); every cache reserves room for them, so appending never moves it.
+  int64_t appended_capacity = 0;
+  // Rows per chunk of the projections and the MLP.
+  int64_t chunk_tokens = 256;
+  kernels::Backend backend = kernels::Backend::kAuto;
+};
+
+struct PrefillResult {
+  std::vector<float> last_logits;  // [vocab]: the next-token logits after the prompt
+  // caches[p][l]: layer l compressed with plans[p][l] at c = prompt length.
+  std::vector<std::vector<kernels::CompressedLayer>> caches;
+};
+
+// plans[p] has one tuple per model layer. InvalidArgument for bad tokens, a
+// plan of the wrong length or an invalid tuple (naming plan and layer).
+absl::StatusOr<PrefillResult> StreamingPrefill(
+    const Model& model, std::span<const int32_t> tokens,
+    std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options = {});
+
+// Checks that `plan` has one valid tuple per layer of `config`.
+absl::Status ValidatePlan(const ModelConfig& config, std::span<const CompressionTuple> plan);
+
+// Bytes the caches of one sequence reserve under `plan` for a prompt of
+// `prompt_tokens` tokens and `appended` more: the sum of
+// kernels::ReservedLayerBytes over layers (what the node's KV pool admits).
+int64_t ReservedSequenceBytes(const ModelConfig& config, std::span<const CompressionTuple> plan,
+                              int64_t prompt_tokens, int64_t appended);
+
+}  // namespace moend::runtime
+
+#endif  // MOEND_RUNTIME_STREAMING_PREFILL_H_

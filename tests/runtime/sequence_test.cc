@@ -1,0 +1,232 @@
+#include "runtime/sequence.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "core/file_util.h"
+#include "kernels/attention.h"
+#include "kernels/kv_compress.h"
+#include "runtime/streaming_prefill.h"
+
+namespace moend::runtime {
+namespace {
+
+class SequenceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto m = Model::Load(std::string(MOEND_SOURCE_DIR) + "/models/tinycode");
+    ASSERT_TRUE(m.ok()) << m.status();
+    model_ = m->release();
+    auto bytes = ReadFile(std::string(MOEND_SOURCE_DIR) + "/data/heldout_code.bin");
+    ASSERT_TRUE(bytes.ok());
+    for (int i = 0; i < 700; ++i) text_->push_back(static_cast<unsigned char>((*bytes)[i]));
+  }
+  static void TearDownTestSuite() { delete model_; }
+  static Model* model_;
+  static std::vector<int32_t>* text_;
+};
+Model* SequenceTest::model_ = nullptr;
+std::vector<int32_t>* SequenceTest::text_ = new std::vector<int32_t>();
+
+// Decodes one token at a time with kernels::DecodeAttention over the packed
+// cache (reference backend): an implementation independent of the dense,
+// chunked path of CompressedSequence.
+// The whole-prompt forward (Model::Forward), compressed layer by layer
+// afterwards: an implementation independent of the streaming prefill.
+std::vector<kernels::CompressedLayer> CompressAfterForward(
+    const Model& model, std::span<const int32_t> context,
+    const std::vector<CompressionTuple>& tuples) {
+  const ModelConfig& c = model.config();
+  std::vector<kernels::CompressedLayer> layers;
+  const int64_t n = static_cast<int64_t>(context.size());
+  auto logits = model.Forward(context, [&](const LayerActivations& a) {
+    kernels::LayerTensors x{a.q, a.k, a.v, c.num_heads, c.num_kv_heads, n, c.head_dim};
+    auto layer = kernels::CompressLayer(x, n, tuples[a.layer], kernels::Backend::kReference);
+    EXPECT_TRUE(layer.ok()) << layer.status();
+    layers.push_back(*layer);
+  });
+  EXPECT_TRUE(logits.ok());
+  return layers;
+}
+
+std::vector<float> SlowDecode(const Model& model, std::span<const int32_t> context,
+                              const std::vector<CompressionTuple>& tuples,
+                              std::span<const int32_t> tokens) {
+  const ModelConfig& c = model.config();
+  std::vector<kernels::CompressedLayer> layers = CompressAfterForward(model, context, tuples);
+  const int64_t prefix = static_cast<int64_t>(context.size());
+  std::vector<float> logits;
+  const int64_t d = c.head_dim;
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    std::vector<float> x(c.hidden_size), q(c.num_heads * d), k(c.num_kv_heads * d),
+        v(c.num_kv_heads * d), attn(c.num_heads * d), out(c.vocab_size);
+    model.Embed(tokens.subspan(i, 1), x.data());
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      model.AttentionInputs(l, x.data(), 1, prefix + static_cast<int64_t>(i), q.data(),
+                            k.data(), v.data());
+      EXPECT_TRUE(layers[l].Append(k.data(), v.data(), 1).ok());
+      const kernels::CompressedLayer* batch[] = {&layers[l]};
+      EXPECT_TRUE(kernels::DecodeAttention(batch, q.data(), c.num_heads, attn.data(),
+                                           kernels::Backend::kReference)
+                      .ok());
+      model.FinishLayer(l, attn.data(), 1, x.data());
+    }
+    model.Logits(x.data(), 1, out.data());
+    logits.insert(logits.end(), out.begin(), out.end());
+  }
+  return logits;
+}
+
+Sequence Prefilled(const Model& model, std::span<const int32_t> context,
+                   const std::vector<CompressionTuple>& tuples, int64_t appended,
+                   std::vector<float>* last_logits = nullptr) {
+  std::vector<std::vector<CompressionTuple>> plans{tuples};
+  PrefillOptions options;
+  options.appended_capacity = appended;
+  options.chunk_tokens = 96;  // several chunks, the last one partial
+  auto prefill = StreamingPrefill(model, context, plans, options);
+  EXPECT_TRUE(prefill.ok()) << prefill.status();
+  if (last_logits) *last_logits = prefill->last_logits;
+  return Sequence(std::move(prefill->caches[0]), static_cast<int64_t>(context.size()));
+}
+
+std::vector<CompressionTuple> MixedPlan() {
+  std::vector<CompressionTuple> tuples;
+  for (int l = 0; l < 12; ++l) {
+    const CompressionTuple options[] = {{0.5, 4, 2}, {0.25, 2, 8}, {1.0, 8, 4}, {0.125, 16, 2}};
+    tuples.push_back(options[l % 4]);
+  }
+  return tuples;
+}
+
+TEST_F(SequenceTest, MatchesTokenByTokenDecodingOverThePackedCache) {
+  std::span<const int32_t> context(text_->data(), 600);
+  std::span<const int32_t> rest(text_->data() + 600, 70);  // crosses two flushes
+  const std::vector<CompressionTuple> tuples = MixedPlan();
+  Sequence seq = Prefilled(*model_, context, tuples, 70);
+  // The streaming prefill compresses exactly what compressing after a whole
+  // forward gives (same kept tokens, same codes up to float rounding of the
+  // chunked projections): same sizes.
+  std::vector<kernels::CompressedLayer> after = CompressAfterForward(*model_, context, tuples);
+  for (int l = 0; l < 12; ++l) EXPECT_EQ(seq.layers()[l].Bytes(), after[l].Bytes()) << l;
+  // Feed in uneven pieces to exercise the runs.
+  std::vector<float> fast;
+  for (auto [begin, size] : {std::pair{0, 5}, {5, 40}, {45, 25}}) {
+    auto part = Feed(*model_, seq, rest.subspan(begin, size));
+    ASSERT_TRUE(part.ok()) << part.status();
+    fast.insert(fast.end(), part->begin(), part->end());
+  }
+  std::vector<float> slow = SlowDecode(*model_, context, tuples, rest);
+  ASSERT_EQ(fast.size(), slow.size());
+  // The two paths compute the new tokens' K/V with different matrix shapes
+  // (runs vs single tokens, chunked vs whole prefill), so a value on a
+  // rounding boundary can land on the neighbouring quantization code; that
+  // moves a logit by up to ~1e-2.
+  double max_diff = 0, sum_diff = 0;
+  for (size_t i = 0; i < fast.size(); ++i) {
+    max_diff = std::max<double>(max_diff, std::fabs(fast[i] - slow[i]));
+    sum_diff += std::fabs(fast[i] - slow[i]);
+  }
+  EXPECT_LT(max_diff, 0.05);
+  EXPECT_LT(sum_diff / static_cast<double>(fast.size()), 1e-3);
+  EXPECT_EQ(seq.position(), 670);
+}
+
+TEST_F(SequenceTest, FullPlanMatchesTheFullForwardAndBytesAreExact) {
+  std::span<const int32_t> all(text_->data(), 680);
+  auto reference = model_->Forward(all);
+  ASSERT_TRUE(reference.ok());
+  std::vector<CompressionTuple> full(12, CompressionTuple{1.0, 16, 16});
+  std::vector<float> last;
+  Sequence seq = Prefilled(*model_, all.subspan(0, 600), full, 80, &last);
+  for (int i = 0; i < 256; ++i) EXPECT_NEAR(last[i], (*reference)[599 * 256 + i], 1e-3);
+  EXPECT_EQ(seq.CacheBytes(), seq.UncompressedBytes(model_->config()));
+  const int64_t capacity = seq.CapacityBytes();
+  EXPECT_EQ(capacity, ReservedSequenceBytes(model_->config(), full, 600, 80));
+  auto logits = Feed(*model_, seq, all.subspan(600, 80));
+  ASSERT_TRUE(logits.ok());
+  double max_diff = 0;
+  for (size_t i = 0; i < logits->size(); ++i) {
+    max_diff = std::max<double>(max_diff, std::fabs((*logits)[i] - (*reference)[600 * 256 + i]));
+  }
+  EXPECT_LT(max_diff, 0.05);  // only the fp16 rounding of the cache differs
+  // After 80 appended tokens (2 flushed groups + 16 in the residual) the cache
+  // still costs exactly what an fp16 cache would, and it grew in place.
+  EXPECT_EQ(seq.CacheBytes(), seq.UncompressedBytes(model_->config()));
+  EXPECT_EQ(seq.CapacityBytes(), capacity);
+
+  std::vector<CompressionTuple> small(12, CompressionTuple{0.25, 2, 2});
+  Sequence compressed = Prefilled(*model_, all.subspan(0, 600), small, 0);
+  EXPECT_EQ(compressed.CacheBytes(), 12 * LayerBytes({2, 64}, small[0], 600));
+}
+
+TEST_F(SequenceTest, ReservationCoversEveryAppendWithoutMovingTheCache) {
+  std::span<const int32_t> context(text_->data(), 300);
+  const std::vector<CompressionTuple> tuples = MixedPlan();
+  for (int64_t appended : {0, 1, 31, 32, 33, 64, 100}) {
+    Sequence seq = Prefilled(*model_, context, tuples, appended);
+    const int64_t reserved = ReservedSequenceBytes(model_->config(), tuples, 300, appended);
+    EXPECT_EQ(seq.CapacityBytes(), reserved) << appended;
+    const uint8_t* codes = seq.layers()[0].head(0).k_codes.data();
+    ASSERT_TRUE(Feed(*model_, seq, std::span<const int32_t>(text_->data() + 300, appended)).ok());
+    EXPECT_EQ(seq.CapacityBytes(), reserved) << appended;
+    EXPECT_EQ(seq.layers()[0].head(0).k_codes.data(), codes) << appended;
+  }
+}
+
+TEST_F(SequenceTest, BatchedStepEqualsEachSequenceAlone) {
+  // Three sequences of different lengths and plans, decoded in one batch,
+  // give the logits each gets alone.
+  const std::vector<std::vector<CompressionTuple>> plans = {
+      MixedPlan(), std::vector<CompressionTuple>(12, CompressionTuple{}),
+      std::vector<CompressionTuple>(12, CompressionTuple{0.25, 2, 2})};
+  const int64_t lengths[] = {200, 333, 250};
+  std::vector<Sequence> together, alone;
+  for (int i = 0; i < 3; ++i) {
+    std::span<const int32_t> ctx(text_->data(), lengths[i]);
+    together.push_back(Prefilled(*model_, ctx, plans[i], 40));
+    alone.push_back(Prefilled(*model_, ctx, plans[i], 40));
+  }
+  for (int step = 0; step < 40; ++step) {
+    std::vector<int32_t> tokens(3);
+    std::vector<StepInput> batch;
+    for (int i = 0; i < 3; ++i) {
+      tokens[i] = (*text_)[lengths[i] + step];
+      batch.push_back({&together[i], std::span<const int32_t>(&tokens[i], 1)});
+    }
+    std::vector<float> logits;
+    ASSERT_TRUE(Step(*model_, batch, &logits).ok());
+    for (int i = 0; i < 3; ++i) {
+      auto one = Feed(*model_, alone[i], std::span<const int32_t>(&tokens[i], 1));
+      ASSERT_TRUE(one.ok());
+      for (int v = 0; v < 256; ++v) {
+        ASSERT_NEAR(logits[i * 256 + v], (*one)[v], 1e-3) << "step " << step << " seq " << i;
+      }
+    }
+  }
+}
+
+TEST_F(SequenceTest, RejectsBadPlansAndTokens) {
+  std::span<const int32_t> context(text_->data(), 100);
+  std::vector<std::vector<CompressionTuple>> eleven{std::vector<CompressionTuple>(11)};
+  EXPECT_EQ(StreamingPrefill(*model_, context, eleven).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  std::vector<std::vector<CompressionTuple>> bad{
+      std::vector<CompressionTuple>(12, CompressionTuple{0.5, 3, 16})};
+  auto refused = StreamingPrefill(*model_, context, bad);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("layer 0"), std::string::npos) << refused.status();
+  Sequence seq = Prefilled(*model_, context, std::vector<CompressionTuple>(12), 4);
+  EXPECT_EQ(Feed(*model_, seq, std::vector<int32_t>{300}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(seq.position(), 100);  // nothing was fed
+  std::vector<int32_t> too_many(40, 65);
+  StepInput in{&seq, too_many};
+  std::vector<float> logits;
+  EXPECT_EQ(Step(*model_, std::span<const StepInput>(&in, 1), &logits).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace moend::runtime
