@@ -59,6 +59,28 @@ int64_t CompressedLayer::AttendedTokens(int64_t h) const {
   return heads_[h].quantized + window_tokens() + residual_tokens();
 }
 
+HeadView CompressedLayer::View(int64_t h) const {
+  const CompressedHead& hd = heads_[h];
+  HeadView v;
+  v.k_codes = hd.k_codes.data();
+  v.k_scale = hd.k_scale.data();
+  v.k_min = hd.k_min.data();
+  v.v_codes = hd.v_codes.data();
+  v.v_scale = hd.v_scale.data();
+  v.v_min = hd.v_min.data();
+  v.window_k = hd.window_k.data();
+  v.window_v = hd.window_v.data();
+  v.residual_k = hd.residual_k.data();
+  v.residual_v = hd.residual_v.data();
+  v.initial_kept = hd.initial_kept;
+  v.quantized = hd.quantized;
+  v.window = window_tokens();
+  v.residual = residual_tokens();
+  v.kbits = format_.kbits;
+  v.vbits = format_.vbits;
+  return v;
+}
+
 int64_t CompressedLayer::Bytes() const {
   int64_t bytes = 0;
   for (const CompressedHead& h : heads_) {

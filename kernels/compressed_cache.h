@@ -22,6 +22,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "kernels/cache_view.h"
 
 namespace moend::kernels {
 
@@ -87,6 +88,8 @@ class CompressedLayer {
 
   CompressedHead& head(int64_t h) { return heads_[h]; }
   const CompressedHead& head(int64_t h) const { return heads_[h]; }
+  // A view of head h's buffers (valid until the layer is changed or destroyed).
+  HeadView View(int64_t h) const;
 
   // Bytes the cache occupies: every code, scale, min, window and residual
   // element (positions excluded).
