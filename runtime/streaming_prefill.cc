@@ -1,6 +1,7 @@
 #include "runtime/streaming_prefill.h"
 
 #include <algorithm>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
