@@ -33,7 +33,7 @@ constexpr char kUsage[] =
     "each prefill. One plan writes --out; several write DIR/<plan name>.json.\n"
     "result.json: {\"retrieval\": {\"correct\", \"total\"}, \"bpb\", \"ratio\", ...}\n";
 
-nlohmann::json ToJson(const std::string& plan, const inference::EvalResult& r) {
+nlohmann::json ToJson(const std::string& plan, const runtime::EvalResult& r) {
   return {{"plan", plan},
           {"retrieval", {{"correct", r.retrieval_correct}, {"total", r.retrieval_total}}},
           {"bpb", r.bpb},
@@ -103,16 +103,16 @@ int RunEval(int argc, char** argv) {
     for (const PlanLayer& l : plan->layers) tuples.push_back(l.tuple);
     plans.push_back(std::move(tuples));
   }
-  auto retrieval = inference::ReadRetrievalFile(*retrieval_path);
+  auto retrieval = runtime::ReadRetrievalFile(*retrieval_path);
   if (!retrieval.ok()) return Fail(retrieval.status());
   auto heldout = ReadFile(*heldout_path);
   if (!heldout.ok()) return Fail(heldout.status());
 
-  inference::EvalOptions options;
+  runtime::EvalOptions options;
   options.retrieval_limit = *limit;
   options.bpb_windows = *windows;
   ProgressBar bar(absl::StrCat("evaluating ", names.size(), " plan(s)"));
-  auto results = inference::Evaluate(**model, plans, *retrieval, *heldout, options,
+  auto results = runtime::Evaluate(**model, plans, *retrieval, *heldout, options,
                                      [&](int64_t done, int64_t total) { bar.Update(done, total); });
   bar.Finish();
   if (!results.ok()) return Fail(results.status());
@@ -120,7 +120,7 @@ int RunEval(int argc, char** argv) {
   std::printf("%-28s %10s %8s %8s\n", "plan", "retrieval", "bpb", "ratio");
   nlohmann::json all = nlohmann::json::array();
   for (size_t i = 0; i < names.size(); ++i) {
-    const inference::EvalResult& r = (*results)[i];
+    const runtime::EvalResult& r = (*results)[i];
     std::printf("%-28s %5lld/%-4lld %8.4f %8.2f\n",
                 std::filesystem::path(names[i]).filename().string().c_str(),
                 static_cast<long long>(r.retrieval_correct),

@@ -31,9 +31,11 @@ constexpr char kPlanUsage[] =
 
 constexpr char kGenerateUsage[] =
     "usage: moendctl generate --node HOST:PORT (--prompt TEXT | --input FILE)\n"
-    "                         [--max-new-tokens 32] [--full-cache] [--json]\n"
-    "Generates greedily on a moend-node with its current compressed-cache plan\n"
-    "(or the full cache) and prints the text and the cache it used.\n";
+    "                         [--max-new-tokens 32] [--full-cache] [--stream] [--json]\n"
+    "                         [--temperature T --top-k K --top-p P --seed S] [--stop TEXT]\n"
+    "Generates on a moend-node with its current compressed-cache plan (or the\n"
+    "full cache), greedily unless --temperature > 0, and prints the text and the\n"
+    "cache it used; --stream prints the text as it is generated.\n";
 
 absl::Status GrpcError(const std::string& what, int code, const std::string& message) {
   return absl::Status(static_cast<absl::StatusCode>(code), absl::StrCat(what, ": ", message));
@@ -105,8 +107,10 @@ int RunPlan(int argc, char** argv) {
 
 int RunGenerate(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
-                          WithClientSecurityFlags({"node", "prompt", "input", "max-new-tokens"}),
-                          {"full-cache", "json"});
+                          WithClientSecurityFlags({"node", "prompt", "input", "max-new-tokens",
+                                                   "temperature", "top-k", "top-p", "seed",
+                                                   "stop"}),
+                          {"full-cache", "json", "stream"});
   if (!args.ok()) return FailWith("generate", args.status());
   if (args->help()) {
     std::printf("%s%s", kGenerateUsage, kClientSecurityUsage);
@@ -117,8 +121,14 @@ int RunGenerate(int argc, char** argv) {
 #else
   auto node = args->Required("node");
   auto max_new = args->Int("max-new-tokens", 32);
-  if (!node.ok()) return FailWith("generate", node.status());
-  if (!max_new.ok()) return FailWith("generate", max_new.status());
+  auto temperature = args->Double("temperature", 0.0);
+  auto top_k = args->Int("top-k", 0);
+  auto top_p = args->Double("top-p", 1.0);
+  auto seed = args->Int("seed", 0);
+  for (const absl::Status& st : {node.status(), max_new.status(), temperature.status(),
+                                 top_k.status(), top_p.status(), seed.status()}) {
+    if (!st.ok()) return FailWith("generate", st);
+  }
   std::string prompt;
   if (auto text = args->Optional("prompt")) {
     prompt = *text;
@@ -136,10 +146,31 @@ int RunGenerate(int argc, char** argv) {
   req.set_prompt(prompt);
   req.set_max_new_tokens(static_cast<int32_t>(*max_new));
   req.set_full_cache(args->Has("full-cache"));
+  req.mutable_sampling()->set_temperature(*temperature);
+  req.mutable_sampling()->set_top_k(static_cast<int32_t>(*top_k));
+  req.mutable_sampling()->set_top_p(*top_p);
+  req.mutable_sampling()->set_seed(static_cast<uint64_t>(*seed));
+  if (auto stop = args->Optional("stop")) req.add_stop(*stop);
   v1::GenerateResponse resp;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
-  grpc::Status s = stub->Generate(&ctx, req, &resp);
+  const bool stream = args->Has("stream");
+  grpc::Status s;
+  if (stream) {
+    auto reader = stub->GenerateStream(&ctx, req);
+    v1::GenerateChunk chunk;
+    while (reader->Read(&chunk)) {
+      if (chunk.has_done()) {
+        resp = chunk.done();
+      } else if (!args->Has("json")) {
+        std::fwrite(chunk.text().data(), 1, chunk.text().size(), stdout);
+        std::fflush(stdout);
+      }
+    }
+    s = reader->Finish();
+  } else {
+    s = stub->Generate(&ctx, req, &resp);
+  }
   if (!s.ok()) return FailWith("generate", GrpcError(*node, s.error_code(), s.error_message()));
   const double ratio = resp.kv_cache_bytes() > 0 ? static_cast<double>(resp.full_cache_bytes()) /
                                                        static_cast<double>(resp.kv_cache_bytes())
@@ -152,11 +183,14 @@ int RunGenerate(int argc, char** argv) {
                         {"kv_cache_bytes", resp.kv_cache_bytes()},
                         {"full_cache_bytes", resp.full_cache_bytes()},
                         {"prefill_seconds", resp.prefill_seconds()},
-                        {"decode_seconds", resp.decode_seconds()}};
+                        {"decode_seconds", resp.decode_seconds()},
+                        {"finish_reason", resp.finish_reason()},
+                        {"reserved_bytes", resp.reserved_bytes()},
+                        {"queue_seconds", resp.queue_seconds()}};
     std::printf("%s\n", j.dump(1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
   } else {
-    std::printf("%s\n", resp.text().c_str());
-    std::printf("--\n%lld prompt + %lld generated tokens, plan version %llu, KV cache %lld bytes "
+    if (!stream) std::printf("%s", resp.text().c_str());
+    std::printf("\n--\n%lld prompt + %lld generated tokens, plan version %llu, KV cache %lld bytes "
                 "(fp16 would be %lld: %.2fx smaller), prefill %.2f s, decode %.2f s\n",
                 static_cast<long long>(resp.prompt_tokens()),
                 static_cast<long long>(resp.generated_tokens()),

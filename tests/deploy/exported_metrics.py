@@ -13,7 +13,7 @@ name as given (it appends no `_total`), a histogram as `<name>_bucket`,
 import os
 import re
 
-SOURCE_DIRS = ("services", "worker", "clients", "core", "storage", "kernels")
+SOURCE_DIRS = ("services", "worker", "clients", "core", "runtime", "storage", "kernels")
 CXX_SUFFIXES = (".cc", ".h", ".cu", ".cuh", ".cpp", ".hpp")
 
 # Metrics of the inference node (moend-node) as specified in issue 6, allowed

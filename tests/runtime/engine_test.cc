@@ -127,7 +127,7 @@ TEST_F(EngineTest, CancelAndDeadlineFreeTheBytesAtOnce) {
   auto engine = Engine::Create(*model_, {}, nullptr);
   ASSERT_TRUE(engine.ok());
   std::atomic<int> seen{0};
-  GenerationRequest r = Request(Prompt(0, 300), Ratio8Like(), 4000);
+  GenerationRequest r = Request(Prompt(0, 300), Ratio8Like(), 3000);
   r.on_token = [&](int32_t) { ++seen; };
   r.cancelled = [&] { return seen.load() >= 5; };
   auto cancelled = (*engine)->Generate(std::move(r));

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <regex>
+#include <tuple>
 
 #include "core/sensitivity_table.h"
 #include "grpcpp/grpcpp.h"
@@ -155,6 +156,128 @@ TEST(NodeTest, GeneratesOverTheRoutersPlanAndFollowsNewCalibrations) {
     absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_EQ(resp.plan_version(), 2u) << node.Log();
+  EXPECT_EQ(node.Signal(SIGTERM, absl::Seconds(20)) >> 8, 0) << node.Log();
+  fs::remove_all(dir);
+}
+
+// A node serving a fixed --plan under a small KV pool (6,000,000 bytes), without a router:
+// streaming equals unary generation, the pool refuses what can never fit
+// with the numbers, bad requests get clear errors, and every byte goes back.
+TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
+  const fs::path dir = fs::temp_directory_path() / ("moend_node_pool_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string plan = (dir / "plan.json").string();
+  {
+    // keep 0.25 everywhere at 4/2 bits: 12 layers.
+    std::ofstream f(plan);
+    f << R"({"model":"tinycode","solver":"manual","budget_bytes":1000000000,"context":4096,)"
+      << R"("total_bytes":12,"ratio":1,"predicted_error":0,"layers":[)";
+    for (int l = 0; l < 12; ++l) {
+      f << (l ? "," : "")
+        << R"({"keep":0.25,"kbits":4,"vbits":2,"bytes":1,"predicted_error":0})";
+    }
+    f << "]}";
+  }
+  const std::string metrics = "127.0.0.1:" + std::to_string(FreePort());
+  ChildProcess node(MOEND_NODE_BIN,
+                    {"--model", kSrc + "/models/tinycode", "--listen", "127.0.0.1:0", "--plan",
+                     plan, "--kv-pool-bytes", "6000000", "--metrics", metrics},
+                    (dir / "node.log").string());
+  const std::string addr = node.WaitForLine("listening on ", absl::Seconds(30));
+  ASSERT_FALSE(addr.empty()) << node.Log();
+  auto stub = v1::InferenceNode::NewStub(
+      grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+  std::string prompt;
+  {
+    std::ifstream f(kSrc + "/data/heldout_code.bin", std::ios::binary);
+    prompt.resize(1500);
+    f.read(prompt.data(), 1500);
+  }
+  v1::GenerateRequest req;
+  req.set_prompt(prompt);
+  req.set_max_new_tokens(24);
+  v1::GenerateResponse unary;
+  {
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Generate(&ctx, req, &unary).ok()) << node.Log();
+  }
+  EXPECT_EQ(unary.plan_version(), 0u);
+  EXPECT_EQ(unary.token_ids_size(), 24);
+  EXPECT_EQ(unary.finish_reason(), "length");
+  EXPECT_GT(unary.reserved_bytes(), unary.kv_cache_bytes());
+  EXPECT_GT(static_cast<double>(unary.full_cache_bytes()) / unary.kv_cache_bytes(), 3.0);
+  {
+    grpc::ClientContext ctx;
+    auto reader = stub->GenerateStream(&ctx, req);
+    v1::GenerateChunk chunk;
+    std::string streamed;
+    int messages = 0;
+    v1::GenerateResponse done;
+    while (reader->Read(&chunk)) {
+      ++messages;
+      if (chunk.has_done()) done = chunk.done();
+      streamed += chunk.text();
+    }
+    ASSERT_TRUE(reader->Finish().ok());
+    EXPECT_EQ(streamed, unary.text());
+    EXPECT_EQ(done.text(), unary.text());
+    EXPECT_GT(messages, 1);
+  }
+  {  // A prompt whose full cache can never fit the 6,000,000-byte pool.
+    v1::GenerateRequest big = req;
+    big.set_full_cache(true);
+    grpc::ClientContext ctx;
+    v1::GenerateResponse out;
+    grpc::Status s = stub->Generate(&ctx, big, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_NE(s.error_message().find("6000000"), std::string::npos) << s.error_message();
+  }
+  for (auto [field, value, want] :
+       {std::tuple{"temperature", -1.0, "temperature"}, {"top_p", 2.0, "top_p"}}) {
+    v1::GenerateRequest bad = req;
+    if (std::string(field) == "temperature") bad.mutable_sampling()->set_temperature(value);
+    else bad.mutable_sampling()->set_top_p(value);
+    grpc::ClientContext ctx;
+    v1::GenerateResponse out;
+    grpc::Status s = stub->Generate(&ctx, bad, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << field;
+    EXPECT_NE(s.error_message().find(want), std::string::npos) << s.error_message();
+  }
+  {
+    v1::GenerateRequest ids;
+    ids.add_prompt_token_ids(5);
+    ids.add_prompt_token_ids(256);
+    grpc::ClientContext ctx;
+    v1::GenerateResponse out;
+    grpc::Status s = stub->Generate(&ctx, ids, &out);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+    EXPECT_NE(s.error_message().find("256"), std::string::npos) << s.error_message();
+  }
+  {  // A client that gives up mid-decode frees its sequence.
+    v1::GenerateRequest slow = req;
+    slow.set_max_new_tokens(2000);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(2500));
+    v1::GenerateResponse out;
+    EXPECT_EQ(stub->Generate(&ctx, slow, &out).error_code(),
+              grpc::StatusCode::DEADLINE_EXCEEDED);
+  }
+  // Still serving, and the pool is whole again.
+  {
+    grpc::ClientContext ctx;
+    v1::GenerateResponse out;
+    ASSERT_TRUE(stub->Generate(&ctx, req, &out).ok());
+    EXPECT_EQ(out.text(), unary.text());
+  }
+  std::string scraped;
+  for (int i = 0; i < 50; ++i) {  // the engine publishes after its loop turn
+    scraped = testing::HttpGet(metrics, "/metrics");
+    if (Metric(scraped, "moend_node_kv_pool_bytes\\{state=\"used\"\\}") == 0) break;
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(Metric(scraped, "moend_node_kv_pool_bytes\\{state=\"used\"\\}"), 0) << scraped;
+  EXPECT_EQ(Metric(scraped, "moend_node_kv_pool_bytes\\{state=\"free\"\\}"), 6000000) << scraped;
+  EXPECT_EQ(Metric(scraped, "moend_node_sequences\\{state=\"running\"\\}"), 0) << scraped;
   EXPECT_EQ(node.Signal(SIGTERM, absl::Seconds(20)) >> 8, 0) << node.Log();
   fs::remove_all(dir);
 }
