@@ -141,15 +141,21 @@ struct Avx2 {
   }
   static void Scale(float a, float* y, int64_t d) {
     const __m256 av = _mm256_set1_ps(a);
-    for (int64_t e = 0; e < d; e += 8) _mm256_storeu_ps(y + e, _mm256_mul_ps(av, _mm256_loadu_ps(y + e)));
+    for (int64_t e = 0; e < d; e += 8) {
+      _mm256_storeu_ps(y + e, _mm256_mul_ps(av, _mm256_loadu_ps(y + e)));
+    }
   }
   static void AddConst(float c, float* y, int64_t n) {
     const __m256 cv = _mm256_set1_ps(c);
-    for (int64_t e = 0; e < n; e += 8) _mm256_storeu_ps(y + e, _mm256_add_ps(cv, _mm256_loadu_ps(y + e)));
+    for (int64_t e = 0; e < n; e += 8) {
+      _mm256_storeu_ps(y + e, _mm256_add_ps(cv, _mm256_loadu_ps(y + e)));
+    }
   }
-  // o[j*32 + c] += sum_t w[t, j] * v[t, j*32 + c]; w: [n, D/32], v: [n, D].
+  // o[j*32 + c] += sum_t w[j * ws + t] * v[t, j*32 + c] for t < n; v: [n, D]
+  // (ws = 0: one weight per token for every chunk).
   // 32 outputs stay in registers over the tokens (two sets, even and odd t).
-  static void AccumV(const float* w, const float* v, int64_t n, int64_t d, float* o) {
+  static void AccumV(const float* w, int64_t ws, const float* v, int64_t n, int64_t d,
+                     float* o) {
     const int64_t chunks = d / kChunk;
     for (int64_t j = 0; j < chunks; ++j) {
       float* oj = o + j * kChunk;
@@ -160,8 +166,8 @@ struct Avx2 {
       for (; t + 2 <= n; t += 2) {
         const float* v0 = v + t * d + j * kChunk;
         const float* v1 = v0 + d;
-        const __m256 w0 = _mm256_set1_ps(w[t * chunks + j]);
-        const __m256 w1 = _mm256_set1_ps(w[(t + 1) * chunks + j]);
+        const __m256 w0 = _mm256_set1_ps(w[j * ws + t]);
+        const __m256 w1 = _mm256_set1_ps(w[j * ws + t + 1]);
         a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0), a0);
         a1 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 8), a1);
         a2 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 16), a2);
@@ -173,7 +179,7 @@ struct Avx2 {
       }
       if (t < n) {
         const float* v0 = v + t * d + j * kChunk;
-        const __m256 w0 = _mm256_set1_ps(w[t * chunks + j]);
+        const __m256 w0 = _mm256_set1_ps(w[j * ws + t]);
         a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0), a0);
         a1 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 8), a1);
         a2 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 16), a2);

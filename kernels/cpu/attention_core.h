@@ -60,21 +60,18 @@ void ProcessUnit(Scratch& s, int64_t qn, int64_t d, const UnitKind& u) {
     if (corr != 1.0f) P::Scale(corr, oi, d);
     s.l[i] = s.l[i] * corr + psum;
     s.m[i] = mx;
+    for (int64_t t = nv; t < kUnit; ++t) s.p[t] = 0.0f;
     if (u.vquant) {
-      float msum[kMaxChunks] = {0, 0, 0, 0};
-      for (int64_t t = 0; t < nv; ++t) {
-        for (int64_t j = 0; j < chunks; ++j) {
-          s.w[t * chunks + j] = s.p[t] * s.vs[t * chunks + j];
-          msum[j] += s.p[t] * s.vm[t * chunks + j];
-        }
+      // Token t, chunk j: weight p_t * scale, and sum_t p_t * min added once.
+      for (int64_t j = 0; j < chunks; ++j) {
+        P::Mul(s.p, s.vs + j * kUnit, s.w + j * kUnit, kUnit);
       }
-      P::AccumV(s.w, s.vf, nv, d, oi);
-      for (int64_t j = 0; j < chunks; ++j) P::AddConst(msum[j], oi + j * kChunk, kChunk);
+      P::AccumV(s.w, kUnit, s.vf, nv, d, oi);
+      for (int64_t j = 0; j < chunks; ++j) {
+        P::AddConst(P::Dot(s.p, s.vm + j * kUnit, kUnit), oi + j * kChunk, kChunk);
+      }
     } else {
-      for (int64_t t = 0; t < nv; ++t) {
-        for (int64_t j = 0; j < chunks; ++j) s.w[t * chunks + j] = s.p[t];
-      }
-      P::AccumV(s.w, s.vf, nv, d, oi);
+      P::AccumV(s.p, 0, s.vf, nv, d, oi);
     }
   }
 }
@@ -131,8 +128,15 @@ void AttendHead(const AttentionItem& item, const AttentionShape& shape, int64_t 
       for (int64_t t = 0; t < u.n; ++t) {
         P::Unpack(hv.v_codes + (t0 + t) * vrow, hv.vbits, d, s.vf + t * d);
       }
-      P::HalfScalar(hv.v_scale + t0 * chunks, u.n * chunks, s.vs);
-      P::HalfScalar(hv.v_min + t0 * chunks, u.n * chunks, s.vm);
+      // [n, D/32] -> [D/32, 32], zero past n.
+      P::HalfScalar(hv.v_scale + t0 * chunks, u.n * chunks, s.w);
+      for (int64_t j = 0; j < chunks; ++j) {
+        for (int64_t t = 0; t < kUnit; ++t) s.vs[j * kUnit + t] = t < u.n ? s.w[t * chunks + j] : 0;
+      }
+      P::HalfScalar(hv.v_min + t0 * chunks, u.n * chunks, s.w);
+      for (int64_t j = 0; j < chunks; ++j) {
+        for (int64_t t = 0; t < kUnit; ++t) s.vm[j * kUnit + t] = t < u.n ? s.w[t * chunks + j] : 0;
+      }
     } else {
       P::Half(hv.v_codes + t0 * vrow, u.n * d, s.vf);
     }

@@ -30,9 +30,9 @@ struct Scratch {
   alignas(64) float qs[kMaxDim];             // q * scale for the current query
   alignas(64) float logit[kUnit];
   alignas(64) float p[kUnit];
-  alignas(64) float vs[kUnit * kMaxChunks];  // V scale, min [n, D/32]
-  alignas(64) float vm[kUnit * kMaxChunks];
-  alignas(64) float w[kUnit * kMaxChunks];   // V weights [n, D/32]
+  alignas(64) float vs[kMaxChunks * kUnit];  // V scale, min [D/32, 32] (0 past the unit)
+  alignas(64) float vm[kMaxChunks * kUnit];
+  alignas(64) float w[kMaxChunks * kUnit];   // V weights [D/32, 32]
 };
 
 // This thread's scratch with room for qn queries of head dim d.
