@@ -36,43 +36,69 @@ struct UnitKind {
 };
 
 // Feeds one unit (in s.kf, s.vf, ...) to every query's online softmax.
+inline int64_t VisibleInUnit(const Scratch& s, const UnitKind& u, int64_t i) {
+  return u.resid_t0 < 0 ? u.n : ClampI(s.visible[i] - u.resid_t0, 0, u.n);
+}
+
+// Feeds one unit (in s.kf, s.vf, ...) to every query's online softmax. Two
+// queries that see the same tokens (GQA heads of one row) go together, so
+// each K and V row loaded serves both.
 template <class P>
 void ProcessUnit(Scratch& s, int64_t qn, int64_t d, const UnitKind& u) {
   const int64_t chunks = d / kChunk;
-  for (int64_t i = 0; i < qn; ++i) {
-    int64_t nv = u.n;
-    if (u.resid_t0 >= 0) nv = ClampI(s.visible[i] - u.resid_t0, 0, u.n);
-    if (nv == 0) continue;
-    const float* qi = s.q + i * d;
-    const float* qk = qi;
-    float c = 0.0f;
-    if (u.kquant) {
-      P::Mul(qi, s.ks, s.qs, d);
-      c = P::Dot(qi, s.km, d);
-      qk = s.qs;
+  for (int64_t i = 0; i < qn;) {
+    const int64_t nv = VisibleInUnit(s, u, i);
+    const int64_t pair = i + 1 < qn && VisibleInUnit(s, u, i + 1) == nv ? 2 : 1;
+    if (nv == 0) {
+      i += pair;
+      continue;
     }
-    P::Logits(qk, s.kf, nv, d, c, s.logit);
-    float mx = s.m[i];
-    for (int64_t t = 0; t < nv; ++t) mx = s.logit[t] > mx ? s.logit[t] : mx;
-    const float corr = std::exp(s.m[i] - mx);
-    const float psum = P::ExpSum(s.logit, nv, mx, s.p);
-    float* oi = s.o + i * d;
-    if (corr != 1.0f) P::Scale(corr, oi, d);
-    s.l[i] = s.l[i] * corr + psum;
-    s.m[i] = mx;
-    for (int64_t t = nv; t < kUnit; ++t) s.p[t] = 0.0f;
-    if (u.vquant) {
-      // Token t, chunk j: weight p_t * scale, and sum_t p_t * min added once.
-      for (int64_t j = 0; j < chunks; ++j) {
-        P::Mul(s.p, s.vs + j * kUnit, s.w + j * kUnit, kUnit);
+    const float* qk[2];
+    float c[2] = {0.0f, 0.0f};
+    for (int64_t k = 0; k < pair; ++k) {
+      const float* qi = s.q + (i + k) * d;
+      qk[k] = qi;
+      if (u.kquant) {
+        P::Mul(qi, s.ks, s.qs[k], d);
+        c[k] = P::Dot(qi, s.km, d);
+        qk[k] = s.qs[k];
       }
-      P::AccumV(s.w, kUnit, s.vf, nv, d, oi);
-      for (int64_t j = 0; j < chunks; ++j) {
-        P::AddConst(P::Dot(s.p, s.vm + j * kUnit, kUnit), oi + j * kChunk, kChunk);
-      }
+    }
+    if (pair == 2) {
+      P::Logits2(qk[0], qk[1], s.kf, nv, d, c[0], c[1], s.logit[0], s.logit[1]);
     } else {
-      P::AccumV(s.p, 0, s.vf, nv, d, oi);
+      P::Logits(qk[0], s.kf, nv, d, c[0], s.logit[0]);
     }
+    const float* w[2];
+    for (int64_t k = 0; k < pair; ++k) {
+      const int64_t qi = i + k;
+      const float* logit = s.logit[k];
+      float* p = s.p[k];
+      float mx = s.m[qi];
+      for (int64_t t = 0; t < nv; ++t) mx = logit[t] > mx ? logit[t] : mx;
+      const float corr = std::exp(s.m[qi] - mx);
+      const float psum = P::ExpSum(logit, nv, mx, p);
+      if (corr != 1.0f) P::Scale(corr, s.o + qi * d, d);
+      s.l[qi] = s.l[qi] * corr + psum;
+      s.m[qi] = mx;
+      for (int64_t t = nv; t < kUnit; ++t) p[t] = 0.0f;
+      w[k] = p;
+      if (u.vquant) {
+        // Token t, chunk j: weight p_t * scale; sum_t p_t * min is added once.
+        for (int64_t j = 0; j < chunks; ++j) {
+          P::Mul(p, s.vs + j * kUnit, s.w[k] + j * kUnit, kUnit);
+          P::AddConst(P::Dot(p, s.vm + j * kUnit, kUnit), s.o + qi * d + j * kChunk, kChunk);
+        }
+        w[k] = s.w[k];
+      }
+    }
+    const int64_t ws = u.vquant ? kUnit : 0;
+    if (pair == 2) {
+      P::AccumV2(w[0], w[1], ws, s.vf, nv, d, s.o + i * d, s.o + (i + 1) * d);
+    } else {
+      P::AccumV(w[0], ws, s.vf, nv, d, s.o + i * d);
+    }
+    i += pair;
   }
 }
 
@@ -129,13 +155,17 @@ void AttendHead(const AttentionItem& item, const AttentionShape& shape, int64_t 
         P::Unpack(hv.v_codes + (t0 + t) * vrow, hv.vbits, d, s.vf + t * d);
       }
       // [n, D/32] -> [D/32, 32], zero past n.
-      P::HalfScalar(hv.v_scale + t0 * chunks, u.n * chunks, s.w);
+      P::HalfScalar(hv.v_scale + t0 * chunks, u.n * chunks, s.w[0]);
       for (int64_t j = 0; j < chunks; ++j) {
-        for (int64_t t = 0; t < kUnit; ++t) s.vs[j * kUnit + t] = t < u.n ? s.w[t * chunks + j] : 0;
+        for (int64_t t = 0; t < kUnit; ++t) {
+          s.vs[j * kUnit + t] = t < u.n ? s.w[0][t * chunks + j] : 0.0f;
+        }
       }
-      P::HalfScalar(hv.v_min + t0 * chunks, u.n * chunks, s.w);
+      P::HalfScalar(hv.v_min + t0 * chunks, u.n * chunks, s.w[0]);
       for (int64_t j = 0; j < chunks; ++j) {
-        for (int64_t t = 0; t < kUnit; ++t) s.vm[j * kUnit + t] = t < u.n ? s.w[t * chunks + j] : 0;
+        for (int64_t t = 0; t < kUnit; ++t) {
+          s.vm[j * kUnit + t] = t < u.n ? s.w[0][t * chunks + j] : 0.0f;
+        }
       }
     } else {
       P::Half(hv.v_codes + t0 * vrow, u.n * d, s.vf);

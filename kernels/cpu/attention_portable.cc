@@ -45,6 +45,11 @@ struct Portable {
   static void Logits(const float* q, const float* k, int64_t n, int64_t d, float c, float* logit) {
     for (int64_t t = 0; t < n; ++t) logit[t] = Dot(q, k + t * d, d) + c;
   }
+  static void Logits2(const float* qa, const float* qb, const float* k, int64_t n, int64_t d,
+                      float ca, float cb, float* la, float* lb) {
+    Logits(qa, k, n, d, ca, la);
+    Logits(qb, k, n, d, cb, lb);
+  }
   // p[t] = exp(x[t] - mx); returns the sum.
   static float ExpSum(const float* x, int64_t n, float mx, float* p) {
     float sum = 0.0f;
@@ -72,6 +77,11 @@ struct Portable {
         for (int64_t c = 0; c < kChunk; ++c) o[j * kChunk + c] += wt * vr[c];
       }
     }
+  }
+  static void AccumV2(const float* wa, const float* wb, int64_t ws, const float* v, int64_t n,
+                      int64_t d, float* oa, float* ob) {
+    AccumV(wa, ws, v, n, d, oa);
+    AccumV(wb, ws, v, n, d, ob);
   }
 };
 
