@@ -27,7 +27,7 @@ namespace moend::kernels {
 struct AttentionItem {
   const HeadView* heads = nullptr;  // [num_kv_heads]
   const float* q = nullptr;         // [rows, q_row_stride] float32
-  float* out = nullptr;             // [rows, out_row_stride] float32; the rest of a row is untouched
+  float* out = nullptr;             // [rows, out_row_stride] float32 (padding untouched)
   int64_t q_row_stride = 0;         // floats; 0: num_heads * head_dim; else >= that
   int64_t out_row_stride = 0;       // floats; 0: num_heads * head_dim; else >= that
   int64_t rows = 1;                 // >= 0 (0: nothing to do)

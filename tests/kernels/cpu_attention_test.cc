@@ -3,7 +3,8 @@
 // set this machine has.
 //
 // Tolerance: max |cpu - ref| <= RelTol(kbits) * max |ref| + 1e-6, where
-// RelTol is 1e-5 for fp16 K and 2e-5 for quantized K (any V bits). The kernel computes in float32 (the reference in double) and folds
+// RelTol is 1e-5 for fp16 K and 2e-5 for quantized K (any V bits). The
+// kernel computes in float32 (the reference in double) and folds
 // the K scale into the query (q.(c*s + m) = (q*s).c + q.m), so its error is
 // float rounding of D-term dots (logits err ~ D * 2^-24 * |q| |k|, a few 1e-6
 // at D = 128 with these magnitudes; the softmax turns it into a relative error
@@ -107,8 +108,8 @@ double DecodeCase(const Shape& s, int kbits, int vbits, double keep) {
     const absl::Status st = CpuAttention(items, {s.hq, s.hkv, s.d}, isa);
     EXPECT_TRUE(st.ok()) << st;
     const double diff = testing::MaxAbsDiff(out, ref);
-    EXPECT_LE(diff, Bound(ref, kbits)) << CpuIsaName(isa) << " hq " << s.hq << " hkv " << s.hkv << " D "
-                                << s.d << " bits " << kbits << "," << vbits;
+    EXPECT_LE(diff, Bound(ref, kbits)) << CpuIsaName(isa) << " hq " << s.hq << " hkv " << s.hkv
+                                       << " D " << s.d << " bits " << kbits << "," << vbits;
     worst = std::max(worst, diff / testing::MaxAbs(ref));
   }
   return worst;
