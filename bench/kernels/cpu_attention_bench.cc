@@ -7,8 +7,13 @@
 // batch 1 and 16, and a 7B-like layer stack (28 / 4 / D 128, 28 layers) at
 // batch 1. Each layer and sequence has its own copy of the cache (so the
 // step streams as many bytes as a real one). Wall-clock min and median over
-// interleaved repetitions; one RESULT line per shape (times and ratios of the
-// minima, plus the ratios of the medians).
+// interleaved repetitions, and the median process CPU time; one RESULT line
+// per shape (times and ratios of the wall minima, ratios of the wall medians
+// and of the CPU-time medians).
+//
+// On a small shared machine run it with OMP_WAIT_POLICY=passive: with
+// libgomp's default spin-wait, two threads on two busy vCPUs made every
+// parallel region (kernel and reference alike) take ~11 ms.
 //
 // usage: cpu_attention_bench [--threads N (2)] [--reps N (9)] [--quick]
 #include <omp.h>
@@ -18,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <vector>
 
@@ -31,6 +37,12 @@ namespace {
 using moend::CompressionTuple;
 namespace mk = moend::kernels;
 using Clock = std::chrono::steady_clock;
+
+double CpuMs() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
 
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
@@ -77,8 +89,8 @@ Stack Build(const Shape& s, const CompressionTuple& t, int64_t ctx, int64_t appe
 }
 
 // One decode step over every layer with the CPU kernel.
-void KernelStep(const Shape& s, const Stack& st, const std::vector<float>& q, std::vector<float>& out,
-                mk::CpuIsa isa) {
+void KernelStep(const Shape& s, const Stack& st, const std::vector<float>& q,
+                std::vector<float>& out, mk::CpuIsa isa) {
   const int64_t row = s.hq * s.d;
   std::vector<mk::AttentionItem> items(s.batch);
   for (int64_t l = 0; l < s.layers; ++l) {
@@ -143,25 +155,31 @@ int main(int argc, char** argv) {
     const Stack sb = Build(s, full, ctx, appended);
     // Interleaved (a, a portable, b, c per repetition) so that load from other
     // processes hits every variant alike; min and median of each.
-    std::vector<double> a, ap, b, c;
-    auto once = [](auto&& f) {
+    // Wall ms, and the process's CPU ms (all threads; less sensitive to other
+    // processes taking the cores, but it counts OpenMP spin-waiting).
+    std::vector<double> a, ap, b, c, a_cpu, b_cpu, c_cpu;
+    auto once = [](auto&& f, std::vector<double>* cpu = nullptr) {
+      const double c0 = CpuMs();
       const auto t0 = Clock::now();
       f();
-      return std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      const double wall = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      if (cpu != nullptr) cpu->push_back(CpuMs() - c0);
+      return wall;
     };
     KernelStep(s, sa, q, out, isa);  // warm-up
     KernelStep(s, sb, q, out, isa);
     for (int r = 0; r < reps; ++r) {
-      a.push_back(once([&] { KernelStep(s, sa, q, out, isa); }));
+      a.push_back(once([&] { KernelStep(s, sa, q, out, isa); }, &a_cpu));
       ap.push_back(once([&] { KernelStep(s, sa, q, out, mk::CpuIsa::kPortable); }));
-      b.push_back(once([&] { KernelStep(s, sb, q, out, isa); }));
-      c.push_back(once([&] { ReferenceStep(s, sa, q, out); }));
+      b.push_back(once([&] { KernelStep(s, sb, q, out, isa); }, &b_cpu));
+      c.push_back(once([&] { ReferenceStep(s, sa, q, out); }, &c_cpu));
     }
     const double a_min = *std::min_element(a.begin(), a.end());
     const double b_min = *std::min_element(b.begin(), b.end());
     const double c_min = *std::min_element(c.begin(), c.end());
     const double ap_min = *std::min_element(ap.begin(), ap.end());
     const double a_med = Median(a), b_med = Median(b), c_med = Median(c);
+    const double ac = Median(a_cpu), bc = Median(b_cpu), cc = Median(c_cpu);
     std::printf("%s %lldq/%lldkv D%lld x%lld layers batch %lld, ms min/median: (a) kernel "
                 "(0.25,2,2) %.3f/%.3f [%.2f GB/s of cache; portable %.3f]  (b) kernel (1,16,16) "
                 "%.3f/%.3f [%.2f GB/s]  (c) reference (0.25,2,2) %.3f/%.3f\n",
@@ -172,10 +190,12 @@ int main(int argc, char** argv) {
                 sb.bytes / (b_min * 1e-3) / 1e9, c_min, c_med);
     std::printf("RESULT cpu_attention shape=%s batch=%lld ctx=%lld threads=%d isa=%s a_ms=%.3f "
                 "b_ms=%.3f c_ms=%.3f a_portable_ms=%.3f b_over_a=%.2f c_over_a=%.1f "
-                "median_b_over_a=%.2f median_c_over_a=%.1f\n",
+                "median_b_over_a=%.2f median_c_over_a=%.1f a_cpu_ms=%.3f b_cpu_ms=%.3f "
+                "c_cpu_ms=%.3f "
+                "cpu_b_over_a=%.2f cpu_c_over_a=%.1f\n",
                 s.name, static_cast<long long>(s.batch), static_cast<long long>(ctx), threads,
                 mk::CpuIsaName(isa).c_str(), a_min, b_min, c_min, ap_min, b_min / a_min,
-                c_min / a_min, b_med / a_med, c_med / a_med);
+                c_min / a_min, b_med / a_med, c_med / a_med, ac, bc, cc, bc / ac, cc / ac);
     std::fflush(stdout);
   }
   return 0;
