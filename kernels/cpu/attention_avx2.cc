@@ -167,7 +167,7 @@ struct Avx2 {
     }
     float sum = HorizontalSum(acc);
     for (; t < n; ++t) {
-      p[t] = std::exp(x[t] - mx);
+      p[t] = __builtin_expf(x[t] - mx);
       sum += p[t];
     }
     return sum;

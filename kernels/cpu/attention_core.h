@@ -28,6 +28,22 @@ namespace {
 
 inline int64_t ClampI(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
 
+// cache_view.h's ViewKeyGroups / ViewKeyGroupBegin / ViewKeyGroupSize, with
+// internal linkage: an unoptimised build emits the header's inline functions
+// (and std::exp, std::sqrt) as weak symbols, and the linker may keep the copy
+// compiled with -mavx2 for every caller. Hence also __builtin_expf/sqrtf.
+inline int64_t KeyGroups(const HeadView& h) {
+  return (h.initial_kept + kUnit - 1) / kUnit + (h.quantized - h.initial_kept) / kUnit;
+}
+inline int64_t KeyGroupBegin(const HeadView& h, int64_t g) {
+  const int64_t initial_groups = (h.initial_kept + kUnit - 1) / kUnit;
+  return g < initial_groups ? g * kUnit : h.initial_kept + (g - initial_groups) * kUnit;
+}
+inline int64_t KeyGroupSize(const HeadView& h, int64_t g) {
+  const int64_t initial_groups = (h.initial_kept + kUnit - 1) / kUnit;
+  return g >= initial_groups ? kUnit : ClampI(h.initial_kept - g * kUnit, 0, kUnit);
+}
+
 struct UnitKind {
   int64_t n = 0;          // tokens in the unit (<= 32)
   bool kquant = false;    // kf holds codes, ks/km the group's scale/min
@@ -76,7 +92,7 @@ void ProcessUnit(Scratch& s, int64_t qn, int64_t d, const UnitKind& u) {
       float* p = s.p[k];
       float mx = s.m[qi];
       for (int64_t t = 0; t < nv; ++t) mx = logit[t] > mx ? logit[t] : mx;
-      const float corr = std::exp(s.m[qi] - mx);
+      const float corr = __builtin_expf(s.m[qi] - mx);
       const float psum = P::ExpSum(logit, nv, mx, p);
       if (corr != 1.0f) P::Scale(corr, s.o + qi * d, d);
       s.l[qi] = s.l[qi] * corr + psum;
@@ -117,7 +133,7 @@ void AttendHead(const AttentionItem& item, const AttentionShape& shape, int64_t 
   const int64_t d = shape.head_dim, group = shape.num_heads / shape.num_kv_heads;
   const int64_t rows = item.rows, qn = rows * group, chunks = d / kChunk;
   Scratch& s = ThreadScratch(qn, d);
-  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  const float inv_sqrt_d = 1.0f / __builtin_sqrtf(static_cast<float>(d));
   int64_t max_visible = 0;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < group; ++g) {
@@ -134,11 +150,11 @@ void AttendHead(const AttentionItem& item, const AttentionShape& shape, int64_t 
 
   // Quantized part, one K group per unit.
   const int64_t krow = d * hv.kbits / 8, vrow = d * hv.vbits / 8;
-  const int64_t groups = ViewKeyGroups(hv);
+  const int64_t groups = KeyGroups(hv);
   for (int64_t grp = 0; grp < groups; ++grp) {
     UnitKind u;
-    const int64_t t0 = ViewKeyGroupBegin(hv, grp);
-    u.n = ViewKeyGroupSize(hv, grp);
+    const int64_t t0 = KeyGroupBegin(hv, grp);
+    u.n = KeyGroupSize(hv, grp);
     u.kquant = hv.kbits < 16;
     u.vquant = hv.vbits < 16;
     if (u.kquant) {
