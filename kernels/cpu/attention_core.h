@@ -51,7 +51,7 @@ struct UnitKind {
   int64_t resid_t0 = -1;  // >= 0: residual rows [resid_t0, resid_t0 + n), masked per query
 };
 
-// Feeds one unit (in s.kf, s.vf, ...) to every query's online softmax.
+// Tokens of the unit that query i sees.
 inline int64_t VisibleInUnit(const Scratch& s, const UnitKind& u, int64_t i) {
   return u.resid_t0 < 0 ? u.n : ClampI(s.visible[i] - u.resid_t0, 0, u.n);
 }
