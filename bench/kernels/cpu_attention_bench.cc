@@ -6,10 +6,16 @@
 // Shapes: the shipped model (4 query heads, 2 KV heads, D 64, 12 layers) at
 // batch 1 and 16, and a 7B-like layer stack (28 / 4 / D 128, 28 layers) at
 // batch 1. Each layer and sequence has its own copy of the cache (so the
-// step streams as many bytes as a real one). Wall-clock medians; one RESULT
-// line per shape.
+// step streams as many bytes as a real one). Wall-clock min and median over
+// interleaved repetitions, and the median process CPU time; one RESULT line
+// per shape (times and ratios of the wall minima, ratios of the wall medians
+// and of the CPU-time medians).
 //
-// usage: cpu_attention_bench [--threads N (2)] [--reps N (7)] [--quick]
+// On a small shared machine run it with OMP_WAIT_POLICY=passive: with
+// libgomp's default spin-wait, two threads on two busy vCPUs made every
+// parallel region (kernel and reference alike) take ~11 ms.
+//
+// usage: cpu_attention_bench [--threads N (2)] [--reps N (9)] [--quick]
 #include <omp.h>
 
 #include <algorithm>
@@ -17,6 +23,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <random>
 #include <vector>
 
@@ -31,21 +38,15 @@ using moend::CompressionTuple;
 namespace mk = moend::kernels;
 using Clock = std::chrono::steady_clock;
 
+double CpuMs() {
+  timespec ts;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
 double Median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
-}
-
-template <typename F>
-double TimeMs(int reps, F&& f) {
-  f();  // warm-up
-  std::vector<double> ms;
-  for (int i = 0; i < reps; ++i) {
-    const auto t0 = Clock::now();
-    f();
-    ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
-  }
-  return Median(ms);
 }
 
 struct Shape {
@@ -88,8 +89,8 @@ Stack Build(const Shape& s, const CompressionTuple& t, int64_t ctx, int64_t appe
 }
 
 // One decode step over every layer with the CPU kernel.
-void KernelStep(const Shape& s, const Stack& st, const std::vector<float>& q, std::vector<float>& out,
-                mk::CpuIsa isa) {
+void KernelStep(const Shape& s, const Stack& st, const std::vector<float>& q,
+                std::vector<float>& out, mk::CpuIsa isa) {
   const int64_t row = s.hq * s.d;
   std::vector<mk::AttentionItem> items(s.batch);
   for (int64_t l = 0; l < s.layers; ++l) {
@@ -125,7 +126,7 @@ void ReferenceStep(const Shape& s, const Stack& st, const std::vector<float>& q,
 }  // namespace
 
 int main(int argc, char** argv) {
-  int threads = 2, reps = 7;
+  int threads = 2, reps = 9;
   bool quick = false;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = std::atoi(argv[++i]);
@@ -140,7 +141,7 @@ int main(int argc, char** argv) {
   const int64_t ctx = quick ? 1024 : 4096, appended = 5;
   const mk::CpuIsa isa = mk::BestCpuIsa();
   std::printf("cpu_attention_bench: ISA %s, %d threads, context %lld (%lld decode tokens in the "
-              "residual), medians of %d\n",
+              "residual), %d repetitions\n",
               mk::CpuIsaName(isa).c_str(), threads, static_cast<long long>(ctx),
               static_cast<long long>(appended), reps);
   const CompressionTuple small{0.25, 2, 2}, full{1.0, 16, 16};
@@ -150,31 +151,51 @@ int main(int argc, char** argv) {
     std::normal_distribution<float> g(0.0f, 1.0f);
     std::vector<float> q(s.layers * s.batch * s.hq * s.d), out(q.size());
     for (float& x : q) x = g(rng);
-    double a_ms, b_ms, c_ms, a_port_ms;
-    int64_t a_bytes, b_bytes;
-    {
-      const Stack st = Build(s, small, ctx, appended);
-      a_bytes = st.bytes;
-      a_ms = TimeMs(reps, [&] { KernelStep(s, st, q, out, isa); });
-      a_port_ms = TimeMs(reps, [&] { KernelStep(s, st, q, out, mk::CpuIsa::kPortable); });
-      c_ms = TimeMs(std::max(1, reps / 2), [&] { ReferenceStep(s, st, q, out); });
+    const Stack sa = Build(s, small, ctx, appended);
+    const Stack sb = Build(s, full, ctx, appended);
+    // Interleaved (a, a portable, b, c per repetition) so that load from other
+    // processes hits every variant alike; min and median of each.
+    // Wall ms, and the process's CPU ms (all threads; less sensitive to other
+    // processes taking the cores, but it counts OpenMP spin-waiting).
+    std::vector<double> a, ap, b, c, a_cpu, b_cpu, c_cpu;
+    auto once = [](auto&& f, std::vector<double>* cpu = nullptr) {
+      const double c0 = CpuMs();
+      const auto t0 = Clock::now();
+      f();
+      const double wall = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+      if (cpu != nullptr) cpu->push_back(CpuMs() - c0);
+      return wall;
+    };
+    KernelStep(s, sa, q, out, isa);  // warm-up
+    KernelStep(s, sb, q, out, isa);
+    for (int r = 0; r < reps; ++r) {
+      a.push_back(once([&] { KernelStep(s, sa, q, out, isa); }, &a_cpu));
+      ap.push_back(once([&] { KernelStep(s, sa, q, out, mk::CpuIsa::kPortable); }));
+      b.push_back(once([&] { KernelStep(s, sb, q, out, isa); }, &b_cpu));
+      c.push_back(once([&] { ReferenceStep(s, sa, q, out); }, &c_cpu));
     }
-    {
-      const Stack st = Build(s, full, ctx, appended);
-      b_bytes = st.bytes;
-      b_ms = TimeMs(reps, [&] { KernelStep(s, st, q, out, isa); });
-    }
-    std::printf("%s %lldq/%lldkv D%lld x%lld layers batch %lld: (a) kernel (0.25,2,2) %.3f ms "
-                "[%.2f GB/s; portable %.3f ms]  (b) kernel (1,16,16) %.3f ms [%.2f GB/s]  "
-                "(c) reference (0.25,2,2) %.3f ms\n",
+    const double a_min = *std::min_element(a.begin(), a.end());
+    const double b_min = *std::min_element(b.begin(), b.end());
+    const double c_min = *std::min_element(c.begin(), c.end());
+    const double ap_min = *std::min_element(ap.begin(), ap.end());
+    const double a_med = Median(a), b_med = Median(b), c_med = Median(c);
+    const double ac = Median(a_cpu), bc = Median(b_cpu), cc = Median(c_cpu);
+    std::printf("%s %lldq/%lldkv D%lld x%lld layers batch %lld, ms min/median: (a) kernel "
+                "(0.25,2,2) %.3f/%.3f [%.2f GB/s of cache; portable %.3f]  (b) kernel (1,16,16) "
+                "%.3f/%.3f [%.2f GB/s]  (c) reference (0.25,2,2) %.3f/%.3f\n",
                 s.name, static_cast<long long>(s.hq), static_cast<long long>(s.hkv),
                 static_cast<long long>(s.d), static_cast<long long>(s.layers),
-                static_cast<long long>(s.batch), a_ms, a_bytes / (a_ms * 1e-3) / 1e9, a_port_ms,
-                b_ms, b_bytes / (b_ms * 1e-3) / 1e9, c_ms);
+                static_cast<long long>(s.batch), a_min, a_med,
+                sa.bytes / (a_min * 1e-3) / 1e9, ap_min, b_min, b_med,
+                sb.bytes / (b_min * 1e-3) / 1e9, c_min, c_med);
     std::printf("RESULT cpu_attention shape=%s batch=%lld ctx=%lld threads=%d isa=%s a_ms=%.3f "
-                "b_ms=%.3f c_ms=%.3f a_portable_ms=%.3f b_over_a=%.2f c_over_a=%.1f\n",
+                "b_ms=%.3f c_ms=%.3f a_portable_ms=%.3f b_over_a=%.2f c_over_a=%.1f "
+                "median_b_over_a=%.2f median_c_over_a=%.1f a_cpu_ms=%.3f b_cpu_ms=%.3f "
+                "c_cpu_ms=%.3f "
+                "cpu_b_over_a=%.2f cpu_c_over_a=%.1f\n",
                 s.name, static_cast<long long>(s.batch), static_cast<long long>(ctx), threads,
-                mk::CpuIsaName(isa).c_str(), a_ms, b_ms, c_ms, a_port_ms, b_ms / a_ms, c_ms / a_ms);
+                mk::CpuIsaName(isa).c_str(), a_min, b_min, c_min, ap_min, b_min / a_min,
+                c_min / a_min, b_med / a_med, c_med / a_med, ac, bc, cc, bc / ac, cc / ac);
     std::fflush(stdout);
   }
   return 0;

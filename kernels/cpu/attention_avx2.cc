@@ -24,6 +24,12 @@ inline float HorizontalSum(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
+// The horizontal sums of four vectors.
+inline __m128 Sum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+  const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+  return _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+}
+
 // exp(x) for x <= 0 (Cephes' expf polynomial, relative error ~2e-7); inputs
 // below -87 give ~1e-38 rather than 0.
 inline __m256 Exp(__m256 x) {
@@ -116,11 +122,38 @@ struct Avx2 {
         a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 2 * d + e), a2);
         a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + 3 * d + e), a3);
       }
-      const __m256 h = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-      const __m128 r = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-      _mm_storeu_ps(logit + t, _mm_add_ps(r, _mm_set1_ps(c)));
+      _mm_storeu_ps(logit + t, _mm_add_ps(Sum4(a0, a1, a2, a3), _mm_set1_ps(c)));
     }
     for (; t < n; ++t) logit[t] = Dot(q, k + t * d, d) + c;
+  }
+  // Logits of two queries; each K load serves both (8 accumulators).
+  static void Logits2(const float* qa, const float* qb, const float* k, int64_t n, int64_t d,
+                      float ca, float cb, float* la, float* lb) {
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) {
+      const float* k0 = k + t * d;
+      __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+      for (int64_t e = 0; e < d; e += 8) {
+        const __m256 qav = _mm256_loadu_ps(qa + e), qbv = _mm256_loadu_ps(qb + e);
+        const __m256 x0 = _mm256_loadu_ps(k0 + e), x1 = _mm256_loadu_ps(k0 + d + e);
+        const __m256 x2 = _mm256_loadu_ps(k0 + 2 * d + e), x3 = _mm256_loadu_ps(k0 + 3 * d + e);
+        a0 = _mm256_fmadd_ps(qav, x0, a0);
+        a1 = _mm256_fmadd_ps(qav, x1, a1);
+        a2 = _mm256_fmadd_ps(qav, x2, a2);
+        a3 = _mm256_fmadd_ps(qav, x3, a3);
+        b0 = _mm256_fmadd_ps(qbv, x0, b0);
+        b1 = _mm256_fmadd_ps(qbv, x1, b1);
+        b2 = _mm256_fmadd_ps(qbv, x2, b2);
+        b3 = _mm256_fmadd_ps(qbv, x3, b3);
+      }
+      _mm_storeu_ps(la + t, _mm_add_ps(Sum4(a0, a1, a2, a3), _mm_set1_ps(ca)));
+      _mm_storeu_ps(lb + t, _mm_add_ps(Sum4(b0, b1, b2, b3), _mm_set1_ps(cb)));
+    }
+    for (; t < n; ++t) {
+      la[t] = Dot(qa, k + t * d, d) + ca;
+      lb[t] = Dot(qb, k + t * d, d) + cb;
+    }
   }
   // p[t] = exp(x[t] - mx); returns the sum.
   static float ExpSum(const float* x, int64_t n, float mx, float* p) {
@@ -134,22 +167,28 @@ struct Avx2 {
     }
     float sum = HorizontalSum(acc);
     for (; t < n; ++t) {
-      p[t] = std::exp(x[t] - mx);
+      p[t] = __builtin_expf(x[t] - mx);
       sum += p[t];
     }
     return sum;
   }
   static void Scale(float a, float* y, int64_t d) {
     const __m256 av = _mm256_set1_ps(a);
-    for (int64_t e = 0; e < d; e += 8) _mm256_storeu_ps(y + e, _mm256_mul_ps(av, _mm256_loadu_ps(y + e)));
+    for (int64_t e = 0; e < d; e += 8) {
+      _mm256_storeu_ps(y + e, _mm256_mul_ps(av, _mm256_loadu_ps(y + e)));
+    }
   }
   static void AddConst(float c, float* y, int64_t n) {
     const __m256 cv = _mm256_set1_ps(c);
-    for (int64_t e = 0; e < n; e += 8) _mm256_storeu_ps(y + e, _mm256_add_ps(cv, _mm256_loadu_ps(y + e)));
+    for (int64_t e = 0; e < n; e += 8) {
+      _mm256_storeu_ps(y + e, _mm256_add_ps(cv, _mm256_loadu_ps(y + e)));
+    }
   }
-  // o[j*32 + c] += sum_t w[t, j] * v[t, j*32 + c]; w: [n, D/32], v: [n, D].
+  // o[j*32 + c] += sum_t w[j * ws + t] * v[t, j*32 + c] for t < n; v: [n, D]
+  // (ws = 0: one weight per token for every chunk).
   // 32 outputs stay in registers over the tokens (two sets, even and odd t).
-  static void AccumV(const float* w, const float* v, int64_t n, int64_t d, float* o) {
+  static void AccumV(const float* w, int64_t ws, const float* v, int64_t n, int64_t d,
+                     float* o) {
     const int64_t chunks = d / kChunk;
     for (int64_t j = 0; j < chunks; ++j) {
       float* oj = o + j * kChunk;
@@ -160,8 +199,8 @@ struct Avx2 {
       for (; t + 2 <= n; t += 2) {
         const float* v0 = v + t * d + j * kChunk;
         const float* v1 = v0 + d;
-        const __m256 w0 = _mm256_set1_ps(w[t * chunks + j]);
-        const __m256 w1 = _mm256_set1_ps(w[(t + 1) * chunks + j]);
+        const __m256 w0 = _mm256_set1_ps(w[j * ws + t]);
+        const __m256 w1 = _mm256_set1_ps(w[j * ws + t + 1]);
         a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0), a0);
         a1 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 8), a1);
         a2 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 16), a2);
@@ -173,7 +212,7 @@ struct Avx2 {
       }
       if (t < n) {
         const float* v0 = v + t * d + j * kChunk;
-        const __m256 w0 = _mm256_set1_ps(w[t * chunks + j]);
+        const __m256 w0 = _mm256_set1_ps(w[j * ws + t]);
         a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0), a0);
         a1 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 8), a1);
         a2 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(v0 + 16), a2);
@@ -183,6 +222,42 @@ struct Avx2 {
       _mm256_storeu_ps(oj + 8, _mm256_add_ps(a1, b1));
       _mm256_storeu_ps(oj + 16, _mm256_add_ps(a2, b2));
       _mm256_storeu_ps(oj + 24, _mm256_add_ps(a3, b3));
+    }
+  }
+  // AccumV for two queries over the same tokens; each V load serves both.
+  static void AccumV2(const float* wa, const float* wb, int64_t ws, const float* v, int64_t n,
+                      int64_t d, float* oa, float* ob) {
+    const int64_t chunks = d / kChunk;
+    for (int64_t j = 0; j < chunks; ++j) {
+      float* oaj = oa + j * kChunk;
+      float* obj = ob + j * kChunk;
+      __m256 a0 = _mm256_loadu_ps(oaj), a1 = _mm256_loadu_ps(oaj + 8);
+      __m256 a2 = _mm256_loadu_ps(oaj + 16), a3 = _mm256_loadu_ps(oaj + 24);
+      __m256 b0 = _mm256_loadu_ps(obj), b1 = _mm256_loadu_ps(obj + 8);
+      __m256 b2 = _mm256_loadu_ps(obj + 16), b3 = _mm256_loadu_ps(obj + 24);
+      for (int64_t t = 0; t < n; ++t) {
+        const float* vt = v + t * d + j * kChunk;
+        const __m256 x0 = _mm256_loadu_ps(vt), x1 = _mm256_loadu_ps(vt + 8);
+        const __m256 x2 = _mm256_loadu_ps(vt + 16), x3 = _mm256_loadu_ps(vt + 24);
+        const __m256 wav = _mm256_set1_ps(wa[j * ws + t]);
+        const __m256 wbv = _mm256_set1_ps(wb[j * ws + t]);
+        a0 = _mm256_fmadd_ps(wav, x0, a0);
+        a1 = _mm256_fmadd_ps(wav, x1, a1);
+        a2 = _mm256_fmadd_ps(wav, x2, a2);
+        a3 = _mm256_fmadd_ps(wav, x3, a3);
+        b0 = _mm256_fmadd_ps(wbv, x0, b0);
+        b1 = _mm256_fmadd_ps(wbv, x1, b1);
+        b2 = _mm256_fmadd_ps(wbv, x2, b2);
+        b3 = _mm256_fmadd_ps(wbv, x3, b3);
+      }
+      _mm256_storeu_ps(oaj, a0);
+      _mm256_storeu_ps(oaj + 8, a1);
+      _mm256_storeu_ps(oaj + 16, a2);
+      _mm256_storeu_ps(oaj + 24, a3);
+      _mm256_storeu_ps(obj, b0);
+      _mm256_storeu_ps(obj + 8, b1);
+      _mm256_storeu_ps(obj + 16, b2);
+      _mm256_storeu_ps(obj + 24, b3);
     }
   }
 };

@@ -28,6 +28,22 @@ namespace {
 
 inline int64_t ClampI(int64_t x, int64_t lo, int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
 
+// cache_view.h's ViewKeyGroups / ViewKeyGroupBegin / ViewKeyGroupSize, with
+// internal linkage: an unoptimised build emits the header's inline functions
+// (and std::exp, std::sqrt) as weak symbols, and the linker may keep the copy
+// compiled with -mavx2 for every caller. Hence also __builtin_expf/sqrtf.
+inline int64_t KeyGroups(const HeadView& h) {
+  return (h.initial_kept + kUnit - 1) / kUnit + (h.quantized - h.initial_kept) / kUnit;
+}
+inline int64_t KeyGroupBegin(const HeadView& h, int64_t g) {
+  const int64_t initial_groups = (h.initial_kept + kUnit - 1) / kUnit;
+  return g < initial_groups ? g * kUnit : h.initial_kept + (g - initial_groups) * kUnit;
+}
+inline int64_t KeyGroupSize(const HeadView& h, int64_t g) {
+  const int64_t initial_groups = (h.initial_kept + kUnit - 1) / kUnit;
+  return g >= initial_groups ? kUnit : ClampI(h.initial_kept - g * kUnit, 0, kUnit);
+}
+
 struct UnitKind {
   int64_t n = 0;          // tokens in the unit (<= 32)
   bool kquant = false;    // kf holds codes, ks/km the group's scale/min
@@ -35,47 +51,70 @@ struct UnitKind {
   int64_t resid_t0 = -1;  // >= 0: residual rows [resid_t0, resid_t0 + n), masked per query
 };
 
-// Feeds one unit (in s.kf, s.vf, ...) to every query's online softmax.
+// Tokens of the unit that query i sees.
+inline int64_t VisibleInUnit(const Scratch& s, const UnitKind& u, int64_t i) {
+  return u.resid_t0 < 0 ? u.n : ClampI(s.visible[i] - u.resid_t0, 0, u.n);
+}
+
+// Feeds one unit (in s.kf, s.vf, ...) to every query's online softmax. Two
+// queries that see the same tokens (GQA heads of one row) go together, so
+// each K and V row loaded serves both.
 template <class P>
 void ProcessUnit(Scratch& s, int64_t qn, int64_t d, const UnitKind& u) {
   const int64_t chunks = d / kChunk;
-  for (int64_t i = 0; i < qn; ++i) {
-    int64_t nv = u.n;
-    if (u.resid_t0 >= 0) nv = ClampI(s.visible[i] - u.resid_t0, 0, u.n);
-    if (nv == 0) continue;
-    const float* qi = s.q + i * d;
-    const float* qk = qi;
-    float c = 0.0f;
-    if (u.kquant) {
-      P::Mul(qi, s.ks, s.qs, d);
-      c = P::Dot(qi, s.km, d);
-      qk = s.qs;
+  for (int64_t i = 0; i < qn;) {
+    const int64_t nv = VisibleInUnit(s, u, i);
+    const int64_t pair = i + 1 < qn && VisibleInUnit(s, u, i + 1) == nv ? 2 : 1;
+    if (nv == 0) {
+      i += pair;
+      continue;
     }
-    P::Logits(qk, s.kf, nv, d, c, s.logit);
-    float mx = s.m[i];
-    for (int64_t t = 0; t < nv; ++t) mx = s.logit[t] > mx ? s.logit[t] : mx;
-    const float corr = std::exp(s.m[i] - mx);
-    const float psum = P::ExpSum(s.logit, nv, mx, s.p);
-    float* oi = s.o + i * d;
-    if (corr != 1.0f) P::Scale(corr, oi, d);
-    s.l[i] = s.l[i] * corr + psum;
-    s.m[i] = mx;
-    if (u.vquant) {
-      float msum[kMaxChunks] = {0, 0, 0, 0};
-      for (int64_t t = 0; t < nv; ++t) {
-        for (int64_t j = 0; j < chunks; ++j) {
-          s.w[t * chunks + j] = s.p[t] * s.vs[t * chunks + j];
-          msum[j] += s.p[t] * s.vm[t * chunks + j];
-        }
+    const float* qk[2];
+    float c[2] = {0.0f, 0.0f};
+    for (int64_t k = 0; k < pair; ++k) {
+      const float* qi = s.q + (i + k) * d;
+      qk[k] = qi;
+      if (u.kquant) {
+        P::Mul(qi, s.ks, s.qs[k], d);
+        c[k] = P::Dot(qi, s.km, d);
+        qk[k] = s.qs[k];
       }
-      P::AccumV(s.w, s.vf, nv, d, oi);
-      for (int64_t j = 0; j < chunks; ++j) P::AddConst(msum[j], oi + j * kChunk, kChunk);
+    }
+    if (pair == 2) {
+      P::Logits2(qk[0], qk[1], s.kf, nv, d, c[0], c[1], s.logit[0], s.logit[1]);
     } else {
-      for (int64_t t = 0; t < nv; ++t) {
-        for (int64_t j = 0; j < chunks; ++j) s.w[t * chunks + j] = s.p[t];
-      }
-      P::AccumV(s.w, s.vf, nv, d, oi);
+      P::Logits(qk[0], s.kf, nv, d, c[0], s.logit[0]);
     }
+    const float* w[2];
+    for (int64_t k = 0; k < pair; ++k) {
+      const int64_t qi = i + k;
+      const float* logit = s.logit[k];
+      float* p = s.p[k];
+      float mx = s.m[qi];
+      for (int64_t t = 0; t < nv; ++t) mx = logit[t] > mx ? logit[t] : mx;
+      const float corr = __builtin_expf(s.m[qi] - mx);
+      const float psum = P::ExpSum(logit, nv, mx, p);
+      if (corr != 1.0f) P::Scale(corr, s.o + qi * d, d);
+      s.l[qi] = s.l[qi] * corr + psum;
+      s.m[qi] = mx;
+      for (int64_t t = nv; t < kUnit; ++t) p[t] = 0.0f;
+      w[k] = p;
+      if (u.vquant) {
+        // Token t, chunk j: weight p_t * scale; sum_t p_t * min is added once.
+        for (int64_t j = 0; j < chunks; ++j) {
+          P::Mul(p, s.vs + j * kUnit, s.w[k] + j * kUnit, kUnit);
+          P::AddConst(P::Dot(p, s.vm + j * kUnit, kUnit), s.o + qi * d + j * kChunk, kChunk);
+        }
+        w[k] = s.w[k];
+      }
+    }
+    const int64_t ws = u.vquant ? kUnit : 0;
+    if (pair == 2) {
+      P::AccumV2(w[0], w[1], ws, s.vf, nv, d, s.o + i * d, s.o + (i + 1) * d);
+    } else {
+      P::AccumV(w[0], ws, s.vf, nv, d, s.o + i * d);
+    }
+    i += pair;
   }
 }
 
@@ -94,7 +133,7 @@ void AttendHead(const AttentionItem& item, const AttentionShape& shape, int64_t 
   const int64_t d = shape.head_dim, group = shape.num_heads / shape.num_kv_heads;
   const int64_t rows = item.rows, qn = rows * group, chunks = d / kChunk;
   Scratch& s = ThreadScratch(qn, d);
-  const float inv_sqrt_d = 1.0f / std::sqrt(static_cast<float>(d));
+  const float inv_sqrt_d = 1.0f / __builtin_sqrtf(static_cast<float>(d));
   int64_t max_visible = 0;
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < group; ++g) {
@@ -111,11 +150,11 @@ void AttendHead(const AttentionItem& item, const AttentionShape& shape, int64_t 
 
   // Quantized part, one K group per unit.
   const int64_t krow = d * hv.kbits / 8, vrow = d * hv.vbits / 8;
-  const int64_t groups = ViewKeyGroups(hv);
+  const int64_t groups = KeyGroups(hv);
   for (int64_t grp = 0; grp < groups; ++grp) {
     UnitKind u;
-    const int64_t t0 = ViewKeyGroupBegin(hv, grp);
-    u.n = ViewKeyGroupSize(hv, grp);
+    const int64_t t0 = KeyGroupBegin(hv, grp);
+    u.n = KeyGroupSize(hv, grp);
     u.kquant = hv.kbits < 16;
     u.vquant = hv.vbits < 16;
     if (u.kquant) {
@@ -131,8 +170,19 @@ void AttendHead(const AttentionItem& item, const AttentionShape& shape, int64_t 
       for (int64_t t = 0; t < u.n; ++t) {
         P::Unpack(hv.v_codes + (t0 + t) * vrow, hv.vbits, d, s.vf + t * d);
       }
-      P::HalfScalar(hv.v_scale + t0 * chunks, u.n * chunks, s.vs);
-      P::HalfScalar(hv.v_min + t0 * chunks, u.n * chunks, s.vm);
+      // [n, D/32] -> [D/32, 32], zero past n.
+      P::HalfScalar(hv.v_scale + t0 * chunks, u.n * chunks, s.w[0]);
+      for (int64_t j = 0; j < chunks; ++j) {
+        for (int64_t t = 0; t < kUnit; ++t) {
+          s.vs[j * kUnit + t] = t < u.n ? s.w[0][t * chunks + j] : 0.0f;
+        }
+      }
+      P::HalfScalar(hv.v_min + t0 * chunks, u.n * chunks, s.w[0]);
+      for (int64_t j = 0; j < chunks; ++j) {
+        for (int64_t t = 0; t < kUnit; ++t) {
+          s.vm[j * kUnit + t] = t < u.n ? s.w[0][t * chunks + j] : 0.0f;
+        }
+      }
     } else {
       P::Half(hv.v_codes + t0 * vrow, u.n * d, s.vf);
     }

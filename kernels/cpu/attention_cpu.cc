@@ -45,8 +45,12 @@ bool CpuHas(CpuIsa isa) {
     case CpuIsa::kPortable:
       return true;
     case CpuIsa::kAvx2:
+#if defined(MOEND_CPU_X86_64)
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
+#else
+      return false;  // no AVX2 path built for this architecture
+#endif
     case CpuIsa::kAvx512:
     case CpuIsa::kBest:
       return false;
@@ -153,8 +157,10 @@ absl::Status CpuAttention(absl::Span<const AttentionItem> items, const Attention
   }
   absl::Status st = Validate(items, shape);
   if (!st.ok()) return st;
-  const cpu::AttendHeadFn fn =
-      isa == CpuIsa::kAvx2 ? cpu::AttendHeadAvx2 : cpu::AttendHeadPortable;
+  cpu::AttendHeadFn fn = cpu::AttendHeadPortable;
+#if defined(MOEND_CPU_X86_64)
+  if (isa == CpuIsa::kAvx2) fn = cpu::AttendHeadAvx2;
+#endif
   // Strides resolved once (0: packed rows of num_heads * head_dim).
   const int64_t row = shape.num_heads * shape.head_dim;
   std::vector<AttentionItem> resolved(items.begin(), items.end());

@@ -27,12 +27,13 @@ struct Scratch {
   alignas(64) float vf[kUnit * kMaxDim];     // unit's V rows as float
   alignas(64) float ks[kMaxDim];             // K group scale, min [D]
   alignas(64) float km[kMaxDim];
-  alignas(64) float qs[kMaxDim];             // q * scale for the current query
-  alignas(64) float logit[kUnit];
-  alignas(64) float p[kUnit];
-  alignas(64) float vs[kUnit * kMaxChunks];  // V scale, min [n, D/32]
-  alignas(64) float vm[kUnit * kMaxChunks];
-  alignas(64) float w[kUnit * kMaxChunks];   // V weights [n, D/32]
+  // Per query of the current pair:
+  alignas(64) float qs[2][kMaxDim];          // q * K scale
+  alignas(64) float logit[2][kUnit];
+  alignas(64) float p[2][kUnit];             // exp(logit - max), 0 past the visible tokens
+  alignas(64) float vs[kMaxChunks * kUnit];  // V scale, min [D/32, 32] (0 past the unit)
+  alignas(64) float vm[kMaxChunks * kUnit];
+  alignas(64) float w[2][kMaxChunks * kUnit];  // V weights [D/32, 32]
 };
 
 // This thread's scratch with room for qn queries of head dim d.

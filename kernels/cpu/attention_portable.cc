@@ -45,6 +45,11 @@ struct Portable {
   static void Logits(const float* q, const float* k, int64_t n, int64_t d, float c, float* logit) {
     for (int64_t t = 0; t < n; ++t) logit[t] = Dot(q, k + t * d, d) + c;
   }
+  static void Logits2(const float* qa, const float* qb, const float* k, int64_t n, int64_t d,
+                      float ca, float cb, float* la, float* lb) {
+    Logits(qa, k, n, d, ca, la);
+    Logits(qb, k, n, d, cb, lb);
+  }
   // p[t] = exp(x[t] - mx); returns the sum.
   static float ExpSum(const float* x, int64_t n, float mx, float* p) {
     float sum = 0.0f;
@@ -60,16 +65,23 @@ struct Portable {
   static void AddConst(float c, float* y, int64_t n) {
     for (int64_t e = 0; e < n; ++e) y[e] += c;
   }
-  // o[j*32 + c] += sum_t w[t, j] * v[t, j*32 + c]; w: [n, D/32], v: [n, D].
-  static void AccumV(const float* w, const float* v, int64_t n, int64_t d, float* o) {
+  // o[j*32 + c] += sum_t w[j * ws + t] * v[t, j*32 + c] for t < n; v: [n, D]
+  // (ws = 0: one weight per token for every chunk).
+  static void AccumV(const float* w, int64_t ws, const float* v, int64_t n, int64_t d,
+                     float* o) {
     const int64_t chunks = d / kChunk;
     for (int64_t j = 0; j < chunks; ++j) {
       for (int64_t t = 0; t < n; ++t) {
-        const float wt = w[t * chunks + j];
+        const float wt = w[j * ws + t];
         const float* vr = v + t * d + j * kChunk;
         for (int64_t c = 0; c < kChunk; ++c) o[j * kChunk + c] += wt * vr[c];
       }
     }
+  }
+  static void AccumV2(const float* wa, const float* wb, int64_t ws, const float* v, int64_t n,
+                      int64_t d, float* oa, float* ob) {
+    AccumV(wa, ws, v, n, d, oa);
+    AccumV(wb, ws, v, n, d, ob);
   }
 };
 
