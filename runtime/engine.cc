@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <map>
 
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
@@ -15,6 +17,7 @@ struct Engine::Job {
   int64_t reserved = 0;
   bool admitted = false;
   std::unique_ptr<Sequence> sequence;
+  std::unique_ptr<Sequence> shadow;  // the full cache, while shadow steps remain
   std::unique_ptr<Sampler> sampler;
   GenerationResult result;
   int32_t next_input = 0;  // the token the next decode step feeds
@@ -33,6 +36,9 @@ struct Engine::Metrics {
   prometheus::Gauge* queued = nullptr;
   prometheus::Histogram* ttft = nullptr;
   prometheus::Histogram* itl = nullptr;
+  prometheus::Family<prometheus::Counter>* shadow_steps = nullptr;
+  prometheus::Family<prometheus::Counter>* shadow_agreements = nullptr;
+  prometheus::Family<prometheus::Counter>* shadow_kl = nullptr;
 };
 
 namespace {
@@ -127,6 +133,21 @@ Engine::Engine(const Model& model, const EngineOptions& options, prometheus::Reg
                          .Help("Between consecutive generated tokens of a request")
                          .Register(*metrics)
                          .Add({}, Exponential(0.0005, 2, 16));
+    metrics_->shadow_steps =
+        &prometheus::BuildCounter()
+             .Name("moend_node_shadow_steps_total")
+             .Help("Decode steps compared against a full-cache shadow, by plan")
+             .Register(*metrics);
+    metrics_->shadow_agreements =
+        &prometheus::BuildCounter()
+             .Name("moend_node_shadow_agreements_total")
+             .Help("Shadow-compared steps whose greedy token equals the full cache's, by plan")
+             .Register(*metrics);
+    metrics_->shadow_kl = &prometheus::BuildCounter()
+                               .Name("moend_node_shadow_kl_nats_total")
+                               .Help("Summed KL(full || compressed) of next-token distributions "
+                                     "over shadow-compared steps, in nats, by plan")
+                               .Register(*metrics);
   }
   Publish();
   thread_ = std::thread([this] { Loop(); });
@@ -163,6 +184,15 @@ absl::StatusOr<GenerationResult> Engine::Generate(GenerationRequest request) {
   job->reserved = ReservedSequenceBytes(c, request.plan,
                                         static_cast<int64_t>(request.prompt.size()),
                                         request.max_new_tokens - 1);
+  if (request.shadow_tokens < 0) {
+    return absl::InvalidArgumentError("shadow_tokens must not be negative");
+  }
+  request.shadow_tokens = std::min(request.shadow_tokens, request.max_new_tokens);
+  if (request.shadow_tokens > 1) {
+    job->reserved += ReservedSequenceBytes(
+        c, std::vector<CompressionTuple>(static_cast<size_t>(c.num_layers)),
+        static_cast<int64_t>(request.prompt.size()), request.shadow_tokens - 1);
+  }
   if (job->reserved > options_.kv_pool_bytes) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "the KV caches of this request need ", job->reserved, " bytes under its plan (prompt of ",
@@ -247,18 +277,28 @@ void Engine::StartJob(const std::shared_ptr<Job>& job) {
   const GenerationRequest& r = job->request;
   PrefillOptions options;
   options.appended_capacity = r.max_new_tokens - 1;
-  const std::vector<CompressionTuple>* plans = &r.plan;
-  auto prefill = StreamingPrefill(model_, r.prompt, std::span(plans, 1), options);
+  std::vector<std::vector<CompressionTuple>> plans{r.plan};
+  const bool shadow = r.shadow_tokens > 1;
+  if (shadow) {
+    plans.emplace_back(static_cast<size_t>(model_.config().num_layers));
+    options.appended_per_plan = {r.max_new_tokens - 1, r.shadow_tokens - 1};
+  }
+  auto prefill = StreamingPrefill(model_, r.prompt, plans, options);
   if (!prefill.ok()) {
     Finish(job, prefill.status());
     return;
   }
-  job->sequence = std::make_unique<Sequence>(std::move(prefill->caches[0]),
-                                             static_cast<int64_t>(r.prompt.size()));
-  if (job->sequence->CapacityBytes() > job->reserved) {  // broken invariant: never admitted so
-    Finish(job, absl::InternalError(absl::StrCat(
-                    "caches take ", job->sequence->CapacityBytes(), " bytes, more than the ",
-                    job->reserved, " reserved")));
+  const int64_t n = static_cast<int64_t>(r.prompt.size());
+  job->sequence = std::make_unique<Sequence>(std::move(prefill->caches[0]), n);
+  int64_t capacity = job->sequence->CapacityBytes();
+  if (shadow) {
+    job->shadow = std::make_unique<Sequence>(std::move(prefill->caches[1]), n);
+    capacity += job->shadow->CapacityBytes();
+  }
+  if (capacity > job->reserved) {  // broken invariant: the pool would be overdrawn
+    Finish(job, absl::InternalError(absl::StrCat("caches take ", capacity,
+                                                 " bytes, more than the ", job->reserved,
+                                                 " reserved")));
     return;
   }
   job->sampler = std::make_unique<Sampler>(r.sampling);
@@ -307,9 +347,19 @@ void Engine::DecodeStep() {
   if (running_.empty()) return;
   const std::vector<std::shared_ptr<Job>> batch = running_;
   std::vector<StepInput> inputs;
-  inputs.reserve(batch.size());
+  inputs.reserve(2 * batch.size());
   for (const auto& job : batch) {
     inputs.push_back({job->sequence.get(), std::span<const int32_t>(&job->next_input, 1)});
+  }
+  // Shadows follow their sequence with the same input token; their rows come
+  // after every sequence's row.
+  std::vector<size_t> shadow_row(batch.size(), 0);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (batch[i]->shadow) {
+      shadow_row[i] = inputs.size();
+      inputs.push_back(
+          {batch[i]->shadow.get(), std::span<const int32_t>(&batch[i]->next_input, 1)});
+    }
   }
   std::vector<float> logits;
   const absl::Status s = Step(model_, inputs, &logits, options_.isa);
@@ -320,11 +370,49 @@ void Engine::DecodeStep() {
   const size_t vocab = static_cast<size_t>(model_.config().vocab_size);
   for (size_t i = 0; i < batch.size(); ++i) {
     const std::span<const float> row(logits.data() + i * vocab, vocab);
+    if (batch[i]->shadow) {
+      CompareShadow(batch[i], row,
+                    std::span<const float>(logits.data() + shadow_row[i] * vocab, vocab));
+    }
     Deliver(batch[i], batch[i]->sampler->Next(row));
   }
 }
 
+void Engine::CompareShadow(const std::shared_ptr<Job>& job, std::span<const float> main,
+                           std::span<const float> shadow) {
+  // KL(P_full || P_compressed) = sum p_full (log p_full - log p_compressed).
+  auto log_softmax = [](std::span<const float> x, std::vector<double>& out) {
+    const double mx = *std::max_element(x.begin(), x.end());
+    double z = 0;
+    for (float v : x) z += std::exp(static_cast<double>(v) - mx);
+    const double lz = std::log(z) + mx;
+    out.resize(x.size());
+    for (size_t i = 0; i < x.size(); ++i) out[i] = static_cast<double>(x[i]) - lz;
+  };
+  std::vector<double> lp, lq;
+  log_softmax(shadow, lp);
+  log_softmax(main, lq);
+  double kl = 0;
+  for (size_t i = 0; i < lp.size(); ++i) kl += std::exp(lp[i]) * (lp[i] - lq[i]);
+  const bool agree = Argmax(main) == Argmax(shadow);
+  GenerationResult& r = job->result;
+  ++r.shadow_steps;
+  r.shadow_agreements += agree ? 1 : 0;
+  r.shadow_kl_sum += std::max(0.0, kl);
+  if (metrics_->shadow_steps != nullptr) {
+    const std::map<std::string, std::string> labels{{"plan", job->request.shadow_label}};
+    metrics_->shadow_steps->Add(labels).Increment();
+    if (agree) metrics_->shadow_agreements->Add(labels).Increment();
+    metrics_->shadow_kl->Add(labels).Increment(std::max(0.0, kl));
+  }
+  // The shadow has decoded its share once the sequence has shadow_tokens tokens.
+  if (static_cast<int64_t>(r.tokens.size()) + 1 >= job->request.shadow_tokens) {
+    job->shadow.reset();
+  }
+}
+
 void Engine::Finish(const std::shared_ptr<Job>& job, absl::Status status) {
+  job->shadow.reset();
   if (job->sequence) {
     job->result.kv_cache_bytes = job->sequence->CacheBytes();
     job->result.full_cache_bytes = job->sequence->UncompressedBytes(model_.config());

@@ -17,8 +17,11 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
+
+#include <span>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
@@ -53,6 +56,13 @@ struct GenerationRequest {
   std::function<void(int32_t token)> on_token;
   // Polled once per step; true cancels the request. May be empty.
   std::function<bool()> cancelled;
+  // Shadow measurement (docs/DESIGN.md section 5.5): also decode the first
+  // `shadow_tokens` generated tokens with the full fp16 cache, fed the same
+  // tokens, and compare the next-token distributions. 0 = no shadow. The
+  // shadow's cache is reserved in the pool too. `shadow_label` names the plan
+  // in the metrics (e.g. its version).
+  int64_t shadow_tokens = 0;
+  std::string shadow_label;
 };
 
 enum class FinishReason { kLength, kStop };
@@ -67,6 +77,12 @@ struct GenerationResult {
   double queue_seconds = 0;
   double prefill_seconds = 0;    // prefill of the prompt and the first token
   double decode_seconds = 0;
+  // Shadow comparisons (steps after the first token, at most shadow_tokens - 1):
+  // how many, how often the greedy tokens agreed, and the summed
+  // KL(full || compressed) of the next-token distributions, in nats.
+  int64_t shadow_steps = 0;
+  int64_t shadow_agreements = 0;
+  double shadow_kl_sum = 0;
 };
 
 class Engine {
@@ -101,6 +117,8 @@ class Engine {
   // Ends a job: returns its bytes to the pool and wakes its caller.
   void Finish(const std::shared_ptr<Job>& job, absl::Status status);
   bool Deliver(const std::shared_ptr<Job>& job, int32_t token);
+  void CompareShadow(const std::shared_ptr<Job>& job, std::span<const float> main,
+                     std::span<const float> shadow);
   void Publish();
 
   const Model& model_;

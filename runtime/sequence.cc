@@ -30,29 +30,6 @@ int64_t Sequence::UncompressedBytes(const ModelConfig& c) const {
   return c.num_layers * c.num_kv_heads * position_ * c.head_dim * 4;
 }
 
-kernels::HeadView ViewOf(const kernels::CompressedLayer& layer, int64_t h) {
-  const kernels::CompressedHead& hd = layer.head(h);
-  const kernels::LayerFormat& f = layer.format();
-  kernels::HeadView v;
-  v.k_codes = hd.k_codes.data();
-  v.k_scale = hd.k_scale.data();
-  v.k_min = hd.k_min.data();
-  v.v_codes = hd.v_codes.data();
-  v.v_scale = hd.v_scale.data();
-  v.v_min = hd.v_min.data();
-  v.window_k = hd.window_k.data();
-  v.window_v = hd.window_v.data();
-  v.residual_k = hd.residual_k.data();
-  v.residual_v = hd.residual_v.data();
-  v.initial_kept = hd.initial_kept;
-  v.quantized = hd.quantized;
-  v.window = layer.window_tokens();
-  v.residual = layer.residual_tokens();
-  v.kbits = f.kbits;
-  v.vbits = f.vbits;
-  return v;
-}
-
 absl::Status Step(const Model& model, std::span<const StepInput> batch, std::vector<float>* logits,
                   kernels::CpuIsa isa) {
   const ModelConfig& c = model.config();
@@ -119,7 +96,7 @@ absl::Status Step(const Model& model, std::span<const StepInput> batch, std::vec
       MOEND_RETURN_IF_ERROR(layer.Append(k.data() + r0 * d, v.data() + r0 * d, run, rows));
       // A flush (only ever by a run of one) leaves the residual empty.
       const int64_t visible = layer.residual_tokens() == 0 ? 0 : residual_before + 1;
-      for (int64_t kh = 0; kh < hkv; ++kh) views[b * hkv + kh] = ViewOf(layer, kh);
+      for (int64_t kh = 0; kh < hkv; ++kh) views[b * hkv + kh] = layer.View(kh);
       items[b] = kernels::AttentionItem{views.data() + b * hkv, qt.data() + r0 * h * d,
                                         attn.data() + r0 * h * d, h * d, h * d, run, visible};
     }

@@ -55,9 +55,6 @@ class Sequence {
   int64_t position_ = 0;
 };
 
-// The view of head h of a compressed layer.
-kernels::HeadView ViewOf(const kernels::CompressedLayer& layer, int64_t h);
-
 struct StepInput {
   Sequence* sequence = nullptr;
   std::span<const int32_t> tokens;  // 1..sequence->MaxRun() tokens

@@ -49,6 +49,11 @@ absl::StatusOr<PrefillResult> StreamingPrefill(const Model& model, std::span<con
   if (options.appended_capacity < 0) {
     return absl::InvalidArgumentError("appended_capacity must not be negative");
   }
+  if (!options.appended_per_plan.empty() && options.appended_per_plan.size() != plans.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("appended_per_plan has ",
+                                                   options.appended_per_plan.size(),
+                                                   " entries for ", plans.size(), " plans"));
+  }
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim, hidden = c.hidden_size;
   const int64_t chunk = std::clamp<int64_t>(options.chunk_tokens, 1, n);
@@ -99,7 +104,8 @@ absl::StatusOr<PrefillResult> StreamingPrefill(const Model& model, std::span<con
       MOEND_ASSIGN_OR_RETURN(
           kernels::CompressedLayer layer,
           kernels::QuantizeKept(tensors, kept, t.kbits, t.vbits, options.backend));
-      layer.Reserve(options.appended_capacity);
+      layer.Reserve(options.appended_per_plan.empty() ? options.appended_capacity
+                                                      : options.appended_per_plan[p]);
       result.caches[p].push_back(std::move(layer));
     }
     Model::CausalAttention(q.data(), k.data(), v.data(), h, hkv, n, d, attn.data());

@@ -28,6 +28,8 @@ struct PrefillOptions {
   // Tokens each sequence may append after compression (a question, generated
   // tokens); every cache reserves room for them, so appending never moves it.
   int64_t appended_capacity = 0;
+  // Per plan instead (one entry per plan) when not empty.
+  std::vector<int64_t> appended_per_plan;
   // Rows per chunk of the projections and the MLP.
   int64_t chunk_tokens = 256;
   kernels::Backend backend = kernels::Backend::kAuto;

@@ -23,21 +23,28 @@ done
 bin=build/bin
 work=$(mktemp -d)
 node_pid=
-cleanup() { [[ -n $node_pid ]] && kill "$node_pid" 2>/dev/null; wait 2>/dev/null; rm -rf "$work"; }
+cleanup() {
+  if [[ -n $node_pid ]]; then kill "$node_pid" 2>/dev/null || true; fi
+  wait 2>/dev/null || true
+  rm -rf "$work"
+}
 trap cleanup EXIT
 table=data/tables/tinycode_calibration_4096x16.json
 for r in 8 14; do
   $bin/moendctl solve --table $table --ratio $r --solver exact --out "$work/r$r.json" >/dev/null
 done
 # 40 distinct 4,000-byte prompts from the held-out text.
-for i in $(seq 0 39); do
-  tail -c +$((1 + i * 1400)) data/heldout_code.bin | head -c 4000 > "$work/p$i.txt"
-done
+python3 - "$work" <<'PY'
+import sys
+text = open("data/heldout_code.bin", "rb").read()
+for i in range(40):
+    open(f"{sys.argv[1]}/p{i}.txt", "wb").write(text[i * 1400:i * 1400 + 4000])
+PY
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 start_node() {  # extra node flags...
-  $bin/moend-node --model models/tinycode --listen 127.0.0.1:0 --metrics 127.0.0.1:0 "$@" \
+  OMP_WAIT_POLICY=passive $bin/moend-node --model models/tinycode --listen 127.0.0.1:0 --metrics 127.0.0.1:0 "$@" \
     > "$work/node.log" 2>&1 &
   node_pid=$!
   for _ in $(seq 1 300); do
@@ -53,7 +60,7 @@ stop_node() { kill "$node_pid"; wait "$node_pid" 2>/dev/null || true; node_pid=;
 generate() {  # prompt index, extra flags...
   local i=$1; shift
   $bin/moendctl generate --node "$addr" --input "$work/p$i.txt" --max-new-tokens "$new_tokens" \
-    --json "$@" > "$work/out$i.json"
+    --json --deadline-seconds 3600 "$@" > "$work/out$i.json"
 }
 
 for config in full r8 r14; do
@@ -67,6 +74,7 @@ for config in full r8 r14; do
     start_node --kv-pool-bytes $((4 << 30)) "${flags[@]}"
     generate 39 "${gen[@]}"  # warm-up: model pages, thread pools, one prefill's buffers
     base=$(rss_kib "$node_pid"); peak=$base
+    t0=$(date +%s.%N)
     pids=()
     for i in $(seq 0 $((n - 1))); do generate "$i" "${gen[@]}" & pids+=($!); done
     while kill -0 "${pids[@]}" 2>/dev/null; do
@@ -76,11 +84,23 @@ for config in full r8 r14; do
       ((alive)) || break
     done
     wait "${pids[@]}"
+    t1=$(date +%s.%N)
+    decode=$(python3 - "$work" "$n" "$t0" "$t1" <<'PY'
+import json, sys
+work, n, t0, t1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+outs = [json.load(open(f"{work}/out{i}.json")) for i in range(n)]
+prefill = sum(o["prefill_seconds"] for o in outs)
+decoded = sum(o["generated_tokens"] - 1 for o in outs)
+wall = t1 - t0
+print(f"wall_seconds={wall:.2f} prefill_seconds_sum={prefill:.2f} "
+      f"decode_tokens_per_second={decoded / max(wall - prefill, 1e-9):.1f}")
+PY
+)
     reserved=$(python3 -c "import json; print(json.load(open('$work/out0.json'))['reserved_bytes'])")
     held=$(python3 -c "import json; print(json.load(open('$work/out0.json'))['kv_cache_bytes'])")
     echo "RESULT memory config=$config sequences=$n rss_base_kib=$base rss_peak_kib=$peak" \
          "growth_bytes=$(((peak - base) * 1024)) reserved_per_sequence=$reserved" \
-         "cache_bytes_at_end=$held"
+         "cache_bytes_at_end=$held $decode"
     stop_node
   done
 done

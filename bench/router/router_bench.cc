@@ -60,7 +60,7 @@
 #include "services/router/router.h"
 #include "services/router/router_service.h"
 #include "services/router/table_source.h"
-#include "tests/router/child_process.h"
+#include "tests/util/child_process.h"
 
 namespace moend::router {
 namespace {

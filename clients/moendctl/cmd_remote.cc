@@ -33,6 +33,7 @@ constexpr char kGenerateUsage[] =
     "usage: moendctl generate --node HOST:PORT (--prompt TEXT | --input FILE)\n"
     "                         [--max-new-tokens 32] [--full-cache] [--stream] [--json]\n"
     "                         [--temperature T --top-k K --top-p P --seed S] [--stop TEXT]\n"
+    "                         [--deadline-seconds 300]\n"
     "Generates on a moend-node with its current compressed-cache plan (or the\n"
     "full cache), greedily unless --temperature > 0, and prints the text and the\n"
     "cache it used; --stream prints the text as it is generated.\n";
@@ -109,7 +110,7 @@ int RunGenerate(int argc, char** argv) {
   auto args = Args::Parse(argc, argv,
                           WithClientSecurityFlags({"node", "prompt", "input", "max-new-tokens",
                                                    "temperature", "top-k", "top-p", "seed",
-                                                   "stop"}),
+                                                   "stop", "deadline-seconds"}),
                           {"full-cache", "json", "stream"});
   if (!args.ok()) return FailWith("generate", args.status());
   if (args->help()) {
@@ -125,8 +126,9 @@ int RunGenerate(int argc, char** argv) {
   auto top_k = args->Int("top-k", 0);
   auto top_p = args->Double("top-p", 1.0);
   auto seed = args->Int("seed", 0);
+  auto deadline = args->IntInRange("deadline-seconds", 300, 1, 86400);
   for (const absl::Status& st : {node.status(), max_new.status(), temperature.status(),
-                                 top_k.status(), top_p.status(), seed.status()}) {
+                                 top_k.status(), top_p.status(), seed.status(), deadline.status()}) {
     if (!st.ok()) return FailWith("generate", st);
   }
   std::string prompt;
@@ -153,7 +155,7 @@ int RunGenerate(int argc, char** argv) {
   if (auto stop = args->Optional("stop")) req.add_stop(*stop);
   v1::GenerateResponse resp;
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(300));
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(*deadline));
   const bool stream = args->Has("stream");
   grpc::Status s;
   if (stream) {

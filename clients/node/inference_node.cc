@@ -14,8 +14,16 @@ absl::StatusOr<std::unique_ptr<InferenceNode>> InferenceNode::Create(
   if (!options.fixed_plan.empty()) {
     MOEND_RETURN_IF_ERROR(runtime::ValidatePlan(model->config(), options.fixed_plan));
   }
+  if (!(options.shadow_rate >= 0 && options.shadow_rate <= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shadow rate ", options.shadow_rate, " is outside [0, 1]"));
+  }
+  if (options.shadow_tokens < 2 || options.shadow_tokens > 4096) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("shadow tokens ", options.shadow_tokens, " is outside [2, 4096]"));
+  }
   auto node = std::unique_ptr<InferenceNode>(
-      new InferenceNode(std::move(model), std::move(watch), options.fixed_plan));
+      new InferenceNode(std::move(model), std::move(watch), options));
   MOEND_ASSIGN_OR_RETURN(node->engine_,
                          runtime::Engine::Create(*node->model_, options.engine, metrics));
   if (metrics != nullptr) node->RegisterMetrics(metrics);
@@ -93,6 +101,21 @@ absl::StatusOr<GenerateResult> InferenceNode::Generate(GenerateRequest request) 
     }
     // No plan at all (router not reached yet, no --plan): the full cache, version 0.
   }
+  // Shadow every 1/rate-th compressed request: request n is chosen when
+  // floor((n + 1) * rate) > floor(n * rate).
+  const bool compressed =
+      std::any_of(g.plan.begin(), g.plan.end(), [](const CompressionTuple& t) {
+        return !(t == CompressionTuple{});
+      });
+  if (compressed && shadow_rate_ > 0) {
+    const int64_t n = compressed_requests_++;
+    if (static_cast<int64_t>((n + 1) * shadow_rate_) > static_cast<int64_t>(n * shadow_rate_)) {
+      g.shadow_tokens = shadow_tokens_;
+      g.shadow_label = request.plan ? "request"
+                       : result.plan_version > 0 ? absl::StrCat("v", result.plan_version)
+                                                 : "fixed";
+    }
+  }
   g.max_new_tokens = request.max_new_tokens;
   g.sampling = request.sampling;
   g.stop = std::move(request.stop);
@@ -122,6 +145,9 @@ absl::StatusOr<GenerateResult> InferenceNode::Generate(GenerateRequest request) 
   result.queue_seconds = r->queue_seconds;
   result.prefill_seconds = r->prefill_seconds;
   result.decode_seconds = r->decode_seconds;
+  result.shadow_steps = r->shadow_steps;
+  result.shadow_agreements = r->shadow_agreements;
+  result.shadow_kl_sum = r->shadow_kl_sum;
   if (tokens_) {
     tokens_->Increment(static_cast<double>(result.generated_tokens));
     requests_ok_->Increment();

@@ -51,6 +51,9 @@ struct GenerateResult {
   double queue_seconds = 0;
   double prefill_seconds = 0;
   double decode_seconds = 0;
+  int64_t shadow_steps = 0;       // steps compared against the full-cache shadow
+  int64_t shadow_agreements = 0;  // ... whose greedy token agreed
+  double shadow_kl_sum = 0;       // summed KL(full || compressed), nats
 };
 
 struct InferenceNodeOptions {
@@ -58,6 +61,11 @@ struct InferenceNodeOptions {
   // A fixed plan served when the request carries none and there is no router
   // plan (--plan FILE); empty = full cache.
   std::vector<CompressionTuple> fixed_plan;
+  // Fraction of compressed requests that also decode their first
+  // shadow_tokens tokens with the full cache, to measure agreement and KL
+  // (moend_node_shadow_*). Chosen deterministically: every 1/rate-th request.
+  double shadow_rate = 0;
+  int64_t shadow_tokens = 16;
 };
 
 class InferenceNode {
@@ -79,14 +87,21 @@ class InferenceNode {
 
  private:
   InferenceNode(std::unique_ptr<Model> model, std::unique_ptr<plan_client::PlanWatch> watch,
-                std::vector<CompressionTuple> fixed_plan)
-      : model_(std::move(model)), watch_(std::move(watch)), fixed_plan_(std::move(fixed_plan)) {}
+                const InferenceNodeOptions& options)
+      : model_(std::move(model)),
+        watch_(std::move(watch)),
+        fixed_plan_(options.fixed_plan),
+        shadow_rate_(options.shadow_rate),
+        shadow_tokens_(options.shadow_tokens) {}
   void RegisterMetrics(prometheus::Registry* metrics);
   void PublishPlan(const plan_client::PlanPtr& plan);
 
   std::unique_ptr<Model> model_;
   std::unique_ptr<plan_client::PlanWatch> watch_;
   std::vector<CompressionTuple> fixed_plan_;
+  const double shadow_rate_;
+  const int64_t shadow_tokens_;
+  std::atomic<int64_t> compressed_requests_{0};
   std::unique_ptr<runtime::Engine> engine_;
   std::atomic<int64_t> held_bytes_{0}, held_full_bytes_{0};
   prometheus::Gauge* kv_bytes_ = nullptr;

@@ -1,5 +1,6 @@
 // moend-node --model DIR --listen ADDR [--router ADDR (--ratio R | --budget-bytes B --context N)]
 //            [--solver NAME] [--plan FILE] [--kv-pool-bytes B] [--max-running N]
+//            [--shadow-rate P] [--shadow-tokens N]
 //            [--metrics ADDR] [--threads N]
 //
 // The inference node: serves Generate and GenerateStream
@@ -40,6 +41,7 @@ constexpr char kUsage[] =
     "usage: moend-node --model DIR --listen HOST:PORT [--router HOST:PORT]\n"
     "                  [--ratio R | --budget-bytes B --context N] [--solver greedy]\n"
     "                  [--plan FILE] [--kv-pool-bytes B] [--max-running N]\n"
+    "                  [--shadow-rate P] [--shadow-tokens N]\n"
     "                  [--metrics HOST:PORT] [--threads N]\n"
     "  --model     Hugging Face model folder (its name is the folder name)\n"
     "  --listen    gRPC address; port 0 picks a free port\n"
@@ -54,6 +56,9 @@ constexpr char kUsage[] =
     "              (default 1073741824); requests wait for room, one that can never\n"
     "              fit is refused\n"
     "  --max-running  sequences decoded together at most (default 256)\n"
+    "  --shadow-rate P  fraction of compressed requests whose first --shadow-tokens\n"
+    "              (default 16) tokens are also decoded with the full cache, to export\n"
+    "              measured agreement and KL (moend_node_shadow_*); default 0\n"
     "  --metrics   serve Prometheus /metrics there\n"
     "  --tls-cert FILE, --tls-key FILE  serve TLS only with this PEM certificate and key\n"
     "  --tls-client-ca FILE  require client certificates signed by this PEM CA\n"
@@ -74,7 +79,7 @@ int main(int argc, char** argv) {
       moend::rpc::WithFlags(
           moend::rpc::WithFlags({"model", "listen", "router", "ratio", "budget-bytes", "context",
                                  "solver", "metrics", "threads", "plan", "kv-pool-bytes",
-                                 "max-running"},
+                                 "max-running", "shadow-rate", "shadow-tokens"},
                                 moend::rpc::kServerSecurityFlags),
           moend::rpc::kClientSecurityFlags),
       {}, &exit_code);
@@ -87,9 +92,12 @@ int main(int argc, char** argv) {
   auto threads = args->Int("threads", 0);
   auto pool = args->IntInRange("kv-pool-bytes", int64_t{1} << 30, 1, int64_t{1} << 50);
   auto max_running = args->IntInRange("max-running", 256, 1, 1 << 20);
+  auto shadow_rate = args->Double("shadow-rate", 0.0);
+  auto shadow_tokens = args->IntInRange("shadow-tokens", 16, 2, 4096);
   for (const absl::Status& s : {model_dir.status(), listen.status(), ratio.status(),
                                 bytes.status(), context.status(), threads.status(),
-                                pool.status(), max_running.status()}) {
+                                pool.status(), max_running.status(), shadow_rate.status(),
+                                shadow_tokens.status()}) {
     if (!s.ok()) return Fail(s);
   }
   const moend::rpc::ServerSecurity server_security = moend::rpc::ServerSecurityFromArgs(*args);
@@ -119,6 +127,8 @@ int main(int argc, char** argv) {
   moend::node::InferenceNodeOptions options;
   options.engine.kv_pool_bytes = *pool;
   options.engine.max_running = *max_running;
+  options.shadow_rate = *shadow_rate;
+  options.shadow_tokens = *shadow_tokens;
   if (auto plan_file = args->Optional("plan")) {
     auto plan = moend::ReadPlan(*plan_file);
     if (!plan.ok()) return Fail(plan.status());

@@ -61,6 +61,9 @@ void ToProto(const GenerateResult& result, v1::GenerateResponse* response) {
   response->set_finish_reason(result.finish_reason);
   response->set_reserved_bytes(result.reserved_bytes);
   response->set_queue_seconds(result.queue_seconds);
+  response->set_shadow_steps(result.shadow_steps);
+  response->set_shadow_agreements(result.shadow_agreements);
+  response->set_shadow_kl_nats(result.shadow_kl_sum);
 }
 
 }  // namespace

@@ -9,6 +9,10 @@
 #include "kernels/cpu/attention_cpu_internal.h"
 #include "kernels/cpu_attention.h"
 
+#if defined(MOEND_CPU_X86_64)
+#include <cpuid.h>
+#endif
+
 namespace moend::kernels {
 namespace cpu {
 
@@ -40,14 +44,22 @@ Scratch& ThreadScratch(int64_t qn, int64_t d) {
 
 namespace {
 
+#if defined(MOEND_CPU_X86_64)
+// F16C is CPUID leaf 1, ECX bit 29 (clang 14's __builtin_cpu_supports does
+// not know "f16c").
+bool CpuHasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 29)) != 0;
+}
+#endif
+
 bool CpuHas(CpuIsa isa) {
   switch (isa) {
     case CpuIsa::kPortable:
       return true;
     case CpuIsa::kAvx2:
 #if defined(MOEND_CPU_X86_64)
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && CpuHasF16c();
 #else
       return false;  // no AVX2 path built for this architecture
 #endif

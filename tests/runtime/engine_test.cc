@@ -5,28 +5,15 @@
 #include <atomic>
 #include <thread>
 
-#include "core/file_util.h"
 #include "runtime/sequence.h"
 #include "runtime/streaming_prefill.h"
+#include "tests/runtime/tinycode_fixture.h"
 
 namespace moend::runtime {
 namespace {
 
-class EngineTest : public ::testing::Test {
+class EngineTest : public testing::TinycodeTest {
  protected:
-  static void SetUpTestSuite() {
-    auto m = Model::Load(std::string(MOEND_SOURCE_DIR) + "/models/tinycode");
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = m->release();
-    auto bytes = ReadFile(std::string(MOEND_SOURCE_DIR) + "/data/heldout_code.bin");
-    ASSERT_TRUE(bytes.ok());
-    for (int i = 0; i < 2000; ++i) text_->push_back(static_cast<unsigned char>((*bytes)[i]));
-  }
-  static void TearDownTestSuite() { delete model_; }
-
-  static std::vector<int32_t> Prompt(int64_t begin, int64_t size) {
-    return std::vector<int32_t>(text_->begin() + begin, text_->begin() + begin + size);
-  }
   static std::vector<CompressionTuple> Ratio8Like() {
     std::vector<CompressionTuple> plan;
     for (int l = 0; l < 12; ++l) plan.push_back(l % 3 ? CompressionTuple{0.25, 4, 2}
@@ -58,11 +45,7 @@ class EngineTest : public ::testing::Test {
     }
     return out;
   }
-  static Model* model_;
-  static std::vector<int32_t>* text_;
 };
-Model* EngineTest::model_ = nullptr;
-std::vector<int32_t>* EngineTest::text_ = new std::vector<int32_t>();
 
 TEST_F(EngineTest, ConcurrentRequestsGiveWhatEachGetsAloneOnTheEvaluationPath) {
   auto engine = Engine::Create(*model_, {}, nullptr);
@@ -198,6 +181,35 @@ TEST_F(EngineTest, SamplingIsSeededAndStopSequencesEndGeneration) {
   EXPECT_LE(out->tokens.size(), 6u);
   EXPECT_EQ(out->tokens, std::vector<int32_t>(greedy->tokens.begin(),
                                               greedy->tokens.begin() + out->tokens.size()));
+}
+
+TEST_F(EngineTest, ShadowMeasuresAgreementAndKlAgainstTheFullCache) {
+  auto engine = Engine::Create(*model_, {}, nullptr);
+  ASSERT_TRUE(engine.ok());
+  const std::vector<CompressionTuple> full(12);
+  // The full plan against its full shadow: the same computation, so every
+  // step agrees and the KL is zero.
+  GenerationRequest same = Request(Prompt(0, 600), full, 12);
+  same.shadow_tokens = 10;
+  auto a = (*engine)->Generate(std::move(same));
+  ASSERT_TRUE(a.ok()) << a.status();
+  EXPECT_EQ(a->shadow_steps, 9);
+  EXPECT_EQ(a->shadow_agreements, 9);
+  EXPECT_LT(a->shadow_kl_sum, 1e-9);
+  EXPECT_EQ(a->reserved_bytes, ReservedSequenceBytes(model_->config(), full, 600, 11) +
+                                   ReservedSequenceBytes(model_->config(), full, 600, 9));
+  // The harshest tuple everywhere moves the distributions measurably.
+  const std::vector<CompressionTuple> harsh(12, CompressionTuple{0.0625, 2, 2});
+  GenerationRequest lossy = Request(Prompt(0, 600), harsh, 30);
+  lossy.shadow_tokens = 20;
+  auto b = (*engine)->Generate(std::move(lossy));
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(b->shadow_steps, 19);
+  EXPECT_LE(b->shadow_agreements, 19);
+  EXPECT_GT(b->shadow_kl_sum, 1e-3);
+  // The shadow changes nothing about the tokens the request gets.
+  EXPECT_EQ(b->tokens, GreedyAlone(Prompt(0, 600), harsh, 30));
+  EXPECT_EQ((*engine)->stats().used_bytes, 0);
 }
 
 }  // namespace

@@ -4,34 +4,16 @@
 
 #include <cmath>
 
-#include "core/file_util.h"
 #include "kernels/attention.h"
 #include "kernels/kv_compress.h"
 #include "runtime/streaming_prefill.h"
+#include "tests/runtime/tinycode_fixture.h"
 
 namespace moend::runtime {
 namespace {
 
-class SequenceTest : public ::testing::Test {
- protected:
-  static void SetUpTestSuite() {
-    auto m = Model::Load(std::string(MOEND_SOURCE_DIR) + "/models/tinycode");
-    ASSERT_TRUE(m.ok()) << m.status();
-    model_ = m->release();
-    auto bytes = ReadFile(std::string(MOEND_SOURCE_DIR) + "/data/heldout_code.bin");
-    ASSERT_TRUE(bytes.ok());
-    for (int i = 0; i < 700; ++i) text_->push_back(static_cast<unsigned char>((*bytes)[i]));
-  }
-  static void TearDownTestSuite() { delete model_; }
-  static Model* model_;
-  static std::vector<int32_t>* text_;
-};
-Model* SequenceTest::model_ = nullptr;
-std::vector<int32_t>* SequenceTest::text_ = new std::vector<int32_t>();
+using SequenceTest = testing::TinycodeTest;
 
-// Decodes one token at a time with kernels::DecodeAttention over the packed
-// cache (reference backend): an implementation independent of the dense,
-// chunked path of CompressedSequence.
 // The whole-prompt forward (Model::Forward), compressed layer by layer
 // afterwards: an implementation independent of the streaming prefill.
 std::vector<kernels::CompressedLayer> CompressAfterForward(
@@ -50,6 +32,9 @@ std::vector<kernels::CompressedLayer> CompressAfterForward(
   return layers;
 }
 
+// Decodes one token at a time with kernels::DecodeAttention over the packed
+// cache (reference backend): an implementation independent of the streaming
+// prefill, runtime::Step's runs and the CPU kernel.
 std::vector<float> SlowDecode(const Model& model, std::span<const int32_t> context,
                               const std::vector<CompressionTuple>& tuples,
                               std::span<const int32_t> tokens) {

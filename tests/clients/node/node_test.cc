@@ -160,7 +160,7 @@ TEST(NodeTest, GeneratesOverTheRoutersPlanAndFollowsNewCalibrations) {
   fs::remove_all(dir);
 }
 
-// A node serving a fixed --plan under a small KV pool (6,000,000 bytes), without a router:
+// A node serving a fixed --plan under a small KV pool (16,000,000 bytes), without a router:
 // streaming equals unary generation, the pool refuses what can never fit
 // with the numbers, bad requests get clear errors, and every byte goes back.
 TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
@@ -181,7 +181,8 @@ TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
   const std::string metrics = "127.0.0.1:" + std::to_string(FreePort());
   ChildProcess node(MOEND_NODE_BIN,
                     {"--model", kSrc + "/models/tinycode", "--listen", "127.0.0.1:0", "--plan",
-                     plan, "--kv-pool-bytes", "6000000", "--metrics", metrics},
+                     plan, "--kv-pool-bytes", "16000000", "--metrics", metrics, "--shadow-rate",
+                     "1", "--shadow-tokens", "8"},
                     (dir / "node.log").string());
   const std::string addr = node.WaitForLine("listening on ", absl::Seconds(30));
   ASSERT_FALSE(addr.empty()) << node.Log();
@@ -190,9 +191,11 @@ TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
   std::string prompt;
   {
     std::ifstream f(kSrc + "/data/heldout_code.bin", std::ios::binary);
-    prompt.resize(1500);
-    f.read(prompt.data(), 1500);
+    prompt.resize(4000);
+    f.read(prompt.data(), 4000);
   }
+  const std::string long_prompt = prompt;
+  prompt.resize(1500);
   v1::GenerateRequest req;
   req.set_prompt(prompt);
   req.set_max_new_tokens(24);
@@ -205,7 +208,13 @@ TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
   EXPECT_EQ(unary.token_ids_size(), 24);
   EXPECT_EQ(unary.finish_reason(), "length");
   EXPECT_GT(unary.reserved_bytes(), unary.kv_cache_bytes());
+  // The shadow's full cache (12 layers x 2 heads x 1507 tokens x 256 bytes)
+  // is reserved too.
+  EXPECT_GT(unary.reserved_bytes(), 12LL * 2 * 1507 * 256);
   EXPECT_GT(static_cast<double>(unary.full_cache_bytes()) / unary.kv_cache_bytes(), 3.0);
+  EXPECT_EQ(unary.shadow_steps(), 7);  // every request is shadowed for 8 tokens
+  EXPECT_LE(unary.shadow_agreements(), 7);
+  EXPECT_GE(unary.shadow_kl_nats(), 0.0);
   {
     grpc::ClientContext ctx;
     auto reader = stub->GenerateStream(&ctx, req);
@@ -223,14 +232,15 @@ TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
     EXPECT_EQ(done.text(), unary.text());
     EXPECT_GT(messages, 1);
   }
-  {  // A prompt whose full cache can never fit the 6,000,000-byte pool.
+  {  // A prompt whose full cache can never fit the 16,000,000-byte pool.
     v1::GenerateRequest big = req;
+    big.set_prompt(long_prompt);
     big.set_full_cache(true);
     grpc::ClientContext ctx;
     v1::GenerateResponse out;
     grpc::Status s = stub->Generate(&ctx, big, &out);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
-    EXPECT_NE(s.error_message().find("6000000"), std::string::npos) << s.error_message();
+    EXPECT_NE(s.error_message().find("16000000"), std::string::npos) << s.error_message();
   }
   for (auto [field, value, want] :
        {std::tuple{"temperature", -1.0, "temperature"}, {"top_p", 2.0, "top_p"}}) {
@@ -276,8 +286,9 @@ TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
     absl::SleepFor(absl::Milliseconds(100));
   }
   EXPECT_EQ(Metric(scraped, "moend_node_kv_pool_bytes\\{state=\"used\"\\}"), 0) << scraped;
-  EXPECT_EQ(Metric(scraped, "moend_node_kv_pool_bytes\\{state=\"free\"\\}"), 6000000) << scraped;
+  EXPECT_EQ(Metric(scraped, "moend_node_kv_pool_bytes\\{state=\"free\"\\}"), 16000000) << scraped;
   EXPECT_EQ(Metric(scraped, "moend_node_sequences\\{state=\"running\"\\}"), 0) << scraped;
+  EXPECT_GE(Metric(scraped, "moend_node_shadow_steps_total\\{plan=\"fixed\"\\}"), 7) << scraped;
   EXPECT_EQ(node.Signal(SIGTERM, absl::Seconds(20)) >> 8, 0) << node.Log();
   fs::remove_all(dir);
 }
