@@ -77,11 +77,12 @@ class Model:
     def logits(self, x):
         return self.rms(x, self.norm) @ self.lm
 
-    def prefill(self, tokens, capture=False, snap_window=32, block=512, want_logits=True):
+    def prefill(self, tokens, capture=False, snap_window=32, block=512, want_logits=True, c=None):
         """Full causal attention.  capture: per layer k, v [Hkv, n, D] (post-RoPE),
         snap raw scores [Hkv, n] of the last `snap_window` queries (s2.4, before pooling),
         h2o column sums [Hkv, n] (attention received from every query), last q [H, 32, D]."""
         tokens = np.asarray(tokens); n = len(tokens); pos = np.arange(n)
+        c = n if c is None else c
         x = self.emb[tokens].astype(np.float32)
         g = self.H // self.Hkv; sc = 1.0 / math.sqrt(self.D)
         caps = []
@@ -100,12 +101,13 @@ class Model:
                 o[:, a:b] = np.matmul(p, vv)
                 if capture:
                     pk = p.reshape(self.Hkv, g, b - a, b).sum(1)
-                    h2o[:, :b] += pk.sum(1)
-                    lo = max(a, n - snap_window)
-                    if lo < b:
-                        snap[:, :b] += pk[:, lo - a:].sum(1)
+                    if a < c:
+                        h2o[:, :b] += pk[:, :min(b, c) - a].sum(1)
+                    lo = max(a, c - snap_window); hi = min(b, c)
+                    if lo < hi:
+                        snap[:, :b] += pk[:, lo - a:hi - a].sum(1)
             if capture:
-                caps.append(dict(k=k, v=v, snap=snap, h2o=h2o, qlast=q[:, -32:].copy()))
+                caps.append(dict(k=k, v=v, snap=snap[:, :c], h2o=h2o[:, :c], qprobe=q[:, c:].copy()))
             x = self.finish(l, x, o)
         lg = self.logits(x) if want_logits else None
         return lg, caps, x
@@ -180,10 +182,10 @@ def scores_for(cap, h, c, w, kind='snap'):
     if kind == 'snap':
         return pool7(cap['snap'][h][:cand])
     if kind == 'h2o':  # mean attention received per query that could see the token
-        n = cap['h2o'].shape[1]
+        n = cap["h2o"].shape[1]
         return pool7(cap['h2o'][h][:cand] / (n - np.arange(cand)))
     if kind == 'snap+h2o':
-        a = pool7(cap['snap'][h][:cand]); n = cap['h2o'].shape[1]
+        a = pool7(cap['snap'][h][:cand]); n = cap["h2o"].shape[1]
         b = pool7(cap['h2o'][h][:cand] / (n - np.arange(cand)))
         return a / (a.mean() + 1e-30) + b / (b.mean() + 1e-30)
     if kind == 'recent':  # sinks (4) + most recent
