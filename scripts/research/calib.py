@@ -108,10 +108,11 @@ if __name__ == '__main__':
     ap.add_argument('--rot', type=int, default=0); ap.add_argument('--w', type=int, default=32)
     ap.add_argument('--score', default='snap'); ap.add_argument('--pstride', type=int, default=2)
     ap.add_argument('--out', default=None)
+    ap.add_argument('--bits', default='1,2,3,4,8,16'); ap.add_argument('--ebs', default='0,1,2')
     a = ap.parse_args()
     var = Variant(a.G, a.Gc, bool(a.rot), a.w, a.score)
     files = sorted(glob.glob(os.path.join(a.cal, 'cal*.npz')))[:a.nseq]
-    opts = options()
+    opts = options(bits=[int(x) for x in a.bits.split(',')], ebs=[int(x) for x in a.ebs.split(',')])
     t0 = time.time()
     sh, sl = calibrate(files, var, opts, a.pstride)
     out = a.out or os.path.join(os.path.dirname(__file__), '..', '..', 'data', 'research', 'tables', var.name() + '.json')

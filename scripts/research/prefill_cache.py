@@ -1,4 +1,4 @@
-"""Prefill contexts once and cache per-layer k, v (fp16) and eviction statistics.
+"""Prefill contexts once (modes dev, recallcal, calib) and cache per-layer k, v (fp16) and eviction statistics.
   dev <jsonl> <outdir>      : context = prompt up to its last newline, c = len(context)
   calib <n_seq> <outdir>    : data/calibration.bin sequences of 4096, c = 3840 (probes kept)"""
 import json, os, sys, time, numpy as np
@@ -39,6 +39,18 @@ if __name__ == '__main__':
             save(path + '.tmp.npz', caps, dict(c=len(toks)))
             os.rename(path + '.tmp.npz', path)
             print(i, len(toks), '%.1fs' % (time.time() - t0), flush=True)
+    elif mode == 'recallcal':  # own recall prompts (never the public set): full prompt + answer, c = context
+        rows = [json.loads(l) for l in open(arg)]
+        for i, r in enumerate(rows):
+            path = os.path.join(out, 'cal%02d.npz' % i)
+            if os.path.exists(path):
+                continue
+            c = r['prompt'].rindex('\n') + 1
+            toks = np.frombuffer((r['prompt'] + r['answer']).encode('latin-1'), np.uint8).astype(np.int64)
+            _, caps, _ = m.prefill(toks, capture=True, want_logits=False, c=c)
+            save(path + '.tmp.npz', caps, dict(c=c))
+            os.rename(path + '.tmp.npz', path)
+            print('recallcal', i, flush=True)
     else:
         cal = np.fromfile(os.path.join(ROOT, 'data', 'calibration.bin'), np.uint8).reshape(16, 4096).astype(np.int64)
         for i in range(int(arg)):
