@@ -10,7 +10,10 @@ def run(plans, jsonl, cachedir, limit=None, log=None):
     rows = [json.loads(l) for l in open(jsonl)][:limit]
     res = {p[0]: dict(correct=0, total=0, ratios=[], ok=[]) for p in plans}
     for i, r in enumerate(rows):
-        caps, z = load(os.path.join(cachedir, '%03d.npz' % i)); c = int(z['c'])
+        f = os.path.join(cachedir, '%03d.npz' % i)
+        while not os.path.exists(f):  # prefill may still be running
+            time.sleep(5)
+        caps, z = load(f); c = int(z['c'])
         ctx_len = r['prompt'].rindex('\n') + 1; assert ctx_len == c
         q = np.frombuffer(r['prompt'][c:].encode('latin-1'), np.uint8).astype(np.int64)
         for name, var, plan in plans:

@@ -273,7 +273,7 @@ class LayerCache:
         return len(self.rk[0])
 
 
-def decode_chunk(model, caches, tokens, pos0):
+def decode_chunk(model, caches, tokens, pos0, all_logits=False):
     """Feed `tokens` (a chunk that completes at most one residual group, only at its
     last token) through the compressed caches; returns logits of the last token."""
     x = model.emb[np.asarray(tokens)].astype(np.float32); t = len(tokens)
@@ -293,13 +293,13 @@ def decode_chunk(model, caches, tokens, pos0):
             s -= s.max(-1, keepdims=True); p = np.exp(s); p /= p.sum(-1, keepdims=True)
             o[h * g:(h + 1) * g] = np.matmul(p, V)
         x = model.finish(l, x, o)
-    return model.logits(x[-1:])[0]
+    return model.logits(x) if all_logits else model.logits(x[-1:])[0]
 
 
-def feed(model, caches, tokens, pos0):
+def feed(model, caches, tokens, pos0, all_logits=False):
     """Segments tokens so that the token that completes a group is processed alone
     after the flush (s5.1 step 3).  Returns last logits."""
-    i = 0; lg = None
+    i = 0; lg = None; outs = []
     while i < len(tokens):
         r = caches[0].nres()
         room = 32 - r  # tokens until the group completes
@@ -307,9 +307,10 @@ def feed(model, caches, tokens, pos0):
             j = min(len(tokens), i + room - 1)
         else:
             j = i + 1
-        lg = decode_chunk(model, caches, tokens[i:j], pos0 + i)
+        lg = decode_chunk(model, caches, tokens[i:j], pos0 + i, all_logits)
+        outs.append(lg)
         i = j
-    return lg
+    return np.concatenate(outs) if all_logits else lg
 
 
 def full_bytes(c, L=12, Hkv=2, D=64):

@@ -4,6 +4,7 @@ data/retrieval.jsonl: only for the final candidates).
   python3 scripts/research/run_ablation.py --methods baseline,perhead ...
 Results: data/research/results/<set>_<method>.json"""
 import argparse, json, os, sys, time
+import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 from moe_np import Variant, ROOT
 from solve import plan_from_table
@@ -48,6 +49,33 @@ METHODS = {
     'recent': tab(score='recent') + ('layer', allow_std),
 }
 
+def merged(paths_alphas):
+    """s = sum alpha_i * s_i over the options common to all tables (code + recall probes)."""
+    ts = [(json.load(open(p)), a) for p, a in paths_alphas]
+    keys = [set(map(tuple, t['options'])) for t, _ in ts]
+    common = [tuple(o) for o in ts[0][0]['options'] if all(tuple(o) in k for k in keys)]
+    out = dict(options=common, seconds=sum(t.get('seconds', 0) for t, _ in ts))
+    for f in ('s_layer', 's_head'):
+        acc = None
+        for t, a in ts:
+            idx = {tuple(o): i for i, o in enumerate(t['options'])}
+            arr = np.array(t[f])[..., [idx[o] for o in common]] * a
+            acc = arr if acc is None else acc + arr
+        out[f] = acc.tolist()
+    return out
+
+def R(v):
+    return os.path.join(TD, 'recall_' + v.name() + '.json')
+
+V128 = Variant(G=128, Gc=64)
+METHODS.update({
+    'recall_g128': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'layer', None),
+    'recallonly_g128': (V128, [(R(V128), 1.0)], 'layer', None),
+    'perhead_recall_g128': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'head', None),
+    'recall_g32': (Variant(), [(os.path.join(TD, Variant().name() + '.json'), 1.0), (R(Variant()), 1.0)], 'layer', None),
+    'recall_g32_std': (Variant(), [(os.path.join(TD, Variant().name() + '.json'), 1.0), (R(Variant()), 1.0)], 'layer', allow_std),
+})
+
 if __name__ == '__main__':
     ap = argparse.ArgumentParser()
     ap.add_argument('--methods', required=True); ap.add_argument('--ratios', default='8,14,20')
@@ -62,7 +90,7 @@ if __name__ == '__main__':
         plans.append(('full', Variant(), [[(1.0, 16, 16, 0)] * 2] * 12)); meta['full'] = dict(method='full')
     for mname in a.methods.split(','):
         var, tpath, units, allow = METHODS[mname]
-        table = json.load(open(tpath))
+        table = merged(tpath) if isinstance(tpath, list) else json.load(open(tpath))
         for r in [float(x) for x in a.ratios.split(',')]:
             try:
                 plan, b, ra, s = plan_from_table(table, units, r, var, allow)
@@ -71,7 +99,7 @@ if __name__ == '__main__':
             key = '%s@%g' % (mname, r)
             plans.append((key, var, plan))
             meta[key] = dict(method=mname, target=r, plan_bytes=b, plan_ratio=ra, predicted=s, units=units,
-                             variant=var.__dict__, table=os.path.relpath(tpath, ROOT),
+                             variant=var.__dict__, table=str([os.path.relpath(p, ROOT) for p, _ in tpath]) if isinstance(tpath, list) else os.path.relpath(tpath, ROOT),
                              calib_seconds=table.get('seconds'), plan=[[list(t) for t in hs] for hs in plan])
     t0 = time.time()
     res = run(plans, jsonl, cache, a.limit, log=sys.stderr)
