@@ -52,6 +52,10 @@ METHODS = {
 def merged(paths_alphas):
     """s = sum alpha_i * s_i over the options common to all tables (code + recall probes)."""
     ts = [(json.load(open(p)), a) for p, a in paths_alphas]
+    for t, _ in ts:
+        if 'tuples' in t:  # committed moend table -> research format (per layer only)
+            t['options'] = [(d['keep'], d['kbits'], d['vbits'], 0) for d in t['tuples']]
+            t['s_layer'] = t['s']; t['s_head'] = [[row, row] for row in t['s']]
     keys = [set(map(tuple, t['options'])) for t, _ in ts]
     common = [tuple(o) for o in ts[0][0]['options'] if all(tuple(o) in k for k in keys)]
     out = dict(options=common, seconds=sum(t.get('seconds', 0) for t, _ in ts))
@@ -74,6 +78,19 @@ METHODS.update({
     'perhead_recall_g128': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'head', None),
     'recall_g32': (Variant(), [(os.path.join(TD, Variant().name() + '.json'), 1.0), (R(Variant()), 1.0)], 'layer', None),
     'recall_g32_std': (Variant(), [(os.path.join(TD, Variant().name() + '.json'), 1.0), (R(Variant()), 1.0)], 'layer', allow_std),
+})
+
+V32 = Variant()
+def allow_noeb(o):
+    return o[3] == 0
+def allow_std128(o):
+    return o[3] == 0 and o[1] in STD_BITS and o[2] in STD_BITS
+METHODS.update({
+    'recall_committed_std': (V32, [(COMMITTED, 1.0), (R(V32), 1.0)], 'layer', allow_std),
+    'perhead_recall_g32_std': (V32, [(os.path.join(TD, V32.name() + '.json'), 1.0), (R(V32), 1.0)], 'head', allow_std),
+    'recall_g128_noeb': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'layer', allow_noeb),
+    'recall_g128_std': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'layer', allow_std128),
+    'perhead_recall_g128_noeb': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'head', allow_noeb),
 })
 
 if __name__ == '__main__':
