@@ -92,6 +92,8 @@ METHODS.update({
     'recall_g128_std': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'layer', allow_std128),
     'recall3_g128': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 3.0)], 'layer', None),
     'perhead_recall3_g128': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 3.0)], 'head', None),
+    'perhead_recall_g32': (V32, [(os.path.join(TD, V32.name() + '.json'), 1.0), (R(V32), 1.0)], 'head', None),
+    'perhead_recall_g32_noeb': (V32, [(os.path.join(TD, V32.name() + '.json'), 1.0), (R(V32), 1.0)], 'head', allow_noeb),
     'perhead_recall_g128_noeb': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'head', allow_noeb),
 })
 
