@@ -12,7 +12,7 @@ def logsoftmax(x):
 
 if __name__ == '__main__':
     ap = argparse.ArgumentParser(); ap.add_argument('--windows', type=int, default=2)
-    ap.add_argument('--methods', required=True); a = ap.parse_args()
+    ap.add_argument('--methods', required=True); ap.add_argument('--tag', default=''); a = ap.parse_args()
     plans = []
     for spec in a.methods.split(','):
         if spec == 'full':
@@ -37,6 +37,6 @@ if __name__ == '__main__':
         print('window', w, {k: round(v / N, 4) for k, v in tot.items()}, file=sys.stderr, flush=True)
     out = {k: dict(bpb=tot[k] / N, bytes=N, bpb_ratio=float(np.mean(ratio[k]))) for k in tot}
     os.makedirs(os.path.join(ROOT, 'data', 'research', 'results'), exist_ok=True)
-    json.dump(out, open(os.path.join(ROOT, 'data', 'research', 'results', 'bpb_%dwin.json' % W), 'w'), indent=1)
+    json.dump(out, open(os.path.join(ROOT, 'data', 'research', 'results', 'bpb_%dwin%s.json' % (W, a.tag)), 'w'), indent=1)
     for k, v in out.items():
         print('%-24s bpb %.4f  ratio %.2f' % (k, v['bpb'], v['bpb_ratio']))
