@@ -28,8 +28,13 @@ if __name__ == '__main__':
     os.makedirs(out, exist_ok=True); m = Model()
     if mode == 'dev':
         rows = [json.loads(l) for l in open(arg)]
-        for i, r in enumerate(rows):
+        order = list(enumerate(rows))
+        if os.environ.get('REVERSE'):  # a second worker from the other end
+            order.reverse()
+        for i, r in order:
             path = os.path.join(out, '%03d.npz' % i)
+            if os.path.exists(path + '.tmp.npz'):
+                continue
             if os.path.exists(path):
                 continue
             ctx = r['prompt'][:r['prompt'].rindex('\n') + 1]

@@ -3,6 +3,8 @@ import glob, json, os, sys
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 rows = []
 for f in sorted(glob.glob(os.path.join(ROOT, 'data', 'research', 'results', '*.json'))):
+    if os.path.basename(f).startswith('bpb'):
+        continue
     R = json.load(open(f)); s = os.path.basename(f).split('_')[0]
     rows.append((s, R.get('method'), R.get('target', 1), R))
 rows.sort(key=lambda t: (t[0], t[2], t[1]))
