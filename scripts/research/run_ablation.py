@@ -94,6 +94,7 @@ METHODS.update({
     'perhead_recall3_g128': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 3.0)], 'head', None),
     'perhead_recall_g32': (V32, [(os.path.join(TD, V32.name() + '.json'), 1.0), (R(V32), 1.0)], 'head', None),
     'perhead_recall_g32_noeb': (V32, [(os.path.join(TD, V32.name() + '.json'), 1.0), (R(V32), 1.0)], 'head', allow_noeb),
+    'perhead_recall_w8_std': (Variant(w=8), [(os.path.join(TD, Variant(w=8).name() + '.json'), 1.0), (R(Variant(w=8)), 1.0)], 'head', allow_std),
     'perhead_recall_g128_noeb': (V128, [(os.path.join(TD, V128.name() + '.json'), 1.0), (R(V128), 1.0)], 'head', allow_noeb),
 })
 
