@@ -33,6 +33,12 @@ class ChildProcess {
       : log_path_(std::move(log_path)) {
     pid_ = ::fork();
     if (pid_ == 0) {
+      // Its own process group, whose parent (this test) is in another group
+      // of the same session: the group is never orphaned, so the kernel never
+      // sends SIGHUP to a child a test has stopped (SIGSTOP) when some other
+      // process of the test's group exits (seen in CI: a stopped moend-worker
+      // killed by SIGHUP under `ctest -j2`).
+      ::setpgid(0, 0);
       FILE* log = std::fopen(log_path_.c_str(), "w");
       if (log != nullptr) {
         ::dup2(::fileno(log), 1);
@@ -47,6 +53,7 @@ class ChildProcess {
       ::execv(bin.c_str(), argv.data());
       ::_exit(127);
     }
+    if (pid_ > 0) ::setpgid(pid_, pid_);  // both sides, so no exec or kill races it
   }
   // Output goes to a fresh temporary file, removed at destruction.
   ChildProcess(const std::string& binary, std::vector<std::string> args)
