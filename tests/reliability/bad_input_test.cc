@@ -421,14 +421,18 @@ TEST_F(BadInputTest, RegistryRefusesAdversarialModelsJobsAndTables) {
   // The 20 and 80 MB messages were refused at the 16 MiB limit before being
   // held whole; the peak shows that the pass did allocate (this measures).
   EXPECT_GT(rss_peak - rss_before, 1024) << "no growth at all: is VmHWM read?";
+  // Bound: +64 MiB after up to 30 s. Without the trimmer the registry stays
+  // about +124 MiB up; with it, +2 to +49 MiB were seen (the high end on a
+  // machine at load 7, where freed blocks of other threads' arenas wait for
+  // the next trim), so the bound separates the two without flaking.
   int64_t rss_after = rss_peak;
-  for (int i = 0; i < 60 && rss_after - rss_before >= 16 * 1024; ++i) {
+  for (int i = 0; i < 120 && rss_after - rss_before >= 16 * 1024; ++i) {
     absl::SleepFor(absl::Milliseconds(250));
     rss_after = RssKiB(stack_.registry_pid());
   }
   std::printf("moend-registry RSS %lld -> %lld KiB, then %lld KiB\n", static_cast<long long>(rss_before),
               static_cast<long long>(rss_peak), static_cast<long long>(rss_after));
-  EXPECT_LT(rss_after - rss_before, 24 * 1024)
+  EXPECT_LT(rss_after - rss_before, 64 * 1024)
       << "freed request memory stayed resident: " << rss_before << " -> " << rss_after << " KiB";
 }
 
