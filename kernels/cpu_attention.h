@@ -51,6 +51,10 @@ enum class CpuIsa {
 CpuIsa BestCpuIsa();
 std::string CpuIsaName(CpuIsa isa);
 
+// OK when CpuAttention can run `isa` here; FailedPrecondition naming it and
+// the best one this CPU has otherwise.
+absl::Status CheckCpuIsa(CpuIsa isa);
+
 // out = softmax(q k^T / sqrt(D)) v for every item, row and head; work is
 // spread over (item, KV head) with OpenMP (the caller's OpenMP thread count).
 // Heads may differ in bits and lengths. InvalidArgument for a bad shape

@@ -97,14 +97,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   if (options.max_running <= 0) {
     return absl::InvalidArgumentError("max_running must be positive");
   }
-  if (options.isa != kernels::CpuIsa::kBest && options.isa != kernels::CpuIsa::kPortable &&
-      options.isa != kernels::BestCpuIsa() &&
-      !(options.isa == kernels::CpuIsa::kAvx2 &&
-        kernels::BestCpuIsa() == kernels::CpuIsa::kAvx512)) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "this CPU lacks ", kernels::CpuIsaName(options.isa), " (best: ",
-        kernels::CpuIsaName(kernels::BestCpuIsa()), ")"));
-  }
+  MOEND_RETURN_IF_ERROR(kernels::CheckCpuIsa(options.isa));
   return std::unique_ptr<Engine>(new Engine(model, options, metrics));
 }
 

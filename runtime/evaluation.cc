@@ -5,11 +5,12 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
-#include "runtime/sequence.h"
-#include "runtime/streaming_prefill.h"
 #include "core/file_util.h"
 #include "core/status_macros.h"
 #include "nlohmann/json.hpp"
+#include "runtime/sampler.h"
+#include "runtime/sequence.h"
+#include "runtime/streaming_prefill.h"
 
 namespace moend::runtime {
 namespace {
@@ -19,10 +20,6 @@ std::vector<int32_t> Bytes(std::string_view s) {
   out.reserve(s.size());
   for (unsigned char c : s) out.push_back(c);
   return out;
-}
-
-int32_t Argmax(const float* row, int64_t n) {
-  return static_cast<int32_t>(std::max_element(row, row + n) - row);
 }
 
 // -log2 softmax(row)[target]
@@ -104,7 +101,7 @@ absl::StatusOr<std::vector<EvalResult>> Evaluate(
       }
       std::string answer;
       for (size_t b = 0; b < p.answer.size(); ++b) {
-        const int32_t next = Argmax(last.data(), vocab);
+        const int32_t next = Argmax(last);
         answer.push_back(static_cast<char>(next));
         if (b + 1 == p.answer.size()) break;
         MOEND_ASSIGN_OR_RETURN(last, Feed(model, seq, std::vector<int32_t>{next}, options.isa));

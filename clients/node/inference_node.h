@@ -103,7 +103,7 @@ class InferenceNode {
   const int64_t shadow_tokens_;
   std::atomic<int64_t> compressed_requests_{0};
   std::unique_ptr<runtime::Engine> engine_;
-  std::atomic<int64_t> held_bytes_{0}, held_full_bytes_{0};
+  std::atomic<int64_t> held_full_bytes_{0};
   prometheus::Gauge* kv_bytes_ = nullptr;
   prometheus::Gauge* kv_full_bytes_ = nullptr;
   prometheus::Gauge* ratio_ = nullptr;

@@ -157,16 +157,19 @@ std::string CpuIsaName(CpuIsa isa) {
   return "unknown";
 }
 
+absl::Status CheckCpuIsa(CpuIsa isa) {
+  if (isa == CpuIsa::kBest || CpuHas(isa)) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat("CPU attention: instruction set ", CpuIsaName(isa),
+                   isa == CpuIsa::kAvx512 ? " has no kernel in this build"
+                                          : " is not supported by this CPU",
+                   " (best here: ", CpuIsaName(BestCpuIsa()), ")"));
+}
+
 absl::Status CpuAttention(absl::Span<const AttentionItem> items, const AttentionShape& shape,
                           CpuIsa isa) {
+  if (absl::Status st = CheckCpuIsa(isa); !st.ok()) return st;
   if (isa == CpuIsa::kBest) isa = BestCpuIsa();
-  if (!CpuHas(isa)) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("CPU attention: instruction set ", CpuIsaName(isa),
-                     isa == CpuIsa::kAvx512 ? " has no kernel in this build"
-                                            : " is not supported by this CPU",
-                     " (best here: ", CpuIsaName(BestCpuIsa()), ")"));
-  }
   absl::Status st = Validate(items, shape);
   if (!st.ok()) return st;
   cpu::AttendHeadFn fn = cpu::AttendHeadPortable;
