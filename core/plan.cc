@@ -65,11 +65,56 @@ absl::Status Plan::Validate() const {
   if (layers.empty()) return absl::InvalidArgumentError("plan: has no layers");
   int64_t sum_bytes = 0;
   double sum_error = 0.0;
+  size_t heads_per_layer = 0;
   for (size_t l = 0; l < layers.size(); ++l) {
     const PlanLayer& layer = layers[l];
-    absl::Status tuple_ok = ValidateTuple(layer.tuple);
-    if (!tuple_ok.ok()) {
-      return absl::InvalidArgumentError(absl::StrCat("plan: layer ", l, ": ", tuple_ok.message()));
+    if (layer.heads.empty()) {
+      absl::Status tuple_ok = ValidateTuple(layer.tuple);
+      if (!tuple_ok.ok()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("plan: layer ", l, ": ", tuple_ok.message()));
+      }
+    } else {
+      if (heads_per_layer == 0) heads_per_layer = layer.heads.size();
+      if (layer.heads.size() != heads_per_layer) {
+        return absl::InvalidArgumentError(absl::StrCat("plan: layer ", l, " has ",
+                                                       layer.heads.size(), " heads, an earlier "
+                                                       "layer ", heads_per_layer));
+      }
+      int64_t head_bytes = 0;
+      double head_error = 0.0;
+      for (size_t h = 0; h < layer.heads.size(); ++h) {
+        const PlanHead& head = layer.heads[h];
+        const absl::Status ok = ValidateTuple(head.tuple);
+        if (!ok.ok()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("plan: layer ", l, " head ", h, ": ", ok.message()));
+        }
+        if (head.bytes <= 0 || head.bytes > std::numeric_limits<int64_t>::max() - head_bytes) {
+          return absl::InvalidArgumentError(absl::StrCat("plan: layer ", l, " head ", h,
+                                                         ": bytes ", head.bytes,
+                                                         " must be > 0 and sum within int64"));
+        }
+        if (!std::isfinite(head.predicted_error) || head.predicted_error < 0) {
+          return absl::InvalidArgumentError(absl::StrCat("plan: layer ", l, " head ", h,
+                                                         ": predicted_error ",
+                                                         head.predicted_error,
+                                                         " is not a finite value >= 0"));
+        }
+        head_bytes += head.bytes;
+        head_error += head.predicted_error;
+      }
+      if (layer.bytes != head_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("plan: layer ", l, ": bytes ", layer.bytes,
+                                                       " is not the sum of its heads', ",
+                                                       head_bytes));
+      }
+      if (std::abs(layer.predicted_error - head_error) >
+          1e-9 * std::max(1.0, std::abs(head_error))) {
+        return absl::InvalidArgumentError(absl::StrFormat(
+            "plan: layer %d: predicted_error %.17g is not the sum of its heads', %.17g", l,
+            layer.predicted_error, head_error));
+      }
     }
     if (layer.bytes <= 0) {
       return absl::InvalidArgumentError(
@@ -105,6 +150,26 @@ absl::Status Plan::Validate() const {
         absl::StrFormat("plan: ratio %g is not a finite value > 0", ratio));
   }
   return absl::OkStatus();
+}
+
+int64_t Plan::HeadsPerLayer() const {
+  for (const PlanLayer& l : layers) {
+    if (!l.heads.empty()) return static_cast<int64_t>(l.heads.size());
+  }
+  return 0;
+}
+
+std::vector<CompressionTuple> Plan::RuntimeTuples() const {
+  const int64_t heads = HeadsPerLayer();
+  std::vector<CompressionTuple> out;
+  for (const PlanLayer& l : layers) {
+    if (heads == 0) {
+      out.push_back(l.tuple);
+      continue;
+    }
+    for (int64_t h = 0; h < heads; ++h) out.push_back(l.HeadTuple(static_cast<size_t>(h)));
+  }
+  return out;
 }
 
 namespace {
@@ -186,9 +251,31 @@ absl::StatusOr<Plan> PlanFromJson(const std::string& text) {
     const std::string lw = absl::StrCat("plan layer ", l);
     if (!e.is_object()) return absl::InvalidArgumentError(absl::StrCat(lw, " must be an object"));
     PlanLayer layer;
-    MOEND_ASSIGN_OR_RETURN(layer.tuple.keep, DoubleField(e, "keep", lw));
-    MOEND_ASSIGN_OR_RETURN(layer.tuple.kbits, BitsField(e, "kbits", lw));
-    MOEND_ASSIGN_OR_RETURN(layer.tuple.vbits, BitsField(e, "vbits", lw));
+    if (e.contains("heads")) {
+      const json& heads = e["heads"];
+      if (!heads.is_array() || heads.empty()) {
+        return absl::InvalidArgumentError(absl::StrCat(lw, ": \"heads\" must be a non-empty "
+                                                           "array"));
+      }
+      for (size_t h = 0; h < heads.size(); ++h) {
+        const json& he = heads[h];
+        const std::string hw = absl::StrCat(lw, " head ", h);
+        if (!he.is_object()) {
+          return absl::InvalidArgumentError(absl::StrCat(hw, " must be an object"));
+        }
+        PlanHead head;
+        MOEND_ASSIGN_OR_RETURN(head.tuple.keep, DoubleField(he, "keep", hw));
+        MOEND_ASSIGN_OR_RETURN(head.tuple.kbits, BitsField(he, "kbits", hw));
+        MOEND_ASSIGN_OR_RETURN(head.tuple.vbits, BitsField(he, "vbits", hw));
+        MOEND_ASSIGN_OR_RETURN(head.bytes, IntField(he, "bytes", hw));
+        MOEND_ASSIGN_OR_RETURN(head.predicted_error, DoubleField(he, "predicted_error", hw));
+        layer.heads.push_back(head);
+      }
+    } else {
+      MOEND_ASSIGN_OR_RETURN(layer.tuple.keep, DoubleField(e, "keep", lw));
+      MOEND_ASSIGN_OR_RETURN(layer.tuple.kbits, BitsField(e, "kbits", lw));
+      MOEND_ASSIGN_OR_RETURN(layer.tuple.vbits, BitsField(e, "vbits", lw));
+    }
     MOEND_ASSIGN_OR_RETURN(layer.bytes, IntField(e, "bytes", lw));
     MOEND_ASSIGN_OR_RETURN(layer.predicted_error, DoubleField(e, "predicted_error", lw));
     p.layers.push_back(layer);
@@ -209,11 +296,23 @@ std::string PlanToJson(const Plan& p) {
   j["predicted_error"] = p.predicted_error;
   j["layers"] = nlohmann::ordered_json::array();
   for (const PlanLayer& l : p.layers) {
-    j["layers"].push_back(nlohmann::ordered_json{{"keep", l.tuple.keep},
-                           {"kbits", l.tuple.kbits},
-                           {"vbits", l.tuple.vbits},
-                           {"bytes", l.bytes},
-                           {"predicted_error", l.predicted_error}});
+    nlohmann::ordered_json e;
+    if (l.heads.empty()) {
+      e = nlohmann::ordered_json{
+          {"keep", l.tuple.keep}, {"kbits", l.tuple.kbits}, {"vbits", l.tuple.vbits}};
+    } else {
+      e["heads"] = nlohmann::ordered_json::array();
+      for (const PlanHead& h : l.heads) {
+        e["heads"].push_back(nlohmann::ordered_json{{"keep", h.tuple.keep},
+                                                    {"kbits", h.tuple.kbits},
+                                                    {"vbits", h.tuple.vbits},
+                                                    {"bytes", h.bytes},
+                                                    {"predicted_error", h.predicted_error}});
+      }
+    }
+    e["bytes"] = l.bytes;
+    e["predicted_error"] = l.predicted_error;
+    j["layers"].push_back(std::move(e));
   }
   return j.dump(1) + "\n";
 }

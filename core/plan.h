@@ -48,11 +48,26 @@ struct Budget {
 
 std::string ToString(const Budget& b);  // "ratio 14 at context 4096" / "123 bytes at context 4096"
 
-// One layer of a plan.
+// One KV head of a per-head plan layer.
+struct PlanHead {
+  CompressionTuple tuple;
+  int64_t bytes = 0;             // the head's share: LayerBytes of one head
+  double predicted_error = 0.0;  // the table's s_head(layer, head, tuple)
+
+  friend bool operator==(const PlanHead&, const PlanHead&) = default;
+};
+
+// One layer of a plan: either one tuple for every KV head (heads empty), or
+// one tuple per KV head (docs/DESIGN.md section 2.10); then `tuple` is unused
+// and bytes and predicted_error are the sums over the heads.
 struct PlanLayer {
   CompressionTuple tuple;
   int64_t bytes = 0;             // LayerBytes of the tuple at the plan's context
   double predicted_error = 0.0;  // the table's s(layer, tuple)
+  std::vector<PlanHead> heads;   // empty, or one per KV head
+
+  // The tuple KV head h uses.
+  const CompressionTuple& HeadTuple(size_t h) const { return heads.empty() ? tuple : heads[h].tuple; }
 
   friend bool operator==(const PlanLayer&, const PlanLayer&) = default;
 };
@@ -67,18 +82,31 @@ struct Plan {
   double predicted_error = 0.0;  // sum of layers[].predicted_error
   std::vector<PlanLayer> layers;  // one per model layer, in order
 
-  // Every layer's tuple is valid, bytes > 0, errors finite and >= 0;
+  // Every layer's tuple (or every head's) is valid, bytes > 0, errors finite
+  // and >= 0; per-head layers all have the same number of heads (>= 1) and
+  // their bytes and errors are the sums over heads;
   // total_bytes equals the sum of layer bytes and fits budget_bytes;
   // predicted_error equals the sum of layer errors (relative 1e-9); ratio
   // finite and > 0; context > 0; solver non-empty; at least one layer.
   absl::Status Validate() const;
+
+  // KV heads of the per-head layers; 0 when every layer is per layer.
+  int64_t HeadsPerLayer() const;
+
+  // The tuples a runtime applies (runtime/streaming_prefill.h): one per layer
+  // when no layer is per head, otherwise one per (layer, KV head), layer-major,
+  // per-layer layers repeated for each head.
+  std::vector<CompressionTuple> RuntimeTuples() const;
 
   friend bool operator==(const Plan&, const Plan&) = default;
 };
 
 // JSON: {"model", "solver", "budget_bytes", "context", "total_bytes", "ratio",
 // "predicted_error", "layers": [{"keep", "kbits", "vbits", "bytes",
-// "predicted_error"}...]}. Parsing checks types (integers must be JSON
+// "predicted_error"}...]}; a per-head layer has instead of keep/kbits/vbits
+// "heads": [{"keep", "kbits", "vbits", "bytes", "predicted_error"}...] (a
+// reader that predates per-head plans rejects it for the missing "keep"
+// rather than misreading it). Parsing checks types (integers must be JSON
 // integers) and validates; unknown fields are ignored.
 absl::StatusOr<Plan> PlanFromJson(const std::string& text);
 std::string PlanToJson(const Plan& plan);

@@ -57,7 +57,72 @@ absl::Status SensitivityTable::Validate() const {
       }
     }
   }
+  if (!s_head.empty()) {
+    if (static_cast<int64_t>(s_head.size()) != num_layers) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("s_head has ", s_head.size(), " layers but num_layers is ", num_layers));
+    }
+    for (size_t l = 0; l < s_head.size(); ++l) {
+      if (static_cast<int64_t>(s_head[l].size()) != num_kv_heads) {
+        return absl::InvalidArgumentError(absl::StrCat("s_head layer ", l, " has ",
+                                                       s_head[l].size(),
+                                                       " heads but num_kv_heads is ",
+                                                       num_kv_heads));
+      }
+      for (size_t h = 0; h < s_head[l].size(); ++h) {
+        const std::vector<double>& row = s_head[l][h];
+        if (row.size() != tuples.size()) {
+          return absl::InvalidArgumentError(absl::StrCat("s_head[", l, "][", h, "] has ",
+                                                         row.size(), " values but there are ",
+                                                         tuples.size(), " tuples"));
+        }
+        for (size_t t = 0; t < row.size(); ++t) {
+          if (!std::isfinite(row[t]) || row[t] < 0) {
+            return absl::InvalidArgumentError(absl::StrCat("s_head[", l, "][", h, "][", t,
+                                                           "] = ", row[t],
+                                                           " is not a finite value >= 0"));
+          }
+        }
+      }
+    }
+  }
   return absl::OkStatus();
+}
+
+absl::StatusOr<SensitivityTable> SumTables(const SensitivityTable& a, const SensitivityTable& b) {
+  MOEND_RETURN_IF_ERROR(a.Validate());
+  MOEND_RETURN_IF_ERROR(b.Validate());
+  if (a.model != b.model) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("cannot add tables of models '", a.model, "' and '", b.model, "'"));
+  }
+  if (a.num_layers != b.num_layers || a.num_kv_heads != b.num_kv_heads ||
+      a.head_dim != b.head_dim) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "cannot add tables of shapes (layers ", a.num_layers, ", kv heads ", a.num_kv_heads,
+        ", D ", a.head_dim, ") and (", b.num_layers, ", ", b.num_kv_heads, ", ", b.head_dim, ")"));
+  }
+  if (a.tuples != b.tuples) {
+    return absl::InvalidArgumentError("cannot add tables measured over different tuple grids");
+  }
+  SensitivityTable sum = a;
+  sum.samples = a.samples + b.samples;
+  for (size_t l = 0; l < sum.s.size(); ++l) {
+    for (size_t t = 0; t < sum.s[l].size(); ++t) sum.s[l][t] += b.s[l][t];
+  }
+  if (a.has_heads() && b.has_heads()) {
+    for (size_t l = 0; l < sum.s_head.size(); ++l) {
+      for (size_t h = 0; h < sum.s_head[l].size(); ++h) {
+        for (size_t t = 0; t < sum.s_head[l][h].size(); ++t) {
+          sum.s_head[l][h][t] += b.s_head[l][h][t];
+        }
+      }
+    }
+  } else {
+    sum.s_head.clear();
+  }
+  sum.signals.insert(sum.signals.end(), b.signals.begin(), b.signals.end());
+  return sum;
 }
 
 namespace {
@@ -167,6 +232,45 @@ absl::StatusOr<SensitivityTable> SensitivityTableFromJson(const std::string& tex
     }
     t.s.push_back(std::move(r));
   }
+  if (j.contains("s_head")) {
+    MOEND_ASSIGN_OR_RETURN(const json* layers, ArrayMember(j, "s_head", where));
+    for (size_t l = 0; l < layers->size(); ++l) {
+      const json& heads = (*layers)[l];
+      if (!heads.is_array()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": s_head layer ", l, " must be an array"));
+      }
+      std::vector<std::vector<double>> hrows;
+      for (size_t h = 0; h < heads.size(); ++h) {
+        const json& row = heads[h];
+        if (!row.is_array()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat(where, ": s_head[", l, "][", h, "] must be an array"));
+        }
+        std::vector<double> r;
+        for (size_t i = 0; i < row.size(); ++i) {
+          const json& v = row[i];
+          if (!v.is_null() && !v.is_number()) {
+            return absl::InvalidArgumentError(absl::StrCat(
+                where, ": s_head[", l, "][", h, "][", i, "] must be a number, got ", v.dump()));
+          }
+          r.push_back(v.is_null() ? std::nan("") : v.get<double>());
+        }
+        hrows.push_back(std::move(r));
+      }
+      t.s_head.push_back(std::move(hrows));
+    }
+  }
+  if (j.contains("signals")) {
+    MOEND_ASSIGN_OR_RETURN(const json* signals, ArrayMember(j, "signals", where));
+    for (const json& e : *signals) {
+      if (!e.is_string()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat(where, ": \"signals\" must hold strings, got ", e.dump()));
+      }
+      t.signals.push_back(e.get<std::string>());
+    }
+  }
   MOEND_RETURN_IF_ERROR(t.Validate());
   return t;
 }
@@ -185,6 +289,8 @@ std::string SensitivityTableToJson(const SensitivityTable& t) {
     j["tuples"].push_back({{"keep", tu.keep}, {"kbits", tu.kbits}, {"vbits", tu.vbits}});
   }
   j["s"] = t.s;
+  if (t.has_heads()) j["s_head"] = t.s_head;
+  if (!t.signals.empty()) j["signals"] = t.signals;
   return j.dump(1) + "\n";
 }
 

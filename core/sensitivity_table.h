@@ -1,5 +1,7 @@
-// The per-layer sensitivity table: s[layer][tuple], the relative attention
-// output error of compressing that layer with that tuple (DESIGN.md section 2).
+// The sensitivity table: s[layer][tuple], the relative attention output error
+// of compressing that layer with that tuple (DESIGN.md section 3), and
+// optionally s_head[layer][kv_head][tuple], the same error of one KV head's
+// query group when that head alone takes the tuple (per-head routing).
 // Its JSON form is what `moendctl calibrate` writes, what the registry returns
 // and what `moendctl solve` reads.
 #ifndef MOEND_CORE_SENSITIVITY_TABLE_H_
@@ -25,15 +27,30 @@ struct SensitivityTable {
   int64_t samples = 0;            // sequences averaged
   std::vector<CompressionTuple> tuples;
   std::vector<std::vector<double>> s;  // [num_layers][tuples.size()]
+  // [num_layers][num_kv_heads][tuples.size()], or empty: a table without it
+  // can only be solved per layer.
+  std::vector<std::vector<std::vector<double>>> s_head;
+  // What was measured, one line per signal summed into s (e.g. "code: 16 x
+  // 4096 tokens of data/calibration.bin, c 3840"); informational.
+  std::vector<std::string> signals;
 
   KvShape kv_shape() const { return {num_kv_heads, head_dim}; }
+  bool has_heads() const { return !s_head.empty(); }
   // Shapes agree, every tuple is valid and distinct, every s is finite and >= 0.
   absl::Status Validate() const;
 };
 
+// The sum of two signals measured over the same grid (docs/DESIGN.md section
+// 3.4): s = a.s + b.s, s_head = a.s_head + b.s_head (kept only when both have
+// it), samples added, signals concatenated; seq_len and compression_point
+// (the default context of a ratio budget) are a's. InvalidArgument naming the
+// difference when model, shape or tuples differ.
+absl::StatusOr<SensitivityTable> SumTables(const SensitivityTable& a, const SensitivityTable& b);
+
 // JSON: {"model", "num_layers", "num_kv_heads", "head_dim", "seq_len",
 // "compression_point", "samples", "tuples": [{"keep","kbits","vbits"}...],
-// "s": [[...per tuple] per layer]}. Parsing validates.
+// "s": [[...per tuple] per layer], optional "s_head": [[[...per tuple] per KV
+// head] per layer], optional "signals": [strings]}. Parsing validates.
 absl::StatusOr<SensitivityTable> SensitivityTableFromJson(const std::string& text);
 std::string SensitivityTableToJson(const SensitivityTable& table);
 

@@ -27,24 +27,29 @@ constexpr struct {
     {SolverKind::k2d, "2d"},
 };
 
-// The problem in numbers: bytes[l][t] = LayerBytes of tuple t in layer l at
-// the context, and the budget in bytes.
+// The problem in numbers. A unit is what takes one tuple: a layer, or a
+// (layer, KV head) when solving per head (unit u = layer u / heads, head
+// u % heads). bytes[u][t] = the unit's bytes under tuple t at the context
+// (LayerBytes of the layer, or of one head), err[u][t] its s.
 struct Problem {
   const SensitivityTable* table = nullptr;
   int64_t context = 0;
   int64_t full_bytes = 0;    // sum of FullLayerBytes at the context
   int64_t budget_bytes = 0;  // the budget asked for
-  std::vector<std::vector<int64_t>> bytes;  // [layer][tuple]
+  int64_t heads = 0;         // KV heads per layer when units are heads; 0: units are layers
+  std::vector<std::vector<int64_t>> bytes;  // [unit][tuple]
+  std::vector<std::vector<double>> err;     // [unit][tuple]
 
-  int num_layers() const { return static_cast<int>(bytes.size()); }
+  int num_units() const { return static_cast<int>(bytes.size()); }
   int num_tuples() const { return static_cast<int>(table->tuples.size()); }
-  double s(int layer, int tuple) const { return table->s[layer][tuple]; }
+  double s(int unit, int tuple) const { return err[unit][tuple]; }
 };
 
-// Tuple index chosen per layer.
+// Tuple index chosen per unit.
 using Choice = std::vector<int>;
 
-absl::StatusOr<Problem> MakeProblem(const SensitivityTable& table, const Budget& budget) {
+absl::StatusOr<Problem> MakeProblem(const SensitivityTable& table, const Budget& budget,
+                                    bool per_head) {
   MOEND_RETURN_IF_ERROR(table.Validate());
   MOEND_RETURN_IF_ERROR(budget.Validate());
   Problem p;
@@ -67,12 +72,29 @@ absl::StatusOr<Problem> MakeProblem(const SensitivityTable& table, const Budget&
   } else {
     p.budget_bytes = budget.bytes;
   }
+  if (per_head) {
+    // One head's bytes: LayerBytes is num_kv_heads times them exactly.
+    p.heads = table.num_kv_heads;
+    const KvShape one{1, table.head_dim};
+    for (int64_t l = 0; l < table.num_layers; ++l) {
+      for (int64_t h = 0; h < p.heads; ++h) {
+        std::vector<int64_t> bytes(table.tuples.size());
+        for (size_t t = 0; t < table.tuples.size(); ++t) {
+          bytes[t] = LayerBytes(one, table.tuples[t], p.context);
+        }
+        p.bytes.push_back(std::move(bytes));
+        p.err.push_back(table.s_head[l][h]);
+      }
+    }
+    return p;
+  }
   p.bytes.assign(table.num_layers, std::vector<int64_t>(table.tuples.size()));
   for (int64_t l = 0; l < table.num_layers; ++l) {
     for (size_t t = 0; t < table.tuples.size(); ++t) {
       p.bytes[l][t] = LayerBytes(shape, table.tuples[t], p.context);
     }
   }
+  p.err = table.s;
   return p;
 }
 
@@ -103,11 +125,19 @@ Plan MakePlan(const Problem& p, const Choice& choice, SolverKind kind) {
   plan.solver = std::string(SolverName(kind));
   plan.budget_bytes = p.budget_bytes;
   plan.context = p.context;
-  for (int l = 0; l < p.num_layers(); ++l) {
-    const int t = choice[l];
-    plan.layers.push_back({p.table->tuples[t], p.bytes[l][t], p.s(l, t)});
-    plan.total_bytes += p.bytes[l][t];
-    plan.predicted_error += p.s(l, t);
+  for (int u = 0; u < p.num_units(); ++u) {
+    const int t = choice[u];
+    if (p.heads == 0) {
+      plan.layers.push_back({p.table->tuples[t], p.bytes[u][t], p.s(u, t), {}});
+    } else {
+      if (u % p.heads == 0) plan.layers.emplace_back();
+      PlanLayer& layer = plan.layers.back();
+      layer.heads.push_back({p.table->tuples[t], p.bytes[u][t], p.s(u, t)});
+      layer.bytes += p.bytes[u][t];
+      layer.predicted_error += p.s(u, t);
+    }
+    plan.total_bytes += p.bytes[u][t];
+    plan.predicted_error += p.s(u, t);
   }
   plan.ratio = Ratio(p, plan.total_bytes);
   return plan;
@@ -149,7 +179,7 @@ GreedyMove BestMove(const Problem& p, int layer, int from) {
 
 Choice SolveGreedy(const Problem& p) {
   const std::vector<CompressionTuple>& tuples = p.table->tuples;
-  const int num_layers = p.num_layers();
+  const int num_layers = p.num_units();
   Choice choice(num_layers, -1);
   const auto full_it =
       std::find(tuples.begin(), tuples.end(), CompressionTuple{1.0, kFp16Bits, kFp16Bits});
@@ -689,9 +719,9 @@ absl::StatusOr<std::vector<int>> SolveKnapsack(const std::vector<std::vector<Ite
 template <typename Allowed>
 absl::StatusOr<Choice> SolveExactOver(const Problem& p, const Budget& budget, SolverKind kind,
                                       Allowed allowed) {
-  std::vector<std::vector<Item>> pareto(p.num_layers());
+  std::vector<std::vector<Item>> pareto(p.num_units());
   int64_t min_total = 0;
-  for (int l = 0; l < p.num_layers(); ++l) {
+  for (int l = 0; l < p.num_units(); ++l) {
     std::vector<Item> items;
     for (int t = 0; t < p.num_tuples(); ++t) {
       if (allowed(p.table->tuples[t])) items.push_back({p.bytes[l][t], p.s(l, t), t});
@@ -713,8 +743,8 @@ absl::StatusOr<Choice> SolveExactOver(const Problem& p, const Budget& budget, So
   }
   const int64_t budget_q = quantum > 0 ? p.budget_bytes / quantum * quantum : p.budget_bytes;
   MOEND_ASSIGN_OR_RETURN(std::vector<int> pick, SolveKnapsack(pareto, budget_q));
-  Choice choice(p.num_layers());
-  for (int l = 0; l < p.num_layers(); ++l) choice[l] = pareto[l][pick[l]].tuple;
+  Choice choice(p.num_units());
+  for (int l = 0; l < p.num_units(); ++l) choice[l] = pareto[l][pick[l]].tuple;
   return choice;
 }
 
@@ -731,7 +761,7 @@ absl::StatusOr<Choice> SolveUniform(const Problem& p, const Budget& budget, Solv
   for (int t : candidates) {
     int64_t bytes = 0;
     double s = 0;
-    for (int l = 0; l < p.num_layers(); ++l) {
+    for (int l = 0; l < p.num_units(); ++l) {
       bytes += p.bytes[l][t];
       s += p.s(l, t);
     }
@@ -742,7 +772,7 @@ absl::StatusOr<Choice> SolveUniform(const Problem& p, const Budget& budget, Solv
     }
   }
   if (best < 0) return Infeasible(p, budget, kind, min_bytes);
-  return Choice(p.num_layers(), best);
+  return Choice(p.num_units(), best);
 }
 
 }  // namespace
@@ -764,13 +794,49 @@ absl::StatusOr<SolverKind> ParseSolverKind(std::string_view name) {
       absl::StrCat("unknown solver '", std::string(name), "'; allowed: ", allowed));
 }
 
-absl::StatusOr<Plan> Solve(const SensitivityTable& table, const Budget& budget, SolverKind kind) {
-  MOEND_ASSIGN_OR_RETURN(const Problem p, MakeProblem(table, budget));
+const char* SolveUnitsName(SolveUnits units) {
+  switch (units) {
+    case SolveUnits::kAuto:
+      return "auto";
+    case SolveUnits::kLayer:
+      return "layer";
+    case SolveUnits::kHead:
+      return "head";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<SolveUnits> ParseSolveUnits(std::string_view name) {
+  for (SolveUnits u : {SolveUnits::kAuto, SolveUnits::kLayer, SolveUnits::kHead}) {
+    if (name == SolveUnitsName(u)) return u;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown units '", std::string(name), "'; allowed: auto, layer, head"));
+}
+
+absl::StatusOr<Plan> Solve(const SensitivityTable& table, const Budget& budget, SolverKind kind,
+                           SolveUnits units) {
+  const bool routes = kind == SolverKind::kGreedy || kind == SolverKind::kExact;
+  if (units == SolveUnits::kHead) {
+    if (!routes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "solver ", SolverName(kind), " gives every layer one tuple; only greedy and exact "
+          "route per KV head"));
+    }
+    if (!table.has_heads()) {
+      return absl::InvalidArgumentError(
+          "the table has no per-head sensitivities (s_head); calibrate it again with this "
+          "version, or solve with units 'layer'");
+    }
+  }
+  const bool per_head =
+      units == SolveUnits::kHead || (units == SolveUnits::kAuto && routes && table.has_heads());
+  MOEND_ASSIGN_OR_RETURN(const Problem p, MakeProblem(table, budget, per_head));
   Choice choice;
   switch (kind) {
     case SolverKind::kGreedy: {
       int64_t min_total = 0;
-      for (int l = 0; l < p.num_layers(); ++l) {
+      for (int l = 0; l < p.num_units(); ++l) {
         min_total += *std::min_element(p.bytes[l].begin(), p.bytes[l].end());
       }
       if (min_total > p.budget_bytes) return Infeasible(p, budget, kind, min_total);

@@ -1,6 +1,7 @@
-// Plan solvers of DESIGN.md section 2: choose one tuple per layer of a
-// sensitivity table to minimize sum_l s(l, t_l) subject to
-// sum_l LayerBytes(l, t_l, context) <= budget.
+// Plan solvers of DESIGN.md section 4: choose one tuple per unit of a
+// sensitivity table to minimize sum_u s(u, t_u) subject to
+// sum_u bytes(u, t_u, context) <= budget. A unit is a layer (s, LayerBytes)
+// or, per-head routing, a (layer, KV head) (s_head, LayerBytes of one head).
 #ifndef MOEND_CORE_SOLVER_H_
 #define MOEND_CORE_SOLVER_H_
 
@@ -34,6 +35,19 @@ enum class SolverKind {
   k2d,
 };
 
+// What takes one tuple.
+enum class SolveUnits {
+  // (layer, KV head) for greedy and exact when the table has s_head; layers
+  // otherwise.
+  kAuto,
+  kLayer,
+  // (layer, KV head); InvalidArgument for a table without s_head or for the
+  // uniform baselines (1d, 2d_uniform, 2d), which are per layer by definition.
+  kHead,
+};
+const char* SolveUnitsName(SolveUnits units);  // "auto", "layer", "head"
+absl::StatusOr<SolveUnits> ParseSolveUnits(std::string_view name);
+
 // "greedy", "exact", "1d", "2d_uniform", "2d".
 const char* SolverName(SolverKind kind);
 // The inverse of SolverName; InvalidArgument listing the allowed names.
@@ -54,7 +68,8 @@ absl::StatusOr<SolverKind> ParseSolverKind(std::string_view name);
 // - Internal: the exact search exceeded its state limit (kMaxExactStates);
 //   not expected for sensitivity tables, documented so that memory stays
 //   bounded for any input.
-absl::StatusOr<Plan> Solve(const SensitivityTable& table, const Budget& budget, SolverKind kind);
+absl::StatusOr<Plan> Solve(const SensitivityTable& table, const Budget& budget, SolverKind kind,
+                           SolveUnits units = SolveUnits::kAuto);
 
 // Upper bound on the states the exact solver's dynamic program may hold.
 inline constexpr int64_t kMaxExactStates = int64_t{1} << 23;

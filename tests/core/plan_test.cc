@@ -130,6 +130,70 @@ TEST(PlanTest, RejectsBadTuplesAndInconsistentTotals) {
   EXPECT_EQ(PlanFromJson("[1, 2]").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// SamplePlan with layer 1 per head: (0.25,4,2) for head 0, (1,4,4) for head 1.
+Plan PerHeadPlan() {
+  Plan p = SamplePlan();
+  PlanLayer& l = p.layers[1];
+  l.tuple = {};  // unused by a per-head layer
+  l.heads = {{{0.25, 4, 2}, 3584, 0.125}, {{1.0, 4, 4}, 9000, 0.0}};
+  p.total_bytes += 3584 + 9000 - l.bytes;
+  l.bytes = 3584 + 9000;
+  return p;
+}
+
+TEST(PlanTest, PerHeadLayersRoundTripAndExpandForTheRuntime) {
+  const Plan p = PerHeadPlan();
+  ASSERT_TRUE(p.Validate().ok()) << p.Validate();
+  const std::string text = PlanToJson(p);
+  absl::StatusOr<Plan> back = PlanFromJson(text);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(*back, p);
+  json j = json::parse(text);
+  // A per-head layer has no layer-level tuple, so an older reader rejects it.
+  EXPECT_FALSE(j["layers"][1].contains("keep"));
+  EXPECT_EQ(j["layers"][1]["heads"][1]["vbits"], 4);
+  EXPECT_TRUE(j["layers"][0].contains("keep"));
+  EXPECT_EQ(p.HeadsPerLayer(), 2);
+  const std::vector<CompressionTuple> rt = p.RuntimeTuples();
+  const std::vector<CompressionTuple> want = {{1.0, 16, 16}, {1.0, 16, 16}, {0.25, 4, 2},
+                                              {1.0, 4, 4},   {0.0625, 2, 8}, {0.0625, 2, 8}};
+  EXPECT_EQ(rt, want);
+  EXPECT_EQ(SamplePlan().RuntimeTuples().size(), 3u);
+}
+
+TEST(PlanTest, PerHeadLayersMustAddUp) {
+  {
+    Plan p = PerHeadPlan();
+    p.layers[1].bytes += 1;
+    p.total_bytes += 1;
+    EXPECT_NE(p.Validate().message().find("sum of its heads"), std::string::npos) << p.Validate();
+  }
+  {
+    Plan p = PerHeadPlan();
+    p.layers[1].heads[0].predicted_error = 0.5;
+    EXPECT_FALSE(p.Validate().ok());
+  }
+  {
+    Plan p = PerHeadPlan();
+    p.layers[1].heads[1].tuple.kbits = 3;
+    EXPECT_NE(p.Validate().message().find("layer 1 head 1"), std::string::npos) << p.Validate();
+  }
+  {
+    // Every per-head layer has the same number of heads.
+    Plan p = PerHeadPlan();
+    p.layers[2].heads = {{{0.0625, 2, 8}, 3104, 0.0300000000000000001}};
+    EXPECT_NE(p.Validate().message().find("heads"), std::string::npos) << p.Validate();
+  }
+  {
+    json j = json::parse(PlanToJson(PerHeadPlan()));
+    j["layers"][1]["heads"] = json::array();
+    EXPECT_FALSE(PlanFromJson(j.dump()).ok());
+    j["layers"][1]["heads"] = json::array({{{"keep", 0.5}, {"kbits", 4}, {"vbits", 4}}});
+    auto bad = PlanFromJson(j.dump());
+    EXPECT_NE(bad.status().message().find("bytes"), std::string::npos) << bad.status();
+  }
+}
+
 TEST(BudgetTest, ValidatesFields) {
   EXPECT_TRUE(Budget::Ratio(1.0).Validate().ok());
   EXPECT_TRUE(Budget::Ratio(14.0, 16384).Validate().ok());

@@ -639,6 +639,129 @@ TEST(SolverTest, TwoDMatchesBruteForceOverKeepOne) {
   EXPECT_GT(feasible_cases, 50);
 }
 
+// Per-head routing: adds s_head [layers][2 heads][tuples] to a table with
+// num_kv_heads 2.
+SensitivityTable WithHeads(SensitivityTable t, std::mt19937_64& rng) {
+  t.num_kv_heads = 2;
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  t.s_head.clear();
+  for (int64_t l = 0; l < t.num_layers; ++l) {
+    std::vector<std::vector<double>> heads(2);
+    for (auto& row : heads) {
+      for (size_t j = 0; j < t.tuples.size(); ++j) row.push_back(u(rng) * t.s[l][j] * 2);
+    }
+    t.s_head.push_back(std::move(heads));
+  }
+  return t;
+}
+
+// The per-head problem written as a per-layer one: layer l*H+h of one KV head
+// with s = s_head[l][h].
+SensitivityTable FlattenHeads(const SensitivityTable& t) {
+  SensitivityTable f = t;
+  f.num_layers = t.num_layers * t.num_kv_heads;
+  f.num_kv_heads = 1;
+  f.s.clear();
+  f.s_head.clear();
+  for (const auto& heads : t.s_head) {
+    for (const auto& row : heads) f.s.push_back(row);
+  }
+  return f;
+}
+
+TEST(SolverTest, PerHeadExactMatchesBruteForceOverHeadUnits) {
+  std::mt19937_64 rng(1207);
+  for (int trial = 0; trial < 60; ++trial) {
+    const int layers = std::uniform_int_distribution<int>(1, 3)(rng);
+    const SensitivityTable t =
+        WithHeads(RandomTable(rng, layers, 4, static_cast<SMode>(trial % 3)), rng);
+    const int64_t c = t.compression_point;
+    const SensitivityTable flat = FlattenHeads(t);
+    const Brute all = BruteForce(flat, c, std::numeric_limits<int64_t>::max(), AnyTuple);
+    const int64_t budget = RandomBudget(rng, all.min_bytes / 2, MaxBytes(t, c) + 1);
+    const Brute want = BruteForce(flat, c, budget, AnyTuple);
+    auto plan = Solve(t, Budget::Bytes(budget, c), SolverKind::kExact);
+    if (!want.feasible) {
+      EXPECT_EQ(plan.status().code(), absl::StatusCode::kResourceExhausted) << "trial " << trial;
+      continue;
+    }
+    ASSERT_TRUE(plan.ok()) << "trial " << trial << ": " << plan.status();
+    EXPECT_TRUE(plan->Validate().ok()) << plan->Validate();
+    EXPECT_NEAR(plan->predicted_error, want.s, 1e-9 * std::max(1.0, want.s)) << "trial " << trial;
+    EXPECT_LE(plan->total_bytes, budget);
+    ASSERT_EQ(plan->layers.size(), static_cast<size_t>(layers));
+    EXPECT_EQ(plan->HeadsPerLayer(), 2);
+    const std::vector<CompressionTuple> runtime = plan->RuntimeTuples();
+    ASSERT_EQ(runtime.size(), static_cast<size_t>(layers * 2));
+    int64_t bytes = 0;
+    for (int l = 0; l < layers; ++l) {
+      for (size_t h = 0; h < 2; ++h) {
+        const PlanHead& head = plan->layers[l].heads[h];
+        EXPECT_EQ(head.tuple, runtime[l * 2 + h]);
+        // A head's bytes are its share of the layer format: one head's LayerBytes.
+        EXPECT_EQ(head.bytes, LayerBytes({1, t.head_dim}, head.tuple, c));
+        bytes += head.bytes;
+      }
+    }
+    EXPECT_EQ(bytes, plan->total_bytes);
+  }
+}
+
+TEST(SolverTest, PerHeadGreedyFollowsTheFlattenedProblem) {
+  std::mt19937_64 rng(77);
+  for (int trial = 0; trial < 20; ++trial) {
+    const SensitivityTable t = WithHeads(RandomTable(rng, 4, 12, SMode::kCorrelated), rng);
+    const int64_t c = t.compression_point;
+    int64_t min_bytes = 0;
+    for (int64_t u = 0; u < t.num_layers * 2; ++u) {
+      int64_t m = std::numeric_limits<int64_t>::max();
+      for (const CompressionTuple& tu : t.tuples) m = std::min(m, LayerBytes({1, t.head_dim}, tu, c));
+      min_bytes += m;
+    }
+    const int64_t budget = RandomBudget(rng, min_bytes, MaxBytes(t, c));
+    const std::vector<int> want = ReferenceGreedy(FlattenHeads(t), c, budget);
+    auto plan = Solve(t, Budget::Bytes(budget, c), SolverKind::kGreedy);
+    ASSERT_TRUE(plan.ok()) << plan.status();
+    const std::vector<CompressionTuple> got = plan->RuntimeTuples();
+    ASSERT_EQ(got.size(), want.size());
+    for (size_t u = 0; u < want.size(); ++u) EXPECT_EQ(got[u], t.tuples[want[u]]) << "unit " << u;
+  }
+}
+
+TEST(SolverTest, UnitsFollowTheTableAndTheSolver) {
+  std::mt19937_64 rng(5);
+  const SensitivityTable per_layer = RandomTable(rng, 3, 20, SMode::kCorrelated);
+  SensitivityTable heads = WithHeads(per_layer, rng);
+  const int64_t c = heads.compression_point;
+  const Budget b = Budget::Bytes(MaxBytes(heads, c) / 4, c);
+  // auto: per head where the table has s_head and the solver routes.
+  auto exact = Solve(heads, b, SolverKind::kExact);
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_EQ(exact->HeadsPerLayer(), 2);
+  auto layer = Solve(heads, b, SolverKind::kExact, SolveUnits::kLayer);
+  ASSERT_TRUE(layer.ok()) << layer.status();
+  EXPECT_EQ(layer->HeadsPerLayer(), 0);
+  EXPECT_EQ(layer->RuntimeTuples().size(), 3u);
+  // The uniform baselines stay per layer; asking them for heads is an error.
+  auto uniform = Solve(heads, b, SolverKind::k2dUniform);
+  ASSERT_TRUE(uniform.ok()) << uniform.status();
+  EXPECT_EQ(uniform->HeadsPerLayer(), 0);
+  auto bad = Solve(heads, b, SolverKind::k2dUniform, SolveUnits::kHead);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("route per KV head"), std::string::npos) << bad.status();
+  // A table without s_head cannot be solved per head.
+  SensitivityTable no_heads = heads;
+  no_heads.s_head.clear();
+  auto missing = Solve(no_heads, b, SolverKind::kExact, SolveUnits::kHead);
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(missing.status().message().find("s_head"), std::string::npos) << missing.status();
+  auto fallback = Solve(no_heads, b, SolverKind::kExact);
+  ASSERT_TRUE(fallback.ok()) << fallback.status();
+  EXPECT_EQ(fallback->HeadsPerLayer(), 0);
+  EXPECT_TRUE(ParseSolveUnits("head").ok());
+  EXPECT_EQ(ParseSolveUnits("heads").status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(SolverTest, InfeasibleBudgetNamesTheSmallestFeasiblePlan) {
   std::mt19937_64 rng(3);
   const SensitivityTable t = RealisticTable(rng, 28);
