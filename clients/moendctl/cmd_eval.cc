@@ -99,9 +99,13 @@ int RunEval(int argc, char** argv) {
       return Fail(absl::InvalidArgumentError(absl::StrCat(name, " has ", plan->layers.size(),
                                                           " layers but the model has ", layers)));
     }
-    std::vector<CompressionTuple> tuples;
-    for (const PlanLayer& l : plan->layers) tuples.push_back(l.tuple);
-    plans.push_back(std::move(tuples));
+    const int64_t heads = plan->HeadsPerLayer();
+    if (heads != 0 && heads != (*model)->config().num_kv_heads) {
+      return Fail(absl::InvalidArgumentError(absl::StrCat(name, " has ", heads,
+                                                          " KV heads per layer but the model has ",
+                                                          (*model)->config().num_kv_heads)));
+    }
+    plans.push_back(plan->RuntimeTuples());
   }
   auto retrieval = runtime::ReadRetrievalFile(*retrieval_path);
   if (!retrieval.ok()) return Fail(retrieval.status());
