@@ -55,7 +55,8 @@ absl::Status ValidateCalibrationOptions(const CalibrationOptions& o) {
 }
 
 absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
-                                                 const CalibrationOptions& options) {
+                                                 const CalibrationOptions& options,
+                                                 std::vector<std::vector<double>>* per_head) {
   MOEND_RETURN_IF_ERROR(ValidateCalibrationOptions(options));
   const int64_t n = x.tokens, probes = options.probe_tokens;
   const int64_t c = n - probes;
@@ -67,7 +68,7 @@ absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
   MOEND_ASSIGN_OR_RETURN(const kernels::Backend backend, kernels::ResolveBackend(options.backend));
 #ifdef MOEND_WITH_CUDA
   // The whole grid on the device (worker/gpu_calibrator.h).
-  if (backend == kernels::Backend::kCuda) return MeasureLayerOnGpu(x, options);
+  if (backend == kernels::Backend::kCuda) return MeasureLayerOnGpu(x, options, per_head);
 #endif
   (void)backend;
   const int64_t d = x.head_dim, heads = x.num_heads, group = x.num_heads / x.num_kv_heads;
@@ -138,23 +139,43 @@ absl::StatusOr<std::vector<double>> MeasureLayer(const LayerTensors& x,
   size_t ref = 0;
   while (!(options.tuples[ref] == CompressionTuple{1.0, 16, 16})) ++ref;
   const std::vector<float>& o = outputs[ref];
+  // KV head h's GQA group is the contiguous block [h * span, (h + 1) * span)
+  // of the [heads, probes, D] outputs. The layer's sums run over the elements
+  // in order, as before the per-head sums were added beside them.
+  const size_t kv_heads = static_cast<size_t>(x.num_kv_heads);
+  const size_t span = static_cast<size_t>(group * probes * d);
   double norm = 0;
-  for (float v : o) norm += static_cast<double>(v) * v;
+  std::vector<double> head_norm(kv_heads, 0.0);
+  for (size_t h = 0; h < kv_heads; ++h) {
+    for (size_t j = h * span; j < (h + 1) * span; ++j) {
+      const double sq = static_cast<double>(o[j]) * o[j];
+      norm += sq;
+      head_norm[h] += sq;
+    }
+  }
   std::vector<double> result(options.tuples.size());
+  std::vector<std::vector<double>> head_result(kv_heads, std::vector<double>(options.tuples.size()));
   for (size_t i = 0; i < outputs.size(); ++i) {
     double err = 0;
-    for (size_t j = 0; j < o.size(); ++j) {
-      const double diff = static_cast<double>(outputs[i][j]) - o[j];
-      err += diff * diff;
+    for (size_t h = 0; h < kv_heads; ++h) {
+      double head_err = 0;
+      for (size_t j = h * span; j < (h + 1) * span; ++j) {
+        const double diff = static_cast<double>(outputs[i][j]) - o[j];
+        err += diff * diff;
+        head_err += diff * diff;
+      }
+      head_result[h][i] = head_norm[h] > 0 ? head_err / head_norm[h] : 0.0;
     }
     result[i] = norm > 0 ? err / norm : 0.0;
   }
+  if (per_head != nullptr) *per_head = std::move(head_result);
   return result;
 }
 
 absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
     const Model& model, std::span<const std::vector<int32_t>> sequences, int64_t layer_begin,
-    int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress) {
+    int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress,
+    std::vector<std::vector<std::vector<double>>>* per_head) {
   MOEND_RETURN_IF_ERROR(ValidateCalibrationOptions(options));
   const ModelConfig& cfg = model.config();
   if (layer_begin < 0 || layer_end > cfg.num_layers || layer_begin >= layer_end) {
@@ -164,7 +185,17 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
   if (sequences.empty()) return absl::InvalidArgumentError("no calibration sequences");
   std::vector<std::vector<double>> sum(static_cast<size_t>(layer_end - layer_begin),
                                        std::vector<double>(options.tuples.size(), 0.0));
-  // Adds one layer's s (or names the layer in its error).
+  // head_sum[layer - layer_begin][h][tuple], filled only when per_head is asked for.
+  std::vector<std::vector<std::vector<double>>> head_sum;
+  if (per_head != nullptr) {
+    head_sum.assign(static_cast<size_t>(layer_end - layer_begin),
+                    std::vector<std::vector<double>>(static_cast<size_t>(cfg.num_kv_heads),
+                                                     std::vector<double>(options.tuples.size(), 0.0)));
+  }
+  // Where a measurement writes its per-head values (null when not asked for).
+  std::vector<std::vector<double>> head_values;
+  std::vector<std::vector<double>>* const heads_out = per_head != nullptr ? &head_values : nullptr;
+  // Adds one layer's s and per-head s (or names the layer in its error).
   auto accumulate = [&](int64_t layer, const absl::StatusOr<std::vector<double>>& s) {
     if (!s.ok()) {
       return absl::Status(s.status().code(),
@@ -172,6 +203,16 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
     }
     std::vector<double>& row = sum[static_cast<size_t>(layer - layer_begin)];
     for (size_t t = 0; t < row.size(); ++t) row[t] += (*s)[t];
+    if (per_head != nullptr) {
+      std::vector<std::vector<double>>& rows = head_sum[static_cast<size_t>(layer - layer_begin)];
+      if (head_values.size() != rows.size()) {
+        return absl::InternalError(absl::StrCat("layer ", layer, ": ", head_values.size(),
+                                                " per-head rows for ", rows.size(), " KV heads"));
+      }
+      for (size_t h = 0; h < rows.size(); ++h) {
+        for (size_t t = 0; t < rows[h].size(); ++t) rows[h][t] += head_values[h][t];
+      }
+    }
     return absl::OkStatus();
   };
   auto tensors = [&](const LayerActivations& a) {
@@ -191,7 +232,7 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
     measure_sequence = [&](std::span<const int32_t> seq) {
       return gpu_model->Prefill(seq, layer_end, [&](const LayerActivations& a) {
         if (a.layer < layer_begin) return absl::OkStatus();
-        return accumulate(a.layer, calibrator->MeasureDeviceLayer(tensors(a), options));
+        return accumulate(a.layer, calibrator->MeasureDeviceLayer(tensors(a), options, heads_out));
       });
     };
   }
@@ -201,7 +242,7 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
       absl::Status error;
       auto forward = model.Forward(seq, [&](const LayerActivations& a) {
         if (!error.ok() || a.layer < layer_begin || a.layer >= layer_end) return;
-        error = accumulate(a.layer, MeasureLayer(tensors(a), options));
+        error = accumulate(a.layer, MeasureLayer(tensors(a), options, heads_out));
       });
       MOEND_RETURN_IF_ERROR(forward.status());
       return error;
@@ -214,6 +255,14 @@ absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
   }
   for (auto& row : sum) {
     for (double& v : row) v /= static_cast<double>(sequences.size());
+  }
+  if (per_head != nullptr) {
+    for (auto& layer : head_sum) {
+      for (auto& row : layer) {
+        for (double& v : row) v /= static_cast<double>(sequences.size());
+      }
+    }
+    *per_head = std::move(head_sum);
   }
   return sum;
 }

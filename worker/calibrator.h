@@ -42,8 +42,16 @@ struct CalibrationOptions {
 // s(tuple) for one layer of one sequence: x holds the layer's q/k/v for all n
 // tokens; the prefix [0, n - probe_tokens) is compressed. Result in
 // options.tuples order.
+//
+// per_head (optional): on success, the per-KV-head sensitivity (DESIGN.md
+// section 3.1) from the same outputs, [x.num_kv_heads][tuples]: entry [h][t]
+// is the error of tuple t over the probes, channels and query heads of KV head
+// h's GQA group, divided by that group's reference norm (0 when it is 0).
+// The per-layer result is the pooled ratio (sum of the heads' errors over the
+// sum of their norms), not the mean of the per-head values.
 absl::StatusOr<std::vector<double>> MeasureLayer(const kernels::LayerTensors& x,
-                                                 const CalibrationOptions& options);
+                                                 const CalibrationOptions& options,
+                                                 std::vector<std::vector<double>>* per_head = nullptr);
 
 // Progress: sequences finished out of total.
 using ProgressFn = std::function<void(int64_t done, int64_t total)>;
@@ -51,9 +59,13 @@ using ProgressFn = std::function<void(int64_t done, int64_t total)>;
 // Mean of s over `sequences` for layers [layer_begin, layer_end): one full
 // forward per sequence, each layer measured in isolation on the reference
 // activations. Result: [layer_end - layer_begin][tuples].
+//
+// per_head (optional): on success, the mean over `sequences` of MeasureLayer's
+// per-KV-head values, [layer_end - layer_begin][num_kv_heads][tuples].
 absl::StatusOr<std::vector<std::vector<double>>> CalibrateLayers(
     const Model& model, std::span<const std::vector<int32_t>> sequences, int64_t layer_begin,
-    int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress = nullptr);
+    int64_t layer_end, const CalibrationOptions& options, const ProgressFn& progress = nullptr,
+    std::vector<std::vector<std::vector<double>>>* per_head = nullptr);
 
 // Sequences [sample_begin, sample_end) of `seq_len` tokens each from a file of
 // concatenated calibration sequences: moend's token-id format (uint32 ids

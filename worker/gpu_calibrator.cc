@@ -69,6 +69,8 @@ struct GpuCalibrator::Impl {
   DeviceArray k_codes, k_scale, k_min, v_codes, v_scale, v_min, window_k, window_v;
   // Dense fp16 operands and the per-(keep, K bits) work arrays.
   DeviceArray k_dense, v_all, p, o, part_max, part_sum, offset_ref, offset_tmp, ref;
+  // err: per KV head h, at h * (err slots + 1): the error sums of every
+  // (group, V slot), then the reference norm.
   DeviceArray err, flags;
 
   ~Impl() {
@@ -122,7 +124,7 @@ struct GpuCalibrator::Impl {
     MOEND_RETURN_IF_ERROR(offset_ref.Reserve(rows_total * 4));
     MOEND_RETURN_IF_ERROR(offset_tmp.Reserve(rows_total * 4));
     MOEND_RETURN_IF_ERROR(ref.Reserve(rows_total * d * 4));
-    MOEND_RETURN_IF_ERROR(err.Reserve((num_groups * kMaxVSlots + 1) * 8));
+    MOEND_RETURN_IF_ERROR(err.Reserve(hkv * (num_groups * kMaxVSlots + 1) * 8));
     MOEND_RETURN_IF_ERROR(flags.Reserve(num_groups * 4));
     return absl::OkStatus();
   }
@@ -298,10 +300,12 @@ struct GpuCalibrator::Impl {
       mp.tail_o = tail_o.as<float>();
       mp.ref = ref.as<float>();
       mp.rows_total = static_cast<int>(rows_total);
+      mp.rows_per_kv = static_cast<int>(rows_per_kv);
       mp.head_dim = D;
       mp.err = err.as<double>();
       mp.err_base = kp.group[i] * kMaxVSlots;
-      mp.norm = err.as<double>() + (err_slots_);
+      mp.err_stride = static_cast<int>(err_slots_ + 1);
+      mp.norm = err.as<double>() + err_slots_;
       mp.flag = flags.as<unsigned>() + kp.group[i];
       if (is_ref) {
         const auto j16 = std::find(kp.vbits.begin(), kp.vbits.end(), kFp16Bits) - kp.vbits.begin();
@@ -338,8 +342,10 @@ struct GpuCalibrator::Impl {
     return static_cast<double>(ms);
   }
 
-  // q_window / q_probe32 are filled and k/v set by the caller.
-  absl::StatusOr<std::vector<double>> Run(const CalibrationOptions& options) {
+  // q_window / q_probe32 are filled and k/v set by the caller. per_head as in
+  // worker::MeasureLayer.
+  absl::StatusOr<std::vector<double>> Run(const CalibrationOptions& options,
+                                          std::vector<std::vector<double>>* per_head) {
     // Plan: keeps descending, K bits descending (the reference (1,16) first).
     std::map<double, std::map<int, std::map<int, size_t>, std::greater<>>, std::greater<>> grid;
     for (size_t i = 0; i < options.tuples.size(); ++i) {
@@ -385,7 +391,8 @@ struct GpuCalibrator::Impl {
       MOEND_CUDA_RETURN(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
       keep_ready.push_back(e);
     }
-    MOEND_CUDA_RETURN(cudaMemsetAsync(err.as<double>(), 0, (err_slots_ + 1) * 8, stream));
+    const int64_t err_stride = err_slots_ + 1;  // doubles per KV head
+    MOEND_CUDA_RETURN(cudaMemsetAsync(err.as<double>(), 0, hkv * err_stride * 8, stream));
     MOEND_CUDA_RETURN(cudaMemsetAsync(flags.as<unsigned>(), 0, groups * 4, stream));
     MOEND_CUDA_RETURN(gpucal::LaunchProbeQueriesToHalf(q_probe32.as<float>(), probes * d, static_cast<int>(hq),
                                                        static_cast<int>(probes), static_cast<int>(d),
@@ -422,7 +429,7 @@ struct GpuCalibrator::Impl {
       MOEND_RETURN_IF_ERROR(Groups(kp, std::vector<bool>(kp.kbits.size(), true),
                                    std::vector<bool>(kp.kbits.size(), this->options.exact_row_max)));
     }
-    std::vector<double> sums(static_cast<size_t>(err_slots_ + 1));
+    std::vector<double> sums(static_cast<size_t>(hkv * err_stride));
     std::vector<unsigned> flag(static_cast<size_t>(groups));
     auto download = [&]() -> absl::Status {
       MOEND_CUDA_RETURN(cudaMemcpyAsync(sums.data(), err.as<double>(), sums.size() * 8, cudaMemcpyDeviceToHost,
@@ -442,7 +449,8 @@ struct GpuCalibrator::Impl {
         if (flag[static_cast<size_t>(kp.group[i])] != 0) {
           run[i] = any = true;
           ++stats.fallback_groups;
-          MOEND_CUDA_RETURN(cudaMemsetAsync(err.as<double>() + kp.group[i] * kMaxVSlots, 0, kMaxVSlots * 8, stream));
+          MOEND_CUDA_RETURN(cudaMemset2DAsync(err.as<double>() + kp.group[i] * kMaxVSlots, err_stride * 8, 0,
+                                              kMaxVSlots * 8, hkv, stream));
         }
       }
       if (any) {
@@ -457,18 +465,31 @@ struct GpuCalibrator::Impl {
     MOEND_CUDA_RETURN(cudaEventElapsedTime(&ms, start, stop));
     stats.total_ms = ms;
 
-    const double norm = sums[static_cast<size_t>(err_slots_)];
+    // The layer's sums are the heads' sums added in head order.
+    auto at = [&](int64_t h, int64_t slot) { return sums[static_cast<size_t>(h * err_stride + slot)]; };
+    double norm = 0;
+    for (int64_t h = 0; h < hkv; ++h) norm += at(h, err_slots_);
     std::vector<double> result(options.tuples.size(), 0.0);
+    std::vector<std::vector<double>> head_result(static_cast<size_t>(hkv),
+                                                 std::vector<double>(options.tuples.size(), 0.0));
     for (const KeepPlan& kp : plans) {
       for (size_t i = 0; i < kp.kbits.size(); ++i) {
         for (size_t j = 0; j < kp.vbits.size(); ++j) {
           const int64_t t = kp.tuple[i][j];
           if (t < 0) continue;
-          const double e = sums[static_cast<size_t>(kp.group[i] * kMaxVSlots + static_cast<int64_t>(j))];
+          const int64_t slot = kp.group[i] * kMaxVSlots + static_cast<int64_t>(j);
+          double e = 0;
+          for (int64_t h = 0; h < hkv; ++h) {
+            const double head_err = at(h, slot), head_norm = at(h, err_slots_);
+            e += head_err;
+            head_result[static_cast<size_t>(h)][static_cast<size_t>(t)] =
+                head_norm > 0 ? head_err / head_norm : 0.0;
+          }
           result[static_cast<size_t>(t)] = norm > 0 ? e / norm : 0.0;
         }
       }
     }
+    if (per_head != nullptr) *per_head = std::move(head_result);
     return result;
   }
 
@@ -525,7 +546,8 @@ absl::StatusOr<std::unique_ptr<GpuCalibrator>> GpuCalibrator::Create(GpuCalibrat
 }
 
 absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureLayer(const LayerTensors& x,
-                                                                const CalibrationOptions& options) {
+                                                                const CalibrationOptions& options,
+                                                                std::vector<std::vector<double>>* per_head) {
   Impl& m = *impl_;
   MOEND_RETURN_IF_ERROR(m.SetShape(x, options));
   const int64_t d = m.d;
@@ -542,11 +564,12 @@ absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureLayer(const LayerTenso
                                       m.probes * d * 4, m.hq, cudaMemcpyHostToDevice, m.stream));
   m.k = m.k_in.as<float>();
   m.v = m.v_in.as<float>();
-  return m.Run(options);
+  return m.Run(options, per_head);
 }
 
 absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureDeviceLayer(const LayerTensors& x,
-                                                                      const CalibrationOptions& options) {
+                                                                      const CalibrationOptions& options,
+                                                                      std::vector<std::vector<double>>* per_head) {
   Impl& m = *impl_;
   MOEND_RETURN_IF_ERROR(m.SetShape(x, options));
   const int64_t d = m.d;
@@ -559,19 +582,20 @@ absl::StatusOr<std::vector<double>> GpuCalibrator::MeasureDeviceLayer(const Laye
                                       m.probes * d * 4, m.hq, cudaMemcpyDeviceToDevice, m.stream));
   m.k = x.k;
   m.v = x.v;
-  return m.Run(options);
+  return m.Run(options, per_head);
 }
 
 const GpuCalibratorStats& GpuCalibrator::last_stats() const { return impl_->stats; }
 
-absl::StatusOr<std::vector<double>> MeasureLayerOnGpu(const LayerTensors& x, const CalibrationOptions& options) {
+absl::StatusOr<std::vector<double>> MeasureLayerOnGpu(const LayerTensors& x, const CalibrationOptions& options,
+                                                      std::vector<std::vector<double>>* per_head) {
   static std::mutex mu;
   static std::unique_ptr<GpuCalibrator> shared;
   std::lock_guard<std::mutex> lock(mu);
   if (shared == nullptr) {
     MOEND_ASSIGN_OR_RETURN(shared, GpuCalibrator::Create());
   }
-  return shared->MeasureLayer(x, options);
+  return shared->MeasureLayer(x, options, per_head);
 }
 
 }  // namespace moend::worker

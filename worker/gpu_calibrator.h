@@ -10,7 +10,8 @@
 // probe scores and P = fp16(exp(s - offset)) with per-row sums, one cuBLAS
 // GEMM computes P V for all V bits at once, and a merge kernel combines it
 // with the uncompressed tail (computed once per layer, fp32) and accumulates
-// sum ||o' - o||^2 per tuple; o is the (1,16,16) output through the same path,
+// sum ||o' - o||^2 per tuple and KV head (the layer's sums are the heads'
+// sums added on the host); o is the (1,16,16) output through the same path,
 // so that tuple is exactly 0.
 //
 // Precision against the CPU path (fp32 everywhere): Q, the dequantized K and
@@ -63,12 +64,16 @@ class GpuCalibrator {
   GpuCalibrator& operator=(const GpuCalibrator&) = delete;
 
   // As worker::MeasureLayer: x holds host pointers (copied to the device).
+  // per_head (optional) as there: [num_kv_heads][tuples], from per-KV-head
+  // error and norm sums accumulated on the device in the same pass.
   absl::StatusOr<std::vector<double>> MeasureLayer(const kernels::LayerTensors& x,
-                                                   const CalibrationOptions& options);
+                                                   const CalibrationOptions& options,
+                                                   std::vector<std::vector<double>>* per_head = nullptr);
   // The same with x's q/k/v already in device memory (float32, same layout):
   // the "activations given" entry the benchmarks time.
   absl::StatusOr<std::vector<double>> MeasureDeviceLayer(const kernels::LayerTensors& x,
-                                                         const CalibrationOptions& options);
+                                                         const CalibrationOptions& options,
+                                                         std::vector<std::vector<double>>* per_head = nullptr);
 
   const GpuCalibratorStats& last_stats() const;
 
@@ -81,7 +86,8 @@ class GpuCalibrator {
 // MeasureLayer on a process-wide GpuCalibrator (created on first use, calls
 // serialized): the CUDA branch of worker::MeasureLayer.
 absl::StatusOr<std::vector<double>> MeasureLayerOnGpu(const kernels::LayerTensors& x,
-                                                      const CalibrationOptions& options);
+                                                      const CalibrationOptions& options,
+                                                      std::vector<std::vector<double>>* per_head = nullptr);
 
 }  // namespace moend::worker
 

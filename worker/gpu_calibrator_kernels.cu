@@ -305,14 +305,18 @@ __device__ __forceinline__ double WarpSumD(double v) {
 constexpr int kMergeWarps = 8;
 constexpr int kMaxSlots = 4;
 
-// Warps stride over rows; per-slot sums reduced per block, then one double
-// atomic per block and slot. grid <= 2 * SMs, block 256.
+// blockIdx.y is the KV head; the warps of its blocks stride over that head's
+// rows; per-slot sums reduced per block, then one double atomic per block and
+// slot into the head's sums. grid (x, H) with x * H <= about 2 * SMs, block 256.
 __global__ void __launch_bounds__(256) MergeKernel(const MergeParams p) {
   __shared__ double red[kMergeWarps][kMaxSlots];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, D = p.head_dim;
+  const int head = blockIdx.y;
+  const int row_end = (head + 1) * p.rows_per_kv;
   double acc[kMaxSlots] = {0.0, 0.0, 0.0, 0.0};
   bool bad = false;
-  for (int row = blockIdx.x * kMergeWarps + warp; row < p.rows_total; row += gridDim.x * kMergeWarps) {
+  for (int row = head * p.rows_per_kv + blockIdx.x * kMergeWarps + warp; row < row_end;
+       row += gridDim.x * kMergeWarps) {
     float l1 = 0.0f, actual = -INFINITY;
     for (int s = lane; s < p.splits; s += 32) {
       l1 += p.part_sum[static_cast<int64_t>(s) * p.rows_total + row];
@@ -358,10 +362,11 @@ __global__ void __launch_bounds__(256) MergeKernel(const MergeParams p) {
     const int j = threadIdx.x;
     double total = 0.0;
     for (int w = 0; w < kMergeWarps; ++w) total += red[w][j];
+    const int64_t head_base = static_cast<int64_t>(head) * p.err_stride;
     if (p.ref_slot >= 0) {
-      if (j == p.ref_slot) atomicAdd(p.norm, total);
+      if (j == p.ref_slot) atomicAdd(p.norm + head_base, total);
     } else if (j < p.nv) {
-      atomicAdd(p.err + p.err_base + j, total);
+      atomicAdd(p.err + head_base + p.err_base + j, total);
     }
   }
 }
@@ -432,8 +437,11 @@ int LaunchTailSoftmax(float* s, int rows_total, int probes, float* max, float* s
 
 int LaunchMerge(const MergeParams& p, void* stream) {
   if (p.nv < 1 || p.nv > kMaxSlots) return cudaErrorInvalidValue;
-  const int blocks = std::min(CeilDiv(p.rows_total, kMergeWarps), 2 * MultiprocessorCount());
-  MergeKernel<<<blocks, kMergeWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  if (p.rows_per_kv < 1 || p.rows_total % p.rows_per_kv != 0) return cudaErrorInvalidValue;
+  const int heads = p.rows_total / p.rows_per_kv;
+  const int blocks = std::max(1, std::min(CeilDiv(p.rows_per_kv, kMergeWarps),
+                                          CeilDiv(2 * MultiprocessorCount(), heads)));
+  MergeKernel<<<dim3(blocks, heads), kMergeWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
   return cudaGetLastError();
 }
 

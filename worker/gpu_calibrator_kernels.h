@@ -88,9 +88,11 @@ int LaunchTailSoftmax(float* s, int rows_total, int probes, float* max, float* s
 
 // Merges the prefix partial of one (keep, K bits) with the tail partial for
 // each V-bits column block j in [0, nv) and accumulates the squared error
-// against ref: err[err_base + j] += sum ||o' - ref||^2. With ref_slot >= 0 it
-// instead writes block ref_slot's output to ref and accumulates *norm +=
-// sum ||o'||^2 (the reference pass). Sets *flag when some row's actual prefix
+// against ref per KV head h (the sum over h's rows [h * rows_per_kv,
+// (h + 1) * rows_per_kv)): err[h * err_stride + err_base + j] += sum
+// ||o' - ref||^2. With ref_slot >= 0 it instead writes block ref_slot's output
+// to ref and accumulates norm[h * err_stride] += sum ||o'||^2 over h's rows
+// (the reference pass). Sets *flag when some row's actual prefix
 // max is outside [offset - 4, offset + 10] (the fp16 P lost precision or may
 // have overflowed; the caller recomputes with the exact max).
 struct MergeParams {
@@ -105,12 +107,14 @@ struct MergeParams {
   const float* tail_sum = nullptr;
   const float* tail_o = nullptr;     // [rows_total, D]
   float* ref = nullptr;              // [rows_total, D]
-  int rows_total = 0;
+  int rows_total = 0;                // num_kv_heads * rows_per_kv
+  int rows_per_kv = 0;
   int head_dim = 0;
   int ref_slot = -1;
-  double* err = nullptr;
+  double* err = nullptr;             // [num_kv_heads, err_stride]
   int err_base = 0;
-  double* norm = nullptr;
+  int err_stride = 0;                // doubles between two KV heads' sums
+  double* norm = nullptr;            // [num_kv_heads] at stride err_stride
   unsigned* flag = nullptr;
 };
 int LaunchMerge(const MergeParams& p, void* stream);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -21,9 +22,14 @@ using kernels::LayerTensors;
 
 using ::moend::worker::testing::RandomLayer;
 
-// s of `tuple` computed independently through the kernels' reference
-// CompressLayer + ProbeAttention (double-precision online softmax).
-double IndependentS(const LayerTensors& x, int64_t probes, const CompressionTuple& tuple) {
+// Per KV head h: sum ||o'_tuple - o||^2 and sum ||o||^2 over the probes,
+// channels and query heads of h's GQA group, computed independently through
+// the kernels' reference CompressLayer + ProbeAttention (double-precision
+// online softmax).
+struct HeadSums {
+  std::vector<double> err, norm;  // [num_kv_heads]
+};
+HeadSums IndependentHeadSums(const LayerTensors& x, int64_t probes, const CompressionTuple& tuple) {
   const int64_t c = x.tokens - probes, d = x.head_dim;
   auto attend = [&](const CompressionTuple& t) {
     auto layer = kernels::CompressLayer(x, c, t, Backend::kReference);
@@ -43,10 +49,24 @@ double IndependentS(const LayerTensors& x, int64_t probes, const CompressionTupl
     return out;
   };
   std::vector<float> ref = attend({1.0, 16, 16}), got = attend(tuple);
-  double err = 0, norm = 0;
+  HeadSums sums{std::vector<double>(x.num_kv_heads, 0.0), std::vector<double>(x.num_kv_heads, 0.0)};
+  const int64_t group = x.num_heads / x.num_kv_heads;
   for (size_t i = 0; i < ref.size(); ++i) {
-    err += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
-    norm += static_cast<double>(ref[i]) * ref[i];
+    // out is [num_heads, probes, D]: element i belongs to query head i / (probes * d).
+    const size_t h = static_cast<size_t>(static_cast<int64_t>(i) / (probes * d) / group);
+    sums.err[h] += (static_cast<double>(got[i]) - ref[i]) * (static_cast<double>(got[i]) - ref[i]);
+    sums.norm[h] += static_cast<double>(ref[i]) * ref[i];
+  }
+  return sums;
+}
+
+// s of `tuple` computed independently (IndependentHeadSums pooled over heads).
+double IndependentS(const LayerTensors& x, int64_t probes, const CompressionTuple& tuple) {
+  const HeadSums sums = IndependentHeadSums(x, probes, tuple);
+  double err = 0, norm = 0;
+  for (size_t h = 0; h < sums.err.size(); ++h) {
+    err += sums.err[h];
+    norm += sums.norm[h];
   }
   return err / norm;
 }
@@ -108,6 +128,89 @@ TEST(CalibratorTest, RejectsBadOptionsAndShortSequences) {
   EXPECT_EQ(MeasureLayer(layer.x, o).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// Every query head given head 0's q and every KV head KV head 0's k/v: each
+// head group is a copy of the first, so each head's s is the layer's s.
+TEST(CalibratorTest, PerHeadOfIdenticalHeadsEqualsPerLayer) {
+  const int64_t heads = 6, kv_heads = 3, n = 400, d = 64;
+  RandomLayer layer(heads, kv_heads, n, d, 21);
+  for (int64_t h = 1; h < heads; ++h)
+    std::copy_n(layer.q.begin(), n * d, layer.q.begin() + h * n * d);
+  for (int64_t h = 1; h < kv_heads; ++h) {
+    std::copy_n(layer.k.begin(), n * d, layer.k.begin() + h * n * d);
+    std::copy_n(layer.v.begin(), n * d, layer.v.begin() + h * n * d);
+  }
+  CalibrationOptions o = SmallGrid(64);
+  std::vector<std::vector<double>> per_head;
+  auto s = MeasureLayer(layer.x, o, &per_head);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(per_head.size(), static_cast<size_t>(kv_heads));
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    ASSERT_EQ(per_head[h].size(), o.tuples.size());
+    for (size_t t = 0; t < o.tuples.size(); ++t) {
+      EXPECT_NEAR(per_head[h][t], (*s)[t], 1e-12 * (*s)[t]) << "KV head " << h << " " << ToString(o.tuples[t]);
+    }
+  }
+  EXPECT_GT((*s)[IndexOf(o, {0.25, 2, 2})], 0.0);
+}
+
+// Two KV heads with different sensitivities and norms (KV head 1: sharper
+// keys, values scaled by 3). Each head's s matches the independent path for
+// its own group, and the layer's s is the pooled ratio (err_0 + err_1) /
+// (norm_0 + norm_1) with the norms from the independent path, which is not
+// the mean of the heads' s.
+TEST(CalibratorTest, PerHeadMatchesIndependentPathAndLayerIsThePooledRatio) {
+  const int64_t heads = 4, kv_heads = 2, n = 333, d = 64, probes = 64;
+  RandomLayer layer(heads, kv_heads, n, d, 7);
+  for (int64_t i = n * d; i < 2 * n * d; ++i) {
+    layer.k[i] *= 1.6f;
+    layer.v[i] *= 3.0f;
+  }
+  CalibrationOptions o = SmallGrid(probes);
+  std::vector<std::vector<double>> per_head;
+  auto s = MeasureLayer(layer.x, o, &per_head);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(per_head.size(), 2u);
+  ASSERT_EQ(per_head[0].size(), o.tuples.size());
+  ASSERT_EQ(per_head[1].size(), o.tuples.size());
+  double most_apart = 0;  // the heads' s must differ for this test to tell them apart
+  for (size_t t = 0; t < o.tuples.size(); ++t) {
+    const HeadSums want = IndependentHeadSums(layer.x, probes, o.tuples[t]);
+    ASSERT_GT(want.norm[1], 4 * want.norm[0]);
+    for (size_t h = 0; h < 2; ++h) {
+      const double head_s = want.err[h] / want.norm[h];
+      EXPECT_NEAR(per_head[h][t], head_s, 2e-3 * head_s + 1e-7) << "KV head " << h << " " << ToString(o.tuples[t]);
+    }
+    // err_h = s_h * norm_h: the pooled identity with independently computed norms.
+    const double pooled = (per_head[0][t] * want.norm[0] + per_head[1][t] * want.norm[1]) /
+                          (want.norm[0] + want.norm[1]);
+    EXPECT_NEAR((*s)[t], pooled, 1e-5 * pooled + 1e-12) << ToString(o.tuples[t]);
+    if (per_head[0][t] > 0) most_apart = std::max(most_apart, std::fabs(per_head[1][t] / per_head[0][t] - 1));
+  }
+  EXPECT_GT(most_apart, 0.1);
+  EXPECT_EQ(per_head[0][IndexOf(o, {1.0, 16, 16})], 0.0);
+  EXPECT_EQ(per_head[1][IndexOf(o, {1.0, 16, 16})], 0.0);
+}
+
+// Asking for per_head changes nothing in the layer's s, and it replaces
+// whatever the vector held.
+TEST(CalibratorTest, PerHeadIsOptionalAndLeavesTheLayerValueUnchanged) {
+  RandomLayer layer(4, 2, 300, 64, 3);
+  CalibrationOptions o = SmallGrid(64);
+  auto without = MeasureLayer(layer.x, o);
+  std::vector<std::vector<double>> per_head(5, std::vector<double>(1, -1.0));
+  auto with = MeasureLayer(layer.x, o, &per_head);
+  ASSERT_TRUE(without.ok() && with.ok()) << without.status() << " " << with.status();
+  EXPECT_EQ(*without, *with);
+  ASSERT_EQ(per_head.size(), 2u);
+  for (const std::vector<double>& row : per_head) {
+    ASSERT_EQ(row.size(), o.tuples.size());
+    for (double v : row) EXPECT_GE(v, 0.0);
+  }
+  auto null_explicit = MeasureLayer(layer.x, o, nullptr);
+  ASSERT_TRUE(null_explicit.ok()) << null_explicit.status();
+  EXPECT_EQ(*null_explicit, *without);
+}
+
 TEST(CalibratorTest, CalibrateLayersAveragesSequences) {
   auto model = Model::Load(std::string(MOEND_SOURCE_DIR) + "/models/tinycode");
   ASSERT_TRUE(model.ok()) << model.status();
@@ -126,6 +229,55 @@ TEST(CalibratorTest, CalibrateLayersAveragesSequences) {
     }
   }
   EXPECT_FALSE(CalibrateLayers(**model, *seqs, 5, 13, o).ok());
+}
+
+// CalibrateLayers' per-head output is the mean over sequences of MeasureLayer's
+// per-head values on each sequence's forward activations; asking for it leaves
+// the per-layer means unchanged.
+TEST(CalibratorTest, CalibrateLayersPerHeadIsTheMeanOfPerSequenceMeasureLayer) {
+  auto model = Model::Load(std::string(MOEND_SOURCE_DIR) + "/models/tinycode");
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto seqs = LoadCalibrationSequences(std::string(MOEND_SOURCE_DIR) + "/data/calibration.bin",
+                                       256, 0, 2);
+  ASSERT_TRUE(seqs.ok()) << seqs.status();
+  const ModelConfig& cfg = (*model)->config();
+  ASSERT_EQ(cfg.num_kv_heads, 2);
+  CalibrationOptions o = SmallGrid(64);
+  const int64_t begin = 3, end = 5;
+  std::vector<std::vector<std::vector<double>>> per_head;
+  auto both = CalibrateLayers(**model, *seqs, begin, end, o, nullptr, &per_head);
+  ASSERT_TRUE(both.ok()) << both.status();
+  auto plain = CalibrateLayers(**model, *seqs, begin, end, o);
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_EQ(*both, *plain);
+
+  // want[l][h][t]: sum over sequences of MeasureLayer's per-head values.
+  std::vector<std::vector<std::vector<double>>> want(
+      end - begin, std::vector<std::vector<double>>(cfg.num_kv_heads, std::vector<double>(o.tuples.size(), 0.0)));
+  for (const std::vector<int32_t>& seq : *seqs) {
+    auto forward = (*model)->Forward(seq, [&](const LayerActivations& a) {
+      if (a.layer < begin || a.layer >= end) return;
+      const LayerTensors x{a.q, a.k, a.v, cfg.num_heads, cfg.num_kv_heads, a.tokens, cfg.head_dim};
+      std::vector<std::vector<double>> heads;
+      auto s = MeasureLayer(x, o, &heads);
+      ASSERT_TRUE(s.ok()) << s.status();
+      ASSERT_EQ(heads.size(), static_cast<size_t>(cfg.num_kv_heads));
+      for (int64_t h = 0; h < cfg.num_kv_heads; ++h)
+        for (size_t t = 0; t < o.tuples.size(); ++t) want[a.layer - begin][h][t] += heads[h][t];
+    });
+    ASSERT_TRUE(forward.ok()) << forward.status();
+  }
+  ASSERT_EQ(per_head.size(), static_cast<size_t>(end - begin));
+  for (int64_t l = 0; l < end - begin; ++l) {
+    ASSERT_EQ(per_head[l].size(), static_cast<size_t>(cfg.num_kv_heads));
+    for (int64_t h = 0; h < cfg.num_kv_heads; ++h) {
+      ASSERT_EQ(per_head[l][h].size(), o.tuples.size());
+      for (size_t t = 0; t < o.tuples.size(); ++t) {
+        EXPECT_DOUBLE_EQ(per_head[l][h][t], want[l][h][t] / 2)
+            << "layer " << begin + l << " KV head " << h << " " << ToString(o.tuples[t]);
+      }
+    }
+  }
 }
 
 TEST(CalibratorTest, LoadCalibrationSequencesNamesWhatTheFileHolds) {

@@ -13,6 +13,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 
@@ -53,6 +54,16 @@ void ExpectClose(const std::vector<double>& gpu, const std::vector<double>& cpu,
   std::printf("%s: worst relative difference %.3g over %zu tuples\n", what.c_str(), worst, cpu.size());
 }
 
+// ExpectClose for each KV head's row of MeasureLayer's per_head output.
+void ExpectCloseHeads(const std::vector<std::vector<double>>& gpu, const std::vector<std::vector<double>>& cpu,
+                      const CalibrationOptions& o, const std::string& what) {
+  ASSERT_EQ(gpu.size(), cpu.size());
+  for (size_t h = 0; h < cpu.size(); ++h) {
+    EXPECT_EQ(gpu[h][RefIndex(o)], 0.0) << what << " KV head " << h;
+    ExpectClose(gpu[h], cpu[h], o, absl::StrCat(what, " KV head ", h));
+  }
+}
+
 TEST_F(GpuCalibratorTest, MatchesCpuCalibratorAndReferenceIsExactlyZero) {
   struct Shape { int64_t heads, kv_heads, n, d, probes; };
   for (const Shape& s : {Shape{4, 2, 700, 64, 64}, Shape{8, 2, 900, 128, 100}, Shape{7, 1, 1200, 128, 256}}) {
@@ -60,23 +71,60 @@ TEST_F(GpuCalibratorTest, MatchesCpuCalibratorAndReferenceIsExactlyZero) {
     CalibrationOptions o;  // the 112-tuple grid
     o.probe_tokens = s.probes;
     o.backend = Backend::kReference;
-    auto cpu = MeasureLayer(layer.x, o);
+    std::vector<std::vector<double>> cpu_heads;
+    auto cpu = MeasureLayer(layer.x, o, &cpu_heads);
     ASSERT_TRUE(cpu.ok()) << cpu.status();
+    ASSERT_EQ(cpu_heads.size(), static_cast<size_t>(s.kv_heads));
     for (bool exact : {false, true}) {
       auto gpu = GpuCalibrator::Create({.exact_row_max = exact});
       ASSERT_TRUE(gpu.ok()) << gpu.status();
+      const std::string what =
+          absl::StrCat("H", s.heads, "/", s.kv_heads, " D", s.d, exact ? " exact" : " one-pass");
       auto got = (*gpu)->MeasureLayer(layer.x, o);
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_EQ((*got)[RefIndex(o)], 0.0);
-      ExpectClose(*got, *cpu, o,
-                  absl::StrCat("H", s.heads, "/", s.kv_heads, " D", s.d, exact ? " exact" : " one-pass"));
+      ExpectClose(*got, *cpu, o, what);
+      // Per KV head, from the same pass.
+      std::vector<std::vector<double>> heads;
+      auto with_heads = (*gpu)->MeasureLayer(layer.x, o, &heads);
+      ASSERT_TRUE(with_heads.ok()) << with_heads.status();
+      ExpectClose(*with_heads, *cpu, o, what + " (per_head asked)");
+      ExpectCloseHeads(heads, cpu_heads, o, what);
     }
     // MeasureLayer's CUDA branch is this calibrator.
     o.backend = Backend::kCuda;
-    auto dispatched = MeasureLayer(layer.x, o);
+    std::vector<std::vector<double>> dispatched_heads;
+    auto dispatched = MeasureLayer(layer.x, o, &dispatched_heads);
     ASSERT_TRUE(dispatched.ok()) << dispatched.status();
     EXPECT_EQ((*dispatched)[RefIndex(o)], 0.0);
     ExpectClose(*dispatched, *cpu, o, "MeasureLayer(kCuda)");
+    ExpectCloseHeads(dispatched_heads, cpu_heads, o, "MeasureLayer(kCuda)");
+  }
+}
+
+// Every query head given head 0's q and every KV head KV head 0's k/v: on the
+// device too, each head's s equals the layer's s (up to the order of the
+// atomic double sums).
+TEST_F(GpuCalibratorTest, PerHeadOfIdenticalHeadsEqualsPerLayer) {
+  const int64_t heads = 8, kv_heads = 4, n = 700, d = 128;
+  RandomLayer layer(heads, kv_heads, n, d, 17);
+  for (int64_t h = 1; h < heads; ++h) std::copy_n(layer.q.begin(), n * d, layer.q.begin() + h * n * d);
+  for (int64_t h = 1; h < kv_heads; ++h) {
+    std::copy_n(layer.k.begin(), n * d, layer.k.begin() + h * n * d);
+    std::copy_n(layer.v.begin(), n * d, layer.v.begin() + h * n * d);
+  }
+  CalibrationOptions o;
+  o.probe_tokens = 64;
+  auto gpu = GpuCalibrator::Create();
+  ASSERT_TRUE(gpu.ok()) << gpu.status();
+  std::vector<std::vector<double>> per_head;
+  auto s = (*gpu)->MeasureLayer(layer.x, o, &per_head);
+  ASSERT_TRUE(s.ok()) << s.status();
+  ASSERT_EQ(per_head.size(), static_cast<size_t>(kv_heads));
+  for (int64_t h = 0; h < kv_heads; ++h) {
+    ASSERT_EQ(per_head[h].size(), o.tuples.size());
+    for (size_t t = 0; t < o.tuples.size(); ++t)
+      EXPECT_NEAR(per_head[h][t], (*s)[t], 1e-9 * (*s)[t]) << "KV head " << h << " " << ToString(o.tuples[t]);
   }
 }
 
@@ -99,11 +147,16 @@ TEST_F(GpuCalibratorTest, RecomputesGroupsWhoseOffsetIsFarFromTheRowMax) {
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   auto gpu = GpuCalibrator::Create();
   ASSERT_TRUE(gpu.ok()) << gpu.status();
-  auto got = (*gpu)->MeasureLayer(layer.x, o);
+  std::vector<std::vector<double>> gpu_heads;
+  auto got = (*gpu)->MeasureLayer(layer.x, o, &gpu_heads);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_GT((*gpu)->last_stats().fallback_groups, 0);
   EXPECT_EQ((*got)[RefIndex(o)], 0.0);
   ExpectClose(*got, *cpu, o, "evicted probe-only key");
+  // The recomputed groups' per-head sums are reset and redone, not added twice.
+  std::vector<std::vector<double>> cpu_heads;
+  ASSERT_TRUE(MeasureLayer(layer.x, o, &cpu_heads).ok());
+  ExpectCloseHeads(gpu_heads, cpu_heads, o, "evicted probe-only key");
 }
 
 TEST_F(GpuCalibratorTest, RejectsBadOptions) {

@@ -350,12 +350,27 @@ TEST_F(GpuModelTest, CalibrateLayersOnCudaMatchesCpu) {
   CalibrationOptions o;  // the 112-tuple grid, 256 probes
   o.backend = Backend::kCuda;
   o.gpu_forward = GpuForwardPrecision::kFloat32;
-  auto gpu = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
+  std::vector<std::vector<std::vector<double>>> gpu_heads, cpu_heads;  // [layer][KV head][tuple]
+  auto gpu = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o, nullptr, &gpu_heads);
   ASSERT_TRUE(gpu.ok()) << gpu.status();
   o.backend = Backend::kReference;
-  auto cpu = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o);
+  auto cpu = CalibrateLayers(*model_, *seqs, 0, c.num_layers, o, nullptr, &cpu_heads);
   ASSERT_TRUE(cpu.ok()) << cpu.status();
   ExpectCloseGrid(*gpu, *cpu, o, "CalibrateLayers cuda vs reference", /*fp16_vs_fp32=*/true);
+  // Per KV head (the CUDA branch fills per_head from MeasureDeviceLayer).
+  ASSERT_EQ(gpu_heads.size(), static_cast<size_t>(c.num_layers));
+  ASSERT_EQ(cpu_heads.size(), static_cast<size_t>(c.num_layers));
+  for (int64_t h = 0; h < c.num_kv_heads; ++h) {
+    std::vector<std::vector<double>> gpu_h, cpu_h;  // [layer][tuple]
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      ASSERT_EQ(gpu_heads[l].size(), static_cast<size_t>(c.num_kv_heads));
+      ASSERT_EQ(cpu_heads[l].size(), static_cast<size_t>(c.num_kv_heads));
+      gpu_h.push_back(gpu_heads[l][h]);
+      cpu_h.push_back(cpu_heads[l][h]);
+    }
+    ExpectCloseGrid(gpu_h, cpu_h, o, absl::StrCat("CalibrateLayers cuda vs reference, KV head ", h),
+                    /*fp16_vs_fp32=*/true);
+  }
 
   // The BF16 forward's table against the fp32 forward's (same GPU grid).
   o.backend = Backend::kCuda;
