@@ -1,5 +1,7 @@
 // moendctl calibrate: measure a model's sensitivity table locally.
 #include <cstdio>
+#include <filesystem>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -13,7 +15,6 @@
 #include "worker/calibrator.h"
 
 #ifdef MOEND_WITH_REGISTRY
-#include <filesystem>
 #include <thread>
 
 #include "services/registry/registry_client.h"
@@ -27,15 +28,23 @@ int Fail(const absl::Status& s) { return FailWith("calibrate", s); }
 constexpr char kUsage[] =
     "usage: moendctl calibrate --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256] [--threads N]\n"
+    "                          [--recall-data FILE|none] [--recall-seq-len 4096]\n"
+    "                          [--recall-probes 33] [--recall-samples N]\n"
     "                          [--gpu-forward bf16|fp32]\n"
     "       moendctl calibrate --registry HOST:PORT --model DIR --data FILE --out table.json\n"
     "                          [--seq-len 4096] [--samples N] [--probes 256]\n"
     "                          [--samples-per-shard 1] [--layers-per-shard L] [--timeout 3600]\n"
     "                          [--reuse] [--tls-ca FILE [--tls-client-cert FILE\n"
     "                          --tls-client-key FILE]] [--auth-token-file FILE]\n"
-    "Measures s[layer][tuple] over the first N sequences of FILE (concatenated\n"
-    "sequences of --seq-len tokens; default: all of them) for the 112-tuple grid\n"
-    "and writes the sensitivity table JSON to --out. Without --registry it runs\n"
+    "Measures s[layer][tuple] and per KV head s_head[layer][head][tuple] over the\n"
+    "first N sequences of FILE (concatenated sequences of --seq-len tokens;\n"
+    "default: all of them) for the 112-tuple grid and writes the sensitivity\n"
+    "table JSON to --out. Locally it adds the recall signal (docs/DESIGN.md\n"
+    "section 3.4): the same measurement over --recall-data (default:\n"
+    "calibration_recall.bin next to FILE, when it exists; 'none' leaves it out),\n"
+    "sequences of --recall-seq-len tokens whose last --recall-probes tokens are\n"
+    "a recall question and its answer (scripts/make_recall_calibration.py writes\n"
+    "them); the table holds the sum of both. Without --registry it runs\n"
     "here; with it, it registers the model (named after its folder), submits a\n"
     "job that the registry's workers (moend-worker) shard among themselves, and\n"
     "waits for the merged table. FILE must be readable by the workers (an\n"
@@ -135,6 +144,50 @@ int CalibrateOnFleet(const Args& args, const std::string& target, const std::str
 }
 #endif
 
+// One signal: s and s_head of every layer over `sequences` with `probes`
+// probe tokens at their end.
+absl::StatusOr<SensitivityTable> MeasureSignal(const Model& model,
+                                               const std::vector<std::vector<int32_t>>& sequences,
+                                               int64_t seq_len, int64_t probes,
+                                               worker::CalibrationOptions options,
+                                               const std::string& what) {
+  options.probe_tokens = probes;
+  const ModelConfig& cfg = model.config();
+  const int64_t count = static_cast<int64_t>(sequences.size());
+  ProgressBar bar(absl::StrCat("calibrating ", model.name(), ", ", what, " (", cfg.num_layers,
+                               " layers x ", options.tuples.size(), " tuples)"));
+  bar.Update(0, count);
+  SensitivityTable table;
+  auto s = worker::CalibrateLayers(model, sequences, 0, cfg.num_layers, options,
+                                   [&](int64_t done, int64_t total) { bar.Update(done, total); },
+                                   &table.s_head);
+  bar.Finish();
+  if (!s.ok()) return s.status();
+  table.model = model.name();
+  table.num_layers = cfg.num_layers;
+  table.num_kv_heads = cfg.num_kv_heads;
+  table.head_dim = cfg.head_dim;
+  table.seq_len = seq_len;
+  table.compression_point = seq_len - probes;
+  table.samples = count;
+  table.tuples = options.tuples;
+  table.s = *std::move(s);
+  return table;
+}
+
+// --recall-data: the flag, "none", or calibration_recall.bin beside --data.
+std::optional<std::string> RecallData(const Args& args, const std::string& data) {
+  if (auto flag = args.Optional("recall-data")) {
+    if (*flag == "none") return std::nullopt;
+    return *flag;
+  }
+  const std::filesystem::path beside =
+      std::filesystem::path(data).parent_path() / "calibration_recall.bin";
+  std::error_code ec;
+  if (std::filesystem::is_regular_file(beside, ec)) return beside.string();
+  return std::nullopt;
+}
+
 }  // namespace
 
 int RunCalibrate(int argc, char** argv) {
@@ -142,7 +195,9 @@ int RunCalibrate(int argc, char** argv) {
                           WithClientSecurityFlags({"model", "data", "out", "seq-len", "samples",
                                                    "probes", "threads", "registry",
                                                    "samples-per-shard", "layers-per-shard",
-                                                   "timeout", "gpu-forward"}),
+                                                   "timeout", "gpu-forward", "recall-data",
+                                                   "recall-seq-len", "recall-probes",
+                                                   "recall-samples"}),
                           {"reuse"});
   if (!args.ok()) return Fail(args.status());
   if (args->help()) {
@@ -156,8 +211,13 @@ int RunCalibrate(int argc, char** argv) {
   auto samples = args->Int("samples", 0);
   auto probes = args->Int("probes", 256);
   auto threads = args->Int("threads", 0);
-  for (const absl::Status& s : {model_dir.status(), data.status(), out.status(), seq_len.status(),
-                                samples.status(), probes.status(), threads.status()}) {
+  auto recall_seq_len = args->Int("recall-seq-len", 4096);
+  auto recall_probes = args->Int("recall-probes", 33);
+  auto recall_samples = args->Int("recall-samples", 0);
+  for (const absl::Status& s :
+       {model_dir.status(), data.status(), out.status(), seq_len.status(), samples.status(),
+        probes.status(), threads.status(), recall_seq_len.status(), recall_probes.status(),
+        recall_samples.status()}) {
     if (!s.ok()) return Fail(s);
   }
   const std::string gpu_forward = args->Optional("gpu-forward").value_or("bf16");
@@ -165,10 +225,15 @@ int RunCalibrate(int argc, char** argv) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--gpu-forward '", gpu_forward, "' is not one of bf16, fp32")));
   }
-  if (*seq_len <= *probes) {
+  if (*seq_len <= *probes || *probes < 1) {
     return Fail(absl::InvalidArgumentError(absl::StrCat(
-        "--seq-len ", *seq_len, " must exceed --probes ", *probes, " (the compression point is "
-        "seq-len - probes)")));
+        "--seq-len ", *seq_len, " must exceed --probes ", *probes, " >= 1 (the compression point "
+        "is seq-len - probes)")));
+  }
+  if (*recall_seq_len <= *recall_probes || *recall_probes < 1) {
+    return Fail(absl::InvalidArgumentError(absl::StrCat(
+        "--recall-seq-len ", *recall_seq_len, " must exceed --recall-probes ", *recall_probes,
+        " >= 1")));
   }
   if (auto target = args->Optional("registry")) {
 #ifdef MOEND_WITH_REGISTRY
@@ -179,39 +244,50 @@ int RunCalibrate(int argc, char** argv) {
   }
   auto model = Model::Load(*model_dir, ModelOptions{static_cast<int>(*threads)});
   if (!model.ok()) return Fail(model.status());
-  auto sequences = worker::LoadCalibrationSequences(*data, *seq_len, 0, *samples > 0 ? *samples : -1,
-                                                    (*model)->config().vocab_size);
+  const std::optional<std::string> recall_data = RecallData(*args, *data);
+  const int64_t vocab = (*model)->config().vocab_size;
+  auto sequences =
+      worker::LoadCalibrationSequences(*data, *seq_len, 0, *samples > 0 ? *samples : -1, vocab);
   if (!sequences.ok()) return Fail(sequences.status());
+  // Load both datasets before the first (long) measurement, so that a bad
+  // recall file fails at once.
+  absl::StatusOr<std::vector<std::vector<int32_t>>> recall_sequences;
+  if (recall_data) {
+    recall_sequences = worker::LoadCalibrationSequences(
+        *recall_data, *recall_seq_len, 0, *recall_samples > 0 ? *recall_samples : -1, vocab);
+    if (!recall_sequences.ok()) {
+      return Fail(absl::Status(recall_sequences.status().code(),
+                               absl::StrCat("--recall-data: ", recall_sequences.status().message())));
+    }
+  }
   const int64_t count = static_cast<int64_t>(sequences->size());
 
   worker::CalibrationOptions options;
-  options.probe_tokens = *probes;
   options.gpu_forward =
       gpu_forward == "fp32" ? worker::GpuForwardPrecision::kFloat32 : worker::GpuForwardPrecision::kBf16;
-  const ModelConfig& cfg = (*model)->config();
-  ProgressBar bar(absl::StrCat("calibrating ", (*model)->name(), " (", cfg.num_layers,
-                               " layers x ", options.tuples.size(), " tuples)"));
-  bar.Update(0, count);
-  auto s = worker::CalibrateLayers(**model, *sequences, 0, cfg.num_layers, options,
-                                   [&](int64_t done, int64_t total) { bar.Update(done, total); });
-  bar.Finish();
-  if (!s.ok()) return Fail(s.status());
-
-  SensitivityTable table;
-  table.model = (*model)->name();
-  table.num_layers = cfg.num_layers;
-  table.num_kv_heads = cfg.num_kv_heads;
-  table.head_dim = cfg.head_dim;
-  table.seq_len = *seq_len;
-  table.compression_point = *seq_len - *probes;
-  table.samples = count;
-  table.tuples = options.tuples;
-  table.s = *std::move(s);
+  auto code = MeasureSignal(**model, *sequences, *seq_len, *probes, options, "code probes");
+  if (!code.ok()) return Fail(code.status());
+  code->signals.push_back(absl::StrCat("code: ", count, " x ", *seq_len, " tokens of ", *data,
+                                       ", last ", *probes, " are probes"));
+  SensitivityTable table = *std::move(code);
+  if (recall_data) {
+    auto recall = MeasureSignal(**model, *recall_sequences, *recall_seq_len, *recall_probes,
+                                options, "recall probes");
+    if (!recall.ok()) return Fail(recall.status());
+    recall->signals.push_back(absl::StrCat("recall: ", recall->samples, " x ", *recall_seq_len,
+                                           " tokens of ", *recall_data, ", last ", *recall_probes,
+                                           " (question and answer) are probes"));
+    auto sum = SumTables(table, *recall);
+    if (!sum.ok()) return Fail(sum.status());
+    table = *std::move(sum);
+  }
   absl::Status written = WriteSensitivityTable(table, *out);
   if (!written.ok()) return Fail(written);
-  std::fprintf(stderr, "wrote %s: %lld layers x %zu tuples over %lld sequences\n", out->c_str(),
-               static_cast<long long>(table.num_layers), table.tuples.size(),
-               static_cast<long long>(count));
+  std::fprintf(stderr, "wrote %s: %lld layers x %lld KV heads x %zu tuples over %lld sequences%s\n",
+               out->c_str(), static_cast<long long>(table.num_layers),
+               static_cast<long long>(table.num_kv_heads), table.tuples.size(),
+               static_cast<long long>(table.samples),
+               recall_data ? " (code + recall probes)" : "");
   return kExitOk;
 }
 
