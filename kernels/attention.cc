@@ -16,9 +16,9 @@ absl::Status ValidateLayer(const CompressedLayer& c, const LayerFormat& f, int64
   if (!(c.format() == f)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "cache ", index, " has format (kv heads ", c.format().num_kv_heads, ", D ",
-        c.format().head_dim, ", bits ", c.format().kbits, "/", c.format().vbits,
-        ") but cache 0 has (kv heads ", f.num_kv_heads, ", D ", f.head_dim, ", bits ", f.kbits,
-        "/", f.vbits, "); a batch shares one layer format"));
+        c.format().head_dim, ", bits ", BitsString(c.format()), ") but cache 0 has (kv heads ",
+        f.num_kv_heads, ", D ", f.head_dim, ", bits ", BitsString(f),
+        "); a batch shares one layer format"));
   }
   const int64_t d = f.head_dim;
   const int64_t w = c.window_tokens(), r = c.residual_tokens();
@@ -26,20 +26,22 @@ absl::Status ValidateLayer(const CompressedLayer& c, const LayerFormat& f, int64
     const CompressedHead& hd = c.head(h);
     const int64_t q = hd.quantized;
     const int64_t groups = hd.KeyGroups();
+    const int kbits = f.KBits(h), vbits = f.VBits(h);
     const bool ok =
         q >= hd.initial_kept && hd.initial_kept >= 0 && (q - hd.initial_kept) % kQuantGroup == 0 &&
-        static_cast<int64_t>(hd.k_codes.size()) == q * PackedRowBytes(d, f.kbits) &&
-        static_cast<int64_t>(hd.v_codes.size()) == q * PackedRowBytes(d, f.vbits) &&
-        static_cast<int64_t>(hd.k_scale.size()) == (f.kbits < kFp16Bits ? groups * d : 0) &&
+        static_cast<int64_t>(hd.k_codes.size()) == q * PackedRowBytes(d, kbits) &&
+        static_cast<int64_t>(hd.v_codes.size()) == q * PackedRowBytes(d, vbits) &&
+        static_cast<int64_t>(hd.k_scale.size()) == (kbits < kFp16Bits ? groups * d : 0) &&
         hd.k_min.size() == hd.k_scale.size() &&
-        static_cast<int64_t>(hd.v_scale.size()) == (f.vbits < kFp16Bits ? q * (d / kQuantGroup) : 0) &&
+        static_cast<int64_t>(hd.v_scale.size()) == (vbits < kFp16Bits ? q * (d / kQuantGroup) : 0) &&
         hd.v_min.size() == hd.v_scale.size() &&
         static_cast<int64_t>(hd.window_k.size()) == w * d && hd.window_v.size() == hd.window_k.size() &&
         static_cast<int64_t>(hd.residual_k.size()) == r * d &&
         hd.residual_v.size() == hd.residual_k.size() && w <= kWindowTokens;
     if (!ok) {
       return absl::InvalidArgumentError(
-          absl::StrCat("cache ", index, " head ", h, ": buffer sizes do not match its format"));
+          absl::StrCat("cache ", index, " head ", h, ": buffer sizes do not match its format (",
+                       hd.quantized, " quantized tokens at bits ", kbits, "/", vbits, ")"));
     }
   }
   return absl::OkStatus();

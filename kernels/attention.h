@@ -15,8 +15,9 @@ namespace moend::kernels {
 
 // One decode step for a batch of sequences of one layer: out[b] = attention of
 // q[b] over everything caches[b] holds (quantized part, window, residual;
-// append the new token's K/V first). The caches must share one LayerFormat;
-// their lengths may differ per sequence and head.
+// append the new token's K/V first). The caches must share one LayerFormat
+// (per-head bits included: KV heads may differ in bits, DESIGN.md section 2
+// "Per-head tuples"); their lengths may differ per sequence and head.
 // q, out: [batch, num_heads, head_dim] float32.
 absl::Status DecodeAttention(absl::Span<const CompressedLayer* const> caches, const float* q,
                              int64_t num_heads, float* out, Backend backend = Backend::kAuto);

@@ -1,6 +1,7 @@
 #include "kernels/compressed_cache.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "core/compression.h"
@@ -8,6 +9,59 @@
 #include "kernels/reference/quantize_ref.h"
 
 namespace moend::kernels {
+
+LayerFormat LayerFormat::PerHead(int64_t dim, const std::vector<int>& kbits,
+                                 const std::vector<int>& vbits) {
+  LayerFormat f(static_cast<int64_t>(kbits.size()), dim, kbits.empty() ? 16 : kbits[0],
+                vbits.empty() ? 16 : vbits[0]);
+  if (std::any_of(kbits.begin(), kbits.end(), [&](int b) { return b != f.kbits; })) {
+    f.head_kbits = kbits;
+  }
+  if (std::any_of(vbits.begin(), vbits.end(), [&](int b) { return b != f.vbits; }) ||
+      vbits.size() != kbits.size()) {
+    f.head_vbits = vbits;
+  }
+  return f;
+}
+
+bool LayerFormat::Uniform() const {
+  for (int64_t h = 1; h < num_kv_heads; ++h) {
+    if (KBits(h) != KBits(0) || VBits(h) != VBits(0)) return false;
+  }
+  return true;
+}
+
+bool operator==(const LayerFormat& a, const LayerFormat& b) {
+  if (a.num_kv_heads != b.num_kv_heads || a.head_dim != b.head_dim) return false;
+  const auto sized = [](const LayerFormat& f) {
+    return (f.head_kbits.empty() || static_cast<int64_t>(f.head_kbits.size()) == f.num_kv_heads) &&
+           (f.head_vbits.empty() || static_cast<int64_t>(f.head_vbits.size()) == f.num_kv_heads);
+  };
+  if (!sized(a) || !sized(b)) {  // malformed: compare field by field
+    return a.kbits == b.kbits && a.vbits == b.vbits && a.head_kbits == b.head_kbits &&
+           a.head_vbits == b.head_vbits;
+  }
+  if (a.num_kv_heads == 0) return a.kbits == b.kbits && a.vbits == b.vbits;
+  for (int64_t h = 0; h < a.num_kv_heads; ++h) {
+    if (a.KBits(h) != b.KBits(h) || a.VBits(h) != b.VBits(h)) return false;
+  }
+  return true;
+}
+
+std::string BitsString(const LayerFormat& f) {
+  const bool sized =
+      (f.head_kbits.empty() || static_cast<int64_t>(f.head_kbits.size()) == f.num_kv_heads) &&
+      (f.head_vbits.empty() || static_cast<int64_t>(f.head_vbits.size()) == f.num_kv_heads);
+  if (!sized || f.num_kv_heads <= 0 || f.Uniform()) {
+    return absl::StrCat(f.num_kv_heads > 0 && sized ? f.KBits(0) : f.kbits, "/",
+                        f.num_kv_heads > 0 && sized ? f.VBits(0) : f.vbits);
+  }
+  std::string s = "[";
+  for (int64_t h = 0; h < f.num_kv_heads; ++h) {
+    absl::StrAppend(&s, h ? " " : "", f.KBits(h), "/", f.VBits(h));
+  }
+  return s + "]";
+}
 
 absl::Status ValidateFormat(const LayerFormat& f) {
   if (f.num_kv_heads <= 0) {
@@ -18,11 +72,24 @@ absl::Status ValidateFormat(const LayerFormat& f) {
     return absl::InvalidArgumentError(
         absl::StrCat("head dim ", f.head_dim, " is not supported (allowed: 64, 128)"));
   }
-  if (!IsSupportedBits(f.kbits)) {
-    return absl::InvalidArgumentError(absl::StrCat("K bits ", f.kbits, " is not one of 2, 4, 8, 16"));
+  for (const auto& [name, bits] : {std::pair<const char*, const std::vector<int>*>{"K", &f.head_kbits},
+                                   {"V", &f.head_vbits}}) {
+    if (!bits->empty() && static_cast<int64_t>(bits->size()) != f.num_kv_heads) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("per-head ", name, " bits hold ", bits->size(), " entries for ",
+                       f.num_kv_heads, " KV heads (allowed: none, or one per KV head)"));
+    }
   }
-  if (!IsSupportedBits(f.vbits)) {
-    return absl::InvalidArgumentError(absl::StrCat("V bits ", f.vbits, " is not one of 2, 4, 8, 16"));
+  for (int64_t h = 0; h < f.num_kv_heads; ++h) {
+    const std::string head = f.Uniform() ? "" : absl::StrCat(" of KV head ", h);
+    if (!IsSupportedBits(f.KBits(h))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("K bits ", f.KBits(h), head, " is not one of 2, 4, 8, 16"));
+    }
+    if (!IsSupportedBits(f.VBits(h))) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("V bits ", f.VBits(h), head, " is not one of 2, 4, 8, 16"));
+    }
   }
   return absl::OkStatus();
 }
@@ -76,8 +143,8 @@ HeadView CompressedLayer::View(int64_t h) const {
   v.quantized = hd.quantized;
   v.window = window_tokens();
   v.residual = residual_tokens();
-  v.kbits = format_.kbits;
-  v.vbits = format_.vbits;
+  v.kbits = format_.KBits(h);
+  v.vbits = format_.VBits(h);
   return v;
 }
 
@@ -108,29 +175,42 @@ HeadCapacity CapacityFor(int64_t initial_kept, int64_t appended) {
 
 }  // namespace
 
+int64_t ReservedLayerBytes(const LayerFormat& f, std::span<const int64_t> initial_kept,
+                           int64_t window, int64_t appended) {
+  const int64_t d = f.head_dim;
+  int64_t bytes = 0;
+  for (int64_t h = 0; h < f.num_kv_heads; ++h) {
+    const int kbits = f.KBits(h), vbits = f.VBits(h);
+    const HeadCapacity c =
+        CapacityFor(initial_kept.size() == 1 ? initial_kept[0] : initial_kept[h], appended);
+    int64_t head = c.quantized * (PackedRowBytes(d, kbits) + PackedRowBytes(d, vbits));
+    if (kbits < kFp16Bits) head += 2 * c.key_groups * d * 2;
+    if (vbits < kFp16Bits) head += 2 * c.quantized * (d / kQuantGroup) * 2;
+    head += 2 * (window + c.residual) * d * 2;
+    head += c.quantized * static_cast<int64_t>(sizeof(int32_t));
+    bytes += head;
+  }
+  return bytes;
+}
+
 int64_t ReservedLayerBytes(const LayerFormat& f, int64_t initial_kept, int64_t window,
                            int64_t appended) {
-  const int64_t d = f.head_dim;
-  const HeadCapacity c = CapacityFor(initial_kept, appended);
-  int64_t head = c.quantized * (PackedRowBytes(d, f.kbits) + PackedRowBytes(d, f.vbits));
-  if (f.kbits < kFp16Bits) head += 2 * c.key_groups * d * 2;
-  if (f.vbits < kFp16Bits) head += 2 * c.quantized * (d / kQuantGroup) * 2;
-  head += 2 * (window + c.residual) * d * 2;
-  head += c.quantized * static_cast<int64_t>(sizeof(int32_t));
-  return f.num_kv_heads * head;
+  return ReservedLayerBytes(f, std::span<const int64_t>(&initial_kept, 1), window, appended);
 }
 
 void CompressedLayer::Reserve(int64_t appended) {
   const int64_t d = format_.head_dim;
-  for (CompressedHead& hd : heads_) {
+  for (int64_t h = 0; h < static_cast<int64_t>(heads_.size()); ++h) {
+    CompressedHead& hd = heads_[h];
+    const int kbits = format_.KBits(h), vbits = format_.VBits(h);
     const HeadCapacity c = CapacityFor(hd.initial_kept, appended_ + appended);
-    hd.k_codes.reserve(c.quantized * PackedRowBytes(d, format_.kbits));
-    hd.v_codes.reserve(c.quantized * PackedRowBytes(d, format_.vbits));
-    if (format_.kbits < kFp16Bits) {
+    hd.k_codes.reserve(c.quantized * PackedRowBytes(d, kbits));
+    hd.v_codes.reserve(c.quantized * PackedRowBytes(d, vbits));
+    if (kbits < kFp16Bits) {
       hd.k_scale.reserve(c.key_groups * d);
       hd.k_min.reserve(c.key_groups * d);
     }
-    if (format_.vbits < kFp16Bits) {
+    if (vbits < kFp16Bits) {
       hd.v_scale.reserve(c.quantized * (d / kQuantGroup));
       hd.v_min.reserve(c.quantized * (d / kQuantGroup));
     }
@@ -182,11 +262,13 @@ absl::Status CompressedLayer::Append(const float* k, const float* v, int64_t tok
 void CompressedLayer::FlushResidual() {
   const int64_t d = format_.head_dim;
   const int64_t n = residual_tokens();
-  const int64_t krow = PackedRowBytes(d, format_.kbits), vrow = PackedRowBytes(d, format_.vbits);
   const int64_t vgroups = d / kQuantGroup;
   std::vector<float> kf(n * d), vf(n * d);
   std::vector<const float*> rows(n);
-  for (CompressedHead& hd : heads_) {
+  for (int64_t h = 0; h < static_cast<int64_t>(heads_.size()); ++h) {
+    CompressedHead& hd = heads_[h];
+    const int kbits = format_.KBits(h), vbits = format_.VBits(h);
+    const int64_t krow = PackedRowBytes(d, kbits), vrow = PackedRowBytes(d, vbits);
     for (int64_t i = 0; i < n * d; ++i) {
       kf[i] = HalfToFloat(hd.residual_k[i]);
       vf[i] = HalfToFloat(hd.residual_v[i]);
@@ -197,22 +279,21 @@ void CompressedLayer::FlushResidual() {
     hd.v_codes.resize((q + n) * vrow, 0);
     uint16_t* ks = nullptr;
     uint16_t* km = nullptr;
-    if (format_.kbits < kFp16Bits) {
+    if (kbits < kFp16Bits) {
       hd.k_scale.resize(hd.k_scale.size() + d);
       hd.k_min.resize(hd.k_min.size() + d);
       ks = hd.k_scale.data() + hd.k_scale.size() - d;
       km = hd.k_min.data() + hd.k_min.size() - d;
     }
-    ref::QuantizeKeyGroup(rows.data(), n, d, format_.kbits, hd.k_codes.data() + q * krow, ks, km);
-    if (format_.vbits < kFp16Bits) {
+    ref::QuantizeKeyGroup(rows.data(), n, d, kbits, hd.k_codes.data() + q * krow, ks, km);
+    if (vbits < kFp16Bits) {
       hd.v_scale.resize((q + n) * vgroups);
       hd.v_min.resize((q + n) * vgroups);
     }
     for (int64_t i = 0; i < n; ++i) {
-      ref::QuantizeValueRow(vf.data() + i * d, d, format_.vbits,
-                            hd.v_codes.data() + (q + i) * vrow,
-                            format_.vbits < kFp16Bits ? hd.v_scale.data() + (q + i) * vgroups : nullptr,
-                            format_.vbits < kFp16Bits ? hd.v_min.data() + (q + i) * vgroups : nullptr);
+      ref::QuantizeValueRow(vf.data() + i * d, d, vbits, hd.v_codes.data() + (q + i) * vrow,
+                            vbits < kFp16Bits ? hd.v_scale.data() + (q + i) * vgroups : nullptr,
+                            vbits < kFp16Bits ? hd.v_min.data() + (q + i) * vgroups : nullptr);
       hd.position.push_back(static_cast<int32_t>(prefix_tokens_ + appended_ - n + i));
     }
     hd.quantized = q + n;

@@ -12,12 +12,18 @@
 //   window          the last min(c, 32) prefix tokens, fp16, never quantized.
 //   residual        tokens appended after compression, fp16, until 32 of them
 //                   form a group that is flushed into the quantized part.
+// Each head is packed with its own bits (LayerFormat::KBits(h), VBits(h)) and
+// holds its own number of kept tokens.
 // Bytes() counts exactly the buffers above; right after compression it equals
-// core's LayerBytes(). Token positions are kept as bookkeeping and not billed.
+// core's LayerBytes() for a uniform layer, and the sum over heads of
+// PackedKeyBytes + PackedValueBytes + window with each head's tuple for a
+// mixed one. Token positions are kept as bookkeeping and not billed.
 #ifndef MOEND_KERNELS_COMPRESSED_CACHE_H_
 #define MOEND_KERNELS_COMPRESSED_CACHE_H_
 
 #include <cstdint>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -26,30 +32,63 @@
 
 namespace moend::kernels {
 
-// Shape and bit widths shared by every head of a compressed layer.
+// Shape and bit widths of a compressed layer. Every KV head may have its own
+// bit widths (per-head tuples, DESIGN.md section 2): head_kbits / head_vbits
+// hold one entry per KV head, or are empty when every head uses kbits / vbits.
+// `LayerFormat{hkv, d, kb, vb}` is a uniform layer.
 struct LayerFormat {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;  // 64 or 128
-  int kbits = 16;        // 2, 4, 8 or 16 (fp16)
-  int vbits = 16;        // 2, 4, 8 or 16 (fp16)
+  int kbits = 16;        // 2, 4, 8 or 16 (fp16): the K bits of every head when head_kbits is empty
+  int vbits = 16;        // the V bits of every head when head_vbits is empty
+  std::vector<int> head_kbits;  // [num_kv_heads] or empty
+  std::vector<int> head_vbits;  // [num_kv_heads] or empty
 
-  friend bool operator==(const LayerFormat&, const LayerFormat&) = default;
+  LayerFormat() = default;
+  LayerFormat(int64_t kv_heads, int64_t dim, int k_bits = 16, int v_bits = 16)
+      : num_kv_heads(kv_heads), head_dim(dim), kbits(k_bits), vbits(v_bits) {}
+  // A layer whose head h has bits (kbits[h], vbits[h]). When every head has
+  // the same bits the result is the uniform format (empty per-head vectors);
+  // otherwise kbits / vbits are set to head 0's and only KBits(h) / VBits(h)
+  // carry meaning.
+  static LayerFormat PerHead(int64_t dim, const std::vector<int>& kbits,
+                             const std::vector<int>& vbits);
+
+  int KBits(int64_t h) const { return head_kbits.empty() ? kbits : head_kbits[h]; }
+  int VBits(int64_t h) const { return head_vbits.empty() ? vbits : head_vbits[h]; }
+  // True when every head has the same K bits and the same V bits (then
+  // KBits(h) == KBits(0) and VBits(h) == VBits(0) for every h).
+  bool Uniform() const;
+
+  // Equal shapes and equal bits head by head (a uniform layer equals the same
+  // layer spelled with per-head vectors).
+  friend bool operator==(const LayerFormat& a, const LayerFormat& b);
 };
 
+// "4/2" for a uniform layer, "[4/2 8/8 ...]" (K/V per head) otherwise.
+std::string BitsString(const LayerFormat& f);
+
 // Bytes a layer's cache takes once reserved for `appended` tokens after
-// compression with `initial_kept` kept tokens and a window of `window` tokens
-// per head: the Bytes() of section 2.9 at its largest (residual up to 32
-// rows) plus 4 bytes of position per quantized token.
+// compression with `initial_kept[h]` kept tokens in head h (one entry per KV
+// head, or one entry for all heads) and a window of `window` tokens per head:
+// the Bytes() of section 2.9 at its largest (residual up to 32 rows) plus 4
+// bytes of position per quantized token, summed over heads with each head's
+// bits. Exactly CapacityBytes() after Reserve(appended).
+int64_t ReservedLayerBytes(const LayerFormat& f, std::span<const int64_t> initial_kept,
+                           int64_t window, int64_t appended);
+// The same with `initial_kept` tokens kept in every head.
 int64_t ReservedLayerBytes(const LayerFormat& f, int64_t initial_kept, int64_t window,
                            int64_t appended);
 
-// OK iff head_dim is 64 or 128, num_kv_heads > 0 and the bit widths are supported.
+// OK iff head_dim is 64 or 128, num_kv_heads > 0, the per-head vectors are
+// empty or hold num_kv_heads entries, and every head's bit widths are supported.
 absl::Status ValidateFormat(const LayerFormat& f);
 
 // Bytes of one packed K / V row (a token's D codes) at `bits` (16: fp16).
 int64_t PackedRowBytes(int64_t head_dim, int bits);
 
 struct CompressedHead {
+  // kbits / vbits below are the head's own: LayerFormat::KBits(h) / VBits(h).
   std::vector<uint8_t> k_codes;      // [quantized, PackedRowBytes(D, kbits)]
   std::vector<uint16_t> k_scale;     // fp16 [key_groups, D]; empty when kbits == 16
   std::vector<uint16_t> k_min;       // fp16 [key_groups, D]
@@ -105,7 +144,7 @@ class CompressedLayer {
 
   // Appends `tokens` new tokens (decode steps or a chunk) to the residual;
   // each time the residual reaches 32 tokens they are quantized with the
-  // layer's bits (K: one new group of 32; V: per token) and moved into the
+  // bits of each head (K: one new group of 32; V: per token) and moved into the
   // quantized part. k, v: [num_kv_heads, tokens, D] float32, head stride
   // `head_stride` rows (0 means `tokens`).
   absl::Status Append(const float* k, const float* v, int64_t tokens, int64_t head_stride = 0);

@@ -13,19 +13,20 @@ void DequantizeQuantizedRows(const CompressedLayer& layer, int64_t h, int64_t fi
   const LayerFormat& f = layer.format();
   const CompressedHead& hd = layer.head(h);
   const int64_t d = f.head_dim;
-  const int64_t krow = PackedRowBytes(d, f.kbits), vrow = PackedRowBytes(d, f.vbits);
+  const int kbits = f.KBits(h), vbits = f.VBits(h);
+  const int64_t krow = PackedRowBytes(d, kbits), vrow = PackedRowBytes(d, vbits);
   const int64_t vgroups = d / kQuantGroup;
   for (int64_t g = 0; g < hd.KeyGroups(); ++g) {
     const int64_t begin = hd.KeyGroupBegin(g), size = hd.KeyGroupSize(g);
     for (int64_t t = std::max(begin, first); t < std::min(begin + size, first + count); ++t) {
       ref::DequantizeKeyRow(hd.k_codes.data() + t * krow,
-                            f.kbits < kFp16Bits ? hd.k_scale.data() + g * d : nullptr,
-                            f.kbits < kFp16Bits ? hd.k_min.data() + g * d : nullptr, d, f.kbits,
+                            kbits < kFp16Bits ? hd.k_scale.data() + g * d : nullptr,
+                            kbits < kFp16Bits ? hd.k_min.data() + g * d : nullptr, d, kbits,
                             k + (t - first) * d);
       ref::DequantizeValueRow(hd.v_codes.data() + t * vrow,
-                              f.vbits < kFp16Bits ? hd.v_scale.data() + t * vgroups : nullptr,
-                              f.vbits < kFp16Bits ? hd.v_min.data() + t * vgroups : nullptr, d,
-                              f.vbits, v + (t - first) * d);
+                              vbits < kFp16Bits ? hd.v_scale.data() + t * vgroups : nullptr,
+                              vbits < kFp16Bits ? hd.v_min.data() + t * vgroups : nullptr, d,
+                              vbits, v + (t - first) * d);
     }
   }
 }

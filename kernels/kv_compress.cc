@@ -1,6 +1,9 @@
 // Validation and backend dispatch of the compression entry points.
 #include "kernels/kv_compress.h"
 
+#include <algorithm>
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 #include "kernels/reference/reference.h"
@@ -93,23 +96,98 @@ absl::StatusOr<CompressedLayer> QuantizeKept(const LayerTensors& x, const KeptSe
   return ref::QuantizeKept(x, kept, kbits, vbits);
 }
 
+namespace {
+
+// Every candidate of every head kept, ascending: no scores needed.
+KeptSet KeepAll(int64_t num_kv_heads, int64_t prefix_tokens, int64_t m) {
+  KeptSet all{num_kv_heads, prefix_tokens, m, {}};
+  all.index.reserve(num_kv_heads * m);
+  for (int64_t h = 0; h < num_kv_heads; ++h) {
+    for (int64_t j = 0; j < m; ++j) all.index.push_back(static_cast<int32_t>(j));
+  }
+  return all;
+}
+
+}  // namespace
+
 absl::StatusOr<CompressedLayer> CompressLayer(const LayerTensors& x, int64_t prefix_tokens,
                                               const CompressionTuple& tuple, Backend backend) {
-  MOEND_RETURN_IF_ERROR(ValidateTuple(tuple));
-  MOEND_RETURN_IF_ERROR(ValidateLayerTensors(x, prefix_tokens));
-  const int64_t m = KeptTokens(tuple.keep, prefix_tokens);
-  const int64_t cand = CandidateTokens(prefix_tokens);
-  if (m == cand) {  // every candidate kept (or none exist): no scores needed
-    KeptSet all{x.num_kv_heads, prefix_tokens, m, {}};
-    all.index.reserve(x.num_kv_heads * m);
-    for (int64_t h = 0; h < x.num_kv_heads; ++h) {
-      for (int64_t j = 0; j < m; ++j) all.index.push_back(static_cast<int32_t>(j));
-    }
-    return QuantizeKept(x, all, tuple.kbits, tuple.vbits, backend);
+  return CompressHeads(x, prefix_tokens, std::span<const CompressionTuple>(&tuple, 1), backend);
+}
+
+absl::StatusOr<CompressedLayer> CompressHeads(const LayerTensors& x, int64_t prefix_tokens,
+                                              std::span<const CompressionTuple> head_tuples,
+                                              Backend backend, const EvictionScores* scores) {
+  const int64_t hkv = x.num_kv_heads;
+  const int64_t n_tuples = static_cast<int64_t>(head_tuples.size());
+  if (n_tuples != 1 && n_tuples != hkv) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        n_tuples, " compression tuples for ", hkv,
+        " KV heads (allowed: one for every head, or one per KV head)"));
   }
-  MOEND_ASSIGN_OR_RETURN(EvictionScores scores, ComputeEvictionScores(x, prefix_tokens, backend));
-  MOEND_ASSIGN_OR_RETURN(KeptSet kept, SelectKept(scores, m, backend));
-  return QuantizeKept(x, kept, tuple.kbits, tuple.vbits, backend);
+  for (int64_t h = 0; h < n_tuples; ++h) {
+    const absl::Status s = ValidateTuple(head_tuples[h]);
+    if (!s.ok()) {
+      return n_tuples == 1 ? s
+                           : absl::InvalidArgumentError(
+                                 absl::StrCat("KV head ", h, ": ", s.message()));
+    }
+  }
+  MOEND_RETURN_IF_ERROR(ValidateLayerTensors(x, prefix_tokens));
+  const int64_t cand = CandidateTokens(prefix_tokens);
+  if (scores != nullptr &&
+      (scores->num_kv_heads != hkv || scores->prefix_tokens != prefix_tokens ||
+       scores->candidates != cand ||
+       static_cast<int64_t>(scores->score.size()) != hkv * cand)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "scores are for ", scores->num_kv_heads, " KV heads at prefix ", scores->prefix_tokens,
+        " (", scores->score.size(), " values) but the layer has ", hkv, " KV heads at prefix ",
+        prefix_tokens));
+  }
+  const auto tuple_of = [&](int64_t h) -> const CompressionTuple& {
+    return head_tuples[n_tuples == 1 ? 0 : h];
+  };
+  // Scores are computed at most once, and only if some head evicts.
+  std::optional<EvictionScores> own_scores;
+  const auto kept_for = [&](int64_t m) -> absl::StatusOr<KeptSet> {
+    if (m == cand) return KeepAll(hkv, prefix_tokens, m);  // keep 1 (or no candidates)
+    if (scores == nullptr) {
+      MOEND_ASSIGN_OR_RETURN(own_scores, ComputeEvictionScores(x, prefix_tokens, backend));
+      scores = &*own_scores;
+    }
+    return SelectKept(*scores, m, backend);
+  };
+
+  // The distinct tuples in order of first use; each is selected and quantized
+  // once over the whole layer, and the heads that use it are moved out.
+  std::vector<CompressionTuple> distinct;
+  std::vector<size_t> which(hkv);
+  for (int64_t h = 0; h < hkv; ++h) {
+    const auto it = std::find(distinct.begin(), distinct.end(), tuple_of(h));
+    which[h] = static_cast<size_t>(it - distinct.begin());
+    if (it == distinct.end()) distinct.push_back(tuple_of(h));
+  }
+  if (distinct.size() == 1) {
+    const CompressionTuple& t = distinct[0];
+    MOEND_ASSIGN_OR_RETURN(KeptSet kept, kept_for(KeptTokens(t.keep, prefix_tokens)));
+    return QuantizeKept(x, kept, t.kbits, t.vbits, backend);
+  }
+  std::vector<int> kbits(hkv), vbits(hkv);
+  for (int64_t h = 0; h < hkv; ++h) {
+    kbits[h] = tuple_of(h).kbits;
+    vbits[h] = tuple_of(h).vbits;
+  }
+  CompressedLayer layer(LayerFormat::PerHead(x.head_dim, kbits, vbits), prefix_tokens);
+  for (size_t i = 0; i < distinct.size(); ++i) {
+    const CompressionTuple& t = distinct[i];
+    MOEND_ASSIGN_OR_RETURN(KeptSet kept, kept_for(KeptTokens(t.keep, prefix_tokens)));
+    MOEND_ASSIGN_OR_RETURN(CompressedLayer part,
+                           QuantizeKept(x, kept, t.kbits, t.vbits, backend));
+    for (int64_t h = 0; h < hkv; ++h) {
+      if (which[h] == i) layer.head(h) = std::move(part.head(h));
+    }
+  }
+  return layer;
 }
 
 }  // namespace moend::kernels

@@ -8,6 +8,7 @@
 #define MOEND_KERNELS_KV_COMPRESS_H_
 
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -60,7 +61,8 @@ absl::StatusOr<EvictionScores> ComputeEvictionScores(const LayerTensors& x, int6
 absl::StatusOr<KeptSet> SelectKept(const EvictionScores& scores, int64_t kept,
                                    Backend backend = Backend::kAuto);
 
-// Quantizes the kept tokens with (kbits, vbits) and stores the fp16 window.
+// Quantizes the kept tokens with (kbits, vbits) in every head and stores the
+// fp16 window: a uniform layer.
 absl::StatusOr<CompressedLayer> QuantizeKept(const LayerTensors& x, const KeptSet& kept,
                                              int kbits, int vbits,
                                              Backend backend = Backend::kAuto);
@@ -69,6 +71,21 @@ absl::StatusOr<CompressedLayer> QuantizeKept(const LayerTensors& x, const KeptSe
 absl::StatusOr<CompressedLayer> CompressLayer(const LayerTensors& x, int64_t prefix_tokens,
                                               const CompressionTuple& tuple,
                                               Backend backend = Backend::kAuto);
+
+// Per-head tuples (DESIGN.md section 2, "Per-head tuples"): KV head h is
+// compressed with head_tuples[h] (head_tuples holds num_kv_heads tuples, or
+// one for every head): it keeps its own top m_h = KeptTokens(keep_h, c)
+// candidates by its own scores and packs them with its own bits. Head h of the
+// result is byte for byte head h of CompressLayer(x, c, head_tuples[h]), and
+// a layer whose heads share one tuple is exactly CompressLayer's.
+// `scores`, when given, are this layer's ComputeEvictionScores(x, c) (shared
+// with other calls); otherwise they are computed once if some head evicts.
+// InvalidArgument for bad tensors, a wrong number of tuples, an invalid tuple
+// (naming the head) or scores of another shape.
+absl::StatusOr<CompressedLayer> CompressHeads(const LayerTensors& x, int64_t prefix_tokens,
+                                              std::span<const CompressionTuple> head_tuples,
+                                              Backend backend = Backend::kAuto,
+                                              const EvictionScores* scores = nullptr);
 
 }  // namespace moend::kernels
 

@@ -46,7 +46,9 @@ struct EngineOptions {
 
 struct GenerationRequest {
   std::vector<int32_t> prompt;
-  std::vector<CompressionTuple> plan;  // one tuple per layer; (1,16,16) everywhere = full cache
+  // One tuple per layer, or one per layer and KV head (index l * num_kv_heads
+  // + h; runtime/streaming_prefill.h); (1,16,16) everywhere = full cache.
+  std::vector<CompressionTuple> plan;
   int64_t max_new_tokens = 32;         // 1..4096
   SamplingParams sampling;
   // Generation ends after any of these token sequences (included in the output).

@@ -54,7 +54,8 @@ struct EvalResult {
 // Progress: work items done out of total (prompts + windows).
 using EvalProgress = std::function<void(int64_t done, int64_t total)>;
 
-// One result per plan; plans[i] has one tuple per model layer.
+// One result per plan; plans[i] has one tuple per model layer, or one per
+// layer and KV head (runtime/streaming_prefill.h).
 absl::StatusOr<std::vector<EvalResult>> Evaluate(
     const Model& model, const std::vector<std::vector<CompressionTuple>>& plans,
     const std::vector<RetrievalPrompt>& retrieval, const std::string& heldout,

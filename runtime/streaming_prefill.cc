@@ -9,26 +9,65 @@
 
 namespace moend::runtime {
 
+namespace {
+
+bool PerHeadPlan(const ModelConfig& config, std::span<const CompressionTuple> plan) {
+  return static_cast<int64_t>(plan.size()) != config.num_layers;
+}
+
+// The tuples of layer l: one for every head, or one per KV head.
+std::span<const CompressionTuple> LayerTuples(const ModelConfig& config,
+                                              std::span<const CompressionTuple> plan,
+                                              int64_t layer) {
+  if (!PerHeadPlan(config, plan)) return plan.subspan(static_cast<size_t>(layer), 1);
+  return plan.subspan(static_cast<size_t>(layer * config.num_kv_heads),
+                      static_cast<size_t>(config.num_kv_heads));
+}
+
+}  // namespace
+
 absl::Status ValidatePlan(const ModelConfig& config, std::span<const CompressionTuple> plan) {
-  if (static_cast<int64_t>(plan.size()) != config.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("plan has ", plan.size(),
-                                                   " layers but the model has ",
-                                                   config.num_layers));
+  const int64_t per_head = config.num_layers * config.num_kv_heads;
+  const int64_t size = static_cast<int64_t>(plan.size());
+  if (size != config.num_layers && size != per_head) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "plan has ", plan.size(), " tuples but the model allows ", config.num_layers,
+        " (one per layer) or ", per_head, " (one per layer and KV head: ", config.num_layers,
+        " layers x ", config.num_kv_heads, " KV heads)"));
   }
-  for (size_t l = 0; l < plan.size(); ++l) {
-    const absl::Status s = ValidateTuple(plan[l]);
-    if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat("layer ", l, ": ", s.message()));
+  const bool per_head_plan = PerHeadPlan(config, plan);
+  for (int64_t i = 0; i < size; ++i) {
+    const absl::Status s = ValidateTuple(plan[static_cast<size_t>(i)]);
+    if (s.ok()) continue;
+    return absl::InvalidArgumentError(
+        per_head_plan ? absl::StrCat("layer ", i / config.num_kv_heads, " KV head ",
+                                     i % config.num_kv_heads, ": ", s.message())
+                      : absl::StrCat("layer ", i, ": ", s.message()));
   }
   return absl::OkStatus();
 }
 
+const CompressionTuple& HeadTuple(const ModelConfig& config, std::span<const CompressionTuple> plan,
+                                  int64_t layer, int64_t head) {
+  return PerHeadPlan(config, plan) ? plan[static_cast<size_t>(layer * config.num_kv_heads + head)]
+                                   : plan[static_cast<size_t>(layer)];
+}
+
 int64_t ReservedSequenceBytes(const ModelConfig& config, std::span<const CompressionTuple> plan,
                               int64_t prompt_tokens, int64_t appended) {
+  const int64_t hkv = config.num_kv_heads;
+  std::vector<int> kbits(static_cast<size_t>(hkv)), vbits(static_cast<size_t>(hkv));
+  std::vector<int64_t> kept(static_cast<size_t>(hkv));
   int64_t total = 0;
-  for (const CompressionTuple& t : plan) {
-    const kernels::LayerFormat f{config.num_kv_heads, config.head_dim, t.kbits, t.vbits};
-    total += kernels::ReservedLayerBytes(f, KeptTokens(t.keep, prompt_tokens),
-                                         WindowTokens(prompt_tokens), appended);
+  for (int64_t l = 0; l < config.num_layers; ++l) {
+    for (int64_t h = 0; h < hkv; ++h) {
+      const CompressionTuple& t = HeadTuple(config, plan, l, h);
+      kbits[static_cast<size_t>(h)] = t.kbits;
+      vbits[static_cast<size_t>(h)] = t.vbits;
+      kept[static_cast<size_t>(h)] = KeptTokens(t.keep, prompt_tokens);
+    }
+    total += kernels::ReservedLayerBytes(kernels::LayerFormat::PerHead(config.head_dim, kbits, vbits),
+                                         kept, WindowTokens(prompt_tokens), appended);
   }
   return total;
 }
@@ -83,27 +122,20 @@ absl::StatusOr<PrefillResult> StreamingPrefill(const Model& model, std::span<con
     }
     // Compress this layer for every plan now: its K/V is complete.
     const kernels::LayerTensors tensors{q.data(), k.data(), v.data(), h, hkv, n, d};
+    // Scores are computed once per layer, and only if some plan evicts in
+    // some head; every plan's heads select from them.
     std::optional<kernels::EvictionScores> scores;
     for (size_t p = 0; p < plans.size(); ++p) {
-      const CompressionTuple& t = plans[p][static_cast<size_t>(l)];
-      const int64_t m = KeptTokens(t.keep, n);
-      kernels::KeptSet kept;
-      if (m == CandidateTokens(n)) {
-        kept = {hkv, n, m, {}};
-        kept.index.reserve(static_cast<size_t>(hkv * m));
-        for (int64_t head = 0; head < hkv; ++head) {
-          for (int64_t j = 0; j < m; ++j) kept.index.push_back(static_cast<int32_t>(j));
-        }
-      } else {
-        if (!scores) {
-          MOEND_ASSIGN_OR_RETURN(scores,
-                                 kernels::ComputeEvictionScores(tensors, n, options.backend));
-        }
-        MOEND_ASSIGN_OR_RETURN(kept, kernels::SelectKept(*scores, m, options.backend));
+      const std::span<const CompressionTuple> tuples = LayerTuples(c, plans[p], l);
+      const bool evicts = std::any_of(tuples.begin(), tuples.end(), [&](const CompressionTuple& t) {
+        return KeptTokens(t.keep, n) != CandidateTokens(n);
+      });
+      if (evicts && !scores) {
+        MOEND_ASSIGN_OR_RETURN(scores, kernels::ComputeEvictionScores(tensors, n, options.backend));
       }
-      MOEND_ASSIGN_OR_RETURN(
-          kernels::CompressedLayer layer,
-          kernels::QuantizeKept(tensors, kept, t.kbits, t.vbits, options.backend));
+      MOEND_ASSIGN_OR_RETURN(kernels::CompressedLayer layer,
+                             kernels::CompressHeads(tensors, n, tuples, options.backend,
+                                                    scores ? &*scores : nullptr));
       layer.Reserve(options.appended_per_plan.empty() ? options.appended_capacity
                                                       : options.appended_per_plan[p]);
       result.caches[p].push_back(std::move(layer));

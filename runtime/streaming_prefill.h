@@ -1,5 +1,5 @@
 // Streaming prefill (docs/DESIGN.md section 5.1): the prompt runs through the
-// model one layer at a time, and each layer is compressed, with the tuple of
+// model one layer at a time, and each layer is compressed, with the tuples of
 // every plan asked for, as soon as its K/V and eviction scores exist; then its
 // uncompressed K/V is dropped. At no time does the process hold more than one
 // layer's uncompressed q/k/v beyond the residual stream [n, hidden]; the
@@ -37,22 +37,37 @@ struct PrefillOptions {
 
 struct PrefillResult {
   std::vector<float> last_logits;  // [vocab]: the next-token logits after the prompt
-  // caches[p][l]: layer l compressed with plans[p][l] at c = prompt length.
+  // caches[p][l]: layer l compressed with plans[p]'s tuples of layer l (one
+  // for all heads, or one per KV head) at c = prompt length.
   std::vector<std::vector<kernels::CompressedLayer>> caches;
 };
 
-// plans[p] has one tuple per model layer. InvalidArgument for bad tokens, a
-// plan of the wrong length or an invalid tuple (naming plan and layer).
+// A plan is either per layer (num_layers tuples: layer l's heads all use
+// plan[l]) or per head (num_layers * num_kv_heads tuples: KV head h of layer
+// l uses plan[l * num_kv_heads + h]; DESIGN.md section 2 "Per-head tuples").
+// Both kinds may be mixed in one call; every layer is compressed with
+// kernels::CompressHeads, and a per-head plan whose heads of each layer are
+// equal gives the caches of the per-layer plan. InvalidArgument for bad
+// tokens, a plan of the wrong length or an invalid tuple (naming plan, layer
+// and, in a per-head plan, head).
 absl::StatusOr<PrefillResult> StreamingPrefill(
     const Model& model, std::span<const int32_t> tokens,
     std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options = {});
 
-// Checks that `plan` has one valid tuple per layer of `config`.
+// Checks that `plan` has one valid tuple per layer of `config`, or one per
+// layer and KV head (the message names both allowed sizes, and the layer and
+// head of a bad tuple).
 absl::Status ValidatePlan(const ModelConfig& config, std::span<const CompressionTuple> plan);
+
+// The tuple of KV head `head` of layer `layer` under a validated plan of
+// either kind.
+const CompressionTuple& HeadTuple(const ModelConfig& config, std::span<const CompressionTuple> plan,
+                                  int64_t layer, int64_t head);
 
 // Bytes the caches of one sequence reserve under `plan` for a prompt of
 // `prompt_tokens` tokens and `appended` more: the sum of
-// kernels::ReservedLayerBytes over layers (what the node's KV pool admits).
+// kernels::ReservedLayerBytes over layers, each head with its own tuple (what
+// the node's KV pool admits). `plan` must be valid (ValidatePlan).
 int64_t ReservedSequenceBytes(const ModelConfig& config, std::span<const CompressionTuple> plan,
                               int64_t prompt_tokens, int64_t appended);
 

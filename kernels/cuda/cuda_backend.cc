@@ -66,11 +66,33 @@ absl::Status Download(std::vector<T>& dst, const void* src, int64_t count) {
   return absl::OkStatus();
 }
 
-// Device copies of compressed layers, laid out in one arena, plus the
-// HeadCacheView table [items, num_kv_heads] the attention kernel reads.
+// A run of consecutive KV heads [begin, end) of a layer that share their bit
+// widths: the attention kernel is instantiated per (kbits, vbits), so each
+// run is one launch. A uniform layer is one run over every head.
+struct HeadRun {
+  int64_t begin = 0, end = 0;
+  int kbits = 16, vbits = 16;
+};
+
+std::vector<HeadRun> BitRuns(const LayerFormat& f) {
+  std::vector<HeadRun> runs;
+  for (int64_t h = 0; h < f.num_kv_heads; ++h) {
+    if (!runs.empty() && runs.back().kbits == f.KBits(h) && runs.back().vbits == f.VBits(h)) {
+      runs.back().end = h + 1;
+    } else {
+      runs.push_back({h, h + 1, f.KBits(h), f.VBits(h)});
+    }
+  }
+  return runs;
+}
+
+// Device copies of compressed layers, laid out in one arena, plus one
+// HeadCacheView table per head run, [repeat * items, run heads], that the
+// attention kernel reads.
 class DeviceCaches {
  public:
-  absl::Status Upload(absl::Span<const CompressedLayer* const> caches, int repeat) {
+  absl::Status Upload(absl::Span<const CompressedLayer* const> caches, int repeat,
+                      const std::vector<HeadRun>& runs) {
     const int64_t hkv = caches[0]->format().num_kv_heads;
     // Pass 1: offsets (256-byte aligned) of every buffer.
     struct Piece { const void* src; size_t bytes; size_t offset; };
@@ -105,7 +127,7 @@ class DeviceCaches {
     MOEND_CUDA_RETURN(cudaMemcpy(arena_.as<uint8_t>(), staging.data(), total, cudaMemcpyHostToDevice));
     uint8_t* base = arena_.as<uint8_t>();
     auto at = [&](size_t piece) { return base + pieces[piece].offset; };
-    std::vector<HeadCacheView> views;
+    std::vector<HeadCacheView> views;  // [items, hkv]
     max_units_ = 0;
     size_t n = 0;
     for (const CompressedLayer* c : caches) {
@@ -130,21 +152,33 @@ class DeviceCaches {
         views.push_back(v);
       }
     }
-    // Probe mode: every item sees the same (single) cache.
+    // Per run, [repeat * items, run heads]. Probe mode: every item sees the
+    // same (single) cache. One run over all heads is the plain [items, hkv].
     std::vector<HeadCacheView> table;
     table.reserve(views.size() * repeat);
-    for (int r = 0; r < repeat; ++r) table.insert(table.end(), views.begin(), views.end());
+    run_offset_.clear();
+    for (const HeadRun& run : runs) {
+      run_offset_.push_back(table.size());
+      for (int r = 0; r < repeat; ++r) {
+        for (size_t item = 0; item < caches.size(); ++item) {
+          table.insert(table.end(), views.begin() + item * hkv + run.begin,
+                       views.begin() + item * hkv + run.end);
+        }
+      }
+    }
     for (const HeadCacheView& v : views) max_units_ = std::max(max_units_, AttentionUnits(v, 0));
     MOEND_RETURN_IF_ERROR(table_.Allocate(table.size() * sizeof(HeadCacheView)));
     MOEND_CUDA_RETURN(cudaMemcpy(table_.as<HeadCacheView>(), table.data(), table.size() * sizeof(HeadCacheView),
                                  cudaMemcpyHostToDevice));
     return absl::OkStatus();
   }
-  const HeadCacheView* table() const { return table_.as<HeadCacheView>(); }
+  // The table of head run `run` (an index into the runs given to Upload).
+  const HeadCacheView* table(size_t run) const { return table_.as<HeadCacheView>() + run_offset_[run]; }
   int max_units() const { return max_units_; }
 
  private:
   DeviceBuffer arena_, table_;
+  std::vector<size_t> run_offset_;
   int max_units_ = 0;
 };
 
@@ -292,39 +326,51 @@ absl::StatusOr<CompressedLayer> QuantizeKept(const LayerTensors& x, const KeptSe
   return layer;
 }
 
+// Query heads of a KV head run: the run's KV heads times the GQA group.
+// Each run is launched on its own (same stream, so one workspace serves all).
 absl::Status DecodeAttention(absl::Span<const CompressedLayer* const> caches, const float* q, int64_t num_heads,
                              float* out) {
   const LayerFormat& f = caches[0]->format();
   const int items = static_cast<int>(caches.size());
-  const int64_t d = f.head_dim;
+  const int64_t d = f.head_dim, group = num_heads / f.num_kv_heads;
+  const std::vector<HeadRun> runs = BitRuns(f);
   DeviceCaches dev;
-  MOEND_RETURN_IF_ERROR(dev.Upload(caches, 1));
-  const int splits = AttentionSplits(items, static_cast<int>(num_heads), static_cast<int>(f.num_kv_heads),
-                                     std::max(1, dev.max_units()));
+  MOEND_RETURN_IF_ERROR(dev.Upload(caches, 1, runs));
+  std::vector<int> splits(runs.size());
+  int64_t ws_floats = 0;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const int run_kv = static_cast<int>(runs[r].end - runs[r].begin);
+    splits[r] = AttentionSplits(items, static_cast<int>(run_kv * group), run_kv, std::max(1, dev.max_units()));
+    ws_floats = std::max(ws_floats, AttentionWorkspaceFloats(items, static_cast<int>(run_kv * group),
+                                                             static_cast<int>(d), splits[r]));
+  }
   DeviceBuffer dq, dout, ws;
   MOEND_RETURN_IF_ERROR(dq.Allocate(items * num_heads * d * sizeof(float)));
   MOEND_RETURN_IF_ERROR(dout.Allocate(items * num_heads * d * sizeof(float)));
-  MOEND_RETURN_IF_ERROR(ws.Allocate(
-      AttentionWorkspaceFloats(items, static_cast<int>(num_heads), static_cast<int>(d), splits) * sizeof(float)));
+  MOEND_RETURN_IF_ERROR(ws.Allocate(ws_floats * sizeof(float)));
   MOEND_CUDA_RETURN(cudaMemcpy(dq.as<float>(), q, items * num_heads * d * sizeof(float), cudaMemcpyHostToDevice));
-  AttentionParams p;
-  p.heads = dev.table();
-  p.q = dq.as<float>();
-  p.q_item_stride = num_heads * d;
-  p.q_head_stride = d;
-  p.out = dout.as<float>();
-  p.out_item_stride = num_heads * d;
-  p.out_head_stride = d;
-  p.items = items;
-  p.num_heads = static_cast<int>(num_heads);
-  p.num_kv_heads = static_cast<int>(f.num_kv_heads);
-  p.head_dim = static_cast<int>(d);
-  p.kbits = f.kbits;
-  p.vbits = f.vbits;
-  p.max_units = std::max(1, dev.max_units());
-  p.splits = splits;
-  p.workspace = ws.as<float>();
-  MOEND_CUDA_RETURN(LaunchAttention(p, nullptr));
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const HeadRun& run = runs[r];
+    const int64_t first_q = run.begin * group;  // first query head of the run
+    AttentionParams p;
+    p.heads = dev.table(r);
+    p.q = dq.as<float>() + first_q * d;
+    p.q_item_stride = num_heads * d;
+    p.q_head_stride = d;
+    p.out = dout.as<float>() + first_q * d;
+    p.out_item_stride = num_heads * d;
+    p.out_head_stride = d;
+    p.items = items;
+    p.num_heads = static_cast<int>((run.end - run.begin) * group);
+    p.num_kv_heads = static_cast<int>(run.end - run.begin);
+    p.head_dim = static_cast<int>(d);
+    p.kbits = run.kbits;
+    p.vbits = run.vbits;
+    p.max_units = std::max(1, dev.max_units());
+    p.splits = splits[r];
+    p.workspace = ws.as<float>();
+    MOEND_CUDA_RETURN(LaunchAttention(p, nullptr));
+  }
   MOEND_CUDA_RETURN(cudaMemcpy(out, dout.as<float>(), items * num_heads * d * sizeof(float),
                                cudaMemcpyDeviceToHost));
   return absl::OkStatus();
@@ -333,24 +379,31 @@ absl::Status DecodeAttention(absl::Span<const CompressedLayer* const> caches, co
 absl::Status ProbeAttention(const CompressedLayer& prefix, const ProbeQueries& pq, float* out) {
   const LayerFormat& f = prefix.format();
   const int items = static_cast<int>(pq.num_queries);
-  const int64_t d = f.head_dim, hkv = f.num_kv_heads, hq = pq.num_heads;
+  const int64_t d = f.head_dim, hkv = f.num_kv_heads, hq = pq.num_heads, group = hq / hkv;
   const int64_t q_stride = pq.q_head_stride ? pq.q_head_stride : pq.num_queries;
   const int64_t t_stride = pq.tail_head_stride ? pq.tail_head_stride : pq.tail_tokens;
+  const std::vector<HeadRun> runs = BitRuns(f);
   const CompressedLayer* one[1] = {&prefix};
   DeviceCaches dev;
-  MOEND_RETURN_IF_ERROR(dev.Upload(absl::MakeConstSpan(one, 1), items));
+  MOEND_RETURN_IF_ERROR(dev.Upload(absl::MakeConstSpan(one, 1), items, runs));
   std::vector<int32_t> tail_len(items);
   int max_units = 0;
   for (int i = 0; i < items; ++i) {
     tail_len[i] = static_cast<int32_t>(pq.query_offset + i + 1);
   }
   max_units = dev.max_units() + static_cast<int>((tail_len.back() + 31) / 32);
-  const int splits = AttentionSplits(items, static_cast<int>(hq), static_cast<int>(hkv), max_units);
+  std::vector<int> splits(runs.size());
+  int64_t ws_floats = 0;
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const int run_kv = static_cast<int>(runs[r].end - runs[r].begin);
+    splits[r] = AttentionSplits(items, static_cast<int>(run_kv * group), run_kv, max_units);
+    ws_floats = std::max(ws_floats, AttentionWorkspaceFloats(items, static_cast<int>(run_kv * group),
+                                                             static_cast<int>(d), splits[r]));
+  }
   DeviceBuffer dq, dout, ws, tk, tv, tl;
   MOEND_RETURN_IF_ERROR(dq.Allocate(hq * items * d * sizeof(float)));
   MOEND_RETURN_IF_ERROR(dout.Allocate(hq * items * d * sizeof(float)));
-  MOEND_RETURN_IF_ERROR(ws.Allocate(
-      AttentionWorkspaceFloats(items, static_cast<int>(hq), static_cast<int>(d), splits) * sizeof(float)));
+  MOEND_RETURN_IF_ERROR(ws.Allocate(ws_floats * sizeof(float)));
   MOEND_RETURN_IF_ERROR(tk.Allocate(hkv * pq.tail_tokens * d * sizeof(float)));
   MOEND_RETURN_IF_ERROR(tv.Allocate(hkv * pq.tail_tokens * d * sizeof(float)));
   MOEND_RETURN_IF_ERROR(tl.Allocate(items * sizeof(int32_t)));
@@ -358,28 +411,33 @@ absl::Status ProbeAttention(const CompressedLayer& prefix, const ProbeQueries& p
   MOEND_RETURN_IF_ERROR(UploadRows(pq.k_tail, hkv, t_stride, pq.tail_tokens, d, tk.as<float>()));
   MOEND_RETURN_IF_ERROR(UploadRows(pq.v_tail, hkv, t_stride, pq.tail_tokens, d, tv.as<float>()));
   MOEND_CUDA_RETURN(cudaMemcpy(tl.as<int32_t>(), tail_len.data(), items * sizeof(int32_t), cudaMemcpyHostToDevice));
-  AttentionParams p;
-  p.heads = dev.table();
-  p.q = dq.as<float>();
-  p.q_item_stride = d;
-  p.q_head_stride = items * d;
-  p.out = dout.as<float>();
-  p.out_item_stride = d;
-  p.out_head_stride = items * d;
-  p.tail_k = tk.as<float>();
-  p.tail_v = tv.as<float>();
-  p.tail_head_stride = pq.tail_tokens * d;
-  p.tail_len = tl.as<int32_t>();
-  p.items = items;
-  p.num_heads = static_cast<int>(hq);
-  p.num_kv_heads = static_cast<int>(hkv);
-  p.head_dim = static_cast<int>(d);
-  p.kbits = f.kbits;
-  p.vbits = f.vbits;
-  p.max_units = max_units;
-  p.splits = splits;
-  p.workspace = ws.as<float>();
-  MOEND_CUDA_RETURN(LaunchAttention(p, nullptr));
+  for (size_t r = 0; r < runs.size(); ++r) {
+    const HeadRun& run = runs[r];
+    const int64_t first_q = run.begin * group;  // first query head of the run
+    AttentionParams p;
+    p.heads = dev.table(r);
+    // q, out: [hq, items, D]; tail: [hkv, tail_tokens, D] (dense on the device).
+    p.q = dq.as<float>() + first_q * items * d;
+    p.q_item_stride = d;
+    p.q_head_stride = items * d;
+    p.out = dout.as<float>() + first_q * items * d;
+    p.out_item_stride = d;
+    p.out_head_stride = items * d;
+    p.tail_k = tk.as<float>() + run.begin * pq.tail_tokens * d;
+    p.tail_v = tv.as<float>() + run.begin * pq.tail_tokens * d;
+    p.tail_head_stride = pq.tail_tokens * d;
+    p.tail_len = tl.as<int32_t>();
+    p.items = items;
+    p.num_heads = static_cast<int>((run.end - run.begin) * group);
+    p.num_kv_heads = static_cast<int>(run.end - run.begin);
+    p.head_dim = static_cast<int>(d);
+    p.kbits = run.kbits;
+    p.vbits = run.vbits;
+    p.max_units = max_units;
+    p.splits = splits[r];
+    p.workspace = ws.as<float>();
+    MOEND_CUDA_RETURN(LaunchAttention(p, nullptr));
+  }
   MOEND_CUDA_RETURN(cudaMemcpy(out, dout.as<float>(), hq * items * d * sizeof(float), cudaMemcpyDeviceToHost));
   return absl::OkStatus();
 }

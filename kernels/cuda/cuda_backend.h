@@ -20,6 +20,9 @@ absl::StatusOr<EvictionScores> ComputeEvictionScores(const LayerTensors& x, int6
 absl::StatusOr<KeptSet> SelectKept(const EvictionScores& scores, int64_t kept);
 absl::StatusOr<CompressedLayer> QuantizeKept(const LayerTensors& x, const KeptSet& kept, int kbits,
                                              int vbits);
+// The attention entry points launch once per run of consecutive KV heads with
+// equal bits (one launch for a uniform layer; mixed layers, DESIGN.md section
+// 2 "Per-head tuples", take one per run, each over its runs' query heads).
 absl::Status DecodeAttention(absl::Span<const CompressedLayer* const> caches, const float* q,
                              int64_t num_heads, float* out);
 absl::Status ProbeAttention(const CompressedLayer& prefix, const ProbeQueries& probes, float* out);

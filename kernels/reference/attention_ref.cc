@@ -73,7 +73,8 @@ void AttendCompressedHead(const CompressedLayer& layer, int64_t h, HeadAttender&
   const LayerFormat& f = layer.format();
   const CompressedHead& hd = layer.head(h);
   const int64_t d = f.head_dim;
-  const int64_t krow = PackedRowBytes(d, f.kbits), vrow = PackedRowBytes(d, f.vbits);
+  const int kbits = f.KBits(h), vbits = f.VBits(h);  // this head's own bits
+  const int64_t krow = PackedRowBytes(d, kbits), vrow = PackedRowBytes(d, vbits);
   const int64_t vgroups = d / kQuantGroup;
   std::vector<float> kbuf(kQuantGroup * d), vbuf(kQuantGroup * d);
   for (int64_t g = 0; g < hd.KeyGroups(); ++g) {
@@ -81,13 +82,13 @@ void AttendCompressedHead(const CompressedLayer& layer, int64_t h, HeadAttender&
     for (int64_t t = 0; t < n; ++t) {
       const int64_t tok = t0 + t;
       DequantizeKeyRow(hd.k_codes.data() + tok * krow,
-                       f.kbits < kFp16Bits ? hd.k_scale.data() + g * d : nullptr,
-                       f.kbits < kFp16Bits ? hd.k_min.data() + g * d : nullptr, d, f.kbits,
+                       kbits < kFp16Bits ? hd.k_scale.data() + g * d : nullptr,
+                       kbits < kFp16Bits ? hd.k_min.data() + g * d : nullptr, d, kbits,
                        kbuf.data() + t * d);
       DequantizeValueRow(hd.v_codes.data() + tok * vrow,
-                         f.vbits < kFp16Bits ? hd.v_scale.data() + tok * vgroups : nullptr,
-                         f.vbits < kFp16Bits ? hd.v_min.data() + tok * vgroups : nullptr, d,
-                         f.vbits, vbuf.data() + t * d);
+                         vbits < kFp16Bits ? hd.v_scale.data() + tok * vgroups : nullptr,
+                         vbits < kFp16Bits ? hd.v_min.data() + tok * vgroups : nullptr, d,
+                         vbits, vbuf.data() + t * d);
     }
     att.Unit(kbuf.data(), vbuf.data(), n, qs);
   }

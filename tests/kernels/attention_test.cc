@@ -27,8 +27,8 @@ testing::EffectiveHead BruteRows(const Activations& a, const CompressedLayer& la
   std::vector<int32_t> kept(hd.position.begin(), hd.position.begin() + hd.initial_kept);
   std::vector<int32_t> window;
   for (int64_t i = c - w; i < c; ++i) window.push_back(static_cast<int32_t>(i));
-  testing::EffectiveHead e = testing::BruteCompressHead(k, v, d, kept, layer.format().kbits,
-                                                        layer.format().vbits, window);
+  testing::EffectiveHead e = testing::BruteCompressHead(k, v, d, kept, layer.format().KBits(h),
+                                                        layer.format().VBits(h), window);
   // Flushed groups: quantized from fp16-rounded rows; the residual stays fp16.
   std::vector<float> k16(a.n * d), v16(a.n * d);
   for (int64_t i = 0; i < a.n * d; ++i) {
@@ -39,8 +39,8 @@ testing::EffectiveHead BruteRows(const Activations& a, const CompressedLayer& la
   for (int64_t g = 0; g < flushed; g += 32) {
     std::vector<int32_t> grp;
     for (int64_t i = 0; i < 32; ++i) grp.push_back(static_cast<int32_t>(c + g + i));
-    const auto f = testing::BruteCompressHead(k16.data(), v16.data(), d, grp, layer.format().kbits,
-                                              layer.format().vbits, {});
+    const auto f = testing::BruteCompressHead(k16.data(), v16.data(), d, grp,
+                                              layer.format().KBits(h), layer.format().VBits(h), {});
     e.k.insert(e.k.end(), f.k.begin(), f.k.end());
     e.v.insert(e.v.end(), f.v.begin(), f.v.end());
   }
@@ -187,6 +187,86 @@ TEST(AttentionTest, ProbesMatchBruteForceCausalTail) {
       }
     }
     EXPECT_LT(testing::MaxAbsDiff(out, expect), 1e-5 * testing::MaxAbs(expect)) << ToString(t);
+  }
+}
+
+// Per-head tuples (DESIGN.md section 2.9a): every head is attended with its
+// own kept tokens and bits, decode (after appends that flush) and probes.
+TEST(AttentionTest, MixedLayerMatchesBruteForce) {
+  struct Case { int64_t hq, hkv, d; std::vector<CompressionTuple> t; };
+  const std::vector<Case> cases = {
+      {8, 4, 64, {{0.5, 4, 2}, {0.25, 8, 16}, {1.0, 16, 16}, {0.125, 2, 2}}},
+      {12, 4, 128, {{0.0625, 2, 8}, {0.5, 4, 4}, {0.5, 4, 4}, {0.75, 16, 2}}},
+      {6, 2, 64, {{0.375, 16, 4}, {0.375, 2, 4}}}};
+  for (const Case& cs : cases) {
+    const int64_t group = cs.hq / cs.hkv, d = cs.d;
+    std::vector<Activations> acts;
+    std::vector<CompressedLayer> layers;
+    const std::vector<int64_t> prefixes = {20, 97, 160};
+    const std::vector<int64_t> appends = {0, 40, 64};
+    for (size_t b = 0; b < prefixes.size(); ++b) {
+      acts.push_back(RandomActivations(cs.hq, cs.hkv, 240, d, 700 + b));
+      auto l = CompressHeads(View(acts.back()), prefixes[b], cs.t, Backend::kReference);
+      ASSERT_TRUE(l.ok()) << l.status();
+      const int64_t c = prefixes[b];
+      ASSERT_TRUE(l->Append(acts.back().k.data() + c * d, acts.back().v.data() + c * d,
+                            appends[b], acts.back().n).ok());
+      layers.push_back(std::move(*l));
+    }
+    std::vector<const CompressedLayer*> ptrs;
+    for (const auto& l : layers) ptrs.push_back(&l);
+    std::vector<float> q(prefixes.size() * cs.hq * d), out(q.size(), NAN), expect(q.size());
+    std::mt19937 rng(6);
+    std::normal_distribution<float> g(0.0f, 2.0f);
+    for (float& x : q) x = g(rng);
+    ASSERT_TRUE(DecodeAttention(ptrs, q.data(), cs.hq, out.data(), Backend::kReference).ok());
+    for (size_t b = 0; b < prefixes.size(); ++b) {
+      for (int64_t h = 0; h < cs.hkv; ++h) {
+        const auto rows = BruteRows(acts[b], layers[b], h, appends[b]);
+        ASSERT_EQ(static_cast<int64_t>(rows.k.size()), layers[b].AttendedTokens(h));
+        for (int64_t gq = 0; gq < group; ++gq) {
+          const int64_t hq = h * group + gq;
+          const auto o = testing::BruteAttend(q.data() + (b * cs.hq + hq) * d, rows.k, rows.v);
+          for (int64_t e = 0; e < d; ++e) expect[(b * cs.hq + hq) * d + e] = static_cast<float>(o[e]);
+        }
+      }
+    }
+    EXPECT_LT(testing::MaxAbsDiff(out, expect), 1e-5 * testing::MaxAbs(expect))
+        << "decode hq " << cs.hq << " hkv " << cs.hkv;
+
+    // Probes over the first prefix's layer (no appends), causal tail.
+    const Activations& a = acts[1];
+    const int64_t n = a.n, c = 180, probes = 40;
+    auto layer = CompressHeads(View(a), c, cs.t, Backend::kReference);
+    ASSERT_TRUE(layer.ok());
+    ProbeQueries pq;
+    pq.q = a.q.data() + c * d;
+    pq.num_heads = cs.hq;
+    pq.num_queries = probes;
+    pq.q_head_stride = n;
+    pq.k_tail = a.k.data() + c * d;
+    pq.v_tail = a.v.data() + c * d;
+    pq.tail_tokens = n - c;
+    pq.tail_head_stride = n;
+    std::vector<float> pout(cs.hq * probes * d), pexpect(pout.size());
+    ASSERT_TRUE(ProbeAttention(*layer, pq, pout.data(), Backend::kReference).ok());
+    for (int64_t h = 0; h < cs.hkv; ++h) {
+      const auto base = BruteRows(a, *layer, h, 0);
+      for (int64_t i = 0; i < probes; ++i) {
+        auto rows = base;
+        for (int64_t j = c; j <= c + i; ++j) {
+          rows.k.emplace_back(a.k.begin() + (h * n + j) * d, a.k.begin() + (h * n + j + 1) * d);
+          rows.v.emplace_back(a.v.begin() + (h * n + j) * d, a.v.begin() + (h * n + j + 1) * d);
+        }
+        for (int64_t gq = 0; gq < group; ++gq) {
+          const int64_t hq = h * group + gq;
+          const auto o = testing::BruteAttend(a.q.data() + (hq * n + c + i) * d, rows.k, rows.v);
+          for (int64_t e = 0; e < d; ++e) pexpect[(hq * probes + i) * d + e] = static_cast<float>(o[e]);
+        }
+      }
+    }
+    EXPECT_LT(testing::MaxAbsDiff(pout, pexpect), 1e-5 * testing::MaxAbs(pexpect))
+        << "probes hq " << cs.hq << " hkv " << cs.hkv;
   }
 }
 

@@ -1,4 +1,7 @@
 // Bad input is an error Status, never a crash.
+#include <string>
+#include <vector>
+
 #include "absl/status/status.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
@@ -97,6 +100,58 @@ TEST_P(BadInputTest, AttentionRejectsMismatchedShapes) {
   pq.tail_tokens = 10;
   pq.k_tail = nullptr;
   EXPECT_EQ(ProbeAttention(*l1, pq, po.data(), b).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(BadInputTest, CompressHeadsRejectsBadTuplesAndScores) {
+  const Backend b = GetParam();
+  const auto a = RandomActivations(8, 2, 100, 64, 3);
+  const LayerTensors x{a.q.data(), a.k.data(), a.v.data(), 8, 2, 100, 64};
+  const std::vector<CompressionTuple> three(3, CompressionTuple{0.5, 4, 4});
+  auto st = CompressHeads(x, 90, three, b).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("3 compression tuples for 2 KV heads"), std::string::npos) << st;
+  EXPECT_EQ(CompressHeads(x, 90, {}, b).status().code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<CompressionTuple> bad_head = {{0.5, 4, 4}, {0.5, 4, 3}};
+  st = CompressHeads(x, 90, bad_head, b).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("KV head 1: V bits 3"), std::string::npos) << st;
+  const std::vector<CompressionTuple> bad_keep = {{0.0, 4, 4}, {0.5, 4, 4}};
+  st = CompressHeads(x, 90, bad_keep, b).status();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("KV head 0"), std::string::npos) << st;
+  // Scores of another prefix or head count.
+  const std::vector<CompressionTuple> mixed = {{0.5, 4, 4}, {0.25, 2, 8}};
+  auto scores = ComputeEvictionScores(x, 80, Backend::kReference);
+  ASSERT_TRUE(scores.ok());
+  EXPECT_EQ(CompressHeads(x, 90, mixed, b, &*scores).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EvictionScores short_scores = *scores;
+  short_scores.score.pop_back();
+  EXPECT_EQ(CompressHeads(x, 80, mixed, b, &short_scores).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_P(BadInputTest, AttentionRejectsCachesOfOtherPerHeadBits) {
+  const Backend b = GetParam();
+  const auto a = RandomActivations(8, 2, 100, 64, 4);
+  const LayerTensors x{a.q.data(), a.k.data(), a.v.data(), 8, 2, 100, 64};
+  const std::vector<CompressionTuple> t1 = {{0.5, 4, 4}, {0.5, 2, 8}};
+  const std::vector<CompressionTuple> t2 = {{0.5, 4, 4}, {0.5, 2, 4}};
+  auto l1 = CompressHeads(x, 90, t1, Backend::kReference);
+  auto l2 = CompressHeads(x, 90, t2, Backend::kReference);
+  ASSERT_TRUE(l1.ok() && l2.ok());
+  std::vector<float> q(2 * 8 * 64, 0.5f), out(q.size());
+  const CompressedLayer* both[2] = {&*l1, &*l2};
+  const absl::Status st = DecodeAttention(both, q.data(), 8, out.data(), b);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("[4/4 2/8]"), std::string::npos) << st;
+  EXPECT_NE(st.message().find("[4/4 2/4]"), std::string::npos) << st;
+  // Head 1's buffers sized for the other head's bits.
+  CompressedLayer corrupt = *l1;
+  corrupt.head(1).v_codes = corrupt.head(0).v_codes;
+  const CompressedLayer* bad[1] = {&corrupt};
+  EXPECT_EQ(DecodeAttention(bad, q.data(), 8, out.data(), b).code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST(BackendTest, CudaRequestWithoutDeviceIsAnErrorNotACrash) {

@@ -2,7 +2,10 @@
 // and the byte accounting against core's LayerBytes().
 #include <algorithm>
 #include <cmath>
+#include <span>
+#include <string>
 
+#include "absl/strings/str_cat.h"
 #include "core/compression.h"
 #include "gtest/gtest.h"
 #include "kernels/fp16.h"
@@ -195,6 +198,213 @@ TEST(CompressTest, AppendFlushesGroupsOf32AndBytesFollowTheFormula) {
       }
     }
   }
+}
+
+// ---------------------------------------------------------------------------
+// Per-head tuples (DESIGN.md section 2.9a).
+
+// Four KV heads, each with its own keep and bits (one repeated: heads 1 and 3
+// share a tuple, so CompressHeads groups them).
+const std::vector<CompressionTuple> kMixed = {
+    {0.5, 4, 2}, {0.25, 8, 16}, {1.0, 16, 16}, {0.25, 8, 16}};
+const std::vector<CompressionTuple> kMixed2 = {
+    {0.125, 2, 2}, {0.5, 4, 8}, {0.0625, 16, 4}, {1.0, 2, 16}};
+
+void ExpectSameHead(const CompressedHead& a, const CompressedHead& b, const std::string& what) {
+  EXPECT_EQ(a.initial_kept, b.initial_kept) << what;
+  EXPECT_EQ(a.quantized, b.quantized) << what;
+  EXPECT_EQ(a.position, b.position) << what;
+  EXPECT_EQ(a.k_codes, b.k_codes) << what;
+  EXPECT_EQ(a.k_scale, b.k_scale) << what;
+  EXPECT_EQ(a.k_min, b.k_min) << what;
+  EXPECT_EQ(a.v_codes, b.v_codes) << what;
+  EXPECT_EQ(a.v_scale, b.v_scale) << what;
+  EXPECT_EQ(a.v_min, b.v_min) << what;
+  EXPECT_EQ(a.window_k, b.window_k) << what;
+  EXPECT_EQ(a.window_v, b.window_v) << what;
+  EXPECT_EQ(a.residual_k, b.residual_k) << what;
+  EXPECT_EQ(a.residual_v, b.residual_v) << what;
+}
+
+// Sum over heads of PackedKeyBytes + PackedValueBytes + window (fp16 K and V).
+int64_t PerHeadBytes(const std::vector<CompressionTuple>& tuples, int64_t c, int64_t d) {
+  int64_t bytes = 0;
+  for (const CompressionTuple& t : tuples) {
+    const int64_t m = KeptTokens(t.keep, c);
+    bytes += PackedKeyBytes(m, d, t.kbits) + PackedValueBytes(m, d, t.vbits) +
+             WindowTokens(c) * d * 4;
+  }
+  return bytes;
+}
+
+TEST(CompressTest, MixedLayerBytesAreTheSumOfPerHeadFormulas) {
+  for (int64_t d : {64, 128}) {
+    const Activations a = RandomActivations(8, 4, 400, d, 51);
+    for (const auto* tuples : {&kMixed, &kMixed2}) {
+      for (int64_t c : {5, 33, 40, 97, 333}) {
+        auto layer = CompressHeads(View(a), c, *tuples, Backend::kReference);
+        ASSERT_TRUE(layer.ok()) << layer.status();
+        EXPECT_FALSE(layer->format().Uniform());
+        EXPECT_TRUE(ValidateFormat(layer->format()).ok());
+        for (int64_t h = 0; h < 4; ++h) {
+          EXPECT_EQ(layer->format().KBits(h), (*tuples)[h].kbits);
+          EXPECT_EQ(layer->format().VBits(h), (*tuples)[h].vbits);
+          EXPECT_EQ(layer->head(h).quantized, KeptTokens((*tuples)[h].keep, c)) << h;
+        }
+        EXPECT_EQ(layer->Bytes(), PerHeadBytes(*tuples, c, d)) << "c=" << c << " D " << d;
+      }
+    }
+  }
+}
+
+TEST(CompressTest, MixedHeadIsTheUniformLayersHead) {
+  const Activations a = RandomActivations(8, 4, 300, 64, 52, 1.5f);
+  for (const auto* tuples : {&kMixed, &kMixed2}) {
+    for (int64_t c : {40, 97, 300}) {
+      auto mixed = CompressHeads(View(a), c, *tuples, Backend::kReference);
+      ASSERT_TRUE(mixed.ok()) << mixed.status();
+      for (int64_t h = 0; h < 4; ++h) {
+        auto uniform = CompressLayer(View(a), c, (*tuples)[h], Backend::kReference);
+        ASSERT_TRUE(uniform.ok());
+        ExpectSameHead(mixed->head(h), uniform->head(h),
+                       absl::StrCat("head ", h, " ", ToString((*tuples)[h]), " c=", c));
+      }
+      // Scores given by the caller (shared by several plans) give the same layer.
+      auto scores = ComputeEvictionScores(View(a), c, Backend::kReference);
+      ASSERT_TRUE(scores.ok());
+      auto shared = CompressHeads(View(a), c, *tuples, Backend::kReference, &*scores);
+      ASSERT_TRUE(shared.ok()) << shared.status();
+      EXPECT_TRUE(shared->format() == mixed->format());
+      for (int64_t h = 0; h < 4; ++h) ExpectSameHead(shared->head(h), mixed->head(h), "shared scores");
+    }
+  }
+}
+
+TEST(CompressTest, EqualHeadTuplesGiveTheUniformLayer) {
+  const Activations a = RandomActivations(8, 4, 300, 128, 53);
+  for (const CompressionTuple& t : {CompressionTuple{0.5, 4, 2}, CompressionTuple{1.0, 16, 16},
+                                    CompressionTuple{0.125, 2, 8}}) {
+    auto uniform = CompressLayer(View(a), 250, t, Backend::kReference);
+    ASSERT_TRUE(uniform.ok());
+    const std::vector<CompressionTuple> four(4, t);
+    for (std::span<const CompressionTuple> tuples :
+         {std::span<const CompressionTuple>(four), std::span<const CompressionTuple>(&t, 1)}) {
+      auto heads = CompressHeads(View(a), 250, tuples, Backend::kReference);
+      ASSERT_TRUE(heads.ok()) << heads.status();
+      EXPECT_TRUE(heads->format().Uniform());
+      EXPECT_TRUE(heads->format().head_kbits.empty() && heads->format().head_vbits.empty());
+      EXPECT_EQ(heads->format().kbits, t.kbits);
+      EXPECT_EQ(heads->format().vbits, t.vbits);
+      EXPECT_EQ(heads->Bytes(), uniform->Bytes());
+      for (int64_t h = 0; h < 4; ++h) ExpectSameHead(heads->head(h), uniform->head(h), ToString(t));
+    }
+  }
+}
+
+TEST(CompressTest, MixedLayerFlushesEachHeadWithItsBits) {
+  const Activations a = RandomActivations(8, 4, 400, 64, 54);
+  const int64_t c = 250, d = 64;
+  auto mixed = CompressHeads(View(a), c, kMixed2, Backend::kReference);
+  ASSERT_TRUE(mixed.ok());
+  std::vector<CompressedLayer> uniform;
+  for (const CompressionTuple& t : kMixed2) {
+    auto l = CompressLayer(View(a), c, t, Backend::kReference);
+    ASSERT_TRUE(l.ok());
+    uniform.push_back(std::move(*l));
+  }
+  int64_t appended = 0;
+  for (int64_t step : {1, 30, 33}) {  // 64 tokens: two flushes, the second after a split run
+    const float* k = a.k.data() + (c + appended) * d;
+    const float* v = a.v.data() + (c + appended) * d;
+    ASSERT_TRUE(mixed->Append(k, v, step, a.n).ok());
+    for (CompressedLayer& l : uniform) ASSERT_TRUE(l.Append(k, v, step, a.n).ok());
+    appended += step;
+  }
+  ASSERT_EQ(appended, 64);
+  int64_t expect = 0;
+  for (int64_t h = 0; h < 4; ++h) {
+    const CompressionTuple& t = kMixed2[h];
+    const int64_t q = KeptTokens(t.keep, c) + 64;
+    ASSERT_EQ(mixed->head(h).quantized, q);
+    ExpectSameHead(mixed->head(h), uniform[h].head(h), absl::StrCat("head ", h, " after 64 appends"));
+    expect += PackedKeyBytes(q, d, t.kbits) + PackedValueBytes(q, d, t.vbits) + 32 * d * 4;
+  }
+  EXPECT_EQ(mixed->residual_tokens(), 0);
+  EXPECT_EQ(mixed->Bytes(), expect);
+}
+
+TEST(CompressTest, ReservationIsTheCapacityOfUniformAndMixedLayers) {
+  const Activations a = RandomActivations(8, 4, 400, 64, 55);
+  const int64_t c = 250, d = 64;
+  for (const auto* tuples : {&kMixed, &kMixed2}) {
+    std::vector<int64_t> kept;
+    std::vector<int> kbits, vbits;
+    for (const CompressionTuple& t : *tuples) {
+      kept.push_back(KeptTokens(t.keep, c));
+      kbits.push_back(t.kbits);
+      vbits.push_back(t.vbits);
+    }
+    const LayerFormat f = LayerFormat::PerHead(d, kbits, vbits);
+    for (int64_t appended : {0, 1, 31, 32, 33, 100}) {
+      auto layer = CompressHeads(View(a), c, *tuples, Backend::kReference);
+      ASSERT_TRUE(layer.ok());
+      layer->Reserve(appended);
+      const int64_t reserved = ReservedLayerBytes(f, kept, WindowTokens(c), appended);
+      EXPECT_EQ(layer->CapacityBytes(), reserved) << appended;
+      // The reservation is the sum of the heads' single-head reservations.
+      int64_t sum = 0;
+      for (int64_t h = 0; h < 4; ++h) {
+        sum += ReservedLayerBytes({1, d, kbits[h], vbits[h]}, kept[h], WindowTokens(c), appended);
+      }
+      EXPECT_EQ(reserved, sum);
+      const uint8_t* codes = layer->head(0).k_codes.data();
+      ASSERT_TRUE(layer->Append(a.k.data() + c * d, a.v.data() + c * d, appended, a.n).ok());
+      EXPECT_EQ(layer->CapacityBytes(), reserved) << appended;
+      EXPECT_EQ(layer->head(0).k_codes.data(), codes) << appended;
+    }
+  }
+  // A uniform layer: the one-count overload is the per-head one.
+  auto layer = CompressLayer(View(a), c, {0.5, 4, 2}, Backend::kReference);
+  ASSERT_TRUE(layer.ok());
+  layer->Reserve(70);
+  const std::vector<int64_t> kept(4, KeptTokens(0.5, c));
+  EXPECT_EQ(layer->CapacityBytes(), ReservedLayerBytes({4, d, 4, 2}, KeptTokens(0.5, c), 32, 70));
+  EXPECT_EQ(layer->CapacityBytes(), ReservedLayerBytes({4, d, 4, 2}, kept, 32, 70));
+}
+
+TEST(CompressTest, LayerFormatPerHeadBits) {
+  const LayerFormat uniform{4, 64, 4, 2};
+  EXPECT_TRUE(uniform.Uniform());
+  EXPECT_EQ(uniform.KBits(3), 4);
+  EXPECT_EQ(uniform.VBits(3), 2);
+  EXPECT_EQ(BitsString(uniform), "4/2");
+  // Spelled per head with equal bits: the same format.
+  const LayerFormat same = LayerFormat::PerHead(64, {4, 4, 4, 4}, {2, 2, 2, 2});
+  EXPECT_TRUE(same.head_kbits.empty() && same.head_vbits.empty());
+  EXPECT_TRUE(same == uniform);
+  LayerFormat spelled = uniform;
+  spelled.head_kbits = {4, 4, 4, 4};
+  EXPECT_TRUE(spelled == uniform);
+  EXPECT_TRUE(spelled.Uniform());
+
+  const LayerFormat mixed = LayerFormat::PerHead(64, {4, 8, 4, 16}, {2, 2, 16, 2});
+  EXPECT_FALSE(mixed.Uniform());
+  EXPECT_FALSE(mixed == uniform);
+  EXPECT_EQ(mixed.KBits(1), 8);
+  EXPECT_EQ(mixed.VBits(2), 16);
+  EXPECT_EQ(BitsString(mixed), "[4/2 8/2 4/16 16/2]");
+  EXPECT_TRUE(ValidateFormat(mixed).ok());
+
+  LayerFormat short_bits = mixed;
+  short_bits.head_kbits.pop_back();
+  const absl::Status st = ValidateFormat(short_bits);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("3 entries for 4 KV heads"), std::string::npos) << st;
+  LayerFormat bad_bits = mixed;
+  bad_bits.head_vbits[2] = 3;
+  const absl::Status st2 = ValidateFormat(bad_bits);
+  EXPECT_EQ(st2.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st2.message().find("V bits 3 of KV head 2"), std::string::npos) << st2;
 }
 
 }  // namespace

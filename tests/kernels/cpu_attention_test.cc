@@ -227,6 +227,92 @@ TEST(CpuAttentionTest, MultiRowItemsMatchReferencePerRowWithTruncatedResidual) {
   }
 }
 
+// Per-head tuples (DESIGN.md section 2.9a): heads of one layer differ in kept
+// count and bits; the kernel reads each head's bits from its HeadView. Decode
+// over a batch (after appends that flush), and multi-row items whose rows see
+// a growing part of the residual.
+TEST(CpuAttentionTest, MixedLayersMatchReference) {
+  struct Case {
+    Shape s;
+    std::vector<CompressionTuple> t;
+  };
+  const std::vector<Case> cases = {
+      {{8, 4, 64}, {{0.5, 4, 2}, {0.25, 8, 16}, {1.0, 16, 16}, {0.125, 2, 2}}},
+      {{12, 4, 128}, {{0.0625, 2, 8}, {0.5, 4, 4}, {0.5, 4, 4}, {0.75, 16, 2}}},
+      {{6, 2, 64}, {{0.375, 16, 4}, {0.375, 2, 16}}}};
+  for (const Case& cs : cases) {
+    const Shape& s = cs.s;
+    const std::vector<int64_t> prefixes = {20, 97, 300};
+    const std::vector<int64_t> appends = {0, 40, 77};
+    std::vector<CompressedLayer> layers;
+    for (size_t b = 0; b < prefixes.size(); ++b) {
+      const Activations a = RandomActivations(s.hq, s.hkv, prefixes[b] + appends[b], s.d,
+                                              static_cast<uint32_t>(900 + b));
+      const LayerTensors x{a.q.data(), a.k.data(), a.v.data(), a.hq, a.hkv, a.n, a.d};
+      auto l = CompressHeads(x, prefixes[b], cs.t, Backend::kReference);
+      ASSERT_TRUE(l.ok()) << l.status();
+      ASSERT_TRUE(l->Append(a.k.data() + prefixes[b] * a.d, a.v.data() + prefixes[b] * a.d,
+                            appends[b], a.n).ok());
+      ASSERT_FALSE(l->format().Uniform());
+      layers.push_back(std::move(*l));
+    }
+    const int64_t batch = static_cast<int64_t>(layers.size()), row = s.hq * s.d;
+    std::vector<const CompressedLayer*> ptrs;
+    for (const auto& l : layers) ptrs.push_back(&l);
+    std::vector<std::vector<HeadView>> views(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+      for (int64_t h = 0; h < s.hkv; ++h) {
+        views[b].push_back(layers[b].View(h));
+        ASSERT_EQ(views[b][h].kbits, cs.t[h].kbits);
+        ASSERT_EQ(views[b][h].vbits, cs.t[h].vbits);
+      }
+    }
+    // Decode: one row per item.
+    const std::vector<float> q = RandomQ(batch * row, 19);
+    std::vector<float> ref(q.size()), out(q.size());
+    ASSERT_TRUE(DecodeAttention(ptrs, q.data(), s.hq, ref.data(), Backend::kReference).ok());
+    std::vector<AttentionItem> items(batch);
+    for (int64_t b = 0; b < batch; ++b) {
+      items[b].heads = views[b].data();
+      items[b].q = q.data() + b * row;
+      items[b].out = out.data() + b * row;
+      items[b].residual_visible = layers[b].residual_tokens();
+    }
+    for (CpuIsa isa : AvailableIsas()) {
+      std::fill(out.begin(), out.end(), NAN);
+      const absl::Status st = CpuAttention(items, {s.hq, s.hkv, s.d}, isa);
+      ASSERT_TRUE(st.ok()) << st;
+      EXPECT_LE(testing::MaxAbsDiff(out, ref), Bound(ref, 2))
+          << CpuIsaName(isa) << " decode hq " << s.hq << " hkv " << s.hkv;
+    }
+    // Multi-row: item 2 (residual 13) with 4 rows, rows see 10 + r residual rows.
+    const int64_t rows = 4, visible = 10;
+    const std::vector<float> mq = RandomQ(rows * row, 29);
+    std::vector<float> mout(rows * row);
+    const AttentionItem multi{views[2].data(), mq.data(), mout.data(), 0, 0, rows, visible};
+    for (CpuIsa isa : AvailableIsas()) {
+      std::fill(mout.begin(), mout.end(), NAN);
+      ASSERT_TRUE(CpuAttention({&multi, 1}, {s.hq, s.hkv, s.d}, isa).ok());
+      for (int64_t r = 0; r < rows; ++r) {
+        CompressedLayer cut = layers[2];
+        const int64_t keep = std::min(cut.residual_tokens(), visible + r);
+        for (int64_t h = 0; h < s.hkv; ++h) {
+          cut.head(h).residual_k.resize(keep * s.d);
+          cut.head(h).residual_v.resize(keep * s.d);
+        }
+        const CompressedLayer* p = &cut;
+        std::vector<float> mref(row);
+        ASSERT_TRUE(DecodeAttention({&p, 1}, mq.data() + r * row, s.hq, mref.data(),
+                                    Backend::kReference)
+                        .ok());
+        const std::vector<float> got(mout.begin() + r * row, mout.begin() + (r + 1) * row);
+        EXPECT_LE(testing::MaxAbsDiff(got, mref), Bound(mref, 2))
+            << CpuIsaName(isa) << " row " << r << " hq " << s.hq << " hkv " << s.hkv;
+      }
+    }
+  }
+}
+
 TEST(CpuAttentionTest, BadInputIsInvalidArgument) {
   const Activations a = RandomActivations(4, 2, 100, 64, 3);
   const CompressedLayer layer = Build(a, 90, 5, {0.5, 4, 4});

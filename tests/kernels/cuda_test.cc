@@ -258,5 +258,63 @@ TEST_F(CudaTest, ProbeAttentionLongPrefixAgrees) {
   }
 }
 
+// Per-head tuples (DESIGN.md section 2.9a): a mixed layer runs one launch per
+// run of consecutive KV heads with equal bits (here runs of 1 and 2 heads),
+// decode over a batch and probes with a tail. Compression of the mixed layer
+// on CUDA is byte-identical to the reference when the selections agree.
+TEST_F(CudaTest, MixedLayerAttentionAgrees) {
+  struct Case { int64_t hq, hkv, d; std::vector<CompressionTuple> t; };
+  const std::vector<Case> cases = {
+      {28, 4, 128, {{0.5, 4, 2}, {0.25, 8, 16}, {0.25, 8, 16}, {1.0, 2, 2}}},
+      {8, 2, 64, {{1.0, 16, 16}, {0.5, 2, 8}}}};
+  for (const Case& cs : cases) {
+    std::vector<Activations> acts;
+    std::vector<CompressedLayer> layers;
+    const std::vector<int64_t> prefixes = {600, 17, 333};
+    const std::vector<int64_t> appends = {5, 70, 32};
+    for (size_t b = 0; b < prefixes.size(); ++b) {
+      acts.push_back(RandomActivations(cs.hq, cs.hkv, 700, cs.d, 4000 + b));
+      auto l = CompressHeads(View(acts.back()), prefixes[b], cs.t, Backend::kReference);
+      ASSERT_TRUE(l.ok()) << l.status();
+      const int64_t c = prefixes[b];
+      ASSERT_TRUE(l->Append(acts.back().k.data() + c * cs.d, acts.back().v.data() + c * cs.d,
+                            appends[b], acts.back().n).ok());
+      layers.push_back(std::move(*l));
+    }
+    std::vector<const CompressedLayer*> ptrs;
+    for (const auto& l : layers) ptrs.push_back(&l);
+    std::vector<float> q(prefixes.size() * cs.hq * cs.d);
+    std::mt19937 rng(17);
+    std::normal_distribution<float> g(0.0f, 2.0f);
+    for (float& x : q) x = g(rng);
+    std::vector<float> ref(q.size()), gpu(q.size(), NAN);
+    ASSERT_TRUE(DecodeAttention(ptrs, q.data(), cs.hq, ref.data(), Backend::kReference).ok());
+    const absl::Status st = DecodeAttention(ptrs, q.data(), cs.hq, gpu.data(), Backend::kCuda);
+    ASSERT_TRUE(st.ok()) << st;
+    const double rel = testing::MaxAbsDiff(gpu, ref) / testing::MaxAbs(ref);
+    std::printf("decode mixed %s hq %lld D %lld: max|diff|/max|ref| = %.2e\n",
+                BitsString(layers[0].format()).c_str(), static_cast<long long>(cs.hq),
+                static_cast<long long>(cs.d), rel);
+    EXPECT_LE(rel, kAttentionTol.at(2)) << "hq " << cs.hq << " D " << cs.d;
+
+    const Activations& a = acts[0];
+    double prel = 0;
+    auto prefix = CompressHeads(View(a), 500, cs.t, Backend::kReference);
+    ASSERT_TRUE(prefix.ok());
+    ASSERT_NO_FATAL_FAILURE(ProbeError(*prefix, a, 500, a.n, cs.d, cs.hq, 100, &prel));
+    std::printf("probe mixed hq %lld D %lld: max|diff|/max|ref| = %.2e\n",
+                static_cast<long long>(cs.hq), static_cast<long long>(cs.d), prel);
+    EXPECT_LE(prel, kAttentionTol.at(2)) << "hq " << cs.hq << " D " << cs.d;
+
+    // Compression on the device from the reference's scores: same selection,
+    // so the same bytes.
+    auto scores = ComputeEvictionScores(View(a), 500, Backend::kReference);
+    ASSERT_TRUE(scores.ok());
+    auto on_gpu = CompressHeads(View(a), 500, cs.t, Backend::kCuda, &*scores);
+    ASSERT_TRUE(on_gpu.ok()) << on_gpu.status();
+    ExpectSameLayer(*prefix, *on_gpu, "mixed CompressHeads on CUDA");
+  }
+}
+
 }  // namespace
 }  // namespace moend::kernels

@@ -3,6 +3,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <string>
+#include <vector>
 
 #include "kernels/attention.h"
 #include "kernels/kv_compress.h"
@@ -16,6 +18,7 @@ using SequenceTest = testing::TinycodeTest;
 
 // The whole-prompt forward (Model::Forward), compressed layer by layer
 // afterwards: an implementation independent of the streaming prefill.
+// `tuples` is a per-layer or a per-head plan.
 std::vector<kernels::CompressedLayer> CompressAfterForward(
     const Model& model, std::span<const int32_t> context,
     const std::vector<CompressionTuple>& tuples) {
@@ -24,7 +27,10 @@ std::vector<kernels::CompressedLayer> CompressAfterForward(
   const int64_t n = static_cast<int64_t>(context.size());
   auto logits = model.Forward(context, [&](const LayerActivations& a) {
     kernels::LayerTensors x{a.q, a.k, a.v, c.num_heads, c.num_kv_heads, n, c.head_dim};
-    auto layer = kernels::CompressLayer(x, n, tuples[a.layer], kernels::Backend::kReference);
+    // One tuple per head (HeadTuple reads per-layer and per-head plans alike).
+    std::vector<CompressionTuple> heads;
+    for (int64_t h = 0; h < c.num_kv_heads; ++h) heads.push_back(HeadTuple(c, tuples, a.layer, h));
+    auto layer = kernels::CompressHeads(x, n, heads, kernels::Backend::kReference);
     EXPECT_TRUE(layer.ok()) << layer.status();
     layers.push_back(*layer);
   });
@@ -211,6 +217,138 @@ TEST_F(SequenceTest, RejectsBadPlansAndTokens) {
   std::vector<float> logits;
   EXPECT_EQ(Step(*model_, std::span<const StepInput>(&in, 1), &logits).code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// ---------------------------------------------------------------------------
+// Per-head plans (DESIGN.md section 2.9a): tinycode has 12 layers x 2 KV heads.
+
+// The per-head plan that gives KV head h of layer l the tuple heads[h][l].
+std::vector<CompressionTuple> PerHead(const std::vector<CompressionTuple>& head0,
+                                      const std::vector<CompressionTuple>& head1) {
+  std::vector<CompressionTuple> plan;
+  for (size_t l = 0; l < head0.size(); ++l) {
+    plan.push_back(head0[l]);
+    plan.push_back(head1[l]);
+  }
+  return plan;
+}
+
+std::vector<CompressionTuple> OtherPlan() {
+  std::vector<CompressionTuple> tuples;
+  for (int l = 0; l < 12; ++l) {
+    const CompressionTuple options[] = {{0.25, 16, 16}, {1.0, 2, 2}, {0.5, 8, 4}};
+    tuples.push_back(options[l % 3]);
+  }
+  return tuples;
+}
+
+void ExpectSameHead(const kernels::CompressedHead& a, const kernels::CompressedHead& b,
+                    const std::string& what) {
+  EXPECT_EQ(a.initial_kept, b.initial_kept) << what;
+  EXPECT_EQ(a.quantized, b.quantized) << what;
+  EXPECT_EQ(a.position, b.position) << what;
+  EXPECT_EQ(a.k_codes, b.k_codes) << what;
+  EXPECT_EQ(a.k_scale, b.k_scale) << what;
+  EXPECT_EQ(a.k_min, b.k_min) << what;
+  EXPECT_EQ(a.v_codes, b.v_codes) << what;
+  EXPECT_EQ(a.v_scale, b.v_scale) << what;
+  EXPECT_EQ(a.v_min, b.v_min) << what;
+  EXPECT_EQ(a.window_k, b.window_k) << what;
+  EXPECT_EQ(a.window_v, b.window_v) << what;
+  EXPECT_EQ(a.residual_k, b.residual_k) << what;
+  EXPECT_EQ(a.residual_v, b.residual_v) << what;
+}
+
+TEST_F(SequenceTest, PerHeadPlansGiveEachHeadItsTuplesCache) {
+  std::span<const int32_t> context(text_->data(), 300);
+  const std::vector<CompressionTuple> a = MixedPlan(), b = OtherPlan();
+  // One prefill, four plans: two per layer, the per-head spelling of the
+  // first, and the per-head plan whose head 0 follows `a` and head 1 `b`.
+  const std::vector<std::vector<CompressionTuple>> plans = {a, b, PerHead(a, a), PerHead(a, b)};
+  PrefillOptions options;
+  options.appended_capacity = 40;
+  options.chunk_tokens = 96;
+  auto prefill = StreamingPrefill(*model_, context, plans, options);
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  const auto& caches = prefill->caches;
+  for (int l = 0; l < 12; ++l) {
+    const std::string at = "layer " + std::to_string(l);
+    // Equal heads: the per-layer plan's cache, byte for byte.
+    EXPECT_TRUE(caches[2][l].format() == caches[0][l].format()) << at;
+    EXPECT_TRUE(caches[2][l].format().Uniform()) << at;
+    EXPECT_EQ(caches[2][l].Bytes(), caches[0][l].Bytes()) << at;
+    EXPECT_EQ(caches[2][l].CapacityBytes(), caches[0][l].CapacityBytes()) << at;
+    for (int h = 0; h < 2; ++h) ExpectSameHead(caches[2][l].head(h), caches[0][l].head(h), at);
+    // Mixed heads: each head is that head of its tuple's per-layer cache.
+    const kernels::LayerFormat& f = caches[3][l].format();
+    EXPECT_EQ(f.KBits(0), a[l].kbits) << at;
+    EXPECT_EQ(f.VBits(1), b[l].vbits) << at;
+    ExpectSameHead(caches[3][l].head(0), caches[0][l].head(0), at + " head 0");
+    ExpectSameHead(caches[3][l].head(1), caches[1][l].head(1), at + " head 1");
+  }
+  // The reservation of each plan is what its caches allocated.
+  for (size_t p = 0; p < plans.size(); ++p) {
+    int64_t capacity = 0;
+    for (const auto& layer : caches[p]) capacity += layer.CapacityBytes();
+    EXPECT_EQ(capacity, ReservedSequenceBytes(model_->config(), plans[p], 300, 40)) << p;
+  }
+}
+
+TEST_F(SequenceTest, PerHeadPlanDecodesLikeTokenByTokenAndReservesExactly) {
+  std::span<const int32_t> context(text_->data(), 400);
+  std::span<const int32_t> rest(text_->data() + 400, 40);  // crosses one flush
+  const std::vector<CompressionTuple> plan = PerHead(MixedPlan(), OtherPlan());
+  Sequence seq = Prefilled(*model_, context, plan, 40);
+  const int64_t reserved = ReservedSequenceBytes(model_->config(), plan, 400, 40);
+  EXPECT_EQ(seq.CapacityBytes(), reserved);
+  std::vector<kernels::CompressedLayer> after = CompressAfterForward(*model_, context, plan);
+  for (int l = 0; l < 12; ++l) EXPECT_EQ(seq.layers()[l].Bytes(), after[l].Bytes()) << l;
+  std::vector<float> fast;
+  for (auto [begin, size] : {std::pair{0, 7}, {7, 33}}) {
+    auto part = Feed(*model_, seq, rest.subspan(begin, size));
+    ASSERT_TRUE(part.ok()) << part.status();
+    fast.insert(fast.end(), part->begin(), part->end());
+  }
+  EXPECT_EQ(seq.CapacityBytes(), reserved);  // grew in place
+  std::vector<float> slow = SlowDecode(*model_, context, plan, rest);
+  ASSERT_EQ(fast.size(), slow.size());
+  // As in MatchesTokenByTokenDecodingOverThePackedCache.
+  double max_diff = 0, sum_diff = 0;
+  for (size_t i = 0; i < fast.size(); ++i) {
+    max_diff = std::max<double>(max_diff, std::fabs(fast[i] - slow[i]));
+    sum_diff += std::fabs(fast[i] - slow[i]);
+  }
+  EXPECT_LT(max_diff, 0.05);
+  EXPECT_LT(sum_diff / static_cast<double>(fast.size()), 1e-3);
+}
+
+TEST_F(SequenceTest, PlansOfOtherSizesAreRejected) {
+  const ModelConfig& c = model_->config();
+  ASSERT_EQ(c.num_layers, 12);
+  ASSERT_EQ(c.num_kv_heads, 2);
+  EXPECT_TRUE(ValidatePlan(c, std::vector<CompressionTuple>(12)).ok());
+  EXPECT_TRUE(ValidatePlan(c, std::vector<CompressionTuple>(24)).ok());
+  for (size_t size : {0, 11, 13, 23, 25, 36}) {
+    const absl::Status st = ValidatePlan(c, std::vector<CompressionTuple>(size));
+    EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument) << size;
+    EXPECT_NE(st.message().find("allows 12 (one per layer) or 24"), std::string::npos) << st;
+  }
+  std::vector<CompressionTuple> bad(24);
+  bad[5] = {0.5, 4, 3};  // layer 2, KV head 1
+  const absl::Status st = ValidatePlan(c, bad);
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("layer 2 KV head 1: V bits 3"), std::string::npos) << st;
+  std::span<const int32_t> context(text_->data(), 100);
+  std::vector<std::vector<CompressionTuple>> plans{std::vector<CompressionTuple>(12),
+                                                   std::vector<CompressionTuple>(23)};
+  auto refused = StreamingPrefill(*model_, context, plans);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(refused.status().message().find("plan 1"), std::string::npos) << refused.status();
+  // HeadTuple reads both kinds.
+  const std::vector<CompressionTuple> per_head = PerHead(MixedPlan(), OtherPlan());
+  EXPECT_EQ(HeadTuple(c, per_head, 7, 1), OtherPlan()[7]);
+  EXPECT_EQ(HeadTuple(c, per_head, 7, 0), MixedPlan()[7]);
+  EXPECT_EQ(HeadTuple(c, MixedPlan(), 7, 1), MixedPlan()[7]);
 }
 
 }  // namespace
