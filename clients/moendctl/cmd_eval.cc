@@ -99,9 +99,9 @@ int RunEval(int argc, char** argv) {
       return Fail(absl::InvalidArgumentError(absl::StrCat(name, " has ", plan->layers.size(),
                                                           " layers but the model has ", layers)));
     }
-    std::vector<CompressionTuple> tuples;
-    for (const PlanLayer& l : plan->layers) tuples.push_back(l.tuple);
-    plans.push_back(std::move(tuples));
+    // Per layer, or per (layer, KV head) for a per-head plan (a per-head
+    // layer's own tuple is unused; the runtime decides which sizes it takes).
+    plans.push_back(plan->RuntimeTuples());
   }
   auto retrieval = runtime::ReadRetrievalFile(*retrieval_path);
   if (!retrieval.ok()) return Fail(retrieval.status());

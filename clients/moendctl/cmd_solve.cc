@@ -17,10 +17,11 @@ namespace {
 
 constexpr char kUsage[] =
     R"(usage: moendctl solve --table TABLE.json (--ratio R [--context N] | --budget-bytes B --context N)
-                     [--solver NAME] [--out PLAN.json] [--json]
+                     [--solver NAME] [--units auto|layer|head] [--out PLAN.json] [--json]
 
-Chooses one compression tuple per layer so that the predicted error (sum of
-the table's sensitivities) is least within the memory budget.
+Chooses one compression tuple per layer (or per (layer, KV head)) so that the
+predicted error (sum of the table's sensitivities) is least within the memory
+budget.
 
   --table FILE        sensitivity table JSON (moendctl calibrate writes one)
   --ratio R           budget = floor(full cache bytes at the context / R), R >= 1
@@ -28,6 +29,8 @@ the table's sensitivities) is least within the memory budget.
   --context N         tokens the cache holds; with --ratio it defaults to the
                       table's compression point
   --solver NAME       greedy (default), exact, 1d, 2d_uniform or 2d
+  --units U           what takes one tuple: auto (default: per KV head for
+                      greedy and exact when the table has s_head), layer, head
   --out FILE          write the plan JSON there
   --json              print the plan JSON on stdout instead of the table
 
@@ -51,7 +54,7 @@ int Fail(const absl::Status& status) {
 
 int RunSolve(int argc, char** argv) {
   absl::StatusOr<Args> args =
-      Args::Parse(argc, argv, {"table", "ratio", "budget-bytes", "context", "solver", "out"},
+      Args::Parse(argc, argv, {"table", "ratio", "budget-bytes", "context", "solver", "units", "out"},
                   {"json"});
   if (!args.ok()) return Usage(std::string(args.status().message()));
   if (args->help()) {
@@ -82,10 +85,12 @@ int RunSolve(int argc, char** argv) {
   if (absl::Status ok = budget.Validate(); !ok.ok()) return Usage(std::string(ok.message()));
   absl::StatusOr<SolverKind> kind = ParseSolverKind(args->Optional("solver").value_or("greedy"));
   if (!kind.ok()) return Usage(std::string(kind.status().message()));
+  absl::StatusOr<SolveUnits> units = ParseSolveUnits(args->Optional("units").value_or("auto"));
+  if (!units.ok()) return Usage(std::string(units.status().message()));
 
   absl::StatusOr<SensitivityTable> table = ReadSensitivityTable(*table_path);
   if (!table.ok()) return Fail(table.status());
-  absl::StatusOr<Plan> plan = Solve(*table, budget, *kind);
+  absl::StatusOr<Plan> plan = Solve(*table, budget, *kind, *units);
   if (!plan.ok()) return Fail(plan.status());
   if (std::optional<std::string> out = args->Optional("out")) {
     if (absl::Status written = WritePlan(*plan, *out); !written.ok()) return Fail(written);
