@@ -90,11 +90,11 @@ absl::Status CheckValues(const PartialTable& t) {
     }
   }
   for (size_t l = 0; l < t.s_head.size(); ++l) {
-    if (t.s_head[l].size() != t.s_head[0].size() || t.s_head[l].empty()) {
+    if (t.s_head[l].empty() || t.s_head[l].size() != t.s_head[0].size()) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "per-head rows of layer ", t.layer_begin + l, " have ", t.s_head[l].size(),
-          " heads but those of layer ", t.layer_begin, " have ", t.s_head[0].size(),
-          "; every layer needs one row per KV head"));
+          "per-head rows of layer ", t.layer_begin + l, " are for ", t.s_head[l].size(),
+          " KV heads, those of layer ", t.layer_begin, " for ", t.s_head[0].size(),
+          "; every layer needs one row per KV head of the model"));
     }
     for (size_t h = 0; h < t.s_head[l].size(); ++h) {
       const std::vector<double>& row = t.s_head[l][h];
