@@ -25,9 +25,12 @@ namespace {
 
 constexpr char kPlanUsage[] =
     "usage: moendctl plan --router HOST:PORT --model NAME (--ratio R | --budget-bytes B\n"
-    "                     --context N) [--solver greedy] [--out plan.json] [--json]\n"
+    "                     --context N) [--solver greedy] [--units auto|layer|head]\n"
+    "                     [--out plan.json] [--json]\n"
     "Asks the router for the plan of (model, budget, solver) solved over the\n"
-    "model's latest calibration; prints it as a table (or JSON with --json).\n";
+    "model's latest calibration; prints it as a table (or JSON with --json).\n"
+    "--units: what takes one tuple; auto (default) solves per KV head when the\n"
+    "table has per-head rows and the solver is greedy or exact.\n";
 
 constexpr char kGenerateUsage[] =
     "usage: moendctl generate --node HOST:PORT (--prompt TEXT | --input FILE)\n"
@@ -54,7 +57,8 @@ absl::StatusOr<std::shared_ptr<grpc::Channel>> Connect(const Args& args,
 int RunPlan(int argc, char** argv) {
   auto args = Args::Parse(
       argc, argv,
-      WithClientSecurityFlags({"router", "model", "ratio", "budget-bytes", "context", "solver", "out"}),
+      WithClientSecurityFlags({"router", "model", "ratio", "budget-bytes", "context", "solver", "units",
+                               "out"}),
       {"json"});
   if (!args.ok()) return FailWith("plan", args.status());
   if (args->help()) {
@@ -85,6 +89,7 @@ int RunPlan(int argc, char** argv) {
   req.set_model(*model);
   *req.mutable_budget() = router::ToProto(budget);
   req.set_solver(args->Optional("solver").value_or("greedy"));
+  req.set_units(args->Optional("units").value_or(""));
   v1::Plan resp;
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(30));

@@ -11,7 +11,8 @@ namespace moend::ctl {
 // InvalidArgument, kExitFailure otherwise.
 int FailWith(const char* command, const absl::Status& status);
 
-// A plan as a human table on stdout.
+// A plan as a human table on stdout; a per-head layer prints "-" for its
+// tuple and its heads' tuples as "(0.25,2,4)/(1,4,4)/...".
 void PrintPlan(const Plan& plan);
 
 }  // namespace moend::ctl

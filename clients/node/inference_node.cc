@@ -94,7 +94,9 @@ absl::StatusOr<GenerateResult> InferenceNode::Generate(GenerateRequest request) 
             absl::StrCat("the router's plan has ", plan->plan.layers.size(),
                          " layers but the model has ", c.num_layers)));
       }
-      for (size_t l = 0; l < g.plan.size(); ++l) g.plan[l] = plan->plan.layers[l].tuple;
+      // num_layers tuples, or num_layers * num_kv_heads for a per-head plan
+      // (the runtime's ValidatePlan decides which sizes it applies).
+      g.plan = plan->plan.RuntimeTuples();
       result.plan_version = plan->table_version;
     } else if (!fixed_plan_.empty()) {
       g.plan = fixed_plan_;

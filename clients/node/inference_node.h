@@ -29,7 +29,9 @@ struct GenerateRequest {
   std::string prompt;                     // bytes; token = byte
   std::vector<int32_t> prompt_token_ids;  // used instead of prompt when not empty
   int64_t max_new_tokens = 32;            // 1..4096
-  std::optional<std::vector<CompressionTuple>> plan;  // explicit tuples; unset = node's plan
+  // Explicit tuples (Plan::RuntimeTuples: one per layer, or per (layer, KV
+  // head)); unset = node's plan.
+  std::optional<std::vector<CompressionTuple>> plan;
   bool full_cache = false;                // uncompressed fp16 baseline
   runtime::SamplingParams sampling;
   std::vector<std::vector<int32_t>> stop;
@@ -59,7 +61,7 @@ struct GenerateResult {
 struct InferenceNodeOptions {
   runtime::EngineOptions engine;
   // A fixed plan served when the request carries none and there is no router
-  // plan (--plan FILE); empty = full cache.
+  // plan (--plan FILE), as Plan::RuntimeTuples; empty = full cache.
   std::vector<CompressionTuple> fixed_plan;
   // Fraction of compressed requests that also decode their first
   // shadow_tokens tokens with the full cache, to measure agreement and KL

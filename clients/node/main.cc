@@ -132,7 +132,7 @@ int main(int argc, char** argv) {
   if (auto plan_file = args->Optional("plan")) {
     auto plan = moend::ReadPlan(*plan_file);
     if (!plan.ok()) return Fail(plan.status());
-    for (const moend::PlanLayer& l : plan->layers) options.fixed_plan.push_back(l.tuple);
+    options.fixed_plan = plan->RuntimeTuples();  // per layer, or per (layer, KV head)
   }
   auto node = moend::node::InferenceNode::Create(*std::move(model), std::move(watch), options,
                                                  (*process)->metrics().get());

@@ -22,9 +22,7 @@ absl::StatusOr<GenerateRequest> FromProto(grpc::ServerContext* context,
   if (p.has_plan()) {
     absl::StatusOr<router::VersionedPlan> plan = router::PlanFromProto(p.plan());
     if (!plan.ok()) return plan.status();
-    std::vector<CompressionTuple> tuples;
-    for (const PlanLayer& l : plan->plan.layers) tuples.push_back(l.tuple);
-    r.plan = std::move(tuples);
+    r.plan = plan->plan.RuntimeTuples();  // per layer, or per (layer, KV head)
   }
   if (p.has_sampling()) {
     r.sampling.temperature = p.sampling().temperature();

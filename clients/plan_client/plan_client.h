@@ -6,7 +6,8 @@
 //   watch->WaitForNewer(0, absl::Seconds(30));  // optional: block until a first plan
 //   for (each request) {
 //     PlanPtr plan = watch->Current();  // one plan for the whole request
-//     ... apply plan->plan.layers[l].tuple to layer l ...
+//     ... apply plan->plan.RuntimeTuples() (one tuple per layer, or per
+//         (layer, KV head) when the router solved per head) ...
 //   }
 //
 // A watch keeps one WatchPlans stream open on a background thread. Each plan

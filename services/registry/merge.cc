@@ -23,6 +23,16 @@ absl::StatusOr<SensitivityTable> MergePartialTables(const JobSpec& spec, const M
   out.tuples = spec.tuples;
   out.s.assign(num_layers, std::vector<double>(num_tuples, 0.0));
 
+  // Per-head rows only when every part has them.
+  const bool heads = !parts.empty() &&
+                     std::all_of(parts.begin(), parts.end(),
+                                 [](const ShardResult& r) { return !r.table.s_head.empty(); });
+  const int64_t num_heads = shape.num_kv_heads;
+  if (heads) {
+    out.s_head.assign(num_layers, std::vector<std::vector<double>>(
+                                      num_heads, std::vector<double>(num_tuples, 0.0)));
+  }
+
   std::vector<double> weight(num_layers, 0.0);
   // Per layer: the sample ranges seen, to check exact coverage.
   std::vector<std::vector<std::pair<int64_t, int64_t>>> ranges(num_layers);
@@ -52,6 +62,11 @@ absl::StatusOr<SensitivityTable> MergePartialTables(const JobSpec& spec, const M
                                                      " rows for ", t.layer_end - t.layer_begin,
                                                      " layers"));
     }
+    if (heads && static_cast<int64_t>(t.s_head.size()) != t.layer_end - t.layer_begin) {
+      return absl::InvalidArgumentError(absl::StrCat("part ", p, ": per-head rows for ",
+                                                     t.s_head.size(), " layers, not ",
+                                                     t.layer_end - t.layer_begin));
+    }
     for (int64_t l = t.layer_begin; l < t.layer_end; ++l) {
       const std::vector<double>& row = t.s[l - t.layer_begin];
       if (row.size() != num_tuples) {
@@ -60,6 +75,24 @@ absl::StatusOr<SensitivityTable> MergePartialTables(const JobSpec& spec, const M
                                                        " tuples"));
       }
       for (size_t i = 0; i < num_tuples; ++i) out.s[l][i] += static_cast<double>(t.samples) * row[i];
+      if (heads) {
+        const std::vector<std::vector<double>>& head_rows = t.s_head[l - t.layer_begin];
+        if (static_cast<int64_t>(head_rows.size()) != num_heads) {
+          return absl::InvalidArgumentError(absl::StrCat("part ", p, ": layer ", l, " has ",
+                                                         head_rows.size(), " per-head rows for ",
+                                                         num_heads, " KV heads"));
+        }
+        for (int64_t h = 0; h < num_heads; ++h) {
+          if (head_rows[h].size() != num_tuples) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("part ", p, ": layer ", l, " head ", h, " has ", head_rows[h].size(),
+                             " values for ", num_tuples, " tuples"));
+          }
+          for (size_t i = 0; i < num_tuples; ++i) {
+            out.s_head[l][h][i] += static_cast<double>(t.samples) * head_rows[h][i];
+          }
+        }
+      }
       weight[l] += static_cast<double>(t.samples);
       ranges[l].push_back({part.sample_begin, part.sample_end});
     }
@@ -82,6 +115,11 @@ absl::StatusOr<SensitivityTable> MergePartialTables(const JobSpec& spec, const M
                                                      spec.num_samples, ") are missing"));
     }
     for (double& v : out.s[l]) v /= weight[l];
+    if (heads) {
+      for (std::vector<double>& row : out.s_head[l]) {
+        for (double& v : row) v /= weight[l];
+      }
+    }
   }
   MOEND_RETURN_IF_ERROR(out.Validate());
   return out;

@@ -22,6 +22,10 @@ struct ShardResult {
 // every layer, the covering shards' sample ranges are disjoint and together
 // are exactly [0, spec.num_samples), and that every part uses spec.tuples in
 // order; otherwise InvalidArgument naming the layer or shard.
+// s_head (per-head routing) is merged the same way, [layer][head][tuple],
+// when every part has per-head rows (num_kv_heads rows per layer); when any
+// part has none (a worker that measures only layers) the merged table has no
+// s_head and is solved per layer.
 absl::StatusOr<SensitivityTable> MergePartialTables(const JobSpec& spec, const ModelShape& shape,
                                                     const std::vector<ShardResult>& parts);
 

@@ -89,6 +89,29 @@ absl::Status CheckValues(const PartialTable& t) {
       }
     }
   }
+  for (size_t l = 0; l < t.s_head.size(); ++l) {
+    if (t.s_head[l].empty() || t.s_head[l].size() != t.s_head[0].size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "per-head rows of layer ", t.layer_begin + l, " are for ", t.s_head[l].size(),
+          " KV heads, those of layer ", t.layer_begin, " for ", t.s_head[0].size(),
+          "; every layer needs one row per KV head of the model"));
+    }
+    for (size_t h = 0; h < t.s_head[l].size(); ++h) {
+      const std::vector<double>& row = t.s_head[l][h];
+      if (row.size() != t.tuples.size()) {
+        return absl::InvalidArgumentError(absl::StrCat("per-head row of layer ", t.layer_begin + l,
+                                                       " head ", h, " has ", row.size(),
+                                                       " values for ", t.tuples.size(), " tuples"));
+      }
+      for (size_t i = 0; i < row.size(); ++i) {
+        if (!std::isfinite(row[i]) || row[i] < 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              "s_head[layer ", t.layer_begin + l, "][head ", h, "][tuple ", i, "] = ", row[i],
+              " is not a finite value >= 0"));
+        }
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -612,6 +635,20 @@ absl::Status Registry::ValidateReport(const Job& job, const ShardReport& r,
     return absl::InvalidArgumentError(absl::StrCat("report has ", t.s.size(), " rows for the ",
                                                    shard.layers(), " layers of shard ",
                                                    shard.index));
+  }
+  if (!t.s_head.empty()) {
+    const int64_t heads = models_.at(job.spec.model).info.shape.num_kv_heads;
+    if (static_cast<int64_t>(t.s_head.size()) != shard.layers()) {
+      return absl::InvalidArgumentError(absl::StrCat("report has per-head rows for ",
+                                                     t.s_head.size(), " layers but shard ",
+                                                     shard.index, " has ", shard.layers(),
+                                                     " (send them for every layer or none)"));
+    }
+    if (static_cast<int64_t>(t.s_head[0].size()) != heads) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("report has ", t.s_head[0].size(), " per-head rows per layer but model '",
+                       job.spec.model, "' has ", heads, " KV heads"));
+    }
   }
   return values;
 }

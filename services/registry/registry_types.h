@@ -110,6 +110,9 @@ struct PartialTable {
   int64_t samples = 0;                   // = shard's sample_end - sample_begin
   std::vector<CompressionTuple> tuples;  // = the job's tuples, same order
   std::vector<std::vector<double>> s;    // [layer_end - layer_begin][tuples.size()]
+  // Per-head rows: empty (a worker that measures only layers), or
+  // [layer_end - layer_begin][num_kv_heads of the model][tuples.size()].
+  std::vector<std::vector<std::vector<double>>> s_head;
 };
 
 struct ShardReport {

@@ -23,11 +23,22 @@ v1::Plan ToProto(const VersionedPlan& p) {
     const PlanLayer& layer = p.plan.layers[l];
     v1::LayerPlan* lp = out.add_layers();
     lp->set_layer(static_cast<int32_t>(l));
-    lp->set_keep(layer.tuple.keep);
-    lp->set_kbits(layer.tuple.kbits);
-    lp->set_vbits(layer.tuple.vbits);
+    if (layer.heads.empty()) {
+      lp->set_keep(layer.tuple.keep);
+      lp->set_kbits(layer.tuple.kbits);
+      lp->set_vbits(layer.tuple.vbits);
+    }
     lp->set_bytes(layer.bytes);
     lp->set_predicted_error(layer.predicted_error);
+    lp->mutable_heads()->Reserve(static_cast<int>(layer.heads.size()));
+    for (const PlanHead& head : layer.heads) {
+      v1::HeadPlan* hp = lp->add_heads();
+      hp->set_keep(head.tuple.keep);
+      hp->set_kbits(head.tuple.kbits);
+      hp->set_vbits(head.tuple.vbits);
+      hp->set_bytes(head.bytes);
+      hp->set_predicted_error(head.predicted_error);
+    }
   }
   out.set_num_kv_heads(p.num_kv_heads);
   out.set_head_dim(p.head_dim);
@@ -55,9 +66,24 @@ absl::StatusOr<VersionedPlan> PlanFromProto(const v1::Plan& p) {
       return absl::InvalidArgumentError(
           absl::StrCat("plan layer ", i, " has index ", lp.layer(), "; layers must be in order"));
     }
-    out.plan.layers.push_back(
-        {.tuple = {lp.keep(), lp.kbits(), lp.vbits()}, .bytes = lp.bytes(),
-         .predicted_error = lp.predicted_error()});
+    PlanLayer& layer = out.plan.layers.emplace_back();
+    layer.bytes = lp.bytes();
+    layer.predicted_error = lp.predicted_error();
+    if (lp.heads().empty()) {
+      layer.tuple = {lp.keep(), lp.kbits(), lp.vbits()};
+      continue;
+    }
+    if (lp.heads_size() != p.num_kv_heads()) {
+      return absl::InvalidArgumentError(absl::StrCat("plan layer ", i, " has ", lp.heads_size(),
+                                                     " per-head tuples for ", p.num_kv_heads(),
+                                                     " KV heads; give one per KV head or none"));
+    }
+    // A per-head layer's own tuple is unused; PlanFromJson leaves it default too.
+    layer.heads.reserve(lp.heads().size());
+    for (const v1::HeadPlan& hp : lp.heads()) {
+      layer.heads.push_back({.tuple = {hp.keep(), hp.kbits(), hp.vbits()}, .bytes = hp.bytes(),
+                             .predicted_error = hp.predicted_error()});
+    }
   }
   if (out.num_kv_heads <= 0 || out.head_dim <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("plan has KV shape (", out.num_kv_heads,

@@ -15,8 +15,10 @@
 namespace moend::router {
 
 v1::Plan ToProto(const VersionedPlan& p);
-// InvalidArgument when the message is not a valid plan (Plan::Validate), or
-// layer indices are not 0, 1, 2, ... in order.
+// InvalidArgument when the message is not a valid plan (Plan::Validate),
+// layer indices are not 0, 1, 2, ... in order, or a layer has per-head
+// tuples (LayerPlan.heads) but not one per KV head (num_kv_heads). A layer
+// with heads gets PlanLayer::heads and a default (unused) tuple.
 absl::StatusOr<VersionedPlan> PlanFromProto(const v1::Plan& p);
 
 v1::Budget ToProto(const Budget& b);

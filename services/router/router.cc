@@ -32,12 +32,13 @@ struct PlanKey {
   int64_t bytes = 0;
   int64_t context = 0;
   SolverKind solver = SolverKind::kGreedy;
+  SolveUnits units = SolveUnits::kAuto;
 
   friend bool operator==(const PlanKey&, const PlanKey&) = default;
   template <typename H>
   friend H AbslHashValue(H h, const PlanKey& k) {
     return H::combine(std::move(h), k.model, k.table_version, static_cast<int>(k.kind), k.ratio,
-                      k.bytes, k.context, static_cast<int>(k.solver));
+                      k.bytes, k.context, static_cast<int>(k.solver), static_cast<int>(k.units));
   }
 };
 
@@ -55,16 +56,18 @@ struct TableKey {
 struct Query {
   Budget budget;
   SolverKind solver = SolverKind::kGreedy;
+  SolveUnits units = SolveUnits::kAuto;
 };
 
 absl::StatusOr<Query> Validate(const std::string& model, const Budget& budget,
-                               const std::string& solver) {
+                               const std::string& solver, const std::string& units) {
   if (model.empty()) {
     return absl::InvalidArgumentError("model is required: give the name of a registered model");
   }
   MOEND_RETURN_IF_ERROR(budget.Validate());
   MOEND_ASSIGN_OR_RETURN(SolverKind kind, ParseSolverKind(solver.empty() ? "greedy" : solver));
-  return Query{budget, kind};
+  MOEND_ASSIGN_OR_RETURN(SolveUnits solve_units, ParseSolveUnits(units.empty() ? "auto" : units));
+  return Query{budget, kind, solve_units};
 }
 
 class Subscriber {
@@ -181,7 +184,7 @@ struct Router::Impl {
 
   static PlanKey KeyOf(const std::string& model, uint64_t version, const Query& q) {
     return {model, version, q.budget.kind, q.budget.ratio, q.budget.bytes, q.budget.context,
-            q.solver};
+            q.solver, q.units};
   }
 
   // The cached plan (or solver error) for `key`, counted as a hit; nullopt
@@ -213,7 +216,7 @@ struct Router::Impl {
       return table.status();
     }
     const absl::Time start = absl::Now();
-    absl::StatusOr<moend::Plan> solved = Solve((*table)->table, q.budget, q.solver);
+    absl::StatusOr<moend::Plan> solved = Solve((*table)->table, q.budget, q.solver, q.units);
     SolveHistogram(q.solver).Observe(absl::ToDoubleSeconds(absl::Now() - start));
     absl::StatusOr<PlanPtr> outcome;
     if (solved.ok()) {
@@ -433,7 +436,8 @@ size_t Router::plan_cache_size() const {
 }
 
 absl::StatusOr<PlanPtr> Router::SolvePlan(const PlanRequest& request) {
-  MOEND_ASSIGN_OR_RETURN(Query query, Validate(request.model, request.budget, request.solver));
+  MOEND_ASSIGN_OR_RETURN(
+      Query query, Validate(request.model, request.budget, request.solver, request.units));
   uint64_t version = request.table_version;
   if (version == 0) {
     MOEND_ASSIGN_OR_RETURN(std::shared_ptr<ModelState> state, impl_->Model(request.model));
@@ -443,7 +447,8 @@ absl::StatusOr<PlanPtr> Router::SolvePlan(const PlanRequest& request) {
 }
 
 void Router::SolvePlanAsync(const PlanRequest& request, PlanDone done) {
-  absl::StatusOr<Query> query = Validate(request.model, request.budget, request.solver);
+  absl::StatusOr<Query> query =
+      Validate(request.model, request.budget, request.solver, request.units);
   if (!query.ok()) return std::move(done)(query.status());
   // A warm request: the version is known without the table source.
   uint64_t version = request.table_version;
@@ -467,7 +472,8 @@ void Router::SolvePlanAsync(const PlanRequest& request, PlanDone done) {
 }
 
 void Router::WatchPlansAsync(const WatchRequest& request, PlanCallback on_plan, WatchDone done) {
-  absl::StatusOr<Query> query = Validate(request.model, request.budget, request.solver);
+  absl::StatusOr<Query> query =
+      Validate(request.model, request.budget, request.solver, request.units);
   if (!query.ok()) return std::move(done)(query.status());
   if (std::shared_ptr<ModelState> state = impl_->FindModel(request.model)) {
     if (impl_->IsCached(Impl::KeyOf(request.model, state->latest.load(), *query))) {
@@ -484,7 +490,8 @@ void Router::WatchPlansAsync(const WatchRequest& request, PlanCallback on_plan, 
 
 absl::StatusOr<std::unique_ptr<PlanSubscription>> Router::WatchPlans(const WatchRequest& request,
                                                                      PlanCallback on_plan) {
-  MOEND_ASSIGN_OR_RETURN(Query query, Validate(request.model, request.budget, request.solver));
+  MOEND_ASSIGN_OR_RETURN(
+      Query query, Validate(request.model, request.budget, request.solver, request.units));
   MOEND_ASSIGN_OR_RETURN(std::shared_ptr<ModelState> state, impl_->Model(request.model));
   auto subscriber = std::make_shared<Subscriber>(query, std::move(on_plan));
   const uint64_t id = impl_->next_subscriber_id++;

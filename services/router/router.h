@@ -76,12 +76,17 @@ struct PlanRequest {
   Budget budget{};             // validated with Budget::Validate
   std::string solver{};        // "greedy" (also when empty), "exact", "1d", "2d_uniform", "2d"
   uint64_t table_version = 0;  // 0 = the newest table
+  // What takes one tuple (core/solver.h SolveUnits): "auto" (also when
+  // empty: per (layer, KV head) for greedy and exact when the table has
+  // s_head), "layer", "head".
+  std::string units{};
 };
 
 struct WatchRequest {  // as PlanRequest, always on the newest table
   std::string model{};
   Budget budget{};
   std::string solver{};
+  std::string units{};
 };
 
 // An open WatchPlans subscription. Destroying it unsubscribes; once the
@@ -103,8 +108,9 @@ class Router {
 
   // The plan for `request`, from the cache or solved now. Errors:
   // - InvalidArgument: empty model, invalid budget (ratio NaN, infinite or
-  //   < 1; bytes <= 0; bytes without a context > 0), unknown solver; each
-  //   message says what is allowed;
+  //   < 1; bytes <= 0; bytes without a context > 0), unknown solver or
+  //   units, units "head" for a table without s_head or a uniform solver;
+  //   each message says what is allowed;
   // - NotFound: unknown model, a model without tables, or no such
   //   table_version (from the table source);
   // - ResourceExhausted: the budget is infeasible for the solver (the message

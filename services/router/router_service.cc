@@ -39,7 +39,7 @@ class RouterService::WatchReactor final : public grpc::ServerWriteReactor<v1::Pl
       starting_ = true;
     }
     service_->router_->WatchPlansAsync(
-        {request.model(), *budget, request.solver()},
+        {request.model(), *budget, request.solver(), request.units()},
         [this](PlanPtr plan) { Offer(std::move(plan)); },
         [this](absl::StatusOr<std::unique_ptr<PlanSubscription>> subscription) {
           Started(std::move(subscription));
@@ -152,7 +152,7 @@ grpc::ServerUnaryReactor* RouterService::SolvePlan(grpc::CallbackServerContext* 
   }
   // Answered here from the cache, or later by a solve thread.
   router_->SolvePlanAsync(
-      {request->model(), *budget, request->solver(), request->table_version()},
+      {request->model(), *budget, request->solver(), request->table_version(), request->units()},
       [reactor, response](absl::StatusOr<PlanPtr> plan) {
         if (!plan.ok()) {
           reactor->Finish(ToGrpcStatus(plan.status()));

@@ -83,6 +83,63 @@ TEST(ProtoTest, SensitivityTableRoundTripsRowsAndTuples) {
   EXPECT_DOUBLE_EQ(back.s(1).s(2), 12.25);
 }
 
+// Per-head routing added fields under new numbers only, so that older
+// senders' bytes parse with them empty (a per-layer table or plan) and older
+// readers skip them.
+TEST(ProtoTest, PerHeadFieldsHaveNewNumbersAndRoundTrip) {
+  const auto* table = moend::v1::SensitivityTable::descriptor();
+  ASSERT_NE(table->FindFieldByName("s_head"), nullptr);
+  EXPECT_EQ(table->FindFieldByName("s_head")->number(), 10);
+  EXPECT_EQ(table->FindFieldByName("signals")->number(), 11);
+  EXPECT_EQ(moend::v1::LayerPlan::descriptor()->FindFieldByName("heads")->number(), 7);
+  EXPECT_EQ(moend::v1::SolvePlanRequest::descriptor()->FindFieldByName("units")->number(), 5);
+  EXPECT_EQ(moend::v1::WatchPlansRequest::descriptor()->FindFieldByName("units")->number(), 4);
+  EXPECT_EQ(moend::v1::PartialTable::descriptor()->FindFieldByName("head_rows")->number(), 6);
+
+  moend::v1::SensitivityTable t;
+  t.set_num_layers(2);
+  t.set_num_kv_heads(2);
+  for (int l = 0; l < 2; ++l) {
+    t.add_s()->add_s(l + 0.5);
+    auto* heads = t.add_s_head();
+    for (int h = 0; h < 2; ++h) heads->add_heads()->add_s(l * 10 + h + 0.25);
+  }
+  t.add_signals("code: 16 x 4096 tokens");
+  moend::v1::SensitivityTable back;
+  ASSERT_TRUE(back.ParseFromString(t.SerializeAsString()));
+  ASSERT_EQ(back.s_head_size(), 2);
+  ASSERT_EQ(back.s_head(1).heads_size(), 2);
+  EXPECT_DOUBLE_EQ(back.s_head(1).heads(1).s(0), 11.25);
+  ASSERT_EQ(back.signals_size(), 1);
+  EXPECT_EQ(back.signals(0), "code: 16 x 4096 tokens");
+
+  moend::v1::Plan plan;
+  moend::v1::LayerPlan* layer = plan.add_layers();
+  layer->set_bytes(300);
+  for (int h = 0; h < 2; ++h) {
+    moend::v1::HeadPlan* head = layer->add_heads();
+    head->set_keep(h ? 1.0 : 0.25);
+    head->set_kbits(h ? 4 : 2);
+    head->set_vbits(4);
+    head->set_bytes(100 + 100 * h);
+    head->set_predicted_error(0.001 * (h + 1));
+  }
+  moend::v1::Plan plan_back;
+  ASSERT_TRUE(plan_back.ParseFromString(plan.SerializeAsString()));
+  ASSERT_EQ(plan_back.layers(0).heads_size(), 2);
+  EXPECT_DOUBLE_EQ(plan_back.layers(0).heads(0).keep(), 0.25);
+  EXPECT_EQ(plan_back.layers(0).heads(0).kbits(), 2);
+  EXPECT_EQ(plan_back.layers(0).heads(1).bytes(), 200);
+  EXPECT_DOUBLE_EQ(plan_back.layers(0).heads(1).predicted_error(), 0.002);
+
+  // Without them: empty.
+  t.clear_s_head();
+  t.clear_signals();
+  ASSERT_TRUE(back.ParseFromString(t.SerializeAsString()));
+  EXPECT_EQ(back.s_head_size(), 0);
+  EXPECT_EQ(back.signals_size(), 0);
+}
+
 TEST(ProtoTest, BudgetIsEitherRatioOrBytes) {
   moend::v1::Budget b;
   b.set_ratio(14.0);

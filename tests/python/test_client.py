@@ -6,6 +6,7 @@ moend-registry, moend-router and moend-worker binaries on loopback.
   /usr/bin/python3 -m unittest -v test_client
 (ctest sets all of this up: ctest -L python)
 """
+import json
 import os
 import shutil
 import sys
@@ -87,6 +88,31 @@ class RouterAndRegistryTest(unittest.TestCase):
         self.assertEqual(plan.budget_bytes, full // 5)
         self.assertLessEqual(plan.total_bytes, full // 5)
         self.assertEqual(plan.context, 3840)
+
+    def test_per_head_tables_give_per_head_plans(self):
+        with open(TABLE_JSON, encoding="utf-8") as f:
+            d = json.load(f)
+        # Head 0 of every layer half as sensitive as the layer, head 1 1.5 times.
+        d["s_head"] = [[[v * 0.5 for v in row], [v * 1.5 for v in row]] for row in d["s"]]
+        d["signals"] = ["code: test", "recall: test"]
+        self.registry.register_model("tc-heads", model_dir=MODEL_DIR)
+        version = self.registry.publish_table(table_from_json(d, model="tc-heads"))
+        got = self.registry.get_table("tc-heads", version).table
+        self.assertEqual(len(got.s_head), 12)
+        self.assertEqual(len(got.s_head[0].heads), 2)
+        self.assertEqual(list(got.s_head[3].heads[1].s), d["s_head"][3][1])
+        self.assertEqual(list(got.signals), d["signals"])
+
+        plan = self.router.solve_plan("tc-heads", ratio=8)
+        for layer in plan.layers:
+            self.assertEqual(len(layer.heads), 2)
+            self.assertEqual(layer.bytes, sum(h.bytes for h in layer.heads))
+        self.assertLessEqual(plan.total_bytes, plan.budget_bytes)
+        per_layer = self.router.solve_plan("tc-heads", ratio=8, units="layer")
+        self.assertTrue(all(len(layer.heads) == 0 for layer in per_layer.layers))
+        # The published table without s_head stays per layer.
+        plain = self.router.solve_plan("tc-pub", ratio=8)
+        self.assertTrue(all(len(layer.heads) == 0 for layer in plain.layers))
 
     def test_errors_carry_status_and_message(self):
         with self.assertRaises(MoendError) as e:

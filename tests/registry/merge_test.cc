@@ -93,6 +93,37 @@ TEST(MergeTest, OrderOfPartsDoesNotMatter) {
   }
 }
 
+TEST(MergeTest, PerHeadRowsMergeLikeRowsWhenEveryPartHasThem) {
+  auto parts = Parts({0, 5, 10, 15, 16}, {0, 5, 10, 12});
+  for (ShardResult& p : parts) p.table.s_head = testing::HeadRows(p.table.s, 2);
+  auto merged = MergePartialTables(Spec(16), Shape(12), parts);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  ASSERT_TRUE(merged->has_heads());
+  auto expected = ExpectedTable(12, 16, SmallTuples().size());
+  for (int l = 0; l < 12; ++l) {
+    ASSERT_EQ(merged->s_head[l].size(), 2u);
+    for (int h = 0; h < 2; ++h) {
+      for (size_t t = 0; t < SmallTuples().size(); ++t) {
+        EXPECT_NEAR(merged->s_head[l][h][t], expected[l][t] * (h + 1), 1e-12)
+            << "layer " << l << " head " << h << " tuple " << t;
+      }
+    }
+  }
+
+  // One part without head rows (a worker that measures layers only): the
+  // merged table has no s_head, and its s is unchanged.
+  parts[4].table.s_head.clear();
+  auto mixed = MergePartialTables(Spec(16), Shape(12), parts);
+  ASSERT_TRUE(mixed.ok()) << mixed.status();
+  EXPECT_FALSE(mixed->has_heads());
+  EXPECT_EQ(mixed->s, merged->s);
+
+  // Head rows for the wrong number of KV heads.
+  for (ShardResult& p : parts) p.table.s_head = testing::HeadRows(p.table.s, 3);
+  auto wrong = MergePartialTables(Spec(16), Shape(12), parts);
+  EXPECT_TRUE(absl::IsInvalidArgument(wrong.status())) << wrong.status();
+}
+
 TEST(MergeTest, MissingSamplesAreAnError) {
   auto parts = Parts({0, 5, 10, 16}, {0, 12});
   parts.erase(parts.begin() + 1);  // samples [5, 10) never reported

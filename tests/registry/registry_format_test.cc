@@ -119,6 +119,9 @@ class RegistryFormatTest : public ::testing::Test {
       ASSERT_EQ(v1->table.s[l].size(), 4u);
       for (int64_t t = 0; t < 4; ++t) EXPECT_EQ(v1->table.s[l][t], Value(100, l, t));
     }
+    // Written before per-head rows existed: a per-layer table.
+    EXPECT_FALSE(v1->table.has_heads());
+    EXPECT_TRUE(v1->table.signals.empty());
     auto v2 = r.GetTable("tinycode", 0);  // latest
     ASSERT_TRUE(v2.ok()) << v2.status();
     EXPECT_EQ(v2->version, 2u);
@@ -335,6 +338,74 @@ TEST_F(RegistryFormatTest, AnUnreadableFormatRecordIsDataLoss) {
   ASSERT_FALSE(r.ok());
   EXPECT_TRUE(absl::IsDataLoss(r.status())) << r.status();
   EXPECT_NE(r.status().message().find("meta/format"), std::string::npos) << r.status();
+}
+
+// Per-head rows (s_head) and signals are fields 10 and 11 of the format-1
+// table record and field 6 of the partial-table record: they round-trip, and
+// a record written without them (before per-head routing) decodes as a
+// per-layer table, so they need no new format.
+TEST(RegistryRecordsTest, HeadRowsAndSignalsRoundTripAndOldRecordsArePerLayer) {
+  VersionedTable v;
+  v.version = 3;
+  v.run_id = "job-h";
+  v.table.model = "tinycode";
+  v.table.num_layers = 2;
+  v.table.num_kv_heads = 2;
+  v.table.head_dim = 64;
+  v.table.seq_len = 4096;
+  v.table.compression_point = 3840;
+  v.table.samples = 8;
+  v.table.tuples = kTuples;
+  v.table.s = {{0.0, 0.1, 0.2, 0.3}, {0.0, 0.4, 0.5, 0.6}};
+  v.table.s_head = {{{0.0, 0.05, 0.1, 0.15}, {0.0, 0.15, 0.3, 0.45}},
+                    {{0.0, 0.2, 0.25, 0.3}, {0.0, 0.6, 0.75, 0.9}}};
+  v.table.signals = {"code: 8 x 4096 tokens", "recall: 8 probes"};
+  ASSERT_TRUE(v.table.Validate().ok()) << v.table.Validate();
+  auto back = records::DecodeTable(records::EncodeTable(v), "tinycode/3");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->version, 3u);
+  EXPECT_EQ(back->table.s, v.table.s);
+  EXPECT_EQ(back->table.s_head, v.table.s_head);
+  EXPECT_EQ(back->table.signals, v.table.signals);
+
+  // The bytes of a record from before: fields 1-9 only.
+  storage::v1::TableRecord old;
+  old.set_version(3);
+  old.set_run_id("job-h");
+  storage::v1::SensitivityTable* t = old.mutable_table();
+  t->set_model("tinycode");
+  t->set_num_layers(2);
+  t->set_num_kv_heads(2);
+  t->set_head_dim(64);
+  for (const CompressionTuple& tuple : kTuples) {
+    auto* p = t->add_tuples();
+    p->set_keep(tuple.keep);
+    p->set_kbits(tuple.kbits);
+    p->set_vbits(tuple.vbits);
+  }
+  for (const auto& row : v.table.s) t->add_s()->mutable_s()->Add(row.begin(), row.end());
+  auto old_back = records::DecodeTable(old.SerializeAsString(), "tinycode/3");
+  ASSERT_TRUE(old_back.ok()) << old_back.status();
+  EXPECT_EQ(old_back->table.s, v.table.s);
+  EXPECT_FALSE(old_back->table.has_heads());
+  EXPECT_TRUE(old_back->table.signals.empty());
+
+  // A partial table with and without head rows.
+  PartialTable part;
+  part.layer_begin = 0;
+  part.layer_end = 2;
+  part.samples = 8;
+  part.tuples = kTuples;
+  part.s = v.table.s;
+  part.s_head = v.table.s_head;
+  auto part_back = records::DecodePartialTable(records::EncodePartialTable(part), "report/j/0");
+  ASSERT_TRUE(part_back.ok()) << part_back.status();
+  EXPECT_EQ(part_back->s, part.s);
+  EXPECT_EQ(part_back->s_head, part.s_head);
+  part.s_head.clear();
+  part_back = records::DecodePartialTable(records::EncodePartialTable(part), "report/j/0");
+  ASSERT_TRUE(part_back.ok()) << part_back.status();
+  EXPECT_TRUE(part_back->s_head.empty());
 }
 
 TEST(RegistryFormatNewTest, ANewDatabaseIsStampedWithTheCurrentFormat) {

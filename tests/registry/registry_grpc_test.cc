@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "services/common/process.h"
+#include "services/registry/proto_convert.h"
 #include "services/registry/registry.h"
 #include "services/registry/registry_client.h"
 #include "services/registry/registry_service.h"
@@ -135,6 +136,64 @@ TEST_F(RegistryGrpcTest, WorkersCalibrateAJobEndToEnd) {
   ASSERT_TRUE(with_shards.ok());
   EXPECT_EQ(with_shards->shards.size(), 16u);
   EXPECT_EQ(with_shards->shards[15].state, ShardState::kDone);
+}
+
+// Per-head rows and signals cross the wire both ways (PublishTable,
+// GetTable, ReportShard); a table message without them is per layer.
+TEST_F(RegistryGrpcTest, HeadRowsAndSignalsCrossTheWire) {
+  ASSERT_TRUE(client_->RegisterModelFromFile("tinycode", TinyConfigPath()).ok());
+  const SensitivityTable heads = testing::TinyHeadTable(16);
+  auto v = client_->PublishTable(heads);
+  ASSERT_TRUE(v.ok()) << v.status();
+  auto table = client_->GetTable("tinycode", *v);
+  ASSERT_TRUE(table.ok()) << table.status();
+  EXPECT_EQ(table->table.s, heads.s);
+  EXPECT_EQ(table->table.s_head, heads.s_head);
+  EXPECT_EQ(table->table.signals, heads.signals);
+
+  // The conversions themselves, and a message of an older sender.
+  const v1::SensitivityTable wire = ToProto(heads);
+  ASSERT_EQ(wire.s_head_size(), 12);
+  ASSERT_EQ(wire.s_head(3).heads_size(), 2);
+  EXPECT_EQ(wire.s_head(3).heads(1).s(2), heads.s_head[3][1][2]);
+  EXPECT_EQ(wire.signals_size(), 2);
+  v1::SensitivityTable old = wire;
+  old.clear_s_head();
+  old.clear_signals();
+  v1::SensitivityTable old_back;
+  ASSERT_TRUE(old_back.ParseFromString(old.SerializeAsString()));
+  EXPECT_FALSE(FromProto(old_back).has_heads());
+  EXPECT_EQ(FromProto(old_back).s, heads.s);
+
+  PartialTable part;
+  part.layer_begin = 2;
+  part.layer_end = 4;
+  part.samples = 5;
+  part.tuples = SmallTuples();
+  part.s = {heads.s[2], heads.s[3]};
+  part.s_head = {heads.s_head[2], heads.s_head[3]};
+  const PartialTable part_back = FromProto(ToProto(part));
+  EXPECT_EQ(part_back.s, part.s);
+  EXPECT_EQ(part_back.s_head, part.s_head);
+
+  // A one-shard job reported over the wire with head rows.
+  JobSpec spec;
+  spec.model = "tinycode";
+  spec.tuples = SmallTuples();
+  spec.seq_len = 4096;
+  spec.num_samples = 4;
+  auto job = client_->SubmitJob(spec);
+  ASSERT_TRUE(job.ok()) << job.status();
+  auto lease = client_->LeaseShard("worker");
+  ASSERT_TRUE(lease.ok() && lease->has_value()) << lease.status();
+  ShardReport report = testing::ReportFor(**lease);
+  report.table.s_head = testing::HeadRows(report.table.s, 2);
+  auto result = client_->ReportShard(report);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_TRUE(result->job_done);
+  auto merged = client_->GetTable("tinycode", result->model_version);
+  ASSERT_TRUE(merged.ok()) << merged.status();
+  EXPECT_EQ(merged->table.s_head, report.table.s_head);
 }
 
 TEST_F(RegistryGrpcTest, ErrorsKeepTheirCodeAndMessage) {

@@ -421,6 +421,70 @@ TEST_F(RegistryTest, PublishTableValidatesAndBumpsVersion) {
   EXPECT_EQ(registry_->GetModel("tinycode")->version, 2u);
 }
 
+// Per-head rows and signals are stored with the table (RocksDB record) and
+// read back after a reopen; a table without them stays per layer.
+TEST_F(RegistryTest, PublishedHeadRowsAndSignalsSurviveReopen) {
+  ASSERT_TRUE(registry_->RegisterModel("tinycode", TinyConfig()).ok());
+  const SensitivityTable heads = testing::TinyHeadTable(16);
+  ASSERT_EQ(*registry_->PublishTable(heads), 1u);
+  ASSERT_EQ(*registry_->PublishTable(testing::TinyTable(16)), 2u);
+  for (int pass = 0; pass < 2; ++pass) {
+    if (pass == 1) Reopen();
+    auto v1 = registry_->GetTable("tinycode", 1);
+    ASSERT_TRUE(v1.ok()) << v1.status();
+    EXPECT_EQ(v1->table.s_head, heads.s_head) << "pass " << pass;
+    EXPECT_EQ(v1->table.signals, heads.signals) << "pass " << pass;
+    EXPECT_EQ(v1->table.s, heads.s);
+    auto v2 = registry_->GetTable("tinycode", 2);
+    ASSERT_TRUE(v2.ok()) << v2.status();
+    EXPECT_FALSE(v2->table.has_heads()) << "pass " << pass;
+    EXPECT_TRUE(v2->table.signals.empty());
+  }
+  // s_head of the wrong shape is refused like s.
+  SensitivityTable wrong = heads;
+  wrong.s_head[4].pop_back();
+  EXPECT_TRUE(absl::IsInvalidArgument(registry_->PublishTable(wrong).status()));
+}
+
+// Reports with per-head rows merge into the table's s_head (the mean over
+// all samples, as s); reports whose head rows do not fit the model are
+// refused.
+TEST_F(RegistryTest, PerHeadReportsMergeIntoTheTablesHeadRows) {
+  Job job = SubmitTinyJob();
+  for (int i = 0; i < 12; ++i) {
+    Lease lease = MustLease("worker");
+    ShardReport report = ReportFor(lease);
+    report.table.s_head = testing::HeadRows(report.table.s, 2);
+    if (i == 0) {
+      ShardReport bad = report;
+      bad.table.s_head = testing::HeadRows(report.table.s, 3);
+      auto r = registry_->ReportShard(bad);
+      EXPECT_TRUE(absl::IsInvalidArgument(r.status())) << r.status();
+      EXPECT_NE(r.status().message().find("2 KV heads"), std::string::npos) << r.status();
+      bad = report;
+      bad.table.s_head.pop_back();
+      EXPECT_TRUE(absl::IsInvalidArgument(registry_->ReportShard(bad).status()));
+      bad = report;
+      bad.table.s_head[0][1][2] = -1;
+      EXPECT_TRUE(absl::IsInvalidArgument(registry_->ReportShard(bad).status()));
+    }
+    auto result = registry_->ReportShard(report);
+    ASSERT_TRUE(result.ok()) << result.status();
+  }
+  auto table = registry_->GetTable("tinycode", 0);
+  ASSERT_TRUE(table.ok()) << table.status();
+  ASSERT_TRUE(table->table.has_heads());
+  const auto expected = ExpectedTable(12, 16, SmallTuples().size());
+  for (int l = 0; l < 12; ++l) {
+    for (int h = 0; h < 2; ++h) {
+      for (int t = 0; t < 3; ++t) {
+        EXPECT_NEAR(table->table.s_head[l][h][t], expected[l][t] * (h + 1), 1e-12)
+            << "layer " << l << " head " << h << " tuple " << t;
+      }
+    }
+  }
+}
+
 TEST_F(RegistryTest, WaitForEventsTimesOutAndEndsOnShutdown) {
   ASSERT_TRUE(registry_->RegisterModel("tinycode", TinyConfig()).ok());
   auto none = registry_->WaitForEvents("tinycode", 0, {}, absl::Now() + absl::Milliseconds(50));

@@ -87,6 +87,31 @@ inline ShardReport ReportFor(const Lease& lease) {
   return ReportOf(lease, ShardRows(lease.shard, lease.spec.tuples.size()));
 }
 
+// Per-head rows of `rows` ([layers][tuples]) for `heads` KV heads: head h is
+// rows * (h + 1), so that the merged s_head[l][h] is (h + 1) times s[l].
+inline std::vector<std::vector<std::vector<double>>> HeadRows(
+    const std::vector<std::vector<double>>& rows, int64_t heads) {
+  std::vector<std::vector<std::vector<double>>> out;
+  for (const std::vector<double>& row : rows) {
+    std::vector<std::vector<double>> layer;
+    for (int64_t h = 0; h < heads; ++h) {
+      std::vector<double> head_row;
+      for (double v : row) head_row.push_back(v * static_cast<double>(h + 1));
+      layer.push_back(head_row);
+    }
+    out.push_back(layer);
+  }
+  return out;
+}
+
+// TinyTable with per-head rows (HeadRows of s over its 2 KV heads) and signals.
+inline SensitivityTable TinyHeadTable(int64_t samples) {
+  SensitivityTable t = TinyTable(samples);
+  t.s_head = HeadRows(t.s, t.num_kv_heads);
+  t.signals = {"code: test rows", "recall: test rows"};
+  return t;
+}
+
 }  // namespace moend::registry::testing
 
 #endif  // MOEND_TESTS_REGISTRY_REGISTRY_TEST_UTIL_H_

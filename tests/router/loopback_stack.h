@@ -64,8 +64,10 @@ class LoopbackStack {
   }
 
   // Publishes MakeTable("tinycode", seed); returns the new version (0 on error).
-  uint64_t Publish(int seed) {
-    auto version = client_->PublishTable(MakeTable("tinycode", seed));
+  uint64_t Publish(int seed) { return Publish(MakeTable("tinycode", seed)); }
+  // Publishes `table`; returns the new version (0 on error).
+  uint64_t Publish(const SensitivityTable& table) {
+    auto version = client_->PublishTable(table);
     EXPECT_TRUE(version.ok()) << version.status();
     return version.ok() ? *version : 0;
   }

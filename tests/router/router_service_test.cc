@@ -22,6 +22,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::FakeTableSource;
+using testing::MakeHeadTable;
 using testing::MakeTable;
 
 double Gauge(prometheus::Registry& registry, const std::string& name) {
@@ -101,6 +102,105 @@ TEST_F(RouterServiceTest, SolvePlanReturnsTheRoutersPlanAsProto) {
   EXPECT_EQ(plan.context(), 4000);
   EXPECT_EQ(plan.budget_bytes(), 2'000'000);
   EXPECT_LE(plan.total_bytes(), 2'000'000);
+}
+
+TEST_F(RouterServiceTest, PerHeadPlansCrossTheWireAndUnitsSelectThem) {
+  source_.Publish(MakeHeadTable("heads", 1));
+  v1::Plan plan;
+  auto ctx = Context();
+  grpc::Status s = stub_->SolvePlan(ctx.get(), Request("heads", 6, "greedy"), &plan);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  ASSERT_EQ(plan.layers_size(), 12);
+  for (const v1::LayerPlan& l : plan.layers()) {
+    ASSERT_EQ(l.heads_size(), 2) << "layer " << l.layer();
+    EXPECT_EQ(l.bytes(), l.heads(0).bytes() + l.heads(1).bytes());
+  }
+  auto direct = router_->SolvePlan({.model = "heads", .budget = Budget::Ratio(6), .solver = "greedy"});
+  ASSERT_TRUE(direct.ok()) << direct.status();
+  ASSERT_EQ((*direct)->plan.HeadsPerLayer(), 2);
+  auto back = PlanFromProto(plan);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->plan, (*direct)->plan);
+
+  // units = "layer": a per-layer plan of the same table.
+  v1::SolvePlanRequest layer = Request("heads", 6, "greedy");
+  layer.set_units("layer");
+  auto ctx2 = Context();
+  s = stub_->SolvePlan(ctx2.get(), layer, &plan);
+  ASSERT_TRUE(s.ok()) << s.error_message();
+  for (const v1::LayerPlan& l : plan.layers()) EXPECT_EQ(l.heads_size(), 0);
+  back = PlanFromProto(plan);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->plan.HeadsPerLayer(), 0);
+
+  // units = "head" for a table without per-head rows.
+  v1::SolvePlanRequest head = Request("tiny", 6, "greedy");
+  head.set_units("head");
+  auto ctx3 = Context();
+  s = stub_->SolvePlan(ctx3.get(), head, &plan);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+
+  // A watch streams the per-head plan too.
+  v1::WatchPlansRequest w;
+  w.set_model("heads");
+  w.mutable_budget()->set_ratio(6);
+  auto ctx4 = Context();
+  auto reader = stub_->WatchPlans(ctx4.get(), w);
+  ASSERT_TRUE(reader->Read(&plan));
+  back = PlanFromProto(plan);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->plan, (*direct)->plan);
+  ctx4->TryCancel();
+  reader->Finish();
+}
+
+// plan_convert both ways: a per-head plan keeps every head's tuple, bytes
+// and error; a LayerPlan without heads (every plan before per-head routing)
+// is a per-layer layer; head counts other than num_kv_heads are refused.
+TEST(PlanConvertTest, PerHeadPlansRoundTripAndBadHeadCountsAreRefused) {
+  auto solved = Solve(MakeHeadTable("heads", 3), Budget::Ratio(5), SolverKind::kGreedy);
+  ASSERT_TRUE(solved.ok()) << solved.status();
+  ASSERT_EQ(solved->HeadsPerLayer(), 2);
+  VersionedPlan plan{.table_version = 4, .num_kv_heads = 2, .head_dim = 64,
+                     .created = absl::FromUnixSeconds(1'800'000'000), .plan = *solved};
+  const v1::Plan wire = ToProto(plan);
+  ASSERT_EQ(wire.layers_size(), 12);
+  for (int l = 0; l < 12; ++l) {
+    const v1::LayerPlan& lp = wire.layers(l);
+    ASSERT_EQ(lp.heads_size(), 2);
+    for (int h = 0; h < 2; ++h) {
+      const PlanHead& head = solved->layers[l].heads[h];
+      EXPECT_EQ(lp.heads(h).keep(), head.tuple.keep);
+      EXPECT_EQ(lp.heads(h).kbits(), head.tuple.kbits);
+      EXPECT_EQ(lp.heads(h).vbits(), head.tuple.vbits);
+      EXPECT_EQ(lp.heads(h).bytes(), head.bytes);
+      EXPECT_EQ(lp.heads(h).predicted_error(), head.predicted_error);
+    }
+    EXPECT_EQ(lp.kbits(), 0) << "a per-head layer's own tuple is unused";
+  }
+  v1::Plan parsed;
+  ASSERT_TRUE(parsed.ParseFromString(wire.SerializeAsString()));
+  auto back = PlanFromProto(parsed);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->plan, *solved);
+  EXPECT_EQ(back->plan.RuntimeTuples(), solved->RuntimeTuples());
+
+  // A layer with one head of two.
+  v1::Plan short_heads = wire;
+  short_heads.mutable_layers(3)->mutable_heads()->RemoveLast();
+  auto refused = PlanFromProto(short_heads);
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(refused.status().message(), HasSubstr("per-head tuples"));
+  // A plan message without heads, as every plan before per-head routing.
+  auto per_layer = Solve(MakeTable("tiny", 3), Budget::Ratio(5), SolverKind::kGreedy);
+  ASSERT_TRUE(per_layer.ok());
+  v1::Plan old = ToProto(VersionedPlan{.table_version = 1, .num_kv_heads = 2, .head_dim = 64,
+                                       .created = absl::UnixEpoch(), .plan = *per_layer});
+  for (const v1::LayerPlan& l : old.layers()) EXPECT_EQ(l.heads_size(), 0);
+  auto old_back = PlanFromProto(old);
+  ASSERT_TRUE(old_back.ok()) << old_back.status();
+  EXPECT_EQ(old_back->plan, *per_layer);
+  EXPECT_EQ(old_back->plan.HeadsPerLayer(), 0);
 }
 
 TEST_F(RouterServiceTest, InvalidRequestsGetClearStatuses) {

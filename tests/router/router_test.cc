@@ -22,6 +22,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using testing::FakeTableSource;
+using testing::MakeHeadTable;
 using testing::MakeTable;
 
 // Failure guard for waits in tests; not a timing goal.
@@ -145,6 +146,76 @@ TEST_F(RouterTest, SecondCallIsACacheHitWithoutTouchingTheSource) {
   EXPECT_EQ(Metric(metrics_, "moend_router_plan_cache_misses_total"), 4);
   EXPECT_EQ(router_->plan_cache_size(), 4u);
   EXPECT_EQ(Metric(metrics_, "moend_router_plan_cache_entries"), 4);
+}
+
+TEST_F(RouterTest, SolvesPerHeadForATableWithHeadRowsAndPerLayerWithout) {
+  ASSERT_EQ(source_.Publish(MakeHeadTable("heads", 1)), 1u);
+  for (const char* solver : {"greedy", "exact"}) {
+    auto kind = ParseSolverKind(solver);
+    ASSERT_TRUE(kind.ok());
+    // Default units (auto): per head.
+    auto plan = router_->SolvePlan({.model = "heads", .budget = Budget::Ratio(4), .solver = solver});
+    ASSERT_TRUE(plan.ok()) << solver << ": " << plan.status();
+    EXPECT_EQ((*plan)->plan.HeadsPerLayer(), 2) << solver;
+    auto expected = Solve(MakeHeadTable("heads", 1), Budget::Ratio(4), *kind, SolveUnits::kHead);
+    ASSERT_TRUE(expected.ok()) << expected.status();
+    expected->model = "heads";
+    EXPECT_EQ((*plan)->plan, *expected) << solver;
+    // The heads of some layer differ (head 0 is the less sensitive one).
+    bool differ = false;
+    for (const PlanLayer& l : (*plan)->plan.layers) {
+      differ = differ || !(l.heads[0].tuple == l.heads[1].tuple);
+    }
+    EXPECT_TRUE(differ) << solver;
+    EXPECT_EQ((*plan)->plan.RuntimeTuples().size(), 24u);
+
+    // units "layer" forces per layer, and is another cache entry.
+    auto layer = router_->SolvePlan(
+        {.model = "heads", .budget = Budget::Ratio(4), .solver = solver, .units = "layer"});
+    ASSERT_TRUE(layer.ok()) << layer.status();
+    EXPECT_EQ((*layer)->plan.HeadsPerLayer(), 0) << solver;
+    auto per_layer = Solve(MakeHeadTable("heads", 1), Budget::Ratio(4), *kind, SolveUnits::kLayer);
+    ASSERT_TRUE(per_layer.ok()) << per_layer.status();
+    per_layer->model = "heads";
+    EXPECT_EQ((*layer)->plan, *per_layer) << solver;
+    // "head" is what auto chose: the same plan, another key.
+    auto head = router_->SolvePlan(
+        {.model = "heads", .budget = Budget::Ratio(4), .solver = solver, .units = "head"});
+    ASSERT_TRUE(head.ok()) << head.status();
+    EXPECT_EQ((*head)->plan, (*plan)->plan);
+  }
+  EXPECT_EQ(router_->plan_cache_size(), 6u);
+
+  // A table without s_head (model "tiny") is solved per layer, and cannot be
+  // solved per head.
+  auto tiny = router_->SolvePlan({.model = "tiny", .budget = Budget::Ratio(4)});
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  EXPECT_EQ((*tiny)->plan.HeadsPerLayer(), 0);
+  EXPECT_EQ((*tiny)->plan.RuntimeTuples().size(), 12u);
+  auto tiny_head = router_->SolvePlan({.model = "tiny", .budget = Budget::Ratio(4), .units = "head"});
+  EXPECT_EQ(tiny_head.status().code(), absl::StatusCode::kInvalidArgument) << tiny_head.status();
+  auto bad = router_->SolvePlan({.model = "tiny", .budget = Budget::Ratio(4), .units = "heads"});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("layer"));
+}
+
+TEST_F(RouterTest, WatchOfAPerHeadTableGetsPerHeadPlans) {
+  ASSERT_EQ(source_.Publish(MakeHeadTable("heads", 1)), 1u);
+  PlanSink sink;
+  auto sub = router_->WatchPlans({.model = "heads", .budget = Budget::Ratio(6), .solver = "greedy"},
+                                 sink.Callback());
+  ASSERT_TRUE(sub.ok()) << sub.status();
+  PlanPtr first = sink.WaitFor(1);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->plan.HeadsPerLayer(), 2);
+  ASSERT_EQ(source_.Publish(MakeHeadTable("heads", 2)), 2u);
+  PlanPtr second = sink.WaitFor(2);
+  ASSERT_NE(second, nullptr);
+  auto expected = Solve(MakeHeadTable("heads", 2), Budget::Ratio(6), SolverKind::kGreedy);
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  expected->model = "heads";
+  EXPECT_EQ(second->plan, *expected);
+  EXPECT_EQ(second->plan.HeadsPerLayer(), 2);
 }
 
 TEST_F(RouterTest, CacheKeyIncludesTheTableVersion) {

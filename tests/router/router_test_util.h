@@ -42,6 +42,24 @@ inline SensitivityTable MakeTable(const std::string& model, int seed) {
   return t;
 }
 
+// MakeTable with per-(layer, KV head) rows and signals: head 0 of every
+// layer is 4 times less sensitive than head 1, so that a per-head solve
+// gives the heads of a layer different tuples.
+inline SensitivityTable MakeHeadTable(const std::string& model, int seed) {
+  SensitivityTable t = MakeTable(model, seed);
+  for (int64_t l = 0; l < t.num_layers; ++l) {
+    std::vector<std::vector<double>> heads;
+    for (int64_t h = 0; h < t.num_kv_heads; ++h) {
+      std::vector<double> row;
+      for (double v : t.s[l]) row.push_back(v * (h == 0 ? 0.4 : 1.6));
+      heads.push_back(row);
+    }
+    t.s_head.push_back(heads);
+  }
+  t.signals = {absl::StrCat("code: seed ", seed), "recall: synthetic"};
+  return t;
+}
+
 // Tables in memory, with a change feed, and switches to make calls fail.
 class FakeTableSource final : public TableSource {
  public:

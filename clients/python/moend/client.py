@@ -192,19 +192,25 @@ class RouterClient(_Client):
         self._pb = _proto.load("router_pb2")
 
     def solve_plan(self, model, *, ratio=None, bytes=None, context=0,  # noqa: A002
-                   solver="greedy", table_version=0, timeout=None):
-        """A moend.v1.Plan for `model` under the budget (see budget())."""
+                   solver="greedy", table_version=0, units="", timeout=None):
+        """A moend.v1.Plan for `model` under the budget (see budget()).
+
+        units: "" or "auto" (per KV head for greedy/exact when the table has
+        per-head rows, else per layer), "layer" or "head". A per-head layer
+        of the plan has `heads` (one HeadPlan per KV head) instead of its own
+        keep/kbits/vbits."""
         req = self._pb.SolvePlanRequest(model=model, budget=budget(ratio=ratio, bytes=bytes,
                                                                    context=context),
-                                        solver=solver, table_version=table_version)
+                                        solver=solver, table_version=table_version, units=units)
         return _call("SolvePlan", self._stub.SolvePlan, req, timeout=timeout or self.timeout)
 
     def watch_plans(self, model, *, ratio=None, bytes=None, context=0,  # noqa: A002
-                    solver="greedy"):
-        """A PlanWatch over the plans for `model` under the budget."""
+                    solver="greedy", units=""):
+        """A PlanWatch over the plans for `model` under the budget (units as
+        in solve_plan)."""
         req = self._pb.WatchPlansRequest(model=model, budget=budget(ratio=ratio, bytes=bytes,
                                                                     context=context),
-                                         solver=solver)
+                                         solver=solver, units=units)
         return PlanWatch(self._stub.WatchPlans(req))
 
 
@@ -328,7 +334,8 @@ class RegistryClient(_Client):
 def table_from_json(path_or_dict, *, model=None):
     """A moend.v1.SensitivityTable from the JSON that `moendctl calibrate`
     writes (fields model, num_layers, num_kv_heads, head_dim, seq_len,
-    compression_point, samples, tuples [{keep, kbits, vbits}], s [[...]])."""
+    compression_point, samples, tuples [{keep, kbits, vbits}], s [[...]],
+    optional s_head [[[...] per KV head] per layer] and signals [strings])."""
     common = _proto.load("common_pb2")
     if isinstance(path_or_dict, dict):
         d = path_or_dict
@@ -343,4 +350,9 @@ def table_from_json(path_or_dict, *, model=None):
         t.tuples.add(keep=tup["keep"], kbits=tup["kbits"], vbits=tup["vbits"])
     for row in d["s"]:
         t.s.add(s=row)
+    for layer in d.get("s_head", []):
+        heads = t.s_head.add()
+        for row in layer:
+            heads.heads.add(s=row)
+    t.signals.extend(d.get("signals", []))
     return t

@@ -94,6 +94,53 @@ TEST_F(SolveCliTest, WritesTheSolverPlanAndPrintsATable) {
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 3 + 12) << r.out;
 }
 
+// A table with per-head rows: solved per head by default (each per-head
+// layer printed as its heads' tuples "(keep,kbits,vbits)/(...)"), per layer
+// with --units layer.
+TEST_F(SolveCliTest, PerHeadTablesGivePerHeadPlansUnlessUnitsLayer) {
+  SensitivityTable heads = table_;
+  for (int l = 0; l < 12; ++l) {
+    std::vector<double> h0, h1;
+    for (double v : heads.s[l]) {
+      h0.push_back(v * 0.25);
+      h1.push_back(v * 1.75);
+    }
+    heads.s_head.push_back({h0, h1});
+  }
+  heads.signals = {"code: test", "recall: test"};
+  ASSERT_TRUE(WriteSensitivityTable(heads, Path("heads.json")).ok());
+  const std::string plan_path = Path("plan.json");
+  RunResult r = Run("--table " + Path("heads.json") + " --ratio 8 --out " + plan_path);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  absl::StatusOr<Plan> plan = ReadPlan(plan_path);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  absl::StatusOr<Plan> want = Solve(heads, Budget::Ratio(8), SolverKind::kGreedy);
+  ASSERT_TRUE(want.ok()) << want.status();
+  ASSERT_EQ(want->HeadsPerLayer(), 2);
+  EXPECT_EQ(*plan, *want);
+  EXPECT_NE(r.out.find("heads (keep,kbits,vbits)"), std::string::npos) << r.out;
+  for (const PlanLayer& layer : want->layers) {
+    char expected[96];
+    std::snprintf(expected, sizeof expected, "(%g,%d,%d)/(%g,%d,%d)\n", layer.heads[0].tuple.keep,
+                  layer.heads[0].tuple.kbits, layer.heads[0].tuple.vbits, layer.heads[1].tuple.keep,
+                  layer.heads[1].tuple.kbits, layer.heads[1].tuple.vbits);
+    EXPECT_NE(r.out.find(expected), std::string::npos) << expected << " not in\n" << r.out;
+  }
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 3 + 12) << r.out;
+
+  r = Run("--table " + Path("heads.json") + " --ratio 8 --units layer --json");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  plan = PlanFromJson(r.out);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  EXPECT_EQ(plan->HeadsPerLayer(), 0);
+  // --units head needs s_head.
+  r = Run("--table " + Path("table.json") + " --ratio 8 --units head");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_NE(r.err.find("s_head"), std::string::npos) << r.err;
+  r = Run("--table " + Path("table.json") + " --ratio 8 --units bogus");
+  EXPECT_EQ(r.exit_code, 2) << r.out;
+}
+
 TEST_F(SolveCliTest, JsonOnStdoutAndDefaultSolverIsGreedy) {
   RunResult r = Run("--table " + Path("table.json") + " --budget-bytes 2000000 --context 4096 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;

@@ -163,6 +163,52 @@ TEST(NodeTest, GeneratesOverTheRoutersPlanAndFollowsNewCalibrations) {
 // A node serving a fixed --plan under a small KV pool (16,000,000 bytes), without a router:
 // streaming equals unary generation, the pool refuses what can never fit
 // with the numbers, bad requests get clear errors, and every byte goes back.
+// A per-head plan file (core/plan.h: layers with "heads"): the node hands the
+// runtime one tuple per (layer, KV head), 24 for tinycode, as
+// Plan::RuntimeTuples. While the runtime applies only per-layer plans
+// (runtime::ValidatePlan wants num_layers tuples) the node refuses it at
+// start, naming the 24 tuples; once the runtime takes per-head plans, the
+// node must serve it over a compressed cache. Either way a node that read
+// only the layers' own tuples (unused, the full cache, for per-head layers)
+// fails this test.
+TEST(NodeTest, PerHeadPlanFileGivesTheRuntimeOneTuplePerHead) {
+  const fs::path dir = fs::temp_directory_path() / ("moend_node_heads_" + std::to_string(getpid()));
+  fs::create_directories(dir);
+  const std::string plan = (dir / "plan.json").string();
+  {
+    std::ofstream f(plan);
+    f << R"({"model":"tinycode","solver":"manual","budget_bytes":1000000000,"context":4096,)"
+      << R"("total_bytes":24,"ratio":1,"predicted_error":0,"layers":[)";
+    for (int l = 0; l < 12; ++l) {
+      f << (l ? "," : "") << R"({"bytes":2,"predicted_error":0,"heads":[)"
+        << R"({"keep":0.25,"kbits":4,"vbits":2,"bytes":1,"predicted_error":0},)"
+        << R"({"keep":0.5,"kbits":8,"vbits":4,"bytes":1,"predicted_error":0}]})";
+    }
+    f << "]}";
+  }
+  ChildProcess node(MOEND_NODE_BIN,
+                    {"--model", kSrc + "/models/tinycode", "--listen", "127.0.0.1:0", "--plan",
+                     plan, "--kv-pool-bytes", "16000000"},
+                    (dir / "node.log").string());
+  const std::string addr = node.WaitForLine("listening on ", absl::Seconds(30));
+  if (addr.empty()) {
+    EXPECT_NE(node.WaitExit(absl::Seconds(10)), -1) << node.Log();
+    EXPECT_NE(node.Log().find("plan has 24 layers but the model has 12"), std::string::npos)
+        << node.Log();
+  } else {
+    auto stub = v1::InferenceNode::NewStub(
+        grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+    v1::GenerateRequest req;
+    req.set_prompt(std::string(600, 'a'));
+    req.set_max_new_tokens(4);
+    v1::GenerateResponse resp;
+    grpc::ClientContext ctx;
+    ASSERT_TRUE(stub->Generate(&ctx, req, &resp).ok()) << node.Log();
+    EXPECT_LT(resp.kv_cache_bytes(), resp.full_cache_bytes()) << node.Log();
+  }
+  fs::remove_all(dir);
+}
+
 TEST(NodeTest, FixedPlanPoolStreamingAndBadInput) {
   const fs::path dir = fs::temp_directory_path() / ("moend_node_pool_" + std::to_string(getpid()));
   fs::create_directories(dir);

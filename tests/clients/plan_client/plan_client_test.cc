@@ -20,6 +20,7 @@ namespace {
 
 using ::testing::HasSubstr;
 using router::testing::LoopbackStack;
+using router::testing::MakeHeadTable;
 using router::testing::MakeTable;
 using moend::testing::WaitUntil;
 
@@ -80,6 +81,38 @@ TEST(PlanClientTest, ReconnectsAfterTheRouterIsKilledAndRestarted) {
   auto third = (*watch)->WaitForNewer(2, kPatience);
   ASSERT_TRUE(third.ok()) << third.status();
   EXPECT_EQ((*third)->table_version, 3u);
+}
+
+// Per-head routing through the real binaries: a table with s_head stored by
+// the registry (RocksDB), fetched by the router, solved per head, streamed
+// and converted: the client holds the per-head plan; a newer table without
+// s_head gives a per-layer plan again.
+TEST(PlanClientTest, FollowsPerHeadPlansOfATableWithHeadRows) {
+  LoopbackStack stack;
+  ASSERT_NO_FATAL_FAILURE(stack.StartRegistry());
+  ASSERT_EQ(stack.Publish(MakeHeadTable("tinycode", 1)), 1u);
+  const std::string address = stack.StartRouter();
+  ASSERT_FALSE(address.empty()) << stack.router().output();
+  auto client = PlanClient::Connect({.target = address});
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto watch = (*client)->Watch("tinycode", Budget::Ratio(10), "greedy");
+  ASSERT_TRUE(watch.ok()) << watch.status();
+
+  auto first = (*watch)->WaitForNewer(0, kPatience);
+  ASSERT_TRUE(first.ok()) << first.status();
+  auto expected1 = Solve(MakeHeadTable("tinycode", 1), Budget::Ratio(10), SolverKind::kGreedy);
+  ASSERT_TRUE(expected1.ok()) << expected1.status();
+  ASSERT_EQ(expected1->HeadsPerLayer(), 2);
+  EXPECT_EQ((*first)->plan.layers, expected1->layers);
+  EXPECT_EQ((*first)->plan.RuntimeTuples().size(), 24u);
+
+  ASSERT_EQ(stack.Publish(2), 2u);  // MakeTable: no s_head
+  auto second = (*watch)->WaitForNewer(1, kPatience);
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ((*second)->plan.HeadsPerLayer(), 0);
+  auto expected2 = Solve(MakeTable("tinycode", 2), Budget::Ratio(10), SolverKind::kGreedy);
+  ASSERT_TRUE(expected2.ok());
+  EXPECT_EQ((*second)->plan.layers, expected2->layers);
 }
 
 TEST(PlanClientTest, RouterErrorsShowInLastErrorWhileRetrying) {
