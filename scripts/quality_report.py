@@ -16,7 +16,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-METHODS = ["1d", "2d_uniform", "2d", "greedy", "exact"]
+# Per-layer methods solved from the code-probe table (the paper's setting),
+# then the per-(layer, KV head) routing over the code + recall table, the
+# default of moendctl calibrate / solve (docs/DESIGN.md sections 3.6, 4.1), and
+# its two ablations: the same table solved per layer, and per head over the
+# code-probe signal alone.
+METHODS = ["1d", "2d_uniform", "2d", "greedy", "exact", "perhead_code", "recall_layer", "moend"]
+DESCRIBED = {
+    "perhead_code": "perhead_code (exact per head, code signal only)",
+    "recall_layer": "recall_layer (exact per layer, code + recall)",
+    "moend": "**moend default** (exact per head, code + recall)",
+}
 RATIOS = [4, 8, 14, 20]
 
 
@@ -50,16 +60,33 @@ def heatmap(table, path):
     plt.close(fig)
 
 
+def head_tuples(layer):
+    """The (keep, kbits, vbits) of each KV head of a plan layer (one entry for a per-layer layer)."""
+    if "heads" in layer:
+        return [(h["keep"], h["kbits"], h["vbits"]) for h in layer["heads"]]
+    return [(layer["keep"], layer["kbits"], layer["vbits"])]
+
+
 def plan_picture(plan, path):
     layers = plan["layers"]
     n = len(layers)
     x = np.arange(n)
+    heads = max(len(head_tuples(l)) for l in layers)
+    width = 0.8 / heads
     fig, axes = plt.subplots(3, 1, figsize=(9, 6), sharex=True)
-    axes[0].bar(x, [l["keep"] for l in layers], color="#4477aa")
+    for h in range(heads):
+        off = (h - (heads - 1) / 2) * width
+        t = [head_tuples(l)[min(h, len(head_tuples(l)) - 1)] for l in layers]
+        axes[0].bar(x + off, [k for k, _, _ in t], width=width, color="#4477aa" if h == 0 else "#66ccee",
+                    label=f"KV head {h}" if heads > 1 else None)
+        axes[1].bar(x + off - width / 4, [kb for _, kb, _ in t], width=width / 2,
+                    label="K bits" if h == 0 else None, color="#ee6677")
+        axes[1].bar(x + off + width / 4, [vb for _, _, vb in t], width=width / 2,
+                    label="V bits" if h == 0 else None, color="#228833")
+    if heads > 1:
+        axes[0].legend(loc="upper right", fontsize=8)
     axes[0].set_ylabel("keep ratio")
     axes[0].set_ylim(0, 1.05)
-    axes[1].bar(x - 0.2, [l["kbits"] for l in layers], width=0.4, label="K bits", color="#ee6677")
-    axes[1].bar(x + 0.2, [l["vbits"] for l in layers], width=0.4, label="V bits", color="#228833")
     axes[1].set_ylabel("bits")
     axes[1].set_yticks([2, 4, 8, 16])
     axes[1].legend(loc="upper right", fontsize=8)
@@ -78,6 +105,7 @@ def plan_picture(plan, path):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", required=True)
+    ap.add_argument("--moend-table", required=True)
     ap.add_argument("--plans", required=True)
     ap.add_argument("--results", required=True)
     ap.add_argument("--markdown", required=True)
@@ -104,16 +132,16 @@ def main():
             if not os.path.exists(plan_path):
                 err_path = os.path.join(args.plans, name + ".err")
                 why = open(err_path).read().strip().split(": ", 1)[-1] if os.path.exists(err_path) else "no plan"
-                rows.append(f"| {m} | {ratio} | infeasible | | | | {why} |")
+                rows.append(f"| {DESCRIBED.get(m, m)} | {ratio} | infeasible | | | | {why} |")
                 continue
             plan, res = load(plan_path), results[name]
             r = res["retrieval"]
-            rows.append(f"| {m} | {ratio} | {plan['ratio']:.2f} | {res['ratio']:.2f} | "
+            rows.append(f"| {DESCRIBED.get(m, m)} | {ratio} | {plan['ratio']:.2f} | {res['ratio']:.2f} | "
                         f"{r['correct']}/{r['total']} | {res['bpb']:.4f} | {plan['predicted_error']:.4f} |")
 
     heatmap(table, os.path.join(args.figures, "sensitivity_heatmap.png"))
     pictured = None
-    for name in ["exact_r14", "greedy_r14", "exact_r8"]:
+    for name in ["moend_r14", "exact_r14", "greedy_r14", "exact_r8"]:
         p = os.path.join(args.plans, name + ".json")
         if os.path.exists(p):
             pictured = name
@@ -122,7 +150,7 @@ def main():
 
     today = datetime.date.today().isoformat()
     md = [
-        "# Quality of per-layer routing on the shipped model",
+        "# Quality of per-layer and per-head routing on the shipped model",
         "",
         f"Produced by `{args.command}` on {today} ({platform.machine()}, {os.cpu_count()} cores). "
         "Every number is measured with real compression (moendctl eval): the context is "
@@ -130,9 +158,15 @@ def main():
         "kernels/ (SnapKV eviction + KIVI quantization), and the answer is decoded from "
         "the compressed cache.",
         "",
-        f"- Plans are solved from `{args.table}` (moendctl calibrate over data/calibration.bin) "
-        "for a budget of (full fp16 cache at c = 3840) / ratio; `2d` keeps every token, so "
-        "above its reach it is infeasible.",
+        f"- Per-layer methods (1d, 2d_uniform, 2d, greedy = the paper's, exact) are solved from "
+        f"`{args.table}` (code probes of data/calibration.bin, per layer) for a budget of (full "
+        "fp16 cache at c = 3840) / ratio; `2d` keeps every token, so above its reach it is "
+        "infeasible.",
+        f"- `moend` is the default of `moendctl calibrate` + `moendctl solve`: the table "
+        f"`{args.moend_table}` sums the code-probe signal and the recall-probe signal "
+        "(data/calibration_recall.bin, our own generator and seed) per layer and per KV head, "
+        "and the exact solver gives each (layer, KV head) its own tuple. `recall_layer` solves "
+        "the same table per layer; `perhead_code` solves per head over the code signal alone.",
         f"- Retrieval: {rr['total']} prompts of data/retrieval.jsonl (6-byte answers, greedy); "
         f"bits per byte: {full['bpb_bytes']} held-out bytes in windows of 4096 compressed after 3072.",
         "- plan ratio: full cache bytes / plan bytes at c = 3840, counting scales and the "

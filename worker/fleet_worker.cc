@@ -100,6 +100,7 @@ absl::Status FleetWorker::ProcessLease(const registry::Lease& lease) {
     }
   });
   auto last = std::chrono::steady_clock::now();
+  std::vector<std::vector<std::vector<double>>> s_head;
   auto s = CalibrateLayers(*model, sequences, shard.layer_begin, shard.layer_end, options,
                            [&](int64_t, int64_t) {
                              const auto now = std::chrono::steady_clock::now();
@@ -109,7 +110,8 @@ absl::Status FleetWorker::ProcessLease(const registry::Lease& lease) {
                                    std::chrono::duration<double>(now - last).count());
                              }
                              last = now;
-                           });
+                           },
+                           &s_head);
   done = true;
   heartbeat.join();
   MOEND_RETURN_IF_ERROR(s.status());
@@ -120,7 +122,7 @@ absl::Status FleetWorker::ProcessLease(const registry::Lease& lease) {
   // Reports are idempotent: retry through registry restarts.
   absl::Duration backoff = absl::Milliseconds(50);
   while (true) {
-    absl::StatusOr<registry::ReportResult> r = client_->ReportLease(lease, *s);
+    absl::StatusOr<registry::ReportResult> r = client_->ReportLease(lease, *s, s_head);
     if (r.ok()) {
       if (shards_reported_) shards_reported_->Increment();
       Log(options_.worker_id,

@@ -57,7 +57,7 @@ absl::StatusOr<Setup> Prepare(const std::string& db, int64_t n, int64_t tuples, 
     if (!lease.ok()) return lease.status();
     const Lease& l = **lease;
     ShardReport r{l.lease_id, l.worker_id, l.job_id, l.shard.index, l.spec.model, {}};
-    r.table = {l.shard.layer_begin, l.shard.layer_end, l.shard.samples(), l.spec.tuples, {}};
+    r.table = {l.shard.layer_begin, l.shard.layer_end, l.shard.samples(), l.spec.tuples, {}, {}};
     for (int64_t layer = 0; layer < 12; ++layer) {
       std::vector<double> row(grid.size());
       for (size_t t = 0; t < row.size(); ++t) row[t] = 1e-3 * (i % 7 + layer + t);

@@ -25,7 +25,7 @@ namespace {
 
 constexpr char kPlanUsage[] =
     "usage: moendctl plan --router HOST:PORT --model NAME (--ratio R | --budget-bytes B\n"
-    "                     --context N) [--solver greedy] [--units auto|layer|head]\n"
+    "                     --context N) [--solver exact] [--units auto|layer|head]\n"
     "                     [--out plan.json] [--json]\n"
     "Asks the router for the plan of (model, budget, solver) solved over the\n"
     "model's latest calibration; prints it as a table (or JSON with --json).\n"
@@ -88,7 +88,7 @@ int RunPlan(int argc, char** argv) {
   v1::SolvePlanRequest req;
   req.set_model(*model);
   *req.mutable_budget() = router::ToProto(budget);
-  req.set_solver(args->Optional("solver").value_or("greedy"));
+  req.set_solver(args->Optional("solver").value_or("exact"));
   req.set_units(args->Optional("units").value_or(""));
   v1::Plan resp;
   grpc::ClientContext ctx;

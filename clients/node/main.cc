@@ -49,7 +49,7 @@ constexpr char kUsage[] =
     "              unless a request carries a plan)\n"
     "  --ratio     budget as a compression ratio (default 8)\n"
     "  --budget-bytes, --context  budget as bytes at a context length\n"
-    "  --solver    greedy, exact, 1d, 2d_uniform or 2d (default greedy)\n"
+    "  --solver    exact, greedy, 1d, 2d_uniform or 2d (default exact)\n"
     "  --plan      serve this plan (moendctl solve's JSON) when the router has none\n"
     "              yet or there is no router\n"
     "  --kv-pool-bytes  bytes all admitted sequences' KV caches may reserve\n"
@@ -120,7 +120,7 @@ int main(int argc, char** argv) {
     plans = *std::move(client);
     const moend::Budget budget = *bytes > 0 ? moend::Budget::Bytes(*bytes, *context)
                                             : moend::Budget::Ratio(*ratio, *context);
-    auto w = plans->Watch((*model)->name(), budget, args->Optional("solver").value_or("greedy"));
+    auto w = plans->Watch((*model)->name(), budget, args->Optional("solver").value_or("exact"));
     if (!w.ok()) return Fail(w.status());
     watch = *std::move(w);
   }

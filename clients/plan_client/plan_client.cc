@@ -203,7 +203,7 @@ absl::StatusOr<std::unique_ptr<PlanWatch>> PlanClient::Watch(const std::string& 
     return absl::InvalidArgumentError("model is required: give the name of a registered model");
   }
   MOEND_RETURN_IF_ERROR(budget.Validate());
-  MOEND_RETURN_IF_ERROR(ParseSolverKind(solver.empty() ? "greedy" : solver).status());
+  MOEND_RETURN_IF_ERROR(ParseSolverKind(solver.empty() ? "exact" : solver).status());
   v1::WatchPlansRequest request;
   request.set_model(model);
   *request.mutable_budget() = router::ToProto(budget);

@@ -91,7 +91,7 @@ class PlanClient {
   // Called on the watch's thread after each plan is swapped in.
   using PlanCallback = std::function<void(const PlanPtr&)>;
 
-  // Starts following (model, budget, solver; "" = greedy). InvalidArgument for
+  // Starts following (model, budget, solver; "" = exact). InvalidArgument for
   // an empty model, an invalid budget or an unknown solver (checked here, the
   // same way the router does). Errors from the router (unknown model,
   // infeasible budget) do not fail Watch: they show in last_error() while the

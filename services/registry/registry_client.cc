@@ -266,9 +266,10 @@ absl::StatusOr<ReportResult> RegistryClient::ReportShard(const ShardReport& repo
   return FromProto(resp);
 }
 
-absl::StatusOr<ReportResult> RegistryClient::ReportLease(const Lease& lease,
-                                                         std::vector<std::vector<double>> s) {
-  return ReportShard(ReportOf(lease, std::move(s)));
+absl::StatusOr<ReportResult> RegistryClient::ReportLease(
+    const Lease& lease, std::vector<std::vector<double>> s,
+    std::vector<std::vector<std::vector<double>>> s_head) {
+  return ReportShard(ReportOf(lease, std::move(s), std::move(s_head)));
 }
 
 absl::StatusOr<uint64_t> RegistryClient::PublishTable(const SensitivityTable& table) {

@@ -91,7 +91,8 @@ class RegistryClient {
   absl::StatusOr<ReportResult> ReportShard(const ShardReport& report);
   // Reports `s` ([shard layers][job tuples]) for `lease`: fills the lease,
   // job, model, shard, layer range, samples and tuples from the lease.
-  absl::StatusOr<ReportResult> ReportLease(const Lease& lease, std::vector<std::vector<double>> s);
+  absl::StatusOr<ReportResult> ReportLease(const Lease& lease, std::vector<std::vector<double>> s,
+                                           std::vector<std::vector<std::vector<double>>> s_head = {});
 
   // Tables. version 0 = latest.
   absl::StatusOr<uint64_t> PublishTable(const SensitivityTable& table);

@@ -125,8 +125,10 @@ struct ShardReport {
 };
 
 // The report of `lease` with the shard's rows s [layers of the shard][tuples
-// of the job] (each averaged over the shard's samples).
-inline ShardReport ReportOf(const Lease& lease, std::vector<std::vector<double>> s) {
+// of the job] (each averaged over the shard's samples), and optionally its
+// per-head rows s_head [layers of the shard][KV heads][tuples].
+inline ShardReport ReportOf(const Lease& lease, std::vector<std::vector<double>> s,
+                            std::vector<std::vector<std::vector<double>>> s_head = {}) {
   ShardReport r;
   r.lease_id = lease.lease_id;
   r.worker_id = lease.worker_id;
@@ -138,6 +140,7 @@ inline ShardReport ReportOf(const Lease& lease, std::vector<std::vector<double>>
   r.table.samples = lease.shard.samples();
   r.table.tuples = lease.spec.tuples;
   r.table.s = std::move(s);
+  r.table.s_head = std::move(s_head);
   return r;
 }
 

@@ -65,7 +65,7 @@ absl::StatusOr<Query> Validate(const std::string& model, const Budget& budget,
     return absl::InvalidArgumentError("model is required: give the name of a registered model");
   }
   MOEND_RETURN_IF_ERROR(budget.Validate());
-  MOEND_ASSIGN_OR_RETURN(SolverKind kind, ParseSolverKind(solver.empty() ? "greedy" : solver));
+  MOEND_ASSIGN_OR_RETURN(SolverKind kind, ParseSolverKind(solver.empty() ? "exact" : solver));
   MOEND_ASSIGN_OR_RETURN(SolveUnits solve_units, ParseSolveUnits(units.empty() ? "auto" : units));
   return Query{budget, kind, solve_units};
 }

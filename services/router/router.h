@@ -74,7 +74,7 @@ struct RouterOptions {
 struct PlanRequest {
   std::string model{};         // registered model name; required
   Budget budget{};             // validated with Budget::Validate
-  std::string solver{};        // "greedy" (also when empty), "exact", "1d", "2d_uniform", "2d"
+  std::string solver{};        // "exact" (also when empty), "greedy", "1d", "2d_uniform", "2d"
   uint64_t table_version = 0;  // 0 = the newest table
   // What takes one tuple (core/solver.h SolveUnits): "auto" (also when
   // empty: per (layer, KV head) for greedy and exact when the table has

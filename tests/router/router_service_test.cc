@@ -143,6 +143,7 @@ TEST_F(RouterServiceTest, PerHeadPlansCrossTheWireAndUnitsSelectThem) {
   // A watch streams the per-head plan too.
   v1::WatchPlansRequest w;
   w.set_model("heads");
+  w.set_solver("greedy");
   w.mutable_budget()->set_ratio(6);
   auto ctx4 = Context();
   auto reader = stub_->WatchPlans(ctx4.get(), w);

@@ -117,10 +117,10 @@ TEST_F(RouterTest, SolvesTheLatestTableWithTheAskedSolver) {
     EXPECT_EQ((*plan)->head_dim, 64);
     EXPECT_EQ((*plan)->created, absl::FromUnixSeconds(1'800'000'000));
   }
-  // An empty solver means greedy.
+  // An empty solver means exact (the knapsack optimum; docs/DESIGN.md section 4).
   auto plan = router_->SolvePlan({.model = "tiny", .budget = Budget::Ratio(4)});
   ASSERT_TRUE(plan.ok()) << plan.status();
-  EXPECT_EQ((*plan)->plan.solver, "greedy");
+  EXPECT_EQ((*plan)->plan.solver, "exact");
 }
 
 TEST_F(RouterTest, SecondCallIsACacheHitWithoutTouchingTheSource) {

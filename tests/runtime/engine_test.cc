@@ -141,7 +141,7 @@ TEST_F(EngineTest, BadRequestsGetClearErrorsAndTheEngineKeepsServing) {
   EXPECT_EQ(vocab.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(vocab.message().find("300"), std::string::npos);
   absl::Status layers = code(Request(Prompt(0, 50), std::vector<CompressionTuple>(11), 4));
-  EXPECT_NE(layers.message().find("11 layers"), std::string::npos) << layers;
+  EXPECT_NE(layers.message().find("11 tuples"), std::string::npos) << layers;
   EXPECT_EQ(code(Request(Prompt(0, 50), Ratio8Like(), 0)).code(),
             absl::StatusCode::kInvalidArgument);
   GenerationRequest hot = Request(Prompt(0, 50), Ratio8Like(), 4);

@@ -156,7 +156,8 @@ TEST_F(FleetTest, SurvivesWorkerAndRegistryKillsAndMatchesLocalCalibration) {
   ASSERT_TRUE(seqs.ok());
   worker::CalibrationOptions copts;
   copts.probe_tokens = kProbes;
-  auto local = worker::CalibrateLayers(**model, *seqs, 0, 12, copts);
+  std::vector<std::vector<std::vector<double>>> local_heads;
+  auto local = worker::CalibrateLayers(**model, *seqs, 0, 12, copts, nullptr, &local_heads);
   ASSERT_TRUE(local.ok()) << local.status();
   ASSERT_EQ(fleet->num_layers, 12);
   ASSERT_EQ(fleet->samples, kSamples);
@@ -165,6 +166,18 @@ TEST_F(FleetTest, SurvivesWorkerAndRegistryKillsAndMatchesLocalCalibration) {
     for (size_t t = 0; t < copts.tuples.size(); ++t) {
       EXPECT_NEAR(fleet->s[l][t], (*local)[l][t], 1e-9 * (*local)[l][t] + 1e-15)
           << "layer " << l << " tuple " << ToString(copts.tuples[t]);
+    }
+  }
+  // Workers report per-head rows too, so the fleet's table routes per head.
+  ASSERT_EQ(fleet->s_head.size(), 12u);
+  for (size_t l = 0; l < 12; ++l) {
+    ASSERT_EQ(fleet->s_head[l].size(), 2u);
+    for (size_t h = 0; h < 2; ++h) {
+      for (size_t t = 0; t < copts.tuples.size(); ++t) {
+        EXPECT_NEAR(fleet->s_head[l][h][t], local_heads[l][h][t],
+                    1e-9 * local_heads[l][h][t] + 1e-15)
+            << "layer " << l << " head " << h << " tuple " << ToString(copts.tuples[t]);
+      }
     }
   }
 }

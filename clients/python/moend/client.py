@@ -192,7 +192,7 @@ class RouterClient(_Client):
         self._pb = _proto.load("router_pb2")
 
     def solve_plan(self, model, *, ratio=None, bytes=None, context=0,  # noqa: A002
-                   solver="greedy", table_version=0, units="", timeout=None):
+                   solver="exact", table_version=0, units="", timeout=None):
         """A moend.v1.Plan for `model` under the budget (see budget()).
 
         units: "" or "auto" (per KV head for greedy/exact when the table has
@@ -205,7 +205,7 @@ class RouterClient(_Client):
         return _call("SolvePlan", self._stub.SolvePlan, req, timeout=timeout or self.timeout)
 
     def watch_plans(self, model, *, ratio=None, bytes=None, context=0,  # noqa: A002
-                    solver="greedy", units=""):
+                    solver="exact", units=""):
         """A PlanWatch over the plans for `model` under the budget (units as
         in solve_plan)."""
         req = self._pb.WatchPlansRequest(model=model, budget=budget(ratio=ratio, bytes=bytes,

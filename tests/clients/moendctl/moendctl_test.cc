@@ -2,10 +2,12 @@
 // bad usage with a message, 1 for failed operations, JSON for scripts.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <string>
@@ -70,6 +72,68 @@ TEST(MoendctlTest, FailedOperationsExitOne) {
 std::string ReadBytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// Calibration adds the recall signal from calibration_recall.bin beside
+// --data unless told --recall-data none: the table is the sum of both signals,
+// per layer and per KV head.
+TEST(MoendctlTest, CalibrateSumsTheCodeAndRecallSignals) {
+  const std::string dir = ::testing::TempDir() + "moendctl_recall_" + std::to_string(::getpid());
+  std::filesystem::create_directories(dir);
+  const std::string code = ReadBytes(kSrc + "/data/calibration.bin").substr(0, 1024);
+  const std::string recall = ReadBytes(kSrc + "/data/calibration_recall.bin").substr(4096 - 1024, 1024);
+  std::ofstream(dir + "/code.bin", std::ios::binary) << code;
+  std::ofstream(dir + "/calibration_recall.bin", std::ios::binary) << recall;
+  const std::vector<std::string> common = {"calibrate", "--model", kSrc + "/models/tinycode",
+                                           "--seq-len", "1024", "--probes", "64", "--threads", "2",
+                                           "--recall-seq-len", "1024"};
+  auto run = [&](std::vector<std::string> extra) {
+    std::vector<std::string> args = common;
+    args.insert(args.end(), extra.begin(), extra.end());
+    return Moendctl(args);
+  };
+  CtlRun both = run({"--data", dir + "/code.bin", "--out", dir + "/both.json"});
+  ASSERT_EQ(both.exit_code, 0) << both.output;
+  CtlRun code_only = run({"--data", dir + "/code.bin", "--recall-data", "none", "--out",
+                          dir + "/code.json"});
+  ASSERT_EQ(code_only.exit_code, 0) << code_only.output;
+  // The recall file alone as code data, probing its last 33 tokens.
+  CtlRun recall_only = Moendctl({"calibrate", "--model", kSrc + "/models/tinycode", "--data",
+                                 dir + "/calibration_recall.bin", "--seq-len", "1024", "--probes",
+                                 "33", "--threads", "2", "--recall-data", "none", "--out",
+                                 dir + "/recall.json"});
+  ASSERT_EQ(recall_only.exit_code, 0) << recall_only.output;
+  auto load = [](const std::string& path) {
+    return nlohmann::json::parse(ReadBytes(path));
+  };
+  const nlohmann::json b = load(dir + "/both.json"), c = load(dir + "/code.json"),
+                       r = load(dir + "/recall.json");
+  EXPECT_EQ(b["signals"].size(), 2u);
+  EXPECT_EQ(c["signals"].size(), 1u);
+  EXPECT_EQ(b["samples"], 2);
+  EXPECT_EQ(b["compression_point"], 1024 - 64);
+  ASSERT_EQ(b["s_head"].size(), 12u);
+  ASSERT_EQ(b["s_head"][0].size(), 2u);
+  for (int l = 0; l < 12; ++l) {
+    for (int t = 0; t < 112; t += 7) {
+      const double want = c["s"][l][t].get<double>() + r["s"][l][t].get<double>();
+      EXPECT_NEAR(b["s"][l][t].get<double>(), want, 1e-12 + 1e-9 * want) << l << " " << t;
+      for (int h = 0; h < 2; ++h) {
+        const double wh = c["s_head"][l][h][t].get<double>() + r["s_head"][l][h][t].get<double>();
+        EXPECT_NEAR(b["s_head"][l][h][t].get<double>(), wh, 1e-12 + 1e-9 * wh);
+      }
+    }
+  }
+  // A recall file too short for one sequence fails before any measuring.
+  CtlRun short_file = Moendctl({"calibrate", "--model", kSrc + "/models/tinycode", "--data",
+                                dir + "/code.bin", "--seq-len", "1024", "--recall-data",
+                                dir + "/code.bin", "--recall-seq-len", "4096", "--out",
+                                dir + "/x.json"});
+  EXPECT_NE(short_file.exit_code, 0) << short_file.output;
+  EXPECT_NE(short_file.output.find("holds 0 sequences of 4096 tokens"), std::string::npos)
+      << short_file.output;
+  EXPECT_NE(short_file.output.find("--recall-data"), std::string::npos) << short_file.output;
+  std::filesystem::remove_all(dir);
 }
 
 // Next-byte bits per byte and top-1 accuracy over the first `n` tokens of

@@ -114,7 +114,7 @@ TEST_F(SolveCliTest, PerHeadTablesGivePerHeadPlansUnlessUnitsLayer) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   absl::StatusOr<Plan> plan = ReadPlan(plan_path);
   ASSERT_TRUE(plan.ok()) << plan.status();
-  absl::StatusOr<Plan> want = Solve(heads, Budget::Ratio(8), SolverKind::kGreedy);
+  absl::StatusOr<Plan> want = Solve(heads, Budget::Ratio(8), SolverKind::kExact);
   ASSERT_TRUE(want.ok()) << want.status();
   ASSERT_EQ(want->HeadsPerLayer(), 2);
   EXPECT_EQ(*plan, *want);
@@ -141,12 +141,12 @@ TEST_F(SolveCliTest, PerHeadTablesGivePerHeadPlansUnlessUnitsLayer) {
   EXPECT_EQ(r.exit_code, 2) << r.out;
 }
 
-TEST_F(SolveCliTest, JsonOnStdoutAndDefaultSolverIsGreedy) {
+TEST_F(SolveCliTest, JsonOnStdoutAndDefaultSolverIsExact) {
   RunResult r = Run("--table " + Path("table.json") + " --budget-bytes 2000000 --context 4096 --json");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   absl::StatusOr<Plan> plan = PlanFromJson(r.out);
   ASSERT_TRUE(plan.ok()) << plan.status() << "\n" << r.out;
-  EXPECT_EQ(plan->solver, "greedy");
+  EXPECT_EQ(plan->solver, "exact");
   EXPECT_EQ(plan->context, 4096);
   EXPECT_EQ(plan->budget_bytes, 2000000);
   EXPECT_LE(plan->total_bytes, 2000000);
