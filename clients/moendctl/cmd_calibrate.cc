@@ -291,4 +291,45 @@ int RunCalibrate(int argc, char** argv) {
   return kExitOk;
 }
 
+constexpr char kPublishUsage[] =
+    "usage: moendctl publish --registry HOST:PORT --table table.json\n"
+    "                        [--tls-ca FILE [--tls-client-cert FILE --tls-client-key FILE]]\n"
+    "                        [--auth-token-file FILE]\n"
+    "Stores a sensitivity table (e.g. from local `moendctl calibrate`, which adds\n"
+    "the recall signal that fleet jobs do not measure) in the registry as the\n"
+    "newest version of its model, which must be registered with the same shape.\n"
+    "Routers then solve from it and stream the new plans to their watchers.\n";
+
+int RunPublish(int argc, char** argv) {
+  auto fail = [](const absl::Status& s) { return FailWith("publish", s); };
+  auto args = Args::Parse(argc, argv, WithClientSecurityFlags({"registry", "table"}), {});
+  if (!args.ok()) return fail(args.status());
+  if (args->help()) {
+    std::printf("%s", kPublishUsage);
+    return kExitOk;
+  }
+  auto target = args->Required("registry");
+  auto path = args->Required("table");
+  for (const absl::Status& s : {target.status(), path.status()}) {
+    if (!s.ok()) return fail(s);
+  }
+#ifdef MOEND_WITH_REGISTRY
+  auto table = ReadSensitivityTable(*path);
+  if (!table.ok()) return fail(table.status());
+  registry::RegistryClientOptions options;
+  options.target = *target;
+  options.security = ClientSecurityFromFlags(*args);
+  auto client = registry::RegistryClient::Connect(options);
+  if (!client.ok()) return fail(client.status());
+  auto version = (*client)->PublishTable(*table);
+  if (!version.ok()) return fail(version.status());
+  std::printf("published %s as version %llu of %s (%s)\n", path->c_str(),
+              static_cast<unsigned long long>(*version), table->model.c_str(),
+              table->has_heads() ? "per-head rows" : "per-layer rows only");
+  return kExitOk;
+#else
+  return fail(absl::UnimplementedError("this moendctl was built without the registry client"));
+#endif
+}
+
 }  // namespace moend::ctl

@@ -13,6 +13,7 @@ inline constexpr int kExitUsage = 2;
 int RunLogits(int argc, char** argv);
 int RunPredict(int argc, char** argv);
 int RunCalibrate(int argc, char** argv);
+int RunPublish(int argc, char** argv);
 int RunEval(int argc, char** argv);
 int RunPlan(int argc, char** argv);
 int RunGenerate(int argc, char** argv);

@@ -22,6 +22,8 @@ constexpr Command kCommands[] = {
      moend::ctl::RunEval},
     {"logits", "write float32 next-byte logits [n, vocab] for an input file",
      moend::ctl::RunLogits},
+    {"publish", "store a sensitivity table in a registry as its model's newest version",
+     moend::ctl::RunPublish},
     {"plan", "ask a running router for the plan of a (model, budget)", moend::ctl::RunPlan},
     {"generate", "generate text on a running inference node", moend::ctl::RunGenerate},
     {"solve", "choose a per-layer compression plan for a sensitivity table under a budget",

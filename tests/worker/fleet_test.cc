@@ -180,6 +180,24 @@ TEST_F(FleetTest, SurvivesWorkerAndRegistryKillsAndMatchesLocalCalibration) {
       }
     }
   }
+
+  // The default table (code + recall signals, measured locally) published on
+  // top of the fleet's becomes the model's newest version, per-head rows and
+  // signals included.
+  const uint64_t fleet_version = job->table_version;
+  ChildProcess publish(MOENDCTL_BIN, {"publish", "--registry", addr, "--table",
+                                      src + "/data/tables/tinycode_code_recall.json"});
+  const int published = publish.WaitExit(absl::Seconds(60));
+  ASSERT_TRUE(WIFEXITED(published) && WEXITSTATUS(published) == 0) << publish.Log();
+  EXPECT_NE(publish.Log().find("per-head rows"), std::string::npos) << publish.Log();
+  auto want = ReadSensitivityTable(src + "/data/tables/tinycode_code_recall.json");
+  ASSERT_TRUE(want.ok()) << want.status();
+  auto stored = (*client)->GetTable("tinycode", 0);
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  EXPECT_GT(stored->version, fleet_version);
+  EXPECT_EQ(stored->table.s_head, want->s_head);
+  EXPECT_EQ(stored->table.signals, want->signals);
+  EXPECT_EQ(stored->table.s, want->s);
 }
 
 }  // namespace

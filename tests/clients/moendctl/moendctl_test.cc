@@ -33,7 +33,8 @@ CtlRun Moendctl(std::vector<std::string> args) {
 const std::string kSrc = MOEND_SOURCE_DIR;
 
 TEST(MoendctlTest, EveryCommandHasHelp) {
-  for (const char* cmd : {"predict", "logits", "calibrate", "solve", "eval", "plan", "generate"}) {
+  for (const char* cmd :
+       {"predict", "logits", "calibrate", "publish", "solve", "eval", "plan", "generate"}) {
     CtlRun r = Moendctl({cmd, "--help"});
     EXPECT_EQ(r.exit_code, 0) << cmd << ": " << r.output;
     EXPECT_NE(r.output.find("usage: moendctl"), std::string::npos) << cmd;
