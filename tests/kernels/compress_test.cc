@@ -12,6 +12,7 @@
 #include "kernels/kv_compress.h"
 #include "kernels/reference/quantize_ref.h"
 #include "tests/kernels/brute_force.h"
+#include "tests/kernels/same_head.h"
 
 namespace moend::kernels {
 namespace {
@@ -210,21 +211,7 @@ const std::vector<CompressionTuple> kMixed = {
 const std::vector<CompressionTuple> kMixed2 = {
     {0.125, 2, 2}, {0.5, 4, 8}, {0.0625, 16, 4}, {1.0, 2, 16}};
 
-void ExpectSameHead(const CompressedHead& a, const CompressedHead& b, const std::string& what) {
-  EXPECT_EQ(a.initial_kept, b.initial_kept) << what;
-  EXPECT_EQ(a.quantized, b.quantized) << what;
-  EXPECT_EQ(a.position, b.position) << what;
-  EXPECT_EQ(a.k_codes, b.k_codes) << what;
-  EXPECT_EQ(a.k_scale, b.k_scale) << what;
-  EXPECT_EQ(a.k_min, b.k_min) << what;
-  EXPECT_EQ(a.v_codes, b.v_codes) << what;
-  EXPECT_EQ(a.v_scale, b.v_scale) << what;
-  EXPECT_EQ(a.v_min, b.v_min) << what;
-  EXPECT_EQ(a.window_k, b.window_k) << what;
-  EXPECT_EQ(a.window_v, b.window_v) << what;
-  EXPECT_EQ(a.residual_k, b.residual_k) << what;
-  EXPECT_EQ(a.residual_v, b.residual_v) << what;
-}
+using moend::testing::ExpectSameHead;
 
 // Sum over heads of PackedKeyBytes + PackedValueBytes + window (fp16 K and V).
 int64_t PerHeadBytes(const std::vector<CompressionTuple>& tuples, int64_t c, int64_t d) {

@@ -10,6 +10,7 @@
 #include "kernels/kv_compress.h"
 #include "runtime/streaming_prefill.h"
 #include "tests/runtime/tinycode_fixture.h"
+#include "tests/kernels/same_head.h"
 
 namespace moend::runtime {
 namespace {
@@ -242,22 +243,7 @@ std::vector<CompressionTuple> OtherPlan() {
   return tuples;
 }
 
-void ExpectSameHead(const kernels::CompressedHead& a, const kernels::CompressedHead& b,
-                    const std::string& what) {
-  EXPECT_EQ(a.initial_kept, b.initial_kept) << what;
-  EXPECT_EQ(a.quantized, b.quantized) << what;
-  EXPECT_EQ(a.position, b.position) << what;
-  EXPECT_EQ(a.k_codes, b.k_codes) << what;
-  EXPECT_EQ(a.k_scale, b.k_scale) << what;
-  EXPECT_EQ(a.k_min, b.k_min) << what;
-  EXPECT_EQ(a.v_codes, b.v_codes) << what;
-  EXPECT_EQ(a.v_scale, b.v_scale) << what;
-  EXPECT_EQ(a.v_min, b.v_min) << what;
-  EXPECT_EQ(a.window_k, b.window_k) << what;
-  EXPECT_EQ(a.window_v, b.window_v) << what;
-  EXPECT_EQ(a.residual_k, b.residual_k) << what;
-  EXPECT_EQ(a.residual_v, b.residual_v) << what;
-}
+using moend::testing::ExpectSameHead;
 
 TEST_F(SequenceTest, PerHeadPlansGiveEachHeadItsTuplesCache) {
   std::span<const int32_t> context(text_->data(), 300);
