@@ -75,14 +75,13 @@ absl::StatusOr<Problem> MakeProblem(const SensitivityTable& table, const Budget&
   if (per_head) {
     // One head's bytes: LayerBytes is num_kv_heads times them exactly.
     p.heads = table.num_kv_heads;
-    const KvShape one{1, table.head_dim};
+    std::vector<int64_t> head_bytes(table.tuples.size());
+    for (size_t t = 0; t < table.tuples.size(); ++t) {
+      head_bytes[t] = LayerBytes({1, table.head_dim}, table.tuples[t], p.context);
+    }
     for (int64_t l = 0; l < table.num_layers; ++l) {
       for (int64_t h = 0; h < p.heads; ++h) {
-        std::vector<int64_t> bytes(table.tuples.size());
-        for (size_t t = 0; t < table.tuples.size(); ++t) {
-          bytes[t] = LayerBytes(one, table.tuples[t], p.context);
-        }
-        p.bytes.push_back(std::move(bytes));
+        p.bytes.push_back(head_bytes);
         p.err.push_back(table.s_head[l][h]);
       }
     }
