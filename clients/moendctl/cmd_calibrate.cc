@@ -236,6 +236,15 @@ int RunCalibrate(int argc, char** argv) {
         " >= 1")));
   }
   if (auto target = args->Optional("registry")) {
+    // A fleet job has one dataset: the recall signal is measured locally only
+    // (docs/DESIGN.md section 3.6), so its flags would be silently ignored here.
+    for (const char* flag : {"recall-data", "recall-seq-len", "recall-probes", "recall-samples"}) {
+      if (args->Has(flag)) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat(
+            "--", flag, " is not supported with --registry: fleet jobs measure the code signal "
+            "only; calibrate locally and `moendctl publish` the table")));
+      }
+    }
 #ifdef MOEND_WITH_REGISTRY
     return CalibrateOnFleet(*args, *target, *model_dir, *data, *out, *seq_len, *samples, *probes);
 #else

@@ -61,6 +61,13 @@ TEST(MoendctlTest, BadUsageExitsTwoWithAMessage) {
   EXPECT_EQ(precision.exit_code, 2);
   EXPECT_NE(precision.output.find("--gpu-forward 'fp16' is not one of bf16, fp32"), std::string::npos)
       << precision.output;
+  CtlRun fleet_recall = Moendctl({"calibrate", "--registry", "127.0.0.1:1", "--model",
+                                  kSrc + "/models/tinycode", "--data", kSrc + "/data/calibration.bin",
+                                  "--out", "/dev/null", "--recall-data", "none"});
+  EXPECT_EQ(fleet_recall.exit_code, 2) << fleet_recall.output;
+  EXPECT_NE(fleet_recall.output.find("--recall-data is not supported with --registry"),
+            std::string::npos)
+      << fleet_recall.output;
 }
 
 TEST(MoendctlTest, FailedOperationsExitOne) {
