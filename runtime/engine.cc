@@ -16,11 +16,13 @@ struct Engine::Job {
   GenerationRequest request;
   int64_t reserved = 0;
   bool admitted = false;
+  std::unique_ptr<PrefillRun> prefill;  // while the prompt is prefilled
   std::unique_ptr<Sequence> sequence;
   std::unique_ptr<Sequence> shadow;  // the full cache, while shadow steps remain
   std::unique_ptr<Sampler> sampler;
   GenerationResult result;
   int32_t next_input = 0;  // the token the next decode step feeds
+  size_t delivered = 0;    // result.tokens[0, delivered) went to on_token
   absl::Time enqueued, started, last_token;
 
   std::mutex mu;
@@ -54,6 +56,25 @@ bool EndsWith(const std::vector<int32_t>& tokens, const std::vector<int32_t>& su
          std::equal(suffix.rbegin(), suffix.rend(), tokens.rbegin());
 }
 
+// The most trailing tokens that are a proper prefix of some stop sequence:
+// they may yet become one, so they are held back from the stream.
+size_t HeldBack(const std::vector<int32_t>& tokens, const std::vector<std::vector<int32_t>>& stops) {
+  size_t held = 0;
+  for (const auto& stop : stops) {
+    for (size_t k = std::min(stop.size() - 1, tokens.size()); k > held; --k) {
+      if (std::equal(stop.begin(), stop.begin() + static_cast<std::ptrdiff_t>(k),
+                     tokens.end() - static_cast<std::ptrdiff_t>(k))) {
+        held = k;
+        break;
+      }
+    }
+  }
+  return held;
+}
+
+constexpr size_t kMaxStopSequences = 16;
+constexpr size_t kMaxStopTokens = 256;
+
 absl::Status ValidateRequest(const ModelConfig& c, const GenerationRequest& r) {
   if (r.prompt.empty()) return absl::InvalidArgumentError("prompt is empty");
   MOEND_RETURN_IF_ERROR(Model::CheckTokens(c, r.prompt));
@@ -69,9 +90,18 @@ absl::Status ValidateRequest(const ModelConfig& c, const GenerationRequest& r) {
   }
   MOEND_RETURN_IF_ERROR(ValidatePlan(c, r.plan));
   MOEND_RETURN_IF_ERROR(ValidateSampling(r.sampling));
+  if (r.stop.size() > kMaxStopSequences) {
+    return absl::InvalidArgumentError(absl::StrCat(r.stop.size(), " stop sequences; at most ",
+                                                   kMaxStopSequences, " are allowed"));
+  }
   for (size_t i = 0; i < r.stop.size(); ++i) {
     if (r.stop[i].empty()) {
       return absl::InvalidArgumentError(absl::StrCat("stop sequence ", i, " is empty"));
+    }
+    if (r.stop[i].size() > kMaxStopTokens) {
+      return absl::InvalidArgumentError(absl::StrCat("stop sequence ", i, " has ",
+                                                     r.stop[i].size(), " tokens; at most ",
+                                                     kMaxStopTokens, " are allowed"));
     }
     for (int32_t t : r.stop[i]) {
       if (t < 0 || t >= c.vocab_size) {
@@ -194,7 +224,7 @@ absl::StatusOr<GenerationResult> Engine::Generate(GenerationRequest request) {
         " bytes (--kv-pool-bytes)"));
   }
   job->request = std::move(request);
-  job->enqueued = absl::Now();
+  job->enqueued = Now();
   job->result.prompt_tokens = static_cast<int64_t>(job->request.prompt.size());
   job->result.reserved_bytes = job->reserved;
   {
@@ -216,12 +246,12 @@ void Engine::Loop() {
     {
       std::unique_lock<std::mutex> lock(mu_);
       // Queued requests wait for bytes; wake now and then to expire them.
-      if (running_.empty()) {
+      if (running_.empty() && !prefilling_) {
         wake_.wait_for(lock, std::chrono::milliseconds(20),
                        [&] { return stopping_ || !queue_.empty(); });
       }
       if (stopping_) break;
-      const absl::Time now = absl::Now();
+      const absl::Time now = Now();
       for (auto it = queue_.begin(); it != queue_.end();) {
         const GenerationRequest& r = (*it)->request;
         if (now > r.deadline || (r.cancelled && r.cancelled())) {
@@ -231,9 +261,9 @@ void Engine::Loop() {
           ++it;
         }
       }
-      // First come, first served: one admission per step keeps decoding
-      // between prefills.
-      if (!queue_.empty() && running_count_ < options_.max_running &&
+      // First come, first served, one prefill at a time (it runs a layer per
+      // turn between decode steps).
+      if (!prefilling_ && !queue_.empty() && running_count_ < options_.max_running &&
           used_bytes_ + queue_.front()->reserved <= options_.kv_pool_bytes) {
         std::shared_ptr<Job> job = queue_.front();
         queue_.pop_front();
@@ -244,12 +274,13 @@ void Engine::Loop() {
       }
     }
     for (const auto& job : expired) {
-      const bool late = absl::Now() > job->request.deadline;
+      const bool late = Now() > job->request.deadline;
       Finish(job, late ? absl::DeadlineExceededError("the deadline passed while the request "
                                                      "waited for KV pool bytes")
                        : absl::CancelledError("the request was cancelled while queued"));
     }
     for (const auto& job : admitted) StartJob(job);
+    if (prefilling_) AdvancePrefill();
     if (!running_.empty()) DecodeStep();
     Publish();
   }
@@ -259,33 +290,56 @@ void Engine::Loop() {
     queued.swap(queue_);
   }
   for (const auto& job : queued) Finish(job, absl::UnavailableError("the engine is shutting down"));
+  if (prefilling_) Finish(prefilling_, absl::UnavailableError("the engine is shutting down"));
   for (const auto& job : std::vector<std::shared_ptr<Job>>(running_)) {
     Finish(job, absl::UnavailableError("the engine is shutting down"));
   }
 }
 
 void Engine::StartJob(const std::shared_ptr<Job>& job) {
-  job->started = absl::Now();
+  job->started = Now();
   job->result.queue_seconds = Seconds(job->started - job->enqueued);
   const GenerationRequest& r = job->request;
   PrefillOptions options;
   options.appended_capacity = r.max_new_tokens - 1;
   std::vector<std::vector<CompressionTuple>> plans{r.plan};
-  const bool shadow = r.shadow_tokens > 1;
-  if (shadow) {
+  if (r.shadow_tokens > 1) {
     plans.emplace_back(static_cast<size_t>(model_.config().num_layers));
     options.appended_per_plan = {r.max_new_tokens - 1, r.shadow_tokens - 1};
   }
-  auto prefill = StreamingPrefill(model_, r.prompt, plans, options);
+  auto prefill = PrefillRun::Start(model_, r.prompt, plans, options);
   if (!prefill.ok()) {
     Finish(job, prefill.status());
     return;
   }
+  job->prefill = std::move(*prefill);
+  prefilling_ = job;
+}
+
+void Engine::AdvancePrefill() {
+  const std::shared_ptr<Job> job = prefilling_;
+  const GenerationRequest& r = job->request;
+  if (Now() > r.deadline) {
+    Finish(job, absl::DeadlineExceededError("the deadline passed during the prompt's prefill"));
+    return;
+  }
+  if (r.cancelled && r.cancelled()) {
+    Finish(job, absl::CancelledError("the request was cancelled during the prompt's prefill"));
+    return;
+  }
+  if (const absl::Status s = job->prefill->NextLayer(); !s.ok()) {
+    Finish(job, s);
+    return;
+  }
+  if (!job->prefill->done()) return;
+  PrefillResult prefill = job->prefill->TakeResult();
+  job->prefill.reset();
+  prefilling_.reset();
   const int64_t n = static_cast<int64_t>(r.prompt.size());
-  job->sequence = std::make_unique<Sequence>(std::move(prefill->caches[0]), n);
+  job->sequence = std::make_unique<Sequence>(std::move(prefill.caches[0]), n);
   int64_t capacity = job->sequence->CapacityBytes();
-  if (shadow) {
-    job->shadow = std::make_unique<Sequence>(std::move(prefill->caches[1]), n);
+  if (prefill.caches.size() > 1) {
+    job->shadow = std::make_unique<Sequence>(std::move(prefill.caches[1]), n);
     capacity += job->shadow->CapacityBytes();
   }
   if (capacity > job->reserved) {  // broken invariant: the pool would be overdrawn
@@ -296,29 +350,40 @@ void Engine::StartJob(const std::shared_ptr<Job>& job) {
   }
   job->sampler = std::make_unique<Sampler>(r.sampling);
   running_.push_back(job);
-  const int32_t token = job->sampler->Next(prefill->last_logits);
-  job->result.prefill_seconds = Seconds(absl::Now() - job->started);
-  if (metrics_->ttft) metrics_->ttft->Observe(Seconds(absl::Now() - job->enqueued));
+  const int32_t token = job->sampler->Next(prefill.last_logits);
+  job->result.prefill_seconds = Seconds(Now() - job->started);
+  if (metrics_->ttft) metrics_->ttft->Observe(Seconds(Now() - job->enqueued));
   Deliver(job, token);
 }
 
 bool Engine::Deliver(const std::shared_ptr<Job>& job, int32_t token) {
-  const absl::Time now = absl::Now();
-  if (metrics_->itl && !job->result.tokens.empty()) {
+  const absl::Time now = Now();
+  GenerationResult& result = job->result;
+  if (metrics_->itl && result.generated_tokens > 0) {
     metrics_->itl->Observe(Seconds(now - job->last_token));
   }
   job->last_token = now;
-  job->result.tokens.push_back(token);
-  if (job->request.on_token) job->request.on_token(token);
+  ++result.generated_tokens;
+  result.tokens.push_back(token);
+  // Hand on what can no longer be part of a stop sequence; on a match, drop
+  // the longest stop sequence that matched.
+  size_t matched = 0;
   for (const auto& stop : job->request.stop) {
-    if (EndsWith(job->result.tokens, stop)) {
-      job->result.finish = FinishReason::kStop;
-      Finish(job, absl::OkStatus());
-      return false;
+    if (EndsWith(result.tokens, stop)) matched = std::max(matched, stop.size());
+  }
+  const bool length = result.generated_tokens >= job->request.max_new_tokens;
+  if (matched > 0) result.tokens.resize(result.tokens.size() - matched);
+  const size_t ready = matched > 0 || length
+                           ? result.tokens.size()
+                           : result.tokens.size() - HeldBack(result.tokens, job->request.stop);
+  if (job->request.on_token) {
+    for (; job->delivered < ready; ++job->delivered) {
+      job->request.on_token(result.tokens[job->delivered]);
     }
   }
-  if (static_cast<int64_t>(job->result.tokens.size()) >= job->request.max_new_tokens) {
-    job->result.finish = FinishReason::kLength;
+  job->delivered = std::max(job->delivered, ready);
+  if (matched > 0 || length) {
+    result.finish = matched > 0 ? FinishReason::kStop : FinishReason::kLength;
     Finish(job, absl::OkStatus());
     return false;
   }
@@ -327,12 +392,12 @@ bool Engine::Deliver(const std::shared_ptr<Job>& job, int32_t token) {
 }
 
 void Engine::DecodeStep() {
-  const absl::Time now = absl::Now();
+  const absl::Time now = Now();
   for (const auto& job : std::vector<std::shared_ptr<Job>>(running_)) {
     const GenerationRequest& r = job->request;
     if (now > r.deadline) {
       Finish(job, absl::DeadlineExceededError(absl::StrCat(
-                      "the deadline passed after ", job->result.tokens.size(), " tokens")));
+                      "the deadline passed after ", job->result.generated_tokens, " tokens")));
     } else if (r.cancelled && r.cancelled()) {
       Finish(job, absl::CancelledError("the request was cancelled"));
     }
@@ -399,12 +464,14 @@ void Engine::CompareShadow(const std::shared_ptr<Job>& job, std::span<const floa
     metrics_->shadow_kl->Add(labels).Increment(std::max(0.0, kl));
   }
   // The shadow has decoded its share once the sequence has shadow_tokens tokens.
-  if (static_cast<int64_t>(r.tokens.size()) + 1 >= job->request.shadow_tokens) {
+  if (r.generated_tokens + 1 >= job->request.shadow_tokens) {
     job->shadow.reset();
   }
 }
 
 void Engine::Finish(const std::shared_ptr<Job>& job, absl::Status status) {
+  if (prefilling_ == job) prefilling_.reset();
+  job->prefill.reset();
   job->shadow.reset();
   if (job->sequence) {
     job->result.kv_cache_bytes = job->sequence->CacheBytes();
@@ -413,7 +480,7 @@ void Engine::Finish(const std::shared_ptr<Job>& job, absl::Status status) {
   }
   if (job->started != absl::Time()) {
     job->result.decode_seconds =
-        Seconds(absl::Now() - job->started) - job->result.prefill_seconds;
+        Seconds(Now() - job->started) - job->result.prefill_seconds;
   }
   running_.erase(std::remove(running_.begin(), running_.end(), job), running_.end());
   {

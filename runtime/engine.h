@@ -2,12 +2,15 @@
 // budget, admission by the bytes a request's caches will really take under
 // its plan, and continuous batching.
 //
-// One engine thread runs the loop: admit queued requests whose reservation
-// fits the pool (first come, first served), prefill one admitted request
-// (streaming prefill, section 5.1), then one decode step for every running
-// sequence at once (runtime::Step), deliver the tokens, and finish sequences
-// (length, stop sequence, cancellation, deadline), whose bytes go back to the
-// pool at once. Callers block in Generate on their own threads.
+// One engine thread runs the loop: admit the first queued request when its
+// reservation fits the pool and no other prefill is under way (first come,
+// first served), run one layer of that request's streaming prefill (section
+// 5.1; runtime::PrefillRun), then one decode step for every running sequence
+// at once (runtime::Step), deliver the tokens, and finish sequences (length,
+// stop sequence, cancellation, deadline), whose bytes go back to the pool at
+// once. A prompt arriving thus delays running sequences by one layer's
+// prefill per token, not by its whole prefill. Callers block in Generate on
+// their own threads.
 #ifndef MOEND_RUNTIME_ENGINE_H_
 #define MOEND_RUNTIME_ENGINE_H_
 
@@ -42,6 +45,9 @@ struct EngineOptions {
   // Sequences decoded in one step at most; more wait in the queue.
   int64_t max_running = 256;
   kernels::CpuIsa isa = kernels::CpuIsa::kBest;
+  // The clock of deadlines and latencies; empty = absl::Now. Tests set one
+  // to expire a deadline at a chosen token instead of after a time window.
+  std::function<absl::Time()> clock;
 };
 
 struct GenerationRequest {
@@ -51,10 +57,15 @@ struct GenerationRequest {
   std::vector<CompressionTuple> plan;
   int64_t max_new_tokens = 32;         // 1..4096
   SamplingParams sampling;
-  // Generation ends after any of these token sequences (included in the output).
+  // Generation ends after any of these token sequences (at most 16, each of
+  // at most 256 tokens). The stop sequence itself is not in the output: a
+  // token that may begin one is held back from on_token until the sequence
+  // either completes (the held tokens are dropped) or cannot (they are
+  // delivered).
   std::vector<std::vector<int32_t>> stop;
   absl::Time deadline = absl::InfiniteFuture();
-  // Called on the engine thread with each new token; may be empty.
+  // Called on the engine thread with each output token, in order; may be
+  // empty.
   std::function<void(int32_t token)> on_token;
   // Polled once per step; true cancels the request. May be empty.
   std::function<bool()> cancelled;
@@ -70,7 +81,8 @@ struct GenerationRequest {
 enum class FinishReason { kLength, kStop };
 
 struct GenerationResult {
-  std::vector<int32_t> tokens;
+  std::vector<int32_t> tokens;   // the output: generated tokens less a matched stop sequence
+  int64_t generated_tokens = 0;  // tokens the model generated (the stop sequence included)
   FinishReason finish = FinishReason::kLength;
   int64_t prompt_tokens = 0;
   int64_t kv_cache_bytes = 0;    // what the caches held at the end (section 2.9)
@@ -115,6 +127,9 @@ class Engine {
   void Loop();
   void Admit(std::vector<std::shared_ptr<Job>>* admitted);
   void StartJob(const std::shared_ptr<Job>& job);
+  // Runs the next layer of prefilling_'s prefill; after the last, the job
+  // joins running_ with its first token.
+  void AdvancePrefill();
   void DecodeStep();
   // Ends a job: returns its bytes to the pool and wakes its caller.
   void Finish(const std::shared_ptr<Job>& job, absl::Status status);
@@ -122,6 +137,7 @@ class Engine {
   void CompareShadow(const std::shared_ptr<Job>& job, std::span<const float> main,
                      std::span<const float> shadow);
   void Publish();
+  absl::Time Now() const { return options_.clock ? options_.clock() : absl::Now(); }
 
   const Model& model_;
   const EngineOptions options_;
@@ -132,6 +148,7 @@ class Engine {
   bool stopping_ = false;
   int64_t used_bytes_ = 0;
   std::deque<std::shared_ptr<Job>> queue_;  // guarded by mu_
+  std::shared_ptr<Job> prefilling_;            // engine thread only: admitted, prefill under way
   std::vector<std::shared_ptr<Job>> running_;  // engine thread only (size mirrored in stats)
   int64_t running_count_ = 0;                  // guarded by mu_
   std::thread thread_;

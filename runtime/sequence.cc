@@ -41,6 +41,13 @@ absl::Status Step(const Model& model, std::span<const StepInput> batch, std::vec
     if (in.sequence == nullptr || in.tokens.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("step input ", b, " has no sequence or tokens"));
     }
+    for (size_t e = 0; e < b; ++e) {
+      if (batch[e].sequence == in.sequence) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "step inputs ", e, " and ", b, " feed the same sequence; a sequence takes one run "
+            "per step"));
+      }
+    }
     if (static_cast<int64_t>(in.sequence->layers().size()) != c.num_layers) {
       return absl::InvalidArgumentError(absl::StrCat("step input ", b, " has ",
                                                      in.sequence->layers().size(),

@@ -1,6 +1,7 @@
 #include "runtime/streaming_prefill.h"
 
 #include <algorithm>
+#include <memory>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -72,9 +73,9 @@ int64_t ReservedSequenceBytes(const ModelConfig& config, std::span<const Compres
   return total;
 }
 
-absl::StatusOr<PrefillResult> StreamingPrefill(const Model& model, std::span<const int32_t> tokens,
-                                               std::span<const std::vector<CompressionTuple>> plans,
-                                               const PrefillOptions& options) {
+absl::StatusOr<std::unique_ptr<PrefillRun>> PrefillRun::Start(
+    const Model& model, std::span<const int32_t> tokens,
+    std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options) {
   const ModelConfig& c = model.config();
   MOEND_RETURN_IF_ERROR(Model::CheckTokens(c, tokens));
   for (size_t p = 0; p < plans.size(); ++p) {
@@ -93,62 +94,96 @@ absl::StatusOr<PrefillResult> StreamingPrefill(const Model& model, std::span<con
                                                    options.appended_per_plan.size(),
                                                    " entries for ", plans.size(), " plans"));
   }
-  const int64_t n = static_cast<int64_t>(tokens.size());
-  const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim, hidden = c.hidden_size;
-  const int64_t chunk = std::clamp<int64_t>(options.chunk_tokens, 1, n);
+  return std::unique_ptr<PrefillRun>(new PrefillRun(model, tokens, plans, options));
+}
 
-  PrefillResult result;
-  result.caches.resize(plans.size());
+PrefillRun::PrefillRun(const Model& model, std::span<const int32_t> tokens,
+                       std::span<const std::vector<CompressionTuple>> plans,
+                       const PrefillOptions& options)
+    : model_(model), plans_(plans.begin(), plans.end()), options_(options) {
+  const ModelConfig& c = model.config();
+  n_ = static_cast<int64_t>(tokens.size());
+  const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim;
+  chunk_ = std::clamp<int64_t>(options.chunk_tokens, 1, n_);
+  result_.caches.resize(plans.size());
   // The residual stream and one layer's q, k, v (head-major, all n rows) and
   // attention output; chunk-sized temporaries for the projections.
-  std::vector<float> x(static_cast<size_t>(n * hidden));
-  std::vector<float> q(static_cast<size_t>(h * n * d)), k(static_cast<size_t>(hkv * n * d)),
-      v(static_cast<size_t>(hkv * n * d)), attn(static_cast<size_t>(n * h * d));
-  std::vector<float> cq(static_cast<size_t>(h * chunk * d)),
-      ck(static_cast<size_t>(hkv * chunk * d)), cv(static_cast<size_t>(hkv * chunk * d));
-  model.Embed(tokens, x.data());
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-      const int64_t rows = std::min(chunk, n - r0);
-      model.AttentionInputs(l, x.data() + r0 * hidden, rows, r0, cq.data(), ck.data(),
-                            cv.data());
-      for (int64_t head = 0; head < h; ++head) {
-        std::copy_n(cq.data() + head * rows * d, rows * d, q.data() + (head * n + r0) * d);
-      }
-      for (int64_t head = 0; head < hkv; ++head) {
-        std::copy_n(ck.data() + head * rows * d, rows * d, k.data() + (head * n + r0) * d);
-        std::copy_n(cv.data() + head * rows * d, rows * d, v.data() + (head * n + r0) * d);
-      }
+  x_.resize(static_cast<size_t>(n_ * c.hidden_size));
+  q_.resize(static_cast<size_t>(h * n_ * d));
+  k_.resize(static_cast<size_t>(hkv * n_ * d));
+  v_.resize(static_cast<size_t>(hkv * n_ * d));
+  attn_.resize(static_cast<size_t>(n_ * h * d));
+  cq_.resize(static_cast<size_t>(h * chunk_ * d));
+  ck_.resize(static_cast<size_t>(hkv * chunk_ * d));
+  cv_.resize(static_cast<size_t>(hkv * chunk_ * d));
+  model.Embed(tokens, x_.data());
+}
+
+bool PrefillRun::done() const { return layer_ == model_.config().num_layers; }
+
+absl::Status PrefillRun::NextLayer() {
+  const ModelConfig& c = model_.config();
+  if (done()) return absl::FailedPreconditionError("the prefill has run every layer");
+  const int64_t n = n_, l = layer_, chunk = chunk_;
+  const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim, hidden = c.hidden_size;
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0);
+    model_.AttentionInputs(l, x_.data() + r0 * hidden, rows, r0, cq_.data(), ck_.data(),
+                           cv_.data());
+    for (int64_t head = 0; head < h; ++head) {
+      std::copy_n(cq_.data() + head * rows * d, rows * d, q_.data() + (head * n + r0) * d);
     }
-    // Compress this layer for every plan now: its K/V is complete.
-    const kernels::LayerTensors tensors{q.data(), k.data(), v.data(), h, hkv, n, d};
-    // Scores are computed once per layer, and only if some plan evicts in
-    // some head; every plan's heads select from them.
-    std::optional<kernels::EvictionScores> scores;
-    for (size_t p = 0; p < plans.size(); ++p) {
-      const std::span<const CompressionTuple> tuples = LayerTuples(c, plans[p], l);
-      const bool evicts = std::any_of(tuples.begin(), tuples.end(), [&](const CompressionTuple& t) {
-        return KeptTokens(t.keep, n) != CandidateTokens(n);
-      });
-      if (evicts && !scores) {
-        MOEND_ASSIGN_OR_RETURN(scores, kernels::ComputeEvictionScores(tensors, n, options.backend));
-      }
-      MOEND_ASSIGN_OR_RETURN(kernels::CompressedLayer layer,
-                             kernels::CompressHeads(tensors, n, tuples, options.backend,
-                                                    scores ? &*scores : nullptr));
-      layer.Reserve(options.appended_per_plan.empty() ? options.appended_capacity
-                                                      : options.appended_per_plan[p]);
-      result.caches[p].push_back(std::move(layer));
-    }
-    Model::CausalAttention(q.data(), k.data(), v.data(), h, hkv, n, d, attn.data());
-    for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-      const int64_t rows = std::min(chunk, n - r0);
-      model.FinishLayer(l, attn.data() + r0 * h * d, rows, x.data() + r0 * hidden);
+    for (int64_t head = 0; head < hkv; ++head) {
+      std::copy_n(ck_.data() + head * rows * d, rows * d, k_.data() + (head * n + r0) * d);
+      std::copy_n(cv_.data() + head * rows * d, rows * d, v_.data() + (head * n + r0) * d);
     }
   }
-  result.last_logits.resize(static_cast<size_t>(c.vocab_size));
-  model.Logits(x.data() + (n - 1) * hidden, 1, result.last_logits.data());
-  return result;
+  // Compress this layer for every plan now: its K/V is complete.
+  const kernels::LayerTensors tensors{q_.data(), k_.data(), v_.data(), h, hkv, n, d};
+  // Scores are computed once per layer, and only if some plan evicts in
+  // some head; every plan's heads select from them.
+  std::optional<kernels::EvictionScores> scores;
+  for (size_t p = 0; p < plans_.size(); ++p) {
+    const std::span<const CompressionTuple> tuples = LayerTuples(c, plans_[p], l);
+    const bool evicts = std::any_of(tuples.begin(), tuples.end(), [&](const CompressionTuple& t) {
+      return KeptTokens(t.keep, n) != CandidateTokens(n);
+    });
+    if (evicts && !scores) {
+      MOEND_ASSIGN_OR_RETURN(scores, kernels::ComputeEvictionScores(tensors, n, options_.backend));
+    }
+    MOEND_ASSIGN_OR_RETURN(kernels::CompressedLayer layer,
+                           kernels::CompressHeads(tensors, n, tuples, options_.backend,
+                                                  scores ? &*scores : nullptr));
+    layer.Reserve(options_.appended_per_plan.empty() ? options_.appended_capacity
+                                                     : options_.appended_per_plan[p]);
+    result_.caches[p].push_back(std::move(layer));
+  }
+  Model::CausalAttention(q_.data(), k_.data(), v_.data(), h, hkv, n, d, attn_.data());
+  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
+    const int64_t rows = std::min(chunk, n - r0);
+    model_.FinishLayer(l, attn_.data() + r0 * h * d, rows, x_.data() + r0 * hidden);
+  }
+  ++layer_;
+  if (done()) {
+    result_.last_logits.resize(static_cast<size_t>(c.vocab_size));
+    model_.Logits(x_.data() + (n - 1) * hidden, 1, result_.last_logits.data());
+    // The activations are no longer needed; the caches are.
+    for (std::vector<float>* buffer : {&x_, &q_, &k_, &v_, &attn_, &cq_, &ck_, &cv_}) {
+      std::vector<float>().swap(*buffer);
+    }
+  }
+  return absl::OkStatus();
+}
+
+PrefillResult PrefillRun::TakeResult() { return std::move(result_); }
+
+absl::StatusOr<PrefillResult> StreamingPrefill(const Model& model, std::span<const int32_t> tokens,
+                                               std::span<const std::vector<CompressionTuple>> plans,
+                                               const PrefillOptions& options) {
+  MOEND_ASSIGN_OR_RETURN(std::unique_ptr<PrefillRun> run,
+                         PrefillRun::Start(model, tokens, plans, options));
+  while (!run->done()) MOEND_RETURN_IF_ERROR(run->NextLayer());
+  return run->TakeResult();
 }
 
 }  // namespace moend::runtime

@@ -13,6 +13,7 @@
 #define MOEND_RUNTIME_STREAMING_PREFILL_H_
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -53,6 +54,40 @@ struct PrefillResult {
 absl::StatusOr<PrefillResult> StreamingPrefill(
     const Model& model, std::span<const int32_t> tokens,
     std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options = {});
+
+// The same prefill run one layer at a time, so that a caller can interleave
+// it with other work (the node's engine runs one layer between two decode
+// steps of the sequences already running: a long prompt then delays them by
+// one layer's time, not the whole prompt's). It holds the residual stream
+// and one layer's q/k/v, like StreamingPrefill, until the last layer has run;
+// then only the caches and the logits.
+class PrefillRun {
+ public:
+  // Validates as StreamingPrefill does; copies the plans and embeds the
+  // tokens. The model must outlive the run.
+  static absl::StatusOr<std::unique_ptr<PrefillRun>> Start(
+      const Model& model, std::span<const int32_t> tokens,
+      std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options = {});
+
+  // Runs the next layer and compresses it for every plan; after the last
+  // layer, computes the next-token logits too. FailedPrecondition once done.
+  absl::Status NextLayer();
+  bool done() const;
+  int64_t layers_done() const { return layer_; }
+  // After done(): the caches and the logits (moved out; call once).
+  PrefillResult TakeResult();
+
+ private:
+  PrefillRun(const Model& model, std::span<const int32_t> tokens,
+             std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options);
+
+  const Model& model_;
+  const std::vector<std::vector<CompressionTuple>> plans_;
+  const PrefillOptions options_;
+  int64_t n_ = 0, chunk_ = 0, layer_ = 0;
+  std::vector<float> x_, q_, k_, v_, attn_, cq_, ck_, cv_;
+  PrefillResult result_;
+};
 
 // Checks that `plan` has one valid tuple per layer of `config`, or one per
 // layer and KV head (the message names both allowed sizes, and the layer and

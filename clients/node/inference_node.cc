@@ -140,7 +140,7 @@ absl::StatusOr<GenerateResult> InferenceNode::Generate(GenerateRequest request) 
   for (int32_t t : r->tokens) result.text.push_back(static_cast<char>(t & 0xff));
   result.finish_reason = r->finish == runtime::FinishReason::kStop ? "stop" : "length";
   result.prompt_tokens = r->prompt_tokens;
-  result.generated_tokens = static_cast<int64_t>(r->tokens.size());
+  result.generated_tokens = r->generated_tokens;
   result.kv_cache_bytes = r->kv_cache_bytes;
   result.full_cache_bytes = r->full_cache_bytes;
   result.reserved_bytes = r->reserved_bytes;

@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 
@@ -107,7 +108,12 @@ TEST_F(EngineTest, PoolAdmitsQueuesAndRefusesWithTheNumbers) {
 }
 
 TEST_F(EngineTest, CancelAndDeadlineFreeTheBytesAtOnce) {
-  auto engine = Engine::Create(*model_, {}, nullptr);
+  // A clock the test moves: deadlines expire at a chosen token, whatever the
+  // machine's speed.
+  std::atomic<int64_t> now_ms{0};
+  EngineOptions options;
+  options.clock = [&] { return absl::UnixEpoch() + absl::Milliseconds(now_ms.load()); };
+  auto engine = Engine::Create(*model_, options, nullptr);
   ASSERT_TRUE(engine.ok());
   std::atomic<int> seen{0};
   GenerationRequest r = Request(Prompt(0, 300), Ratio8Like(), 3000);
@@ -115,19 +121,34 @@ TEST_F(EngineTest, CancelAndDeadlineFreeTheBytesAtOnce) {
   r.cancelled = [&] { return seen.load() >= 5; };
   auto cancelled = (*engine)->Generate(std::move(r));
   EXPECT_EQ(cancelled.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(seen.load(), 5);
   EXPECT_EQ((*engine)->stats().used_bytes, 0);
 
   GenerationRequest late = Request(Prompt(0, 300), Ratio8Like(), 3000);
   std::atomic<int> tokens{0};
   late.on_token = [&](int32_t) {
-    if (++tokens == 3) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (++tokens == 3) now_ms += 301;
   };
-  late.deadline = absl::Now() + absl::Milliseconds(300);
+  late.deadline = absl::UnixEpoch() + absl::Milliseconds(now_ms.load() + 300);
   auto expired = (*engine)->Generate(std::move(late));
   EXPECT_EQ(expired.status().code(), absl::StatusCode::kDeadlineExceeded) << expired.status();
-  EXPECT_GT(tokens.load(), 0);  // it expired mid-decode, not in the queue
+  EXPECT_EQ(tokens.load(), 3);  // it expired mid-decode, at the step after the third token
   EXPECT_EQ((*engine)->stats().used_bytes, 0);
   EXPECT_EQ((*engine)->stats().running, 0);
+
+  // Cancelled during the prompt's prefill: polled once in the queue, then once
+  // per layer; the third layer's poll cancels it.
+  std::atomic<int> polls{0};
+  GenerationRequest early = Request(Prompt(0, 300), Ratio8Like(), 8);
+  early.on_token = [&](int32_t) { ++seen; };
+  early.cancelled = [&] { return ++polls > 3; };
+  seen = 0;
+  auto in_prefill = (*engine)->Generate(std::move(early));
+  EXPECT_EQ(in_prefill.status().code(), absl::StatusCode::kCancelled);
+  EXPECT_NE(in_prefill.status().message().find("prefill"), std::string::npos)
+      << in_prefill.status();
+  EXPECT_EQ(seen.load(), 0);
+  EXPECT_EQ((*engine)->stats().used_bytes, 0);
   // Still serving.
   EXPECT_TRUE((*engine)->Generate(Request(Prompt(0, 100), Ratio8Like(), 3)).ok());
 }
@@ -170,17 +191,95 @@ TEST_F(EngineTest, SamplingIsSeededAndStopSequencesEndGeneration) {
   };
   EXPECT_EQ(sample(7), sample(7));
   EXPECT_NE(sample(7), sample(8));  // 24 tokens at temperature 1: equal by chance ~never
-  // Greedy output, then the same request stopped at its 5th and 6th tokens.
+  // Greedy output, then the same request with stop sequences.
   auto greedy = (*engine)->Generate(Request(Prompt(0, 200), Ratio8Like(), 24));
   ASSERT_TRUE(greedy.ok());
+  const std::vector<int32_t>& g = greedy->tokens;
+  ASSERT_EQ(g.size(), 24u);
+  // The first occurrence of the pair (g[4], g[5]) ends generation; the output
+  // holds what came before it, and the stream saw exactly the output.
+  size_t at = 0;
+  while (!(g[at] == g[4] && g[at + 1] == g[5])) ++at;
   GenerationRequest stopped = Request(Prompt(0, 200), Ratio8Like(), 24);
-  stopped.stop = {{greedy->tokens[4], greedy->tokens[5]}};
+  stopped.stop = {{g[4], g[5]}};
+  std::vector<int32_t> streamed;
+  stopped.on_token = [&](int32_t t) { streamed.push_back(t); };
   auto out = (*engine)->Generate(std::move(stopped));
   ASSERT_TRUE(out.ok());
   EXPECT_EQ(out->finish, FinishReason::kStop);
-  EXPECT_LE(out->tokens.size(), 6u);
-  EXPECT_EQ(out->tokens, std::vector<int32_t>(greedy->tokens.begin(),
-                                              greedy->tokens.begin() + out->tokens.size()));
+  EXPECT_EQ(out->tokens, std::vector<int32_t>(g.begin(), g.begin() + at));
+  EXPECT_EQ(out->generated_tokens, static_cast<int64_t>(at + 2));
+  EXPECT_EQ(streamed, out->tokens);
+  // A stop sequence that never completes: tokens held back while it might
+  // are delivered in the end, and the output is the greedy one.
+  int32_t absent = 0;  // a byte the greedy output never holds
+  while (std::find(g.begin(), g.end(), absent) != g.end()) ++absent;
+  GenerationRequest never = Request(Prompt(0, 200), Ratio8Like(), 24);
+  never.stop = {{g[21], g[22], g[23], absent}, {g[23], absent}};
+  std::vector<int32_t> all;
+  never.on_token = [&](int32_t t) { all.push_back(t); };
+  auto length = (*engine)->Generate(std::move(never));
+  ASSERT_TRUE(length.ok());
+  EXPECT_EQ(length->finish, FinishReason::kLength);
+  EXPECT_EQ(length->tokens, g);
+  EXPECT_EQ(all, g);
+  // Overlapping stops ending at the same token: the longer one is dropped.
+  GenerationRequest both = Request(Prompt(0, 200), Ratio8Like(), 24);
+  both.stop = {{g[7]}, {g[5], g[6], g[7]}};
+  size_t first7 = 0;
+  while (g[first7] != g[7]) ++first7;
+  auto b = (*engine)->Generate(std::move(both));
+  ASSERT_TRUE(b.ok());
+  EXPECT_EQ(b->finish, FinishReason::kStop);
+  const bool long_first = first7 == 7 || (first7 >= 2 && g[first7 - 2] == g[5] &&
+                                          g[first7 - 1] == g[6]);
+  EXPECT_EQ(b->tokens.size(), long_first ? first7 - 2 : first7);
+  // Limits on stop sequences.
+  GenerationRequest many = Request(Prompt(0, 50), Ratio8Like(), 4);
+  many.stop.assign(17, std::vector<int32_t>{1});
+  EXPECT_EQ((*engine)->Generate(std::move(many)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  GenerationRequest longer = Request(Prompt(0, 50), Ratio8Like(), 4);
+  longer.stop = {std::vector<int32_t>(257, 1)};
+  EXPECT_EQ((*engine)->Generate(std::move(longer)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(EngineTest, APromptsPrefillRunsOneLayerPerDecodeStepOfTheRunningSequences) {
+  auto engine = Engine::Create(*model_, {}, nullptr);
+  ASSERT_TRUE(engine.ok());
+  const int64_t layers = model_->config().num_layers;
+  // A decodes; at its first token (on the engine thread) B is queued, and
+  // the callback waits until the engine sees it. B's prefill then runs one
+  // layer per loop turn, each followed by a decode step of A: when B's first
+  // token arrives, A has decoded once per layer of B's prefill. (Were B's
+  // prefill run whole between two steps, A would have 2 tokens then.)
+  std::atomic<int64_t> a_tokens{0}, a_at_b_first{-1};
+  std::thread b_thread;
+  std::vector<int32_t> b_tokens;
+  GenerationRequest a = Request(Prompt(0, 300), Ratio8Like(), layers + 8);
+  a.on_token = [&](int32_t) {
+    if (++a_tokens == 1) {
+      b_thread = std::thread([&] {
+        GenerationRequest b = Request(Prompt(700, 900), Ratio8Like(), 6);
+        b.on_token = [&](int32_t) {
+          if (a_at_b_first < 0) a_at_b_first = a_tokens.load();
+        };
+        auto r = (*engine)->Generate(std::move(b));
+        ASSERT_TRUE(r.ok()) << r.status();
+        b_tokens = r->tokens;
+      });
+      while ((*engine)->stats().queued == 0) std::this_thread::yield();
+    }
+  };
+  auto ra = (*engine)->Generate(std::move(a));
+  b_thread.join();
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  EXPECT_GE(a_at_b_first.load(), layers);
+  // Interleaving changes no token.
+  EXPECT_EQ(ra->tokens, GreedyAlone(Prompt(0, 300), Ratio8Like(), layers + 8));
+  EXPECT_EQ(b_tokens, GreedyAlone(Prompt(700, 900), Ratio8Like(), 6));
+  EXPECT_EQ((*engine)->stats().used_bytes, 0);
 }
 
 TEST_F(EngineTest, ShadowMeasuresAgreementAndKlAgainstTheFullCache) {

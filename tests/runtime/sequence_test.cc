@@ -218,6 +218,53 @@ TEST_F(SequenceTest, RejectsBadPlansAndTokens) {
   std::vector<float> logits;
   EXPECT_EQ(Step(*model_, std::span<const StepInput>(&in, 1), &logits).code(),
             absl::StatusCode::kInvalidArgument);
+  // One sequence twice in a batch: refused, and nothing is fed.
+  const int32_t a = 65, b = 66;
+  const StepInput twice[] = {{&seq, std::span<const int32_t>(&a, 1)},
+                             {&seq, std::span<const int32_t>(&b, 1)}};
+  const absl::Status dup = Step(*model_, twice, &logits);
+  EXPECT_EQ(dup.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(dup.message().find("same sequence"), std::string::npos) << dup;
+  EXPECT_EQ(seq.position(), 100);
+}
+
+TEST_F(SequenceTest, PrefillRunLayerByLayerGivesTheStreamingPrefillsCaches) {
+  std::span<const int32_t> context(text_->data() + 300, 333);
+  const std::vector<std::vector<CompressionTuple>> plans{
+      std::vector<CompressionTuple>(12, CompressionTuple{0.25, 4, 2}),
+      std::vector<CompressionTuple>(12)};
+  PrefillOptions options;
+  options.appended_capacity = 7;
+  auto whole = StreamingPrefill(*model_, context, plans, options);
+  ASSERT_TRUE(whole.ok()) << whole.status();
+  auto run = PrefillRun::Start(*model_, context, plans, options);
+  ASSERT_TRUE(run.ok()) << run.status();
+  for (int64_t l = 0; l < 12; ++l) {
+    EXPECT_FALSE((*run)->done());
+    EXPECT_EQ((*run)->layers_done(), l);
+    ASSERT_TRUE((*run)->NextLayer().ok());
+  }
+  EXPECT_TRUE((*run)->done());
+  EXPECT_EQ((*run)->NextLayer().code(), absl::StatusCode::kFailedPrecondition);
+  PrefillResult stepped = (*run)->TakeResult();
+  EXPECT_EQ(stepped.last_logits, whole->last_logits);
+  ASSERT_EQ(stepped.caches.size(), 2u);
+  for (size_t p = 0; p < 2; ++p) {
+    ASSERT_EQ(stepped.caches[p].size(), 12u);
+    for (size_t l = 0; l < 12; ++l) {
+      const kernels::CompressedLayer& x = stepped.caches[p][l];
+      const kernels::CompressedLayer& y = whole->caches[p][l];
+      EXPECT_EQ(x.Bytes(), y.Bytes()) << p << " " << l;
+      EXPECT_EQ(x.CapacityBytes(), y.CapacityBytes()) << p << " " << l;
+      for (int64_t h = 0; h < 2; ++h) {
+        moend::testing::ExpectSameHead(x.head(h), y.head(h), absl::StrCat("plan ", p, " layer ", l));
+      }
+    }
+  }
+  // Bad input is refused before any layer runs.
+  const std::vector<std::vector<CompressionTuple>> eleven{std::vector<CompressionTuple>(11)};
+  EXPECT_EQ(PrefillRun::Start(*model_, context, eleven).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 // ---------------------------------------------------------------------------
