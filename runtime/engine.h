@@ -14,6 +14,7 @@
 #ifndef MOEND_RUNTIME_ENGINE_H_
 #define MOEND_RUNTIME_ENGINE_H_
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -115,7 +116,8 @@ class Engine {
   absl::StatusOr<GenerationResult> Generate(GenerationRequest request);
 
   struct Stats {
-    int64_t pool_bytes = 0, used_bytes = 0, running = 0, queued = 0;
+    // running: admitted (prefilling included); prefilling: 0 or 1.
+    int64_t pool_bytes = 0, used_bytes = 0, running = 0, queued = 0, prefilling = 0;
   };
   Stats stats() const;
   const Model& model() const { return model_; }
@@ -149,6 +151,7 @@ class Engine {
   int64_t used_bytes_ = 0;
   std::deque<std::shared_ptr<Job>> queue_;  // guarded by mu_
   std::shared_ptr<Job> prefilling_;            // engine thread only: admitted, prefill under way
+  std::atomic<bool> prefill_under_way_{false};  // prefilling_ != null, for stats()
   std::vector<std::shared_ptr<Job>> running_;  // engine thread only (size mirrored in stats)
   int64_t running_count_ = 0;                  // guarded by mu_
   std::thread thread_;

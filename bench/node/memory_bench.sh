@@ -5,19 +5,27 @@
 # its peak, for the full cache and the ratio-8 and ratio-14 exact plans of the
 # committed table; then the number of sequences decoding at once under a
 # fixed --kv-pool-bytes (the moend_node_sequences{state="running"} gauge).
+# Decode speed comes from the node's own counters (moend_node_decode_tokens_total
+# over moend_node_engine_seconds_total{phase="decode"}): over all steps, and
+# over the steady window where all N sequences decode together (none queued
+# or prefilling), whose mean batch (tokens / steps) is printed beside it.
 # Usage: bench/node/memory_bench.sh [--counts "1 8 32"] [--new-tokens 64] [--pool-bytes 67108864]
+#        [--no-capacity]
 # Prints RESULT lines; needs build/bin/{moend-node,moendctl} (scripts/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 counts="1 8 32"
 new_tokens=64
 pool=$((64 << 20))
+capacity=1
 while (($#)); do
   case "$1" in
     --counts) counts=$2; shift 2 ;;
     --new-tokens) new_tokens=$2; shift 2 ;;
     --pool-bytes) pool=$2; shift 2 ;;
-    *) echo "usage: $0 [--counts \"1 8 32\"] [--new-tokens N] [--pool-bytes B]" >&2; exit 2 ;;
+    --no-capacity) capacity=0; shift ;;
+    *) echo "usage: $0 [--counts \"1 8 32\"] [--new-tokens N] [--pool-bytes B] [--no-capacity]" >&2
+       exit 2 ;;
   esac
 done
 bin=build/bin
@@ -29,7 +37,7 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-table=data/tables/tinycode_calibration_4096x16.json
+table=data/tables/tinycode_code_recall.json  # the default table: per-head plans
 for r in 8 14; do
   $bin/moendctl solve --table $table --ratio $r --solver exact --out "$work/r$r.json" >/dev/null
 done
@@ -42,6 +50,17 @@ for i in range(40):
 PY
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+# "running queued prefilling decode_tokens decode_seconds decode_steps" from /metrics.
+engine_sample() {
+  curl -s "http://$metrics/metrics" | awk '
+    /^moend_node_sequences\{state="running"\}/ {r = $2}
+    /^moend_node_sequences\{state="queued"\}/ {q = $2}
+    /^moend_node_sequences\{state="prefilling"\}/ {p = $2}
+    /^moend_node_decode_tokens_total/ {t = $2}
+    /^moend_node_engine_seconds_total\{phase="decode"\}/ {s = $2}
+    /^moend_node_decode_steps_total/ {n = $2}
+    END {print int(r), int(q), int(p), t + 0, s + 0, n + 0}'
+}
 
 start_node() {  # extra node flags...
   OMP_WAIT_POLICY=passive $bin/moend-node --model models/tinycode --listen 127.0.0.1:0 --metrics 127.0.0.1:0 "$@" \
@@ -74,26 +93,43 @@ for config in full r8 r14; do
     start_node --kv-pool-bytes $((4 << 30)) "${flags[@]}"
     generate 39 "${gen[@]}"  # warm-up: model pages, thread pools, one prefill's buffers
     base=$(rss_kib "$node_pid"); peak=$base
+    read -r _ _ _ tok0 sec0 _ <<< "$(engine_sample)"
+    win0=; win1=; last_poll=0
     t0=$(date +%s.%N)
     pids=()
     for i in $(seq 0 $((n - 1))); do generate "$i" "${gen[@]}" & pids+=($!); done
     while kill -0 "${pids[@]}" 2>/dev/null; do
       r=$(rss_kib "$node_pid"); ((r > peak)) && peak=$r
+      if ((++last_poll % 10 == 0)); then  # the counters every ~0.2 s
+        sample=$(engine_sample)
+        read -r running queued prefilling _ <<< "$sample"
+        if ((running == n && queued == 0 && prefilling == 0)); then
+          [[ -n $win0 ]] || win0=$sample
+          win1=$sample
+        fi
+      fi
       sleep 0.02
       alive=0; for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
       ((alive)) || break
     done
     wait "${pids[@]}"
     t1=$(date +%s.%N)
-    decode=$(python3 - "$work" "$n" "$t0" "$t1" <<'PY'
-import json, sys
-work, n, t0, t1 = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-outs = [json.load(open(f"{work}/out{i}.json")) for i in range(n)]
-prefill = sum(o["prefill_seconds"] for o in outs)
-decoded = sum(o["generated_tokens"] - 1 for o in outs)
-wall = t1 - t0
-print(f"wall_seconds={wall:.2f} prefill_seconds_sum={prefill:.2f} "
-      f"decode_tokens_per_second={decoded / max(wall - prefill, 1e-9):.1f}")
+    read -r _ _ _ tok1 sec1 _ <<< "$(engine_sample)"
+    decode=$(python3 - "$t0" "$t1" "$tok0 $sec0" "$tok1 $sec1" "$win0" "$win1" <<'PY'
+import sys
+t0, t1 = float(sys.argv[1]), float(sys.argv[2])
+tok0, sec0 = map(float, sys.argv[3].split())
+tok1, sec1 = map(float, sys.argv[4].split())
+out = (f"wall_seconds={t1 - t0:.2f} decode_tokens={tok1 - tok0:.0f} "
+       f"decode_seconds={sec1 - sec0:.2f} "
+       f"decode_tokens_per_second={(tok1 - tok0) / max(sec1 - sec0, 1e-9):.1f}")
+if sys.argv[5] and sys.argv[6]:
+    a, b = sys.argv[5].split()[3:], sys.argv[6].split()[3:]
+    dt, ds, dn = (float(y) - float(x) for x, y in zip(a, b))
+    if dn > 0 and ds > 0:
+        out += (f" steady_steps={dn:.0f} steady_mean_batch={dt / dn:.2f} "
+                f"steady_tokens_per_second={dt / ds:.1f}")
+print(out)
 PY
 )
     reserved=$(python3 -c "import json; print(json.load(open('$work/out0.json'))['reserved_bytes'])")
@@ -106,6 +142,7 @@ PY
 done
 
 # Capacity at a fixed pool: 40 requests, how many decode at once.
+((capacity)) || exit 0
 for config in full r8; do
   flags=(--kv-pool-bytes "$pool"); gen=()
   [[ $config == full ]] && gen=(--full-cache)

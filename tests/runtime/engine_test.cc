@@ -6,6 +6,8 @@
 #include <atomic>
 #include <thread>
 
+#include "prometheus/registry.h"
+
 #include "runtime/sequence.h"
 #include "runtime/streaming_prefill.h"
 #include "tests/runtime/tinycode_fixture.h"
@@ -245,6 +247,54 @@ TEST_F(EngineTest, SamplingIsSeededAndStopSequencesEndGeneration) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The value of a counter or gauge family's sample whose labels include `label`
+// (empty: the first sample); -1 when absent.
+double Sample(prometheus::Registry& registry, const std::string& family,
+              const std::string& label = "") {
+  for (const prometheus::MetricFamily& f : registry.Collect()) {
+    if (f.name != family) continue;
+    for (const prometheus::ClientMetric& m : f.metric) {
+      bool match = label.empty();
+      for (const auto& l : m.label) match = match || l.value == label;
+      if (match) return f.type == prometheus::MetricType::Counter ? m.counter.value : m.gauge.value;
+    }
+  }
+  return -1;
+}
+
+TEST_F(EngineTest, MetricsCountDecodeStepsTokensAndEngineTime) {
+  auto registry = std::make_shared<prometheus::Registry>();
+  auto engine = Engine::Create(*model_, {}, registry.get());
+  ASSERT_TRUE(engine.ok());
+  auto one = (*engine)->Generate(Request(Prompt(0, 300), Ratio8Like(), 10));
+  ASSERT_TRUE(one.ok()) << one.status();
+  // The first token comes from the prefill; the other 9 from 9 decode steps.
+  EXPECT_EQ(Sample(*registry, "moend_node_decode_steps_total"), 9);
+  EXPECT_EQ(Sample(*registry, "moend_node_decode_tokens_total"), 9);
+  EXPECT_GT(Sample(*registry, "moend_node_engine_seconds_total", "prefill"), 0);
+  EXPECT_GT(Sample(*registry, "moend_node_engine_seconds_total", "decode"), 0);
+  EXPECT_EQ(Sample(*registry, "moend_node_kv_pool_bytes", "used"), 0);
+  // Two at once (B queued at A's first token, so they overlap): a step that
+  // decodes both counts two tokens.
+  std::thread b_thread;
+  GenerationRequest a = Request(Prompt(500, 300), Ratio8Like(), 40);
+  bool first = true;
+  a.on_token = [&](int32_t) {
+    if (!first) return;
+    first = false;
+    b_thread = std::thread([&] {
+      EXPECT_TRUE((*engine)->Generate(Request(Prompt(900, 300), Ratio8Like(), 40)).ok());
+    });
+    while ((*engine)->stats().queued == 0) std::this_thread::yield();
+  };
+  EXPECT_TRUE((*engine)->Generate(std::move(a)).ok());
+  b_thread.join();
+  EXPECT_EQ(Sample(*registry, "moend_node_decode_tokens_total"), 9 + 39 + 39);
+  const double steps = Sample(*registry, "moend_node_decode_steps_total");
+  EXPECT_LT(steps, 9 + 39 + 39);  // some steps decoded both
+  EXPECT_GE(steps, 9 + 39);
+}
+
 TEST_F(EngineTest, APromptsPrefillRunsOneLayerPerDecodeStepOfTheRunningSequences) {
   auto engine = Engine::Create(*model_, {}, nullptr);
   ASSERT_TRUE(engine.ok());
@@ -254,11 +304,12 @@ TEST_F(EngineTest, APromptsPrefillRunsOneLayerPerDecodeStepOfTheRunningSequences
   // layer per loop turn, each followed by a decode step of A: when B's first
   // token arrives, A has decoded once per layer of B's prefill. (Were B's
   // prefill run whole between two steps, A would have 2 tokens then.)
-  std::atomic<int64_t> a_tokens{0}, a_at_b_first{-1};
+  std::atomic<int64_t> a_tokens{0}, a_at_b_first{-1}, prefilling_seen{0};
   std::thread b_thread;
   std::vector<int32_t> b_tokens;
   GenerationRequest a = Request(Prompt(0, 300), Ratio8Like(), layers + 8);
   a.on_token = [&](int32_t) {
+    if (a_at_b_first < 0 && (*engine)->stats().prefilling == 1) ++prefilling_seen;
     if (++a_tokens == 1) {
       b_thread = std::thread([&] {
         GenerationRequest b = Request(Prompt(700, 900), Ratio8Like(), 6);
@@ -276,6 +327,8 @@ TEST_F(EngineTest, APromptsPrefillRunsOneLayerPerDecodeStepOfTheRunningSequences
   b_thread.join();
   ASSERT_TRUE(ra.ok()) << ra.status();
   EXPECT_GE(a_at_b_first.load(), layers);
+  EXPECT_GE(prefilling_seen.load(), layers - 1);  // the stats show B's prefill under way
+  EXPECT_EQ((*engine)->stats().prefilling, 0);
   // Interleaving changes no token.
   EXPECT_EQ(ra->tokens, GreedyAlone(Prompt(0, 300), Ratio8Like(), layers + 8));
   EXPECT_EQ(b_tokens, GreedyAlone(Prompt(700, 900), Ratio8Like(), 6));
