@@ -158,17 +158,13 @@ absl::StatusOr<CompressedLayer> CompressHeads(const LayerTensors& x, int64_t pre
     return SelectKept(*scores, m, backend);
   };
 
-  // The distinct tuples in order of first use; each is selected and quantized
-  // once over the whole layer, and the heads that use it are moved out.
-  std::vector<CompressionTuple> distinct;
-  std::vector<size_t> which(hkv);
-  for (int64_t h = 0; h < hkv; ++h) {
-    const auto it = std::find(distinct.begin(), distinct.end(), tuple_of(h));
-    which[h] = static_cast<size_t>(it - distinct.begin());
-    if (it == distinct.end()) distinct.push_back(tuple_of(h));
-  }
-  if (distinct.size() == 1) {
-    const CompressionTuple& t = distinct[0];
+  // A uniform layer is quantized in one call. A mixed one (DESIGN.md section
+  // 2.9a) selects once per distinct kept count and quantizes each KV head
+  // alone, from a one-KV-head view of the layer, with its own bits.
+  bool uniform = true;
+  for (int64_t h = 1; h < hkv; ++h) uniform = uniform && tuple_of(h) == tuple_of(0);
+  if (uniform) {
+    const CompressionTuple& t = tuple_of(0);
     MOEND_ASSIGN_OR_RETURN(KeptSet kept, kept_for(KeptTokens(t.keep, prefix_tokens)));
     return QuantizeKept(x, kept, t.kbits, t.vbits, backend);
   }
@@ -178,14 +174,27 @@ absl::StatusOr<CompressedLayer> CompressHeads(const LayerTensors& x, int64_t pre
     vbits[h] = tuple_of(h).vbits;
   }
   CompressedLayer layer(LayerFormat::PerHead(x.head_dim, kbits, vbits), prefix_tokens);
-  for (size_t i = 0; i < distinct.size(); ++i) {
-    const CompressionTuple& t = distinct[i];
-    MOEND_ASSIGN_OR_RETURN(KeptSet kept, kept_for(KeptTokens(t.keep, prefix_tokens)));
-    MOEND_ASSIGN_OR_RETURN(CompressedLayer part,
-                           QuantizeKept(x, kept, t.kbits, t.vbits, backend));
-    for (int64_t h = 0; h < hkv; ++h) {
-      if (which[h] == i) layer.head(h) = std::move(part.head(h));
+  std::vector<std::pair<int64_t, KeptSet>> selections;  // (kept count, its selection)
+  const int64_t group = x.num_heads / hkv, rows = x.tokens * x.head_dim;
+  for (int64_t h = 0; h < hkv; ++h) {
+    const CompressionTuple& t = tuple_of(h);
+    const int64_t m = KeptTokens(t.keep, prefix_tokens);
+    auto it = std::find_if(selections.begin(), selections.end(),
+                           [&](const auto& s) { return s.first == m; });
+    if (it == selections.end()) {
+      MOEND_ASSIGN_OR_RETURN(KeptSet kept, kept_for(m));
+      selections.emplace_back(m, std::move(kept));
+      it = selections.end() - 1;
     }
+    const KeptSet& all = it->second;
+    KeptSet one{1, all.prefix_tokens, all.kept,
+                std::vector<int32_t>(all.index.begin() + h * all.kept,
+                                     all.index.begin() + (h + 1) * all.kept)};
+    const LayerTensors head{x.q + h * group * rows, x.k + h * rows, x.v + h * rows, group, 1,
+                            x.tokens, x.head_dim};
+    MOEND_ASSIGN_OR_RETURN(CompressedLayer part,
+                           QuantizeKept(head, one, t.kbits, t.vbits, backend));
+    layer.head(h) = std::move(part.head(0));
   }
   return layer;
 }
