@@ -21,6 +21,8 @@
 namespace moend::kernels::cuda {
 namespace {
 
+static_assert(sizeof(HeadCacheView) == 96, "kernels/cuda/resident.h and docs/KERNELS.md quote 96 bytes per view");
+
 // One KV head's buffers in the arena, each at its capacity.
 struct HeadBuffers {
   uint8_t* k_codes = nullptr;       // [quantized capacity, krow]

@@ -4,7 +4,7 @@
 // and grown in place by Append; PlanDecode sizes the launches, splits and
 // workspace of a batch once; RunDecode attends over resident caches with no
 // allocation and no upload of a cache (it copies the batch's small table of
-// head views, 80 bytes per sequence and KV head, to the device on the stream).
+// head views, 96 bytes per sequence and KV head, to the device on the stream).
 // Only built with MOEND_WITH_CUDA; no CUDA headers here (streams travel as
 // void*, device pointers as plain pointers).
 #ifndef MOEND_KERNELS_CUDA_RESIDENT_H_
