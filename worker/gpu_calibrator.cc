@@ -55,7 +55,7 @@ struct GpuCalibrator::Impl {
   cublasHandle_t blas = nullptr;
   cudaEvent_t start = nullptr, stop = nullptr;
   cudaEvent_t phase[4] = {nullptr, nullptr, nullptr, nullptr};  // profile mode
-  int sms = 132;
+  int sms = kernels::cuda::kFallbackSmCount;  // the device's, set by Create
   GpuCalibratorStats stats;
 
   // Inputs (host entry copies into these; device entry copies q only).

@@ -7,13 +7,19 @@
 #include <type_traits>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/cuda_util.h"
+#include "kernels/cuda/mma.cuh"
 #include "worker/gpu_calibrator_kernels.h"
 
 namespace moend::worker::gpucal {
 namespace {
 
 using kernels::cuda::CeilDiv;
+using kernels::cuda::CpAsync16;
+using kernels::cuda::CpAsyncCommit;
+using kernels::cuda::CpAsyncWait;
 using kernels::cuda::HalfBitsToFloat;
+using kernels::cuda::Mma16816;
 using kernels::cuda::FloatToHalfBits;
 using kernels::cuda::WarpMax;
 using kernels::cuda::WarpSum;
@@ -84,14 +90,6 @@ __global__ void DequantKernel(const DequantParams p) {
 }
 
 // ------------------------------------------------------------ probe scores --
-__device__ __forceinline__ void Mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
   const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -100,14 +98,6 @@ __device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], const void* smem) {
 }
 
 __device__ __forceinline__ uint32_t Load32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
-
-__device__ __forceinline__ void CpAsync16(void* smem, const void* gmem) {
-  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(addr), "l"(gmem));
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
 
 constexpr int kKeyTile = 64;
 constexpr int kWarps = 4;
@@ -371,18 +361,6 @@ __global__ void __launch_bounds__(256) MergeKernel(const MergeParams p) {
   }
 }
 
-int MultiprocessorCount() {
-  static const int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      cudaGetLastError();
-      return 132;
-    }
-    return n;
-  }();
-  return count;
-}
-
 }  // namespace
 
 int LaunchProbeQueriesToHalf(const float* q, int64_t head_stride, int heads, int probes, int head_dim,
@@ -440,7 +418,7 @@ int LaunchMerge(const MergeParams& p, void* stream) {
   if (p.rows_per_kv < 1 || p.rows_total % p.rows_per_kv != 0) return cudaErrorInvalidValue;
   const int heads = p.rows_total / p.rows_per_kv;
   const int blocks = std::max(1, std::min(CeilDiv(p.rows_per_kv, kMergeWarps),
-                                          CeilDiv(2 * MultiprocessorCount(), heads)));
+                                          CeilDiv(2 * kernels::cuda::SmCount(), heads)));
   MergeKernel<<<dim3(blocks, heads), kMergeWarps * 32, 0, static_cast<cudaStream_t>(stream)>>>(p);
   return cudaGetLastError();
 }

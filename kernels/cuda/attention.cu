@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "kernels/cuda/attention_kernel.cuh"
+#include "kernels/cuda/cuda_util.h"
 
 namespace moend::kernels::cuda {
 namespace {
@@ -88,25 +89,7 @@ __global__ void CombineParallelKernel(const AttentionParams p) {
   p.out[item * p.out_item_stride + h * p.out_head_stride + d] = l > 0.0f ? o / l : 0.0f;
 }
 
-int SmCount() {
-  static const int count = [] {
-    int dev = 0, n = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess ||
-        cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess) {
-      return 108;
-    }
-    return n;
-  }();
-  return count;
-}
-
 }  // namespace
-
-int AttentionUnits(const HeadCacheView& h, int tail_len) {
-  const int nb0 = (h.initial_kept + 31) / 32;
-  return nb0 + (h.n_quant - h.initial_kept) / 32 + (h.n_window + 31) / 32 + (h.n_residual + 31) / 32 +
-         (tail_len + 31) / 32;
-}
 
 #ifndef MOEND_ATTENTION_WAVES
 #define MOEND_ATTENTION_WAVES 0
@@ -114,20 +97,21 @@ int AttentionUnits(const HeadCacheView& h, int tail_len) {
 // MOEND_ATTENTION_WAVES=W > 0 (variant, unmeasured): as many splits as fill
 // W waves of resident blocks (kMinBlocksPerSm per SM), rounded down so that
 // the last wave is not a sliver; 0: about 8 blocks per SM (the default,
-// 2.67 waves at batch 8). docs/KERNELS.md, "Known limits".
-int AttentionSplits(int items, int num_heads, int num_kv_heads, int max_units) {
-  const int group = num_heads / num_kv_heads;
-  const int64_t base = static_cast<int64_t>(items) * num_kv_heads * ((group + kMaxGroup - 1) / kMaxGroup);
-  const int64_t want = MOEND_ATTENTION_WAVES > 0
-                           ? std::max<int64_t>(1, int64_t{MOEND_ATTENTION_WAVES} *
-                                                      attention_detail::kMinBlocksPerSm * SmCount() / base)
-                           : (8LL * SmCount() + base - 1) / base;
-  const int64_t cap = std::max(1, max_units / kWarps);
-  return static_cast<int>(std::max<int64_t>(1, std::min(want, cap)));
+// 2.67 waves at batch 8). docs/KERNELS.md, "Known limits". The formula is
+// SplitsFor (kernels/cuda/decode_plan.cc, pure, tested on the CPU).
+static_assert(kWarps == kAttentionWarps && kMaxGroup == kAttentionMaxGroup,
+              "SplitsFor (kernels/cuda/launch.h) must partition the work as the kernel does");
+
+SplitPolicy DeviceSplitPolicy() {
+  SplitPolicy p;
+  p.sm_count = SmCount();
+  p.waves = MOEND_ATTENTION_WAVES;
+  p.min_blocks_per_sm = attention_detail::kMinBlocksPerSm;
+  return p;
 }
 
-int64_t AttentionWorkspaceFloats(int items, int num_heads, int head_dim, int splits) {
-  return static_cast<int64_t>(items) * num_heads * splits * (head_dim + 2);
+int AttentionSplits(int items, int num_heads, int num_kv_heads, int max_units) {
+  return SplitsFor(items, num_heads, num_kv_heads, max_units, DeviceSplitPolicy());
 }
 
 int LaunchAttention(const AttentionParams& p, void* stream) {

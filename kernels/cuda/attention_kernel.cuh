@@ -42,6 +42,7 @@
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/dispatch.cuh"
 #include "kernels/cuda/launch.h"
+#include "kernels/cuda/mma.cuh"
 #include "kernels/cuda/unpack_bits.h"
 
 namespace moend::kernels::cuda {
@@ -67,15 +68,6 @@ __device__ __forceinline__ float Exp2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
-}
-
-__device__ __forceinline__ void Mma16816(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2, uint32_t a3,
-                                         uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 // f(std::integral_constant<int, I>{}) for I in [0, N), unrolled at compile time.
@@ -422,19 +414,6 @@ constexpr int PipelineSmemBytes() {
   return ring > merge ? ring : merge;
 }
 
-// cp.async of 16 bytes, of which the first src_bytes (0..16) are read and the
-// rest zero-filled; L2 only (.cg): the codes are streamed once.
-__device__ __forceinline__ void CpAsync16(void* dst, const void* src, int src_bytes) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes) : "memory");
-}
-__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-// Waits until at most N of this thread's committed groups are pending.
-template <int N>
-__device__ __forceinline__ void CpAsyncWait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 // The warp copies BYTES (a multiple of 16) from src to the stage at dst, of
 // which the first `valid` bytes exist (the rest is zero-filled). cp.async
 // needs 16-byte aligned sources; a misaligned piece (a caller's buffer with a
@@ -530,8 +509,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocksPerSm) AttentionKernel(
   const int n_qu = nb0 + (hv.n_quant - hv.initial_kept) / 32;
   const int n_wu = (hv.n_window + 31) / 32, n_ru = (hv.n_residual + 31) / 32;
   const int units = n_qu + n_wu + n_ru + (tail + 31) / 32;
-  const int ups = (p.max_units + p.splits - 1) / p.splits;
-  const int u_begin = split * ups, u_end = min(units, u_begin + ups);
+  const UnitRange range = SplitUnitRange(units, p.max_units, p.splits, split);
+  const int u_begin = range.begin, u_end = range.end;
 
   WarpState<D> st;
 #pragma unroll

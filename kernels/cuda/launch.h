@@ -59,6 +59,46 @@ struct QuantizeParams {
 int LaunchQuantize(const QuantizeParams& p, void* stream);
 
 // -------------------------------------------------------------- attention --
+// The work partition of the attention kernel. Pure host logic (defined in
+// kernels/cuda/decode_plan.cc, built without CUDA too); the kernel reads its
+// split's unit range through SplitUnitRange.
+// Kernel constants the partition depends on (kernels/cuda/attention.cu
+// static_asserts that the kernel's own equal these).
+inline constexpr int kAttentionWarps = 4;     // warps per block: a split gets >= 4 units when it can
+inline constexpr int kAttentionMaxGroup = 8;  // query heads per block (the mma's N)
+inline constexpr int kAttentionMaxItems = 65535;  // grid.z
+
+// What the split count depends on besides the work.
+struct SplitPolicy {
+  int sm_count = 132;         // multiprocessors of the device (kernels/cuda/cuda_util.h SmCount())
+  int waves = 0;              // MOEND_ATTENTION_WAVES: 0 = about 8 blocks per SM, W > 0 = W waves
+  int min_blocks_per_sm = 3;  // MOEND_ATTENTION_MIN_BLOCKS (used when waves > 0)
+};
+
+// Split-K factor of one launch: about 8 blocks per SM (or `waves` full
+// waves), at most max_units / kAttentionWarps, at least 1.
+int SplitsFor(int items, int num_heads, int num_kv_heads, int max_units, const SplitPolicy& policy);
+// This device's policy: SmCount() and the compiled-in MOEND_ATTENTION_WAVES /
+// MOEND_ATTENTION_MIN_BLOCKS (kernels/cuda/attention.cu; CUDA builds only).
+SplitPolicy DeviceSplitPolicy();
+
+// Units [begin, end) of a head with `units` units that split `split` of
+// `splits` walks when the launch's largest head has `max_units` units (the
+// kernel's partition: ceil(max_units / splits) units per split). end <=
+// begin means none.
+struct UnitRange {
+  int begin = 0, end = 0;
+};
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline UnitRange SplitUnitRange(int units, int max_units, int splits, int split) {
+  const int per = (max_units + splits - 1) / splits;
+  const int begin = split * per;
+  const int end = units < begin + per ? units : begin + per;
+  return {begin, end};
+}
+
 // One (sequence, KV head) of a compressed cache in device memory.
 struct HeadCacheView {
   const uint8_t* k_codes = nullptr;      // [n_quant, D*kbits/8] (kbits 16: fp16 rows)
@@ -77,7 +117,8 @@ struct HeadCacheView {
   int32_t n_residual = 0;
 };
 
-// Units of <= 32 tokens the attention kernel walks for one head.
+// Units of <= 32 tokens the attention kernel walks for one head (defined in
+// kernels/cuda/decode_plan.cc, built without CUDA too).
 int AttentionUnits(const HeadCacheView& h, int tail_len);
 
 struct AttentionParams {
@@ -102,8 +143,10 @@ struct AttentionParams {
   int splits = 1;                        // from AttentionSplits()
   float* workspace = nullptr;            // AttentionWorkspaceFloats() floats
 };
-// Split-K factor for the given work (queries the device's multiprocessor count).
+// Split-K factor for the given work: SplitsFor (kernels/cuda/decode_plan.h)
+// with the device's multiprocessor count and the compiled-in variant.
 int AttentionSplits(int items, int num_heads, int num_kv_heads, int max_units);
+// Defined in kernels/cuda/decode_plan.cc (built without CUDA too).
 int64_t AttentionWorkspaceFloats(int items, int num_heads, int head_dim, int splits);
 int LaunchAttention(const AttentionParams& p, void* stream);
 
