@@ -50,7 +50,8 @@ for i in range(40):
 PY
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
-# "running queued prefilling decode_tokens decode_seconds decode_steps" from /metrics.
+# "running queued prefilling decode_tokens decode_seconds decode_steps prefill_seconds"
+# from /metrics.
 engine_sample() {
   curl -s "http://$metrics/metrics" | awk '
     /^moend_node_sequences\{state="running"\}/ {r = $2}
@@ -59,7 +60,8 @@ engine_sample() {
     /^moend_node_decode_tokens_total/ {t = $2}
     /^moend_node_engine_seconds_total\{phase="decode"\}/ {s = $2}
     /^moend_node_decode_steps_total/ {n = $2}
-    END {print int(r), int(q), int(p), t + 0, s + 0, n + 0}'
+    /^moend_node_engine_seconds_total\{phase="prefill"\}/ {f = $2}
+    END {print int(r), int(q), int(p), t + 0, s + 0, n + 0, f + 0}'
 }
 
 start_node() {  # extra node flags...
@@ -93,7 +95,7 @@ for config in full r8 r14; do
     start_node --kv-pool-bytes $((4 << 30)) "${flags[@]}"
     generate 39 "${gen[@]}"  # warm-up: model pages, thread pools, one prefill's buffers
     base=$(rss_kib "$node_pid"); peak=$base
-    read -r _ _ _ tok0 sec0 _ <<< "$(engine_sample)"
+    read -r _ _ _ tok0 sec0 _ pre0 <<< "$(engine_sample)"
     win0=; win1=; last_poll=0
     t0=$(date +%s.%N)
     pids=()
@@ -114,17 +116,19 @@ for config in full r8 r14; do
     done
     wait "${pids[@]}"
     t1=$(date +%s.%N)
-    read -r _ _ _ tok1 sec1 _ <<< "$(engine_sample)"
-    decode=$(python3 - "$t0" "$t1" "$tok0 $sec0" "$tok1 $sec1" "$win0" "$win1" <<'PY'
+    read -r _ _ _ tok1 sec1 _ pre1 <<< "$(engine_sample)"
+    decode=$(python3 - "$t0" "$t1" "$tok0 $sec0" "$tok1 $sec1" "$win0" "$win1" "$pre0 $pre1" "$n" <<'PY'
 import sys
 t0, t1 = float(sys.argv[1]), float(sys.argv[2])
+pre0, pre1 = map(float, sys.argv[7].split())
 tok0, sec0 = map(float, sys.argv[3].split())
 tok1, sec1 = map(float, sys.argv[4].split())
 out = (f"wall_seconds={t1 - t0:.2f} decode_tokens={tok1 - tok0:.0f} "
        f"decode_seconds={sec1 - sec0:.2f} "
-       f"decode_tokens_per_second={(tok1 - tok0) / max(sec1 - sec0, 1e-9):.1f}")
+       f"decode_tokens_per_second={(tok1 - tok0) / max(sec1 - sec0, 1e-9):.1f} "
+       f"prefill_seconds_per_request={(pre1 - pre0) / int(sys.argv[8]):.2f}")
 if sys.argv[5] and sys.argv[6]:
-    a, b = sys.argv[5].split()[3:], sys.argv[6].split()[3:]
+    a, b = sys.argv[5].split()[3:6], sys.argv[6].split()[3:6]
     dt, ds, dn = (float(y) - float(x) for x, y in zip(a, b))
     if dn > 0 and ds > 0:
         out += (f" steady_steps={dn:.0f} steady_mean_batch={dt / dn:.2f} "
