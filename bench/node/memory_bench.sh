@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Node memory and capacity, measured on the serving path: a real moend-node,
-# N concurrent 4,000-byte prompts through `moendctl generate`, the node's
+# N concurrent 4,000-byte prompts (--prompt-bytes) through `moendctl generate`, the node's
 # resident memory (VmRSS of its process, sampled every 20 ms) before and at
 # its peak, for the full cache and the ratio-8 and ratio-14 exact plans of the
 # committed table; then the number of sequences decoding at once under a
@@ -10,7 +10,7 @@
 # over the steady window where all N sequences decode together (none queued
 # or prefilling), whose mean batch (tokens / steps) is printed beside it.
 # Usage: bench/node/memory_bench.sh [--counts "1 8 32"] [--new-tokens 64] [--pool-bytes 67108864]
-#        [--no-capacity]
+#        [--prompt-bytes 4000] [--no-capacity]
 # Prints RESULT lines; needs build/bin/{moend-node,moendctl} (scripts/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -18,13 +18,15 @@ counts="1 8 32"
 new_tokens=64
 pool=$((64 << 20))
 capacity=1
+prompt_bytes=4000
 while (($#)); do
   case "$1" in
     --counts) counts=$2; shift 2 ;;
     --new-tokens) new_tokens=$2; shift 2 ;;
     --pool-bytes) pool=$2; shift 2 ;;
     --no-capacity) capacity=0; shift ;;
-    *) echo "usage: $0 [--counts \"1 8 32\"] [--new-tokens N] [--pool-bytes B] [--no-capacity]" >&2
+    --prompt-bytes) prompt_bytes=$2; shift 2 ;;
+    *) echo "usage: $0 [--counts \"1 8 32\"] [--new-tokens N] [--pool-bytes B] [--prompt-bytes B] [--no-capacity]" >&2
        exit 2 ;;
   esac
 done
@@ -41,12 +43,12 @@ table=data/tables/tinycode_code_recall.json  # the default table: per-head plans
 for r in 8 14; do
   $bin/moendctl solve --table $table --ratio $r --solver exact --out "$work/r$r.json" >/dev/null
 done
-# 40 distinct 4,000-byte prompts from the held-out text.
-python3 - "$work" <<'PY'
+# 40 distinct prompts from the held-out text.
+python3 - "$work" "$prompt_bytes" <<'PY'
 import sys
-text = open("data/heldout_code.bin", "rb").read()
+text, size = open("data/heldout_code.bin", "rb").read(), int(sys.argv[2])
 for i in range(40):
-    open(f"{sys.argv[1]}/p{i}.txt", "wb").write(text[i * 1400:i * 1400 + 4000])
+    open(f"{sys.argv[1]}/p{i}.txt", "wb").write(text[i * 1400:i * 1400 + size])
 PY
 
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
