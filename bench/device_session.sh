@@ -7,7 +7,7 @@
 #     checkpoint and 16 x 16,384 random token ids to the device's disk
 #     (scripts/make_synthetic_model.py);
 #  2. the CUDA tests of the worker (gpu_model_test, gpu_calibrator_test) and
-#     of the kernels (kernels_test CudaTest.*);
+#     of the kernels (kernels_test CudaTest.* and CudaResidentTest.*);
 #  3. the 7B end to end: calibration_gpu_bench loads qwen2-7b with the
 #     worker's loader and calibrates the 16 sequences over the 112-tuple grid
 #     with the BF16 GPU forward: load time, total, per sequence forward (its
@@ -114,7 +114,7 @@ if [ "$built" = 1 ]; then
   # bench/kernels/device_run.sh runs the kernels' CUDA tests (both builds) in step 5.
   if [ "$quick" = 0 ]; then
     run_test gpu_calibrator_test "$base/tests/gpu_calibrator_test" "$(box 90 150)" | tee -a "$out/tests.txt"
-    run_test kernels_cuda_test "$base/tests/kernels_test" "$(box 120 150)" --gtest_filter='CudaTest.*' |
+    run_test kernels_cuda_test "$base/tests/kernels_test" "$(box 120 150)" --gtest_filter='CudaTest.*:CudaResidentTest.*' |
       tee -a "$out/tests.txt"
     run_test worker_test "$base/tests/worker_test" "$(box 120 150)" | tee -a "$out/tests.txt"
   fi

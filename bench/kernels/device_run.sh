@@ -9,7 +9,7 @@
 #     --kernels-only  skip the calibration peer
 # MOEND_VARIANT_FLAGS="-DMOEND_ATTENTION_PIPELINE=0" also builds a second
 # variant of the kernels with those CUDA flags (kernels_test and
-# kernels_gpu_bench in $build-variant), runs its CudaTest.* and times base and
+# kernels_gpu_bench in $build-variant), runs its CudaTest.* and CudaResidentTest.* and times base and
 # variant side by side at batch 8 / 64k and 128k, every tuple, for each split
 # count in MOEND_SPLITS (default "0,12,24"; 0 = AttentionSplits()' choice).
 # MOEND_NCU=1 also profiles one decode (attention + combine launch) of
@@ -49,7 +49,7 @@ build_targets() {  # build_dir [log]
 source bench/gtest_verdict.sh
 cuda_tests() {  # build_dir log name: CudaTest.* with each case's error, the gtest
   # summary and a verdict line (PASS only when every test ran and passed)
-  "$1/tests/kernels_test" --gtest_filter='CudaTest.*' > "$2" 2>&1
+  "$1/tests/kernels_test" --gtest_filter='CudaTest.*:CudaResidentTest.*' > "$2" 2>&1
   local rc=$?
   grep -E "^\[  |decode|probe|Failure|Expected|Which|actual" "$2" | tail -60
   gtest_verdict "$3" "$2" "$rc"
