@@ -259,44 +259,57 @@ absl::Status CompressedLayer::Append(const float* k, const float* v, int64_t tok
   return absl::OkStatus();
 }
 
-void CompressedLayer::FlushResidual() {
-  const int64_t d = format_.head_dim;
-  const int64_t n = residual_tokens();
-  const int64_t vgroups = d / kQuantGroup;
+QuantizedGroup QuantizeResidual(const uint16_t* residual_k, const uint16_t* residual_v, int64_t n,
+                                int64_t head_dim, int kbits, int vbits) {
+  const int64_t d = head_dim, vgroups = d / kQuantGroup;
+  const int64_t krow = PackedRowBytes(d, kbits), vrow = PackedRowBytes(d, vbits);
   std::vector<float> kf(n * d), vf(n * d);
+  for (int64_t i = 0; i < n * d; ++i) {
+    kf[i] = HalfToFloat(residual_k[i]);
+    vf[i] = HalfToFloat(residual_v[i]);
+  }
   std::vector<const float*> rows(n);
+  for (int64_t i = 0; i < n; ++i) rows[i] = kf.data() + i * d;
+  QuantizedGroup g;
+  g.k_codes.assign(n * krow, 0);
+  g.v_codes.assign(n * vrow, 0);
+  if (kbits < kFp16Bits) {
+    g.k_scale.resize(d);
+    g.k_min.resize(d);
+  }
+  if (vbits < kFp16Bits) {
+    g.v_scale.resize(n * vgroups);
+    g.v_min.resize(n * vgroups);
+  }
+  ref::QuantizeKeyGroup(rows.data(), n, d, kbits, g.k_codes.data(),
+                        kbits < kFp16Bits ? g.k_scale.data() : nullptr,
+                        kbits < kFp16Bits ? g.k_min.data() : nullptr);
+  for (int64_t i = 0; i < n; ++i) {
+    ref::QuantizeValueRow(vf.data() + i * d, d, vbits, g.v_codes.data() + i * vrow,
+                          vbits < kFp16Bits ? g.v_scale.data() + i * vgroups : nullptr,
+                          vbits < kFp16Bits ? g.v_min.data() + i * vgroups : nullptr);
+  }
+  return g;
+}
+
+void CompressedLayer::FlushResidual() {
+  const int64_t n = residual_tokens();
   for (int64_t h = 0; h < static_cast<int64_t>(heads_.size()); ++h) {
     CompressedHead& hd = heads_[h];
-    const int kbits = format_.KBits(h), vbits = format_.VBits(h);
-    const int64_t krow = PackedRowBytes(d, kbits), vrow = PackedRowBytes(d, vbits);
-    for (int64_t i = 0; i < n * d; ++i) {
-      kf[i] = HalfToFloat(hd.residual_k[i]);
-      vf[i] = HalfToFloat(hd.residual_v[i]);
-    }
-    for (int64_t i = 0; i < n; ++i) rows[i] = kf.data() + i * d;
-    const int64_t q = hd.quantized;
-    hd.k_codes.resize((q + n) * krow, 0);
-    hd.v_codes.resize((q + n) * vrow, 0);
-    uint16_t* ks = nullptr;
-    uint16_t* km = nullptr;
-    if (kbits < kFp16Bits) {
-      hd.k_scale.resize(hd.k_scale.size() + d);
-      hd.k_min.resize(hd.k_min.size() + d);
-      ks = hd.k_scale.data() + hd.k_scale.size() - d;
-      km = hd.k_min.data() + hd.k_min.size() - d;
-    }
-    ref::QuantizeKeyGroup(rows.data(), n, d, kbits, hd.k_codes.data() + q * krow, ks, km);
-    if (vbits < kFp16Bits) {
-      hd.v_scale.resize((q + n) * vgroups);
-      hd.v_min.resize((q + n) * vgroups);
-    }
+    const QuantizedGroup g = QuantizeResidual(hd.residual_k.data(), hd.residual_v.data(), n,
+                                              format_.head_dim, format_.KBits(h), format_.VBits(h));
+    // Appends within the capacity Reserve set: nothing moves.
+    auto append = [](auto& to, const auto& from) { to.insert(to.end(), from.begin(), from.end()); };
+    append(hd.k_codes, g.k_codes);
+    append(hd.v_codes, g.v_codes);
+    append(hd.k_scale, g.k_scale);
+    append(hd.k_min, g.k_min);
+    append(hd.v_scale, g.v_scale);
+    append(hd.v_min, g.v_min);
     for (int64_t i = 0; i < n; ++i) {
-      ref::QuantizeValueRow(vf.data() + i * d, d, vbits, hd.v_codes.data() + (q + i) * vrow,
-                            vbits < kFp16Bits ? hd.v_scale.data() + (q + i) * vgroups : nullptr,
-                            vbits < kFp16Bits ? hd.v_min.data() + (q + i) * vgroups : nullptr);
       hd.position.push_back(static_cast<int32_t>(prefix_tokens_ + appended_ - n + i));
     }
-    hd.quantized = q + n;
+    hd.quantized += n;
     hd.residual_k.clear();
     hd.residual_v.clear();
   }

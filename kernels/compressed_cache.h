@@ -110,6 +110,21 @@ struct CompressedHead {
   int64_t KeyGroupSize(int64_t g) const;
 };
 
+// One flush of a head's residual (DESIGN.md section 2): n <= 32 fp16 rows of
+// K quantized as one group, and of V row by row, with (kbits, vbits). The
+// host cache (CompressedLayer::Append) and the device one
+// (kernels/cuda/resident.h) both flush through it.
+struct QuantizedGroup {
+  std::vector<uint8_t> k_codes;   // [n, PackedRowBytes(D, kbits)]
+  std::vector<uint8_t> v_codes;   // [n, PackedRowBytes(D, vbits)]
+  std::vector<uint16_t> k_scale;  // fp16 [D]; empty when kbits == 16
+  std::vector<uint16_t> k_min;    // fp16 [D]
+  std::vector<uint16_t> v_scale;  // fp16 [n, D/32]; empty when vbits == 16
+  std::vector<uint16_t> v_min;    // fp16 [n, D/32]
+};
+QuantizedGroup QuantizeResidual(const uint16_t* residual_k, const uint16_t* residual_v, int64_t n,
+                                int64_t head_dim, int kbits, int vbits);
+
 class CompressedLayer {
  public:
   CompressedLayer() = default;

@@ -16,7 +16,6 @@
 #include "kernels/cuda/cuda_util.h"
 #include "kernels/cuda/schedule_launch.h"
 #include "kernels/fp16.h"
-#include "kernels/reference/quantize_ref.h"
 
 namespace moend::kernels::cuda {
 namespace {
@@ -250,46 +249,32 @@ absl::Status DeviceLayerCache::Impl::WriteResidual(cudaStream_t s) {
   return absl::OkStatus();
 }
 
-// The residual as one new group: the operations of CompressedLayer's flush
-// (kernels/compressed_cache.cc), written into the device buffers. The copies
+// The residual as one new group, quantized as CompressedLayer's flush does
+// (QuantizeResidual), written into the device buffers. The copies
 // read pageable host memory, which CUDA stages before cudaMemcpyAsync
 // returns, so the scratch vectors may go out of scope.
 absl::Status DeviceLayerCache::Impl::Flush(cudaStream_t s) {
   const int64_t d = format.head_dim, n = residual, vgroups = d / kQuantGroup;
-  std::vector<float> kf(n * d), vf(n * d);
-  std::vector<const float*> rows(n);
   for (int64_t h = 0; h < format.num_kv_heads; ++h) {
     HeadBuffers& b = heads[h];
     const int kbits = format.KBits(h), vbits = format.VBits(h);
     const int64_t krow = PackedRowBytes(d, kbits), vrow = PackedRowBytes(d, vbits);
-    for (int64_t i = 0; i < n * d; ++i) {
-      kf[i] = HalfToFloat(b.host_residual_k[i]);
-      vf[i] = HalfToFloat(b.host_residual_v[i]);
-    }
-    for (int64_t i = 0; i < n; ++i) rows[i] = kf.data() + i * d;
-    std::vector<uint8_t> kc(n * krow, 0), vc(n * vrow, 0);
-    std::vector<uint16_t> ks(d), km(d), vs(n * vgroups), vm(n * vgroups);
+    const QuantizedGroup g = QuantizeResidual(b.host_residual_k.data(), b.host_residual_v.data(),
+                                              n, d, kbits, vbits);
     std::vector<int32_t> pos(n);
-    ref::QuantizeKeyGroup(rows.data(), n, d, kbits, kc.data(), kbits < kFp16Bits ? ks.data() : nullptr,
-                          kbits < kFp16Bits ? km.data() : nullptr);
-    for (int64_t i = 0; i < n; ++i) {
-      ref::QuantizeValueRow(vf.data() + i * d, d, vbits, vc.data() + i * vrow,
-                            vbits < kFp16Bits ? vs.data() + i * vgroups : nullptr,
-                            vbits < kFp16Bits ? vm.data() + i * vgroups : nullptr);
-      pos[i] = static_cast<int32_t>(prefix + appended - n + i);
-    }
+    for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(prefix + appended - n + i);
     const int64_t q = b.quantized;
-    MOEND_CUDA_RETURN(cudaMemcpyAsync(b.k_codes + q * krow, kc.data(), kc.size(), cudaMemcpyHostToDevice, s));
-    MOEND_CUDA_RETURN(cudaMemcpyAsync(b.v_codes + q * vrow, vc.data(), vc.size(), cudaMemcpyHostToDevice, s));
+    MOEND_CUDA_RETURN(cudaMemcpyAsync(b.k_codes + q * krow, g.k_codes.data(), g.k_codes.size(), cudaMemcpyHostToDevice, s));
+    MOEND_CUDA_RETURN(cudaMemcpyAsync(b.v_codes + q * vrow, g.v_codes.data(), g.v_codes.size(), cudaMemcpyHostToDevice, s));
     if (kbits < kFp16Bits) {
-      MOEND_CUDA_RETURN(cudaMemcpyAsync(b.k_scale + b.key_groups * d, ks.data(), 2 * d, cudaMemcpyHostToDevice, s));
-      MOEND_CUDA_RETURN(cudaMemcpyAsync(b.k_min + b.key_groups * d, km.data(), 2 * d, cudaMemcpyHostToDevice, s));
+      MOEND_CUDA_RETURN(cudaMemcpyAsync(b.k_scale + b.key_groups * d, g.k_scale.data(), 2 * d, cudaMemcpyHostToDevice, s));
+      MOEND_CUDA_RETURN(cudaMemcpyAsync(b.k_min + b.key_groups * d, g.k_min.data(), 2 * d, cudaMemcpyHostToDevice, s));
     }
     if (vbits < kFp16Bits) {
       MOEND_CUDA_RETURN(
-          cudaMemcpyAsync(b.v_scale + q * vgroups, vs.data(), 2 * vs.size(), cudaMemcpyHostToDevice, s));
+          cudaMemcpyAsync(b.v_scale + q * vgroups, g.v_scale.data(), 2 * g.v_scale.size(), cudaMemcpyHostToDevice, s));
       MOEND_CUDA_RETURN(
-          cudaMemcpyAsync(b.v_min + q * vgroups, vm.data(), 2 * vm.size(), cudaMemcpyHostToDevice, s));
+          cudaMemcpyAsync(b.v_min + q * vgroups, g.v_min.data(), 2 * g.v_min.size(), cudaMemcpyHostToDevice, s));
     }
     MOEND_CUDA_RETURN(cudaMemcpyAsync(b.position + q, pos.data(), 4 * n, cudaMemcpyHostToDevice, s));
     b.quantized = q + n;
