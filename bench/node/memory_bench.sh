@@ -10,7 +10,7 @@
 # over the steady window where all N sequences decode together (none queued
 # or prefilling), whose mean batch (tokens / steps) is printed beside it.
 # Usage: bench/node/memory_bench.sh [--counts "1 8 32"] [--new-tokens 64] [--pool-bytes 67108864]
-#        [--prompt-bytes 4000] [--no-capacity]
+#        [--prompt-bytes 4000] [--no-capacity] [--capacity-requests 40]
 # Prints RESULT lines; needs build/bin/{moend-node,moendctl} (scripts/build.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -19,6 +19,7 @@ new_tokens=64
 pool=$((64 << 20))
 capacity=1
 prompt_bytes=4000
+capacity_requests=40
 while (($#)); do
   case "$1" in
     --counts) counts=$2; shift 2 ;;
@@ -26,7 +27,8 @@ while (($#)); do
     --pool-bytes) pool=$2; shift 2 ;;
     --no-capacity) capacity=0; shift ;;
     --prompt-bytes) prompt_bytes=$2; shift 2 ;;
-    *) echo "usage: $0 [--counts \"1 8 32\"] [--new-tokens N] [--pool-bytes B] [--prompt-bytes B] [--no-capacity]" >&2
+    --capacity-requests) capacity_requests=$2; shift 2 ;;
+    *) echo "usage: $0 [--counts \"1 8 32\"] [--new-tokens N] [--pool-bytes B] [--prompt-bytes B] [--no-capacity] [--capacity-requests N]" >&2
        exit 2 ;;
   esac
 done
@@ -147,7 +149,7 @@ PY
   done
 done
 
-# Capacity at a fixed pool: 40 requests, how many decode at once.
+# Capacity at a fixed pool: N requests (40), how many are admitted at once.
 ((capacity)) || exit 0
 for config in full r8; do
   flags=(--kv-pool-bytes "$pool"); gen=()
@@ -155,7 +157,7 @@ for config in full r8; do
   [[ $config == r8 ]] && flags+=(--plan "$work/r8.json")
   start_node "${flags[@]}"
   pids=(); max_running=0
-  for i in $(seq 0 39); do generate "$i" "${gen[@]}" & pids+=($!); done
+  for i in $(seq 0 $((capacity_requests - 1))); do generate "$i" "${gen[@]}" & pids+=($!); done
   while :; do
     run=$(curl -s "http://$metrics/metrics" | awk '/^moend_node_sequences\{state="running"\}/ {print int($2)}')
     ((${run:-0} > max_running)) && max_running=$run
@@ -164,6 +166,7 @@ for config in full r8; do
     sleep 0.05
   done
   wait "${pids[@]}"
-  echo "RESULT capacity config=$config pool_bytes=$pool max_running=$max_running"
+  echo "RESULT capacity config=$config pool_bytes=$pool requests=$capacity_requests" \
+       "max_running=$max_running"
   stop_node
 done
