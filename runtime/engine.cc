@@ -324,7 +324,10 @@ void Engine::Loop() {
     queued.swap(queue_);
   }
   for (const auto& job : queued) Finish(job, absl::UnavailableError("the engine is shutting down"));
-  if (prefilling_) Finish(prefilling_, absl::UnavailableError("the engine is shutting down"));
+  if (prefilling_) {
+    const std::shared_ptr<Job> job = prefilling_;  // Finish resets prefilling_
+    Finish(job, absl::UnavailableError("the engine is shutting down"));
+  }
   for (const auto& job : std::vector<std::shared_ptr<Job>>(running_)) {
     Finish(job, absl::UnavailableError("the engine is shutting down"));
   }

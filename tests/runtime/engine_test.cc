@@ -295,6 +295,45 @@ TEST_F(EngineTest, MetricsCountDecodeStepsTokensAndEngineTime) {
   EXPECT_GE(steps, 9 + 39);
 }
 
+TEST_F(EngineTest, ShutdownFailsRunningPrefillingAndQueuedRequestsWithUnavailable) {
+  auto engine = Engine::Create(*model_, {}, nullptr);
+  ASSERT_TRUE(engine.ok());
+  Engine* e = engine->get();
+  // A decodes; at its first token B is queued; once B's prefill is under way
+  // C is queued behind it (one prefill at a time); then the engine goes. None
+  // of them could finish first: each asks for 3,000 tokens.
+  std::atomic<bool> all_placed{false};
+  absl::Status b_status, c_status;
+  std::thread b_thread, c_thread;
+  GenerationRequest a = Request(Prompt(0, 300), Ratio8Like(), 3000);
+  int a_tokens = 0;
+  a.on_token = [&](int32_t) {
+    ++a_tokens;
+    if (a_tokens == 1) {
+      b_thread = std::thread([&] {
+        b_status = e->Generate(Request(Prompt(400, 1000), Ratio8Like(), 3000)).status();
+      });
+      while (e->stats().queued == 0) std::this_thread::yield();
+    } else if (!all_placed && e->stats().prefilling == 1) {
+      c_thread = std::thread([&] {
+        c_status = e->Generate(Request(Prompt(1500, 1000), Ratio8Like(), 3000)).status();
+      });
+      while (e->stats().queued == 0) std::this_thread::yield();
+      all_placed = true;
+    }
+  };
+  absl::Status a_status;
+  std::thread a_thread([&] { a_status = e->Generate(std::move(a)).status(); });
+  while (!all_placed) std::this_thread::yield();
+  engine->reset();  // stops the loop; every request fails
+  a_thread.join();
+  b_thread.join();
+  c_thread.join();
+  EXPECT_EQ(a_status.code(), absl::StatusCode::kUnavailable) << a_status;
+  EXPECT_EQ(b_status.code(), absl::StatusCode::kUnavailable) << b_status;
+  EXPECT_EQ(c_status.code(), absl::StatusCode::kUnavailable) << c_status;
+}
+
 TEST_F(EngineTest, APromptsPrefillRunsOneLayerPerDecodeStepOfTheRunningSequences) {
   auto engine = Engine::Create(*model_, {}, nullptr);
   ASSERT_TRUE(engine.ok());
