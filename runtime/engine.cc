@@ -132,6 +132,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   if (options.max_running <= 0) {
     return absl::InvalidArgumentError("max_running must be positive");
   }
+  if (options.prefill_rows_per_step <= 0) {
+    return absl::InvalidArgumentError("prefill_rows_per_step must be positive");
+  }
   MOEND_RETURN_IF_ERROR(kernels::CheckCpuIsa(options.isa));
   return std::unique_ptr<Engine>(new Engine(model, options, metrics));
 }
@@ -365,7 +368,7 @@ void Engine::AdvancePrefill() {
     Finish(job, absl::CancelledError("the request was cancelled during the prompt's prefill"));
     return;
   }
-  if (const absl::Status s = job->prefill->NextLayer(); !s.ok()) {
+  if (const absl::Status s = job->prefill->Advance(options_.prefill_rows_per_step); !s.ok()) {
     Finish(job, s);
     return;
   }

@@ -4,13 +4,13 @@
 //
 // One engine thread runs the loop: admit the first queued request when its
 // reservation fits the pool and no other prefill is under way (first come,
-// first served), run one layer of that request's streaming prefill (section
-// 5.1; runtime::PrefillRun), then one decode step for every running sequence
-// at once (runtime::Step), deliver the tokens, and finish sequences (length,
-// stop sequence, cancellation, deadline), whose bytes go back to the pool at
-// once. A prompt arriving thus delays running sequences by one layer's
-// prefill per token, not by its whole prefill. Callers block in Generate on
-// their own threads.
+// first served), run a bounded piece of that request's streaming prefill
+// (section 5.1; runtime::PrefillRun, EngineOptions::prefill_rows_per_step),
+// then one decode step for every running sequence at once (runtime::Step),
+// deliver the tokens, and finish sequences (length, stop sequence,
+// cancellation, deadline), whose bytes go back to the pool at once. A prompt
+// arriving thus delays running sequences by one piece of prefill per token,
+// not by its whole prefill. Callers block in Generate on their own threads.
 #ifndef MOEND_RUNTIME_ENGINE_H_
 #define MOEND_RUNTIME_ENGINE_H_
 
@@ -45,6 +45,12 @@ struct EngineOptions {
   int64_t kv_pool_bytes = int64_t{1} << 30;
   // Sequences decoded in one step at most; more wait in the queue.
   int64_t max_running = 256;
+  // Prefill work between two decode steps (runtime::PrefillRun::Advance):
+  // at least this many rows of work units (a chunk of 256 token rows of a
+  // layer's projections, attention or MLP, or its compression). A prompt of n
+  // tokens is about 3n rows per layer, so 4096 runs a layer of a
+  // 1,300-token prompt per step, and a third of one of 4,000 tokens.
+  int64_t prefill_rows_per_step = 4096;
   kernels::CpuIsa isa = kernels::CpuIsa::kBest;
   // The clock of deadlines and latencies; empty = absl::Now. Tests set one
   // to expire a deadline at a chosen token instead of after a time window.

@@ -246,24 +246,26 @@ void Model::AttentionInputsAt(int64_t layer, const float* x, int64_t n, const in
 }
 
 void Model::CausalAttention(const float* q, const float* k, const float* v, int64_t num_heads,
-                            int64_t num_kv_heads, int64_t n, int64_t head_dim, float* out) {
+                            int64_t num_kv_heads, int64_t n, int64_t head_dim, float* out,
+                            int64_t q_begin, int64_t q_end) {
   // Work items are (head, block of kBlock queries); each computes its scores
   // against the keys it can see with one matrix product, softmaxes them and
   // multiplies by V. Inside the parallel loop the (OpenMP) BLAS runs
   // single-threaded, so the items are the unit of parallelism.
   constexpr int64_t kBlock = 64;
   const int64_t group = num_heads / num_kv_heads;
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  if (q_end < 0) q_end = n;
+  const int64_t blocks = (q_end - q_begin + kBlock - 1) / kBlock;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
 #pragma omp parallel
   {
-    std::vector<float> scores(static_cast<size_t>(std::min(n, kBlock) * n));
+    std::vector<float> scores(static_cast<size_t>(std::min(q_end - q_begin, kBlock) * q_end));
     // Largest blocks (latest queries) first for load balance.
 #pragma omp for schedule(dynamic, 1)
     for (int64_t item = 0; item < num_heads * blocks; ++item) {
       const int64_t head = item % num_heads;
-      const int64_t q0 = (blocks - 1 - item / num_heads) * kBlock;
-      const int64_t rows = std::min(kBlock, n - q0);
+      const int64_t q0 = q_begin + (blocks - 1 - item / num_heads) * kBlock;
+      const int64_t rows = std::min(kBlock, q_end - q0);
       const int64_t keys = q0 + rows;  // causal: this block sees keys [0, q0 + rows)
       const float* kh = k + (head / group) * n * head_dim;
       const float* vh = v + (head / group) * n * head_dim;

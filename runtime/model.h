@@ -96,9 +96,13 @@ class Model {
   void Logits(const float* x, int64_t n, float* logits) const;
 
   // Exact causal softmax attention, GQA. q [H, n, D]; k, v [Hkv, n, D];
-  // out [n, H * D] token-major. Query i attends keys 0..i.
+  // out [n, H * D] token-major. Query i attends keys 0..i. Only query rows
+  // [q_begin, q_end) are computed (default: all); they are processed in
+  // blocks of 64 from q_begin, so when q_begin is a multiple of 64 a range
+  // gives exactly the rows of the whole call.
   static void CausalAttention(const float* q, const float* k, const float* v, int64_t num_heads,
-                              int64_t num_kv_heads, int64_t n, int64_t head_dim, float* out);
+                              int64_t num_kv_heads, int64_t n, int64_t head_dim, float* out,
+                              int64_t q_begin = 0, int64_t q_end = -1);
 
  private:
   struct Layer;

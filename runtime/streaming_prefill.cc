@@ -104,7 +104,10 @@ PrefillRun::PrefillRun(const Model& model, std::span<const int32_t> tokens,
   const ModelConfig& c = model.config();
   n_ = static_cast<int64_t>(tokens.size());
   const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim;
-  chunk_ = std::clamp<int64_t>(options.chunk_tokens, 1, n_);
+  // A multiple of 64, so that attention over a chunk of queries is exactly
+  // that chunk of the whole layer's attention (Model::CausalAttention).
+  chunk_ = std::clamp<int64_t>((std::max<int64_t>(options.chunk_tokens, 1) + 63) / 64 * 64, 64,
+                               std::max<int64_t>(n_, 64));
   result_.caches.resize(plans.size());
   // The residual stream and one layer's q, k, v (head-major, all n rows) and
   // attention output; chunk-sized temporaries for the projections.
@@ -122,57 +125,98 @@ PrefillRun::PrefillRun(const Model& model, std::span<const int32_t> tokens,
 bool PrefillRun::done() const { return layer_ == model_.config().num_layers; }
 
 absl::Status PrefillRun::NextLayer() {
-  const ModelConfig& c = model_.config();
   if (done()) return absl::FailedPreconditionError("the prefill has run every layer");
-  const int64_t n = n_, l = layer_, chunk = chunk_;
-  const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim, hidden = c.hidden_size;
-  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-    const int64_t rows = std::min(chunk, n - r0);
-    model_.AttentionInputs(l, x_.data() + r0 * hidden, rows, r0, cq_.data(), ck_.data(),
-                           cv_.data());
-    for (int64_t head = 0; head < h; ++head) {
-      std::copy_n(cq_.data() + head * rows * d, rows * d, q_.data() + (head * n + r0) * d);
-    }
-    for (int64_t head = 0; head < hkv; ++head) {
-      std::copy_n(ck_.data() + head * rows * d, rows * d, k_.data() + (head * n + r0) * d);
-      std::copy_n(cv_.data() + head * rows * d, rows * d, v_.data() + (head * n + r0) * d);
-    }
-  }
-  // Compress this layer for every plan now: its K/V is complete.
-  const kernels::LayerTensors tensors{q_.data(), k_.data(), v_.data(), h, hkv, n, d};
-  // Scores are computed once per layer, and only if some plan evicts in
-  // some head; every plan's heads select from them.
-  std::optional<kernels::EvictionScores> scores;
-  for (size_t p = 0; p < plans_.size(); ++p) {
-    const std::span<const CompressionTuple> tuples = LayerTuples(c, plans_[p], l);
-    const bool evicts = std::any_of(tuples.begin(), tuples.end(), [&](const CompressionTuple& t) {
-      return KeptTokens(t.keep, n) != CandidateTokens(n);
-    });
-    if (evicts && !scores) {
-      MOEND_ASSIGN_OR_RETURN(scores, kernels::ComputeEvictionScores(tensors, n, options_.backend));
-    }
-    MOEND_ASSIGN_OR_RETURN(kernels::CompressedLayer layer,
-                           kernels::CompressHeads(tensors, n, tuples, options_.backend,
-                                                  scores ? &*scores : nullptr));
-    layer.Reserve(options_.appended_per_plan.empty() ? options_.appended_capacity
-                                                     : options_.appended_per_plan[p]);
-    result_.caches[p].push_back(std::move(layer));
-  }
-  Model::CausalAttention(q_.data(), k_.data(), v_.data(), h, hkv, n, d, attn_.data());
-  for (int64_t r0 = 0; r0 < n; r0 += chunk) {
-    const int64_t rows = std::min(chunk, n - r0);
-    model_.FinishLayer(l, attn_.data() + r0 * h * d, rows, x_.data() + r0 * hidden);
-  }
-  ++layer_;
-  if (done()) {
-    result_.last_logits.resize(static_cast<size_t>(c.vocab_size));
-    model_.Logits(x_.data() + (n - 1) * hidden, 1, result_.last_logits.data());
-    // The activations are no longer needed; the caches are.
-    for (std::vector<float>* buffer : {&x_, &q_, &k_, &v_, &attn_, &cq_, &ck_, &cv_}) {
-      std::vector<float>().swap(*buffer);
-    }
-  }
+  const int64_t layer = layer_;
+  while (layer_ == layer) MOEND_RETURN_IF_ERROR(Unit());
   return absl::OkStatus();
+}
+
+absl::Status PrefillRun::Advance(int64_t rows) {
+  if (done()) return absl::FailedPreconditionError("the prefill has run every layer");
+  int64_t spent = 0;
+  do {
+    spent += std::min(chunk_, n_ - row_);  // the rows of the unit about to run
+    MOEND_RETURN_IF_ERROR(Unit());
+  } while (!done() && spent < rows);
+  return absl::OkStatus();
+}
+
+absl::Status PrefillRun::Unit() {
+  const ModelConfig& c = model_.config();
+  const int64_t n = n_, l = layer_;
+  const int64_t h = c.num_heads, hkv = c.num_kv_heads, d = c.head_dim, hidden = c.hidden_size;
+  const int64_t r0 = row_, rows = std::min(chunk_, n - r0);
+  switch (phase_) {
+    case Phase::kProject: {  // q, k, v of rows [r0, r0 + rows)
+      model_.AttentionInputs(l, x_.data() + r0 * hidden, rows, r0, cq_.data(), ck_.data(),
+                             cv_.data());
+      for (int64_t head = 0; head < h; ++head) {
+        std::copy_n(cq_.data() + head * rows * d, rows * d, q_.data() + (head * n + r0) * d);
+      }
+      for (int64_t head = 0; head < hkv; ++head) {
+        std::copy_n(ck_.data() + head * rows * d, rows * d, k_.data() + (head * n + r0) * d);
+        std::copy_n(cv_.data() + head * rows * d, rows * d, v_.data() + (head * n + r0) * d);
+      }
+      row_ += rows;
+      if (row_ == n) {
+        row_ = 0;
+        phase_ = Phase::kCompress;
+      }
+      return absl::OkStatus();
+    }
+    case Phase::kCompress: {
+      // Compress this layer for every plan now: its K/V is complete.
+      const kernels::LayerTensors tensors{q_.data(), k_.data(), v_.data(), h, hkv, n, d};
+      // Scores are computed once per layer, and only if some plan evicts in
+      // some head; every plan's heads select from them.
+      std::optional<kernels::EvictionScores> scores;
+      for (size_t p = 0; p < plans_.size(); ++p) {
+        const std::span<const CompressionTuple> tuples = LayerTuples(c, plans_[p], l);
+        const bool evicts =
+            std::any_of(tuples.begin(), tuples.end(), [&](const CompressionTuple& t) {
+              return KeptTokens(t.keep, n) != CandidateTokens(n);
+            });
+        if (evicts && !scores) {
+          MOEND_ASSIGN_OR_RETURN(scores,
+                                 kernels::ComputeEvictionScores(tensors, n, options_.backend));
+        }
+        MOEND_ASSIGN_OR_RETURN(kernels::CompressedLayer layer,
+                               kernels::CompressHeads(tensors, n, tuples, options_.backend,
+                                                      scores ? &*scores : nullptr));
+        layer.Reserve(options_.appended_per_plan.empty() ? options_.appended_capacity
+                                                         : options_.appended_per_plan[p]);
+        result_.caches[p].push_back(std::move(layer));
+      }
+      phase_ = Phase::kAttend;
+      return absl::OkStatus();
+    }
+    case Phase::kAttend:  // query rows [r0, r0 + rows); chunk_ is a multiple of 64
+      Model::CausalAttention(q_.data(), k_.data(), v_.data(), h, hkv, n, d, attn_.data(), r0,
+                             r0 + rows);
+      row_ += rows;
+      if (row_ == n) {
+        row_ = 0;
+        phase_ = Phase::kFinish;
+      }
+      return absl::OkStatus();
+    case Phase::kFinish:  // o_proj and the MLP of rows [r0, r0 + rows)
+      model_.FinishLayer(l, attn_.data() + r0 * h * d, rows, x_.data() + r0 * hidden);
+      row_ += rows;
+      if (row_ < n) return absl::OkStatus();
+      row_ = 0;
+      phase_ = Phase::kProject;
+      ++layer_;
+      if (done()) {
+        result_.last_logits.resize(static_cast<size_t>(c.vocab_size));
+        model_.Logits(x_.data() + (n - 1) * hidden, 1, result_.last_logits.data());
+        // The activations are no longer needed; the caches are.
+        for (std::vector<float>* buffer : {&x_, &q_, &k_, &v_, &attn_, &cq_, &ck_, &cv_}) {
+          std::vector<float>().swap(*buffer);
+        }
+      }
+      return absl::OkStatus();
+  }
+  return absl::InternalError("unknown prefill phase");
 }
 
 PrefillResult PrefillRun::TakeResult() { return std::move(result_); }

@@ -31,7 +31,8 @@ struct PrefillOptions {
   int64_t appended_capacity = 0;
   // Per plan instead (one entry per plan) when not empty.
   std::vector<int64_t> appended_per_plan;
-  // Rows per chunk of the projections and the MLP.
+  // Rows per chunk of the projections, the attention and the MLP (rounded up
+  // to a multiple of 64).
   int64_t chunk_tokens = 256;
   kernels::Backend backend = kernels::Backend::kAuto;
 };
@@ -55,12 +56,15 @@ absl::StatusOr<PrefillResult> StreamingPrefill(
     const Model& model, std::span<const int32_t> tokens,
     std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options = {});
 
-// The same prefill run one layer at a time, so that a caller can interleave
-// it with other work (the node's engine runs one layer between two decode
-// steps of the sequences already running: a long prompt then delays them by
-// one layer's time, not the whole prompt's). It holds the residual stream
-// and one layer's q/k/v, like StreamingPrefill, until the last layer has run;
-// then only the caches and the logits.
+// The same prefill run in bounded pieces, so that a caller can interleave it
+// with other work (the node's engine runs a piece between two decode steps
+// of the sequences already running: a long prompt then delays them by one
+// piece's time, not the whole prompt's). A layer is four phases: q/k/v
+// projections over row chunks, compression (the layer's K/V complete),
+// attention over chunks of query rows, o_proj and MLP over row chunks. The
+// result equals StreamingPrefill's whatever the pieces. It holds the
+// residual stream and one layer's q/k/v, like StreamingPrefill, until the
+// last layer has run; then only the caches and the logits.
 class PrefillRun {
  public:
   // Validates as StreamingPrefill does; copies the plans and embeds the
@@ -69,8 +73,12 @@ class PrefillRun {
       const Model& model, std::span<const int32_t> tokens,
       std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options = {});
 
-  // Runs the next layer and compresses it for every plan; after the last
-  // layer, computes the next-token logits too. FailedPrecondition once done.
+  // Runs work units (a row chunk of a phase, or a layer's compression,
+  // counted as one chunk) until they add up to at least `rows` rows, or the
+  // prefill is done; at least one unit. After the last layer, computes the
+  // next-token logits. FailedPrecondition once done.
+  absl::Status Advance(int64_t rows);
+  // Runs the rest of the current layer.
   absl::Status NextLayer();
   bool done() const;
   int64_t layers_done() const { return layer_; }
@@ -78,13 +86,16 @@ class PrefillRun {
   PrefillResult TakeResult();
 
  private:
+  enum class Phase { kProject, kCompress, kAttend, kFinish };
   PrefillRun(const Model& model, std::span<const int32_t> tokens,
              std::span<const std::vector<CompressionTuple>> plans, const PrefillOptions& options);
+  absl::Status Unit();
 
   const Model& model_;
   const std::vector<std::vector<CompressionTuple>> plans_;
   const PrefillOptions options_;
-  int64_t n_ = 0, chunk_ = 0, layer_ = 0;
+  int64_t n_ = 0, chunk_ = 0, layer_ = 0, row_ = 0;
+  Phase phase_ = Phase::kProject;
   std::vector<float> x_, q_, k_, v_, attn_, cq_, ck_, cv_;
   PrefillResult result_;
 };

@@ -1,6 +1,6 @@
 // moend-node --model DIR --listen ADDR [--router ADDR (--ratio R | --budget-bytes B --context N)]
 //            [--solver NAME] [--plan FILE] [--kv-pool-bytes B] [--max-running N]
-//            [--shadow-rate P] [--shadow-tokens N]
+//            [--prefill-rows-per-step N] [--shadow-rate P] [--shadow-tokens N]
 //            [--metrics ADDR] [--threads N]
 //
 // The inference node: serves Generate and GenerateStream
@@ -41,7 +41,7 @@ constexpr char kUsage[] =
     "usage: moend-node --model DIR --listen HOST:PORT [--router HOST:PORT]\n"
     "                  [--ratio R | --budget-bytes B --context N] [--solver greedy]\n"
     "                  [--plan FILE] [--kv-pool-bytes B] [--max-running N]\n"
-    "                  [--shadow-rate P] [--shadow-tokens N]\n"
+    "                  [--prefill-rows-per-step N] [--shadow-rate P] [--shadow-tokens N]\n"
     "                  [--metrics HOST:PORT] [--threads N]\n"
     "  --model     Hugging Face model folder (its name is the folder name)\n"
     "  --listen    gRPC address; port 0 picks a free port\n"
@@ -56,6 +56,9 @@ constexpr char kUsage[] =
     "              (default 1073741824); requests wait for room, one that can never\n"
     "              fit is refused\n"
     "  --max-running  sequences decoded together at most (default 256)\n"
+    "  --prefill-rows-per-step N  prefill work between two decode steps, in rows\n"
+    "              (token rows of a layer phase; default 4096): bounds how long a\n"
+    "              new prompt delays the running sequences\n"
     "  --shadow-rate P  fraction of compressed requests whose first --shadow-tokens\n"
     "              (default 16) tokens are also decoded with the full cache, to export\n"
     "              measured agreement and KL (moend_node_shadow_*); default 0\n"
@@ -79,7 +82,8 @@ int main(int argc, char** argv) {
       moend::rpc::WithFlags(
           moend::rpc::WithFlags({"model", "listen", "router", "ratio", "budget-bytes", "context",
                                  "solver", "metrics", "threads", "plan", "kv-pool-bytes",
-                                 "max-running", "shadow-rate", "shadow-tokens"},
+                                 "max-running", "prefill-rows-per-step", "shadow-rate",
+                                 "shadow-tokens"},
                                 moend::rpc::kServerSecurityFlags),
           moend::rpc::kClientSecurityFlags),
       {}, &exit_code);
@@ -92,12 +96,13 @@ int main(int argc, char** argv) {
   auto threads = args->Int("threads", 0);
   auto pool = args->IntInRange("kv-pool-bytes", int64_t{1} << 30, 1, int64_t{1} << 50);
   auto max_running = args->IntInRange("max-running", 256, 1, 1 << 20);
+  auto prefill_rows = args->IntInRange("prefill-rows-per-step", 4096, 1, int64_t{1} << 40);
   auto shadow_rate = args->Double("shadow-rate", 0.0);
   auto shadow_tokens = args->IntInRange("shadow-tokens", 16, 2, 4096);
   for (const absl::Status& s : {model_dir.status(), listen.status(), ratio.status(),
                                 bytes.status(), context.status(), threads.status(),
-                                pool.status(), max_running.status(), shadow_rate.status(),
-                                shadow_tokens.status()}) {
+                                pool.status(), max_running.status(), prefill_rows.status(),
+                                shadow_rate.status(), shadow_tokens.status()}) {
     if (!s.ok()) return Fail(s);
   }
   const moend::rpc::ServerSecurity server_security = moend::rpc::ServerSecurityFromArgs(*args);
@@ -127,6 +132,7 @@ int main(int argc, char** argv) {
   moend::node::InferenceNodeOptions options;
   options.engine.kv_pool_bytes = *pool;
   options.engine.max_running = *max_running;
+  options.engine.prefill_rows_per_step = *prefill_rows;
   options.shadow_rate = *shadow_rate;
   options.shadow_tokens = *shadow_tokens;
   if (auto plan_file = args->Optional("plan")) {

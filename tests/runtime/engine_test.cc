@@ -138,8 +138,9 @@ TEST_F(EngineTest, CancelAndDeadlineFreeTheBytesAtOnce) {
   EXPECT_EQ((*engine)->stats().used_bytes, 0);
   EXPECT_EQ((*engine)->stats().running, 0);
 
-  // Cancelled during the prompt's prefill: polled once in the queue, then once
-  // per layer; the third layer's poll cancels it.
+  // Cancelled during the prompt's prefill: polled once in the queue, then
+  // before each piece of prefill (4096 rows; this prompt takes four pieces):
+  // the third piece's poll cancels it.
   std::atomic<int> polls{0};
   GenerationRequest early = Request(Prompt(0, 300), Ratio8Like(), 8);
   early.on_token = [&](int32_t) { ++seen; };
@@ -334,44 +335,67 @@ TEST_F(EngineTest, ShutdownFailsRunningPrefillingAndQueuedRequestsWithUnavailabl
   EXPECT_EQ(c_status.code(), absl::StatusCode::kUnavailable) << c_status;
 }
 
-TEST_F(EngineTest, APromptsPrefillRunsOneLayerPerDecodeStepOfTheRunningSequences) {
-  auto engine = Engine::Create(*model_, {}, nullptr);
-  ASSERT_TRUE(engine.ok());
+TEST_F(EngineTest, APromptsPrefillRunsInBoundedPiecesBetweenDecodeStepsOfTheRunningSequences) {
   const int64_t layers = model_->config().num_layers;
+  // B's prompt of 900 tokens, in chunks of 256 rows: per layer 4 projection
+  // units, the compression, 4 attention units and 4 MLP units, 13 units of
+  // 900 + 256 + 900 + 900 = 2956 rows.
+  const int64_t n = 900, units_per_layer = 13, rows_per_layer = 3 * n + 256;
   // A decodes; at its first token (on the engine thread) B is queued, and
-  // the callback waits until the engine sees it. B's prefill then runs one
-  // layer per loop turn, each followed by a decode step of A: when B's first
-  // token arrives, A has decoded once per layer of B's prefill. (Were B's
-  // prefill run whole between two steps, A would have 2 tokens then.)
-  std::atomic<int64_t> a_tokens{0}, a_at_b_first{-1}, prefilling_seen{0};
-  std::thread b_thread;
-  std::vector<int32_t> b_tokens;
-  GenerationRequest a = Request(Prompt(0, 300), Ratio8Like(), layers + 8);
-  a.on_token = [&](int32_t) {
-    if (a_at_b_first < 0 && (*engine)->stats().prefilling == 1) ++prefilling_seen;
-    if (++a_tokens == 1) {
-      b_thread = std::thread([&] {
-        GenerationRequest b = Request(Prompt(700, 900), Ratio8Like(), 6);
-        b.on_token = [&](int32_t) {
-          if (a_at_b_first < 0) a_at_b_first = a_tokens.load();
-        };
-        auto r = (*engine)->Generate(std::move(b));
-        ASSERT_TRUE(r.ok()) << r.status();
-        b_tokens = r->tokens;
-      });
-      while ((*engine)->stats().queued == 0) std::this_thread::yield();
-    }
+  // the callback waits until the engine sees it. A's next step (its second
+  // token) comes before B is admitted; then every turn runs one piece of B's
+  // prefill and one decode step of A, and the last piece delivers B's first
+  // token before that turn's step. So A has 1 + (pieces) tokens then. (Were
+  // B's prefill run whole between two steps, A would have 2.)
+  auto run = [&](int64_t budget, int64_t pieces) {
+    EngineOptions options;
+    options.prefill_rows_per_step = budget;
+    auto engine = Engine::Create(*model_, options, nullptr);
+    ASSERT_TRUE(engine.ok());
+    std::atomic<int64_t> a_tokens{0}, a_at_b_first{-1}, prefilling_seen{0};
+    std::thread b_thread;
+    std::vector<int32_t> b_tokens;
+    const int64_t a_new = pieces + 8;
+    GenerationRequest a = Request(Prompt(0, 300), Ratio8Like(), a_new);
+    a.on_token = [&](int32_t) {
+      if (a_at_b_first < 0 && (*engine)->stats().prefilling == 1) ++prefilling_seen;
+      if (++a_tokens == 1) {
+        b_thread = std::thread([&] {
+          GenerationRequest b = Request(Prompt(700, n), Ratio8Like(), 6);
+          b.on_token = [&](int32_t) {
+            if (a_at_b_first < 0) a_at_b_first = a_tokens.load();
+          };
+          auto r = (*engine)->Generate(std::move(b));
+          ASSERT_TRUE(r.ok()) << r.status();
+          b_tokens = r->tokens;
+        });
+        while ((*engine)->stats().queued == 0) std::this_thread::yield();
+      }
+    };
+    auto ra = (*engine)->Generate(std::move(a));
+    b_thread.join();
+    ASSERT_TRUE(ra.ok()) << ra.status();
+    EXPECT_EQ(a_at_b_first.load(), pieces + 1) << "budget " << budget;
+    EXPECT_EQ(prefilling_seen.load(), pieces - 1) << "budget " << budget;  // the stats show it
+    EXPECT_EQ((*engine)->stats().prefilling, 0);
+    // Interleaving changes no token.
+    EXPECT_EQ(ra->tokens, GreedyAlone(Prompt(0, 300), Ratio8Like(), a_new)) << budget;
+    EXPECT_EQ(b_tokens, GreedyAlone(Prompt(700, n), Ratio8Like(), 6)) << budget;
+    EXPECT_EQ((*engine)->stats().used_bytes, 0);
   };
-  auto ra = (*engine)->Generate(std::move(a));
-  b_thread.join();
-  ASSERT_TRUE(ra.ok()) << ra.status();
-  EXPECT_GE(a_at_b_first.load(), layers);
-  EXPECT_GE(prefilling_seen.load(), layers - 1);  // the stats show B's prefill under way
-  EXPECT_EQ((*engine)->stats().prefilling, 0);
-  // Interleaving changes no token.
-  EXPECT_EQ(ra->tokens, GreedyAlone(Prompt(0, 300), Ratio8Like(), layers + 8));
-  EXPECT_EQ(b_tokens, GreedyAlone(Prompt(700, 900), Ratio8Like(), 6));
-  EXPECT_EQ((*engine)->stats().used_bytes, 0);
+  run(1, layers * units_per_layer);  // one unit per step
+  run(rows_per_layer, layers);       // one layer per step
+  // The default, 4096 rows: pieces of whole units adding up to >= 4096 rows.
+  const int64_t unit_rows[] = {256, 256, 256, 132, 256, 256, 256, 256, 132, 256, 256, 256, 132};
+  int64_t pieces = 0, spent = 0;
+  for (int64_t l = 0; l < layers; ++l) {
+    for (int64_t rows : unit_rows) {
+      if (spent == 0) ++pieces;
+      spent += rows;
+      if (spent >= EngineOptions{}.prefill_rows_per_step) spent = 0;
+    }
+  }
+  run(EngineOptions{}.prefill_rows_per_step, pieces);
 }
 
 TEST_F(EngineTest, ShadowMeasuresAgreementAndKlAgainstTheFullCache) {

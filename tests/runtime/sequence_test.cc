@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <random>
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -76,7 +78,7 @@ Sequence Prefilled(const Model& model, std::span<const int32_t> context,
   std::vector<std::vector<CompressionTuple>> plans{tuples};
   PrefillOptions options;
   options.appended_capacity = appended;
-  options.chunk_tokens = 96;  // several chunks, the last one partial
+  options.chunk_tokens = 96;  // rounded to 128: several chunks, the last one partial
   auto prefill = StreamingPrefill(model, context, plans, options);
   EXPECT_TRUE(prefill.ok()) << prefill.status();
   if (last_logits) *last_logits = prefill->last_logits;
@@ -228,36 +230,73 @@ TEST_F(SequenceTest, RejectsBadPlansAndTokens) {
   EXPECT_EQ(seq.position(), 100);
 }
 
-TEST_F(SequenceTest, PrefillRunLayerByLayerGivesTheStreamingPrefillsCaches) {
+TEST(CausalAttentionTest, RowRangesFromMultiplesOf64GiveTheWholeCallsRowsExactly) {
+  const int64_t h = 4, hkv = 2, n = 333, d = 64;
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal;
+  std::vector<float> q(h * n * d), k(hkv * n * d), v(hkv * n * d);
+  for (auto* x : {&q, &k, &v}) {
+    for (float& f : *x) f = normal(rng);
+  }
+  std::vector<float> whole(n * h * d), pieces(n * h * d, -1.0f);
+  Model::CausalAttention(q.data(), k.data(), v.data(), h, hkv, n, d, whole.data());
+  for (int64_t r0 : {0, 128, 256}) {
+    Model::CausalAttention(q.data(), k.data(), v.data(), h, hkv, n, d, pieces.data(), r0,
+                           std::min<int64_t>(r0 + 128, n));
+  }
+  EXPECT_EQ(pieces, whole);
+  // A range writes its rows only.
+  std::vector<float> one(n * h * d, -1.0f);
+  Model::CausalAttention(q.data(), k.data(), v.data(), h, hkv, n, d, one.data(), 64, 128);
+  for (int64_t t = 0; t < n; ++t) {
+    const bool inside = t >= 64 && t < 128;
+    for (int64_t e = 0; e < h * d; ++e) {
+      ASSERT_EQ(one[t * h * d + e], inside ? whole[t * h * d + e] : -1.0f) << t << " " << e;
+    }
+  }
+}
+
+TEST_F(SequenceTest, PrefillRunInPiecesGivesTheStreamingPrefillsCaches) {
   std::span<const int32_t> context(text_->data() + 300, 333);
   const std::vector<std::vector<CompressionTuple>> plans{
       std::vector<CompressionTuple>(12, CompressionTuple{0.25, 4, 2}),
       std::vector<CompressionTuple>(12)};
   PrefillOptions options;
   options.appended_capacity = 7;
+  options.chunk_tokens = 100;  // rounded to 128: chunks of 128, 128, 77
   auto whole = StreamingPrefill(*model_, context, plans, options);
   ASSERT_TRUE(whole.ok()) << whole.status();
-  auto run = PrefillRun::Start(*model_, context, plans, options);
-  ASSERT_TRUE(run.ok()) << run.status();
-  for (int64_t l = 0; l < 12; ++l) {
-    EXPECT_FALSE((*run)->done());
-    EXPECT_EQ((*run)->layers_done(), l);
-    ASSERT_TRUE((*run)->NextLayer().ok());
-  }
-  EXPECT_TRUE((*run)->done());
-  EXPECT_EQ((*run)->NextLayer().code(), absl::StatusCode::kFailedPrecondition);
-  PrefillResult stepped = (*run)->TakeResult();
-  EXPECT_EQ(stepped.last_logits, whole->last_logits);
-  ASSERT_EQ(stepped.caches.size(), 2u);
-  for (size_t p = 0; p < 2; ++p) {
-    ASSERT_EQ(stepped.caches[p].size(), 12u);
-    for (size_t l = 0; l < 12; ++l) {
-      const kernels::CompressedLayer& x = stepped.caches[p][l];
-      const kernels::CompressedLayer& y = whole->caches[p][l];
-      EXPECT_EQ(x.Bytes(), y.Bytes()) << p << " " << l;
-      EXPECT_EQ(x.CapacityBytes(), y.CapacityBytes()) << p << " " << l;
-      for (int64_t h = 0; h < 2; ++h) {
-        moend::testing::ExpectSameHead(x.head(h), y.head(h), absl::StrCat("plan ", p, " layer ", l));
+  // Layer by layer, one unit at a time, and pieces that end mid-phase and
+  // span layers: the same caches and logits, bit for bit.
+  for (int64_t budget : {int64_t{0}, int64_t{1}, int64_t{300}, int64_t{2000}}) {
+    SCOPED_TRACE(budget == 0 ? std::string("NextLayer") : absl::StrCat("budget ", budget));
+    auto run = PrefillRun::Start(*model_, context, plans, options);
+    ASSERT_TRUE(run.ok()) << run.status();
+    int64_t calls = 0;
+    while (!(*run)->done()) {
+      if (budget == 0) EXPECT_EQ((*run)->layers_done(), calls);
+      ASSERT_TRUE((budget == 0 ? (*run)->NextLayer() : (*run)->Advance(budget)).ok());
+      ++calls;
+    }
+    // Per layer: 3 x 3 chunk units and the compression.
+    if (budget == 0) EXPECT_EQ(calls, 12);
+    if (budget == 1) EXPECT_EQ(calls, 12 * 10);
+    EXPECT_EQ((*run)->Advance(1).code(), absl::StatusCode::kFailedPrecondition);
+    EXPECT_EQ((*run)->NextLayer().code(), absl::StatusCode::kFailedPrecondition);
+    PrefillResult stepped = (*run)->TakeResult();
+    EXPECT_EQ(stepped.last_logits, whole->last_logits);
+    ASSERT_EQ(stepped.caches.size(), 2u);
+    for (size_t p = 0; p < 2; ++p) {
+      ASSERT_EQ(stepped.caches[p].size(), 12u);
+      for (size_t l = 0; l < 12; ++l) {
+        const kernels::CompressedLayer& x = stepped.caches[p][l];
+        const kernels::CompressedLayer& y = whole->caches[p][l];
+        EXPECT_EQ(x.Bytes(), y.Bytes()) << p << " " << l;
+        EXPECT_EQ(x.CapacityBytes(), y.CapacityBytes()) << p << " " << l;
+        for (int64_t h = 0; h < 2; ++h) {
+          moend::testing::ExpectSameHead(x.head(h), y.head(h),
+                                         absl::StrCat("plan ", p, " layer ", l));
+        }
       }
     }
   }
