@@ -6,6 +6,14 @@
 
 namespace moend::kernels::testing {
 
+std::vector<float> RandomQueries(int64_t n, uint32_t seed) {
+  std::vector<float> q(static_cast<size_t>(n));
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> g(0.0f, 2.0f);
+  for (float& x : q) x = g(rng);
+  return q;
+}
+
 Activations RandomActivations(int64_t hq, int64_t hkv, int64_t n, int64_t d, uint32_t seed, float spread) {
   Activations a{hq, hkv, n, d, {}, {}, {}};
   std::mt19937 rng(seed);

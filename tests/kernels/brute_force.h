@@ -19,6 +19,8 @@ struct Activations {
 };
 Activations RandomActivations(int64_t hq, int64_t hkv, int64_t n, int64_t d, uint32_t seed,
                               float spread = 1.0f);
+// n decode queries, normal with standard deviation 2.
+std::vector<float> RandomQueries(int64_t n, uint32_t seed);
 
 // Pooled SnapKV scores [hkv][c-32] in double.
 std::vector<std::vector<double>> BruteScores(const Activations& x, int64_t c);

@@ -59,14 +59,6 @@ CompressedLayer Build(const Activations& a, int64_t prefix, int64_t appended,
   return std::move(*l);
 }
 
-std::vector<float> RandomQ(int64_t n, uint32_t seed) {
-  std::vector<float> q(n);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 2.0f);
-  for (float& x : q) x = g(rng);
-  return q;
-}
-
 double Bound(const std::vector<float>& ref, int kbits) {
   return RelTol(kbits) * testing::MaxAbs(ref) + kAbsTol;
 }
@@ -89,7 +81,7 @@ double DecodeCase(const Shape& s, int kbits, int vbits, double keep) {
   const int64_t batch = static_cast<int64_t>(layers.size()), row = s.hq * s.d;
   std::vector<const CompressedLayer*> ptrs;
   for (const auto& l : layers) ptrs.push_back(&l);
-  const std::vector<float> q = RandomQ(batch * row, 9);
+  const std::vector<float> q = testing::RandomQueries(batch * row, 9);
   std::vector<float> ref(q.size());
   EXPECT_TRUE(DecodeAttention(ptrs, q.data(), s.hq, ref.data(), Backend::kReference).ok());
 
@@ -147,7 +139,7 @@ TEST(CpuAttentionTest, LongContextStaysWithinTolerance) {
     const Activations a = RandomActivations(s.hq, s.hkv, 4096, s.d, 21);
     const CompressedLayer layer = Build(a, 4080, 16, t);
     const CompressedLayer* p = &layer;
-    const std::vector<float> q = RandomQ(s.hq * s.d, 4);
+    const std::vector<float> q = testing::RandomQueries(s.hq * s.d, 4);
     std::vector<float> ref(q.size()), out(q.size());
     ASSERT_TRUE(DecodeAttention({&p, 1}, q.data(), s.hq, ref.data(), Backend::kReference).ok());
     const HeadView view = layer.View(0);
@@ -192,7 +184,7 @@ TEST(CpuAttentionTest, MultiRowItemsMatchReferencePerRowWithTruncatedResidual) {
     std::vector<AttentionItem> items(batch);
     for (int64_t b = 0; b < batch; ++b) {
       for (int64_t h = 0; h < s.hkv; ++h) views[b].push_back(layers[b].View(h));
-      qs[b] = RandomQ(rows[b] * q_stride, static_cast<uint32_t>(77 + b));
+      qs[b] = testing::RandomQueries(rows[b] * q_stride, static_cast<uint32_t>(77 + b));
       outs[b].assign(rows[b] * out_stride, -7.0f);
       items[b] = {views[b].data(), qs[b].data(), outs[b].data(), q_stride, out_stride, rows[b],
                   visible[b]};
@@ -268,7 +260,7 @@ TEST(CpuAttentionTest, MixedLayersMatchReference) {
       }
     }
     // Decode: one row per item.
-    const std::vector<float> q = RandomQ(batch * row, 19);
+    const std::vector<float> q = testing::RandomQueries(batch * row, 19);
     std::vector<float> ref(q.size()), out(q.size());
     ASSERT_TRUE(DecodeAttention(ptrs, q.data(), s.hq, ref.data(), Backend::kReference).ok());
     std::vector<AttentionItem> items(batch);
@@ -287,7 +279,7 @@ TEST(CpuAttentionTest, MixedLayersMatchReference) {
     }
     // Multi-row: item 2 (residual 13) with 4 rows, rows see 10 + r residual rows.
     const int64_t rows = 4, visible = 10;
-    const std::vector<float> mq = RandomQ(rows * row, 29);
+    const std::vector<float> mq = testing::RandomQueries(rows * row, 29);
     std::vector<float> mout(rows * row);
     const AttentionItem multi{views[2].data(), mq.data(), mout.data(), 0, 0, rows, visible};
     for (CpuIsa isa : AvailableIsas()) {

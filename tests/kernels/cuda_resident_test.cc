@@ -42,14 +42,6 @@ constexpr double kAttentionTol = 2e-3;
 
 LayerTensors View(const Activations& a) { return {a.q.data(), a.k.data(), a.v.data(), a.hq, a.hkv, a.n, a.d}; }
 
-std::vector<float> RandomQueries(size_t n, uint32_t seed) {
-  std::vector<float> q(n);
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> g(0.0f, 2.0f);
-  for (float& x : q) x = g(rng);
-  return q;
-}
-
 // RunDecode with host q and out (device copies around it).
 void RunOnDevice(DecodePlan& plan, const std::vector<const DeviceLayerCache*>& caches,
                  const std::vector<float>& q, std::vector<float>* out) {
@@ -120,7 +112,7 @@ void ExpectBatchAgrees(DecodePlan& plan, std::vector<Sequence>& seqs, int64_t hq
     devs.push_back(s.dev.get());
     ExpectSameCounts(*s.dev, s.host);
   }
-  const std::vector<float> q = RandomQueries(seqs.size() * hq * seqs[0].act.d, seed);
+  const std::vector<float> q = testing::RandomQueries(seqs.size() * hq * seqs[0].act.d, seed);
   std::vector<float> gpu;
   ASSERT_NO_FATAL_FAILURE(RunOnDevice(plan, devs, q, &gpu));
   const std::vector<float> ref = Reference(hosts, q, hq);
