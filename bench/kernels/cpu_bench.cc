@@ -63,6 +63,25 @@ int main(int argc, char** argv) {
     std::printf("select %-27s %10.2f ms\nquantize %-25s %10.2f ms\n", moend::ToString(t).c_str(), sel_ms,
                 moend::ToString(t).c_str(), q_ms);
   }
+  // A per-head layer (DESIGN.md section 2.9a), every KV head with its own
+  // tuple: CompressHeads (each head quantized once, from a one-head view)
+  // side by side with the way it was done before 2026-12-07 (the whole layer
+  // selected and quantized once per distinct tuple, each head kept from its
+  // tuple's result), from the same scores.
+  {
+    const std::vector<CompressionTuple> heads = {
+        {0.5, 4, 4}, {0.25, 2, 2}, {0.125, 2, 4}, {0.75, 8, 4}};
+    const double now_ms =
+        TimeMs(5, [&] { (void)*mk::CompressHeads(x, n, heads, backend, &scores); });
+    const double before_ms = TimeMs(5, [&] {
+      for (const CompressionTuple& t : heads) {
+        const mk::KeptSet kept = *mk::SelectKept(scores, moend::KeptTokens(t.keep, n), backend);
+        (void)*mk::QuantizeKept(x, kept, t.kbits, t.vbits, backend);
+      }
+    });
+    std::printf("%-34s %10.2f ms\n%-34s %10.2f ms  (%.2fx)\n", "per-head layer, CompressHeads",
+                now_ms, "per-head layer, layer per tuple", before_ms, before_ms / now_ms);
+  }
   for (const CompressionTuple& t : {CompressionTuple{1.0, 16, 16}, CompressionTuple{0.5, 4, 4},
                                     CompressionTuple{0.25, 2, 2}, CompressionTuple{0.125, 2, 2}}) {
     for (int batch : {1, 4}) {
