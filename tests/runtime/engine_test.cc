@@ -385,17 +385,22 @@ TEST_F(EngineTest, APromptsPrefillRunsInBoundedPiecesBetweenDecodeStepsOfTheRunn
   };
   run(1, layers * units_per_layer);  // one unit per step
   run(rows_per_layer, layers);       // one layer per step
-  // The default, 4096 rows: pieces of whole units adding up to >= 4096 rows.
+  // Otherwise: pieces of whole units, each ending once it adds up to at
+  // least the budget.
   const int64_t unit_rows[] = {256, 256, 256, 132, 256, 256, 256, 256, 132, 256, 256, 256, 132};
-  int64_t pieces = 0, spent = 0;
-  for (int64_t l = 0; l < layers; ++l) {
-    for (int64_t rows : unit_rows) {
-      if (spent == 0) ++pieces;
-      spent += rows;
-      if (spent >= EngineOptions{}.prefill_rows_per_step) spent = 0;
+  auto pieces_for = [&](int64_t budget) {
+    int64_t pieces = 0, spent = 0;
+    for (int64_t l = 0; l < layers; ++l) {
+      for (int64_t rows : unit_rows) {
+        if (spent == 0) ++pieces;
+        spent += rows;
+        if (spent >= budget) spent = 0;
+      }
     }
-  }
-  run(EngineOptions{}.prefill_rows_per_step, pieces);
+    return pieces;
+  };
+  run(256, pieces_for(256));  // one unit, or a short one and the next
+  run(EngineOptions{}.prefill_rows_per_step, pieces_for(EngineOptions{}.prefill_rows_per_step));
 }
 
 TEST_F(EngineTest, ShadowMeasuresAgreementAndKlAgainstTheFullCache) {
