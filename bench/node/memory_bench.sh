@@ -32,15 +32,7 @@ while (($#)); do
        exit 2 ;;
   esac
 done
-bin=build/bin
-work=$(mktemp -d)
-node_pid=
-cleanup() {
-  if [[ -n $node_pid ]]; then kill "$node_pid" 2>/dev/null || true; fi
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/node/node_lib.sh
 table=data/tables/tinycode_code_recall.json  # the default table: per-head plans
 for r in 8 14; do
   $bin/moendctl solve --table $table --ratio $r --solver exact --out "$work/r$r.json" >/dev/null
@@ -68,19 +60,6 @@ engine_sample() {
     END {print int(r), int(q), int(p), t + 0, s + 0, n + 0, f + 0}'
 }
 
-start_node() {  # extra node flags...
-  OMP_WAIT_POLICY=passive $bin/moend-node --model models/tinycode --listen 127.0.0.1:0 --metrics 127.0.0.1:0 "$@" \
-    > "$work/node.log" 2>&1 &
-  node_pid=$!
-  for _ in $(seq 1 300); do
-    grep -q "listening on" "$work/node.log" 2>/dev/null && break
-    sleep 0.1
-  done
-  addr=$(sed -n 's/.*listening on \(.*\)$/\1/p' "$work/node.log" | head -1)
-  metrics=$(sed -n 's#.*metrics on http://\([^/]*\)/metrics.*#\1#p' "$work/node.log" | head -1)
-  [[ -n $addr ]] || { cat "$work/node.log"; exit 1; }
-}
-stop_node() { kill "$node_pid"; wait "$node_pid" 2>/dev/null || true; node_pid=; }
 
 generate() {  # prompt index, extra flags...
   local i=$1; shift

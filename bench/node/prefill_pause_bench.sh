@@ -18,15 +18,7 @@ while (($#)); do
     *) echo "usage: $0 [--budgets \"4096 1099511627776\"]" >&2; exit 2 ;;
   esac
 done
-bin=build/bin
-work=$(mktemp -d)
-node_pid=
-cleanup() {
-  if [[ -n $node_pid ]]; then kill "$node_pid" 2>/dev/null || true; fi
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
+source bench/node/node_lib.sh
 $bin/moendctl solve --table data/tables/tinycode_code_recall.json --ratio 8 --solver exact \
   --out "$work/r8.json" >/dev/null
 python3 - "$work" <<'PY'
@@ -37,17 +29,7 @@ open(f"{sys.argv[1]}/long.txt", "wb").write(text[50000:54000])
 PY
 
 for budget in $budgets; do
-  OMP_WAIT_POLICY=passive $bin/moend-node --model models/tinycode --listen 127.0.0.1:0 \
-    --metrics 127.0.0.1:0 --plan "$work/r8.json" --prefill-rows-per-step "$budget" \
-    > "$work/node.log" 2>&1 &
-  node_pid=$!
-  for _ in $(seq 1 300); do
-    grep -q "listening on" "$work/node.log" 2>/dev/null && break
-    sleep 0.1
-  done
-  addr=$(sed -n 's/.*listening on \(.*\)$/\1/p' "$work/node.log" | head -1)
-  metrics=$(sed -n 's#.*metrics on http://\([^/]*\)/metrics.*#\1#p' "$work/node.log" | head -1)
-  [[ -n $addr ]] || { cat "$work/node.log"; exit 1; }
+  start_node --plan "$work/r8.json" --prefill-rows-per-step "$budget"
   gen() { $bin/moendctl generate --node "$addr" --input "$1" --max-new-tokens "$2" --json \
             --deadline-seconds 600 > "$3"; }
   gen "$work/short.txt" 4 /dev/null  # warm-up (its gaps are in the histogram too; all short)
@@ -75,5 +57,5 @@ print(f"RESULT prefill_pause budget={budget} gaps={total:.0f} max_gap_seconds_in
       f"gaps_over_{next(le for le, c in buckets if le >= 0.05):g}s={over_50ms:.0f} "
       f"prompt_prefill_seconds={b['prefill_seconds']:.2f} running_decode_seconds={a['decode_seconds']:.2f}")
 PY
-  kill "$node_pid"; wait "$node_pid" 2>/dev/null || true; node_pid=
+  stop_node
 done
